@@ -1,0 +1,431 @@
+//! The `qc` command line: read QIR, run a pipeline, print or write the result.
+
+mod expectations;
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
+
+use crate::diag::{self, Diag, Diagnostics, Files};
+use crate::ir::printer::write_module;
+use crate::ir::Module;
+use crate::ops::{Arity, OpKind, Presence};
+use crate::passes::manager::{run_pipeline, Instrumentation, Timings};
+use crate::passes::registry::{self, PASSES, PIPELINES};
+use crate::passes::PassContext;
+
+/// The line that separates cases under `--split-input-file`.
+pub const SPLIT_MARKER: &str = "// -----";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "qc",
+    version,
+    about = "A quantization compiler for neural-network graphs written in QIR."
+)]
+pub struct Cli {
+    /// The .qir file to compile (`-` reads standard input).
+    #[arg(required_unless_present_any = ["list_passes", "list_ops"])]
+    pub input: Option<String>,
+    /// Write the result here (atomically) instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Passes and pipelines to run, comma-separated (default: the `default` pipeline).
+    #[arg(short, long, value_delimiter = ',', value_name = "PASSES")]
+    pub passes: Option<Vec<String>>,
+    /// List the passes and pipelines, then exit.
+    #[arg(long)]
+    pub list_passes: bool,
+    /// List the ops of the registry with their operands and attributes, then exit.
+    #[arg(long)]
+    pub list_ops: bool,
+    /// Print the IR (to stderr) before these passes.
+    #[arg(long, value_delimiter = ',', value_name = "PASS")]
+    pub print_ir_before: Vec<String>,
+    /// Print the IR (to stderr) after these passes.
+    #[arg(long, value_delimiter = ',', value_name = "PASS")]
+    pub print_ir_after: Vec<String>,
+    /// Print the IR (to stderr) after every pass.
+    #[arg(long)]
+    pub print_ir_after_all: bool,
+    /// With --print-ir-after(-all): print only after passes that changed the IR; alone: after
+    /// every pass that changed it.
+    #[arg(long)]
+    pub print_ir_after_change: bool,
+    /// Verify the IR after each pass.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub verify_each: bool,
+    /// Report the time each pass took (to stderr).
+    #[arg(long)]
+    pub timing: bool,
+    /// Treat the input as independent cases separated by `// -----` lines.
+    #[arg(long)]
+    pub split_input_file: bool,
+    /// Check diagnostics against `expected-error` comments in the input instead of reporting them.
+    #[arg(long)]
+    pub verify_diagnostics: bool,
+    /// When to colour diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The process entry point; returns the exit status (0 ok, 1 diagnostics, 2 usage).
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    run(&cli)
+}
+
+fn color_choice(color: Color) -> ColorChoice {
+    match color {
+        Color::Always => ColorChoice::Always,
+        Color::Never => ColorChoice::Never,
+        // termcolor's Auto does not check for a terminal; we do.
+        Color::Auto if std::io::stderr().is_terminal() => ColorChoice::Auto,
+        Color::Auto => ColorChoice::Never,
+    }
+}
+
+/// Runs the command line; returns the exit status.
+pub fn run(cli: &Cli) -> i32 {
+    if cli.list_passes {
+        print!("{}", list_passes());
+        return 0;
+    }
+    if cli.list_ops {
+        print!("{}", list_ops());
+        return 0;
+    }
+    let stderr = StandardStream::stderr(color_choice(cli.color));
+    let usage = |message: String| {
+        eprintln!("error: {message}");
+        2
+    };
+    let names = cli
+        .passes
+        .clone()
+        .unwrap_or_else(|| vec!["default".to_string()]);
+    let passes = match registry::expand(&names) {
+        Ok(p) => p,
+        Err(message) => return usage(message),
+    };
+    for name in cli.print_ir_before.iter().chain(&cli.print_ir_after) {
+        if registry::find(name).is_none() {
+            return usage(format!(
+                "--print-ir-before/after: unknown pass `{name}`; {}",
+                diag::suggest(name, PASSES.iter().map(|p| p.name))
+            ));
+        }
+    }
+    let Some(input) = cli.input.as_deref() else {
+        return usage("no input file".into());
+    };
+    let (display_name, source, input_dir) = match read_input(input) {
+        Ok(x) => x,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return 1;
+        }
+    };
+    let instrumentation = Instrumentation {
+        print_before: cli.print_ir_before.clone(),
+        print_after: cli.print_ir_after.clone(),
+        print_after_all: cli.print_ir_after_all,
+        print_after_change: cli.print_ir_after_change,
+        verify_each: cli.verify_each,
+    };
+
+    let mut files = Files::new();
+    let cases = if cli.split_input_file {
+        split_cases(&source)
+    } else {
+        vec![source.clone()]
+    };
+    let mut outputs = Vec::with_capacity(cases.len());
+    let mut failed = false;
+    let mut all_timings: Timings = Vec::new();
+    for case in cases {
+        let file = files.add(display_name.clone(), case.clone());
+        let mut dumps = String::new();
+        let result = compile(
+            &case,
+            Some(&input_dir),
+            &passes,
+            &instrumentation,
+            &mut dumps,
+        );
+        if !dumps.is_empty() {
+            eprint!("{dumps}");
+        }
+        let (output, diags) = match result {
+            Ok(Compiled {
+                module,
+                warnings,
+                timings,
+            }) => {
+                all_timings.extend(timings);
+                (Some(module), warnings)
+            }
+            Err(diags) => (None, diags),
+        };
+        let to_report = if cli.verify_diagnostics {
+            match expectations::parse_expectations(&case) {
+                Ok(expected) => expectations::check(&case, expected, diags),
+                Err(bad) => vec![bad],
+            }
+        } else {
+            diags
+        };
+        if !to_report.is_empty() {
+            let _ = diag::emit(&mut stderr.lock(), &files, file, &to_report);
+        }
+        failed |= to_report.iter().any(Diag::is_error);
+        if let Some(mut module) = output {
+            if let Some(path) = &cli.output {
+                relocate_weights(&mut module, &input_dir, path);
+            }
+            let mut text = String::new();
+            write_module(&mut text, &module);
+            outputs.push(text);
+        }
+    }
+    if cli.timing {
+        eprint!("{}", format_timings(&all_timings));
+    }
+    if failed {
+        return 1;
+    }
+    if cli.verify_diagnostics {
+        return 0;
+    }
+    let text = outputs.join(&format!("{SPLIT_MARKER}\n"));
+    match &cli.output {
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            if stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                return 1;
+            }
+        }
+        Some(path) => {
+            if let Err(e) = write_atomically(path, text.as_bytes()) {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return 1;
+            }
+        }
+    }
+    0
+}
+
+/// A successfully compiled module with what the run noticed along the way.
+pub struct Compiled {
+    pub module: Module,
+    pub warnings: Diagnostics,
+    pub timings: Timings,
+}
+
+/// The whole job on one source text: parse, lower, verify, run `passes`. IR dumps requested by
+/// `instrumentation` are appended to `dumps`.
+pub fn compile(
+    source: &str,
+    weights_dir: Option<&Path>,
+    passes: &[&'static crate::passes::PassDef],
+    instrumentation: &Instrumentation,
+    dumps: &mut String,
+) -> Result<Compiled, Diagnostics> {
+    let mut module = crate::syntax::parse_module(source, weights_dir)?;
+    let mut cx = PassContext::default();
+    let timings = run_pipeline(&mut module, passes, instrumentation, &mut cx, dumps)?;
+    Ok(Compiled {
+        module,
+        warnings: cx.warnings,
+        timings,
+    })
+}
+
+fn read_input(input: &str) -> Result<(String, String, PathBuf), String> {
+    if input == "-" {
+        let mut source = String::new();
+        std::io::stdin()
+            .read_to_string(&mut source)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        return Ok(("<stdin>".into(), source, PathBuf::from(".")));
+    }
+    let path = Path::new(input);
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {input}: {e}"))?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "{input} is not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    Ok((input.to_string(), source, dir))
+}
+
+/// Splits at `// -----` lines. Each case keeps its original line numbers: the lines before it
+/// are blanked, so diagnostics point at the right place in the whole file.
+pub fn split_cases(source: &str) -> Vec<String> {
+    let mut cases = Vec::new();
+    let mut current = String::new();
+    let mut blank_prefix = String::new();
+    for line in source.split_inclusive('\n') {
+        if line.trim_end() == SPLIT_MARKER {
+            cases.push(std::mem::take(&mut current));
+            let newlines = line.matches('\n').count();
+            blank_prefix.push_str(&"\n".repeat(newlines));
+            current = blank_prefix.clone();
+            continue;
+        }
+        blank_prefix.push_str(&"\n".repeat(line.matches('\n').count()));
+        current.push_str(line);
+    }
+    cases.push(current);
+    cases
+}
+
+/// Writes via a temporary file in the same directory and renames it into place, so readers
+/// never see a half-written file and a failure leaves nothing behind.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Keeps the `weights` path valid when the output lands in another directory.
+fn relocate_weights(module: &mut Module, input_dir: &Path, output: &Path) {
+    let Some(weights) = &mut module.weights else {
+        return;
+    };
+    let out_dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (Ok(from), Ok(to_dir)) = (
+        std::path::absolute(input_dir.join(&weights.path)),
+        std::path::absolute(out_dir),
+    ) else {
+        return;
+    };
+    weights.path = relative_path(&to_dir, &from).to_string_lossy().into_owned();
+}
+
+/// The path of `target` relative to directory `base` (both absolute).
+fn relative_path(base: &Path, target: &Path) -> PathBuf {
+    let base: Vec<_> = base
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    let target_parts: Vec<_> = target
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    let common = base
+        .iter()
+        .zip(&target_parts)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if common == 0 {
+        return target.to_path_buf();
+    }
+    let mut out = PathBuf::new();
+    for _ in common..base.len() {
+        out.push("..");
+    }
+    for part in &target_parts[common..] {
+        out.push(part);
+    }
+    out
+}
+
+pub fn list_passes() -> String {
+    let mut out = String::from("passes:\n");
+    for p in PASSES {
+        out.push_str(&format!("  {:<24}{}\n", p.name, p.description));
+    }
+    out.push_str("pipelines:\n");
+    for (name, description, members) in PIPELINES {
+        out.push_str(&format!(
+            "  {:<24}{} [{}]\n",
+            name,
+            description,
+            members.join(",")
+        ));
+    }
+    out
+}
+
+pub fn list_ops() -> String {
+    let mut out = String::new();
+    for kind in OpKind::all() {
+        let def = kind.def();
+        let operands: Vec<String> = def
+            .operands
+            .iter()
+            .map(|o| match o.arity {
+                Arity::One => format!("%{}", o.name),
+                Arity::Optional => format!("[%{}]", o.name),
+                Arity::Variadic => format!("%{}...", o.name),
+            })
+            .collect();
+        let attrs: Vec<String> = def
+            .attrs
+            .iter()
+            .map(|a| match a.presence {
+                Presence::Required => format!("{}: {}", a.name, a.kind.describe()),
+                Presence::Optional => format!("{}?: {}", a.name, a.kind.describe()),
+                Presence::Default(d) => {
+                    let mut v = String::new();
+                    crate::ir::printer::write_attr(&mut v, &d.to_attr());
+                    format!("{} = {}", a.name, v)
+                }
+            })
+            .collect();
+        out.push_str(&format!("{}({})", def.name, operands.join(", ")));
+        if !attrs.is_empty() {
+            out.push_str(&format!(" {{{}}}", attrs.join(", ")));
+        }
+        out.push_str(&format!("\n    {}\n", def.summary));
+    }
+    out
+}
+
+fn format_timings(timings: &Timings) -> String {
+    let total: Duration = timings.iter().map(|(_, d)| *d).sum();
+    let mut out = String::from("===- pass timing -===\n");
+    for (name, d) in timings {
+        out.push_str(&format!("  {:>10.3} ms  {name}\n", d.as_secs_f64() * 1e3));
+    }
+    out.push_str(&format!(
+        "  {:>10.3} ms  total\n",
+        total.as_secs_f64() * 1e3
+    ));
+    out
+}

@@ -1,0 +1,1112 @@
+//! Result type rules, following PyTorch ATen semantics. Each rule returns a message naming what
+//! is wrong; the verifier puts it on the op's span.
+
+use super::OpDef;
+use crate::ir::attr::Attr;
+use crate::ir::types::{DType, Dim, TensorType};
+
+/// What a type rule sees: operand types, the complete attribute set, the declared result types.
+pub struct InferCx<'a> {
+    pub def: &'static OpDef,
+    pub operands: &'a [&'a TensorType],
+    pub attrs: &'a [Option<Attr>],
+    pub declared: &'a [TensorType],
+}
+
+type R<T> = Result<T, String>;
+
+impl InferCx<'_> {
+    fn attr(&self, name: &str) -> Option<&Attr> {
+        self.def
+            .attr_index(name)
+            .and_then(|i| self.attrs.get(i)?.as_ref())
+    }
+    pub fn int(&self, name: &str) -> R<i64> {
+        self.attr(name)
+            .and_then(Attr::as_int)
+            .ok_or_else(|| format!("missing integer attribute `{name}`"))
+    }
+    pub fn opt_int(&self, name: &str) -> Option<i64> {
+        self.attr(name).and_then(Attr::as_int)
+    }
+    pub fn float(&self, name: &str) -> R<f64> {
+        self.attr(name)
+            .and_then(Attr::as_float)
+            .ok_or_else(|| format!("missing float attribute `{name}`"))
+    }
+    pub fn ints(&self, name: &str) -> R<Vec<i64>> {
+        self.attr(name)
+            .and_then(Attr::as_ints)
+            .ok_or_else(|| format!("missing list attribute `{name}`"))
+    }
+    pub fn opt_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.attr(name).and_then(Attr::as_ints)
+    }
+    pub fn dtype(&self, name: &str) -> R<DType> {
+        self.attr(name)
+            .and_then(Attr::as_dtype)
+            .ok_or_else(|| format!("missing dtype attribute `{name}`"))
+    }
+    pub fn boolean(&self, name: &str) -> R<bool> {
+        self.attr(name)
+            .and_then(Attr::as_bool)
+            .ok_or_else(|| format!("missing bool attribute `{name}`"))
+    }
+    fn operand(&self, i: usize) -> &TensorType {
+        self.operands[i]
+    }
+    fn opt_operand(&self, i: usize) -> Option<&TensorType> {
+        self.operands.get(i).copied()
+    }
+    fn operand_name(&self, i: usize) -> &'static str {
+        let ops = self.def.operands;
+        ops.get(i).or(ops.last()).map_or("operand", |o| o.name)
+    }
+}
+
+fn one(t: TensorType) -> R<Vec<TensorType>> {
+    Ok(vec![t])
+}
+
+/// Normalises a possibly negative dimension index against `rank`.
+pub fn norm_dim(dim: i64, rank: usize) -> R<usize> {
+    let r = rank as i64;
+    let d = if dim < 0 { dim + r } else { dim };
+    if (0..r.max(1)).contains(&d) && (rank > 0 || dim == 0 || dim == -1) {
+        Ok(d as usize)
+    } else {
+        Err(format!(
+            "dimension {dim} is out of range for a tensor of rank {rank}"
+        ))
+    }
+}
+
+fn require_float(cx: &InferCx<'_>, i: usize) -> R<()> {
+    let t = cx.operand(i);
+    if t.dtype.is_float() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` must be a float tensor, found {}",
+            cx.operand_name(i),
+            t
+        ))
+    }
+}
+
+fn require_rank(cx: &InferCx<'_>, i: usize, ranks: &[usize]) -> R<()> {
+    let t = cx.operand(i);
+    if ranks.contains(&t.rank()) {
+        Ok(())
+    } else {
+        let want = ranks
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(" or ");
+        Err(format!(
+            "`{}` must have rank {want}, found {}",
+            cx.operand_name(i),
+            t
+        ))
+    }
+}
+
+fn require_same_dtype(cx: &InferCx<'_>, a: usize, b: usize) -> R<()> {
+    let (ta, tb) = (cx.operand(a), cx.operand(b));
+    if ta.dtype == tb.dtype {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is {} but `{}` is {}",
+            cx.operand_name(a),
+            ta.dtype,
+            cx.operand_name(b),
+            tb.dtype
+        ))
+    }
+}
+
+/// Dims must agree where both are known.
+fn unify(a: Dim, b: Dim, what: impl FnOnce() -> String) -> R<Dim> {
+    match (a, b) {
+        (Dim::Known(x), Dim::Known(y)) if x != y => Err(what()),
+        (Dim::Known(x), _) | (_, Dim::Known(x)) => Ok(Dim::Known(x)),
+        _ => Ok(Dim::Dynamic),
+    }
+}
+
+/// NumPy/PyTorch broadcasting of two shapes.
+pub fn broadcast(a: &[Dim], b: &[Dim]) -> R<Vec<Dim>> {
+    let rank = a.len().max(b.len());
+    let at = |s: &[Dim], i: usize| {
+        if i + s.len() >= rank {
+            s[i + s.len() - rank]
+        } else {
+            Dim::Known(1)
+        }
+    };
+    (0..rank)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (Dim::Known(1), d) | (d, Dim::Known(1)) => Ok(d),
+            (x, y) => unify(x, y, || {
+                format!(
+                    "shapes {} and {} cannot be broadcast together (dimension {i})",
+                    show(a),
+                    show(b)
+                )
+            }),
+        })
+        .collect()
+}
+
+fn show(shape: &[Dim]) -> String {
+    format!(
+        "[{}]",
+        shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+// ---- generic rules ---------------------------------------------------------------------------
+
+/// Result type = declared type (`weight`: checked against the weights file instead).
+pub fn declared(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    Ok(cx.declared.to_vec())
+}
+
+/// A dense literal: its own type.
+pub fn constant(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let t = cx
+        .attr("value")
+        .and_then(Attr::as_tensor)
+        .ok_or("missing tensor attribute `value`")?;
+    one(TensorType::fixed(
+        t.dtype(),
+        &t.shape().iter().map(|&d| d as u64).collect::<Vec<_>>(),
+    ))
+}
+
+/// Float elementwise: same type as the input.
+pub fn unary_float(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    one(cx.operand(0).clone())
+}
+
+/// Any-dtype identity (contiguous, dropout, observers).
+pub fn identity(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    one(cx.operand(0).clone())
+}
+
+/// Broadcasting binary op of one dtype.
+pub fn binary(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_same_dtype(cx, 0, 1)?;
+    if cx.operand(0).dtype == DType::Bool {
+        return Err("arithmetic on bool tensors is not supported".into());
+    }
+    one(TensorType::new(
+        cx.operand(0).dtype,
+        broadcast(&cx.operand(0).shape, &cx.operand(1).shape)?,
+    ))
+}
+
+/// Tensor ⊕ scalar attribute.
+pub fn scalar_binary(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    if cx.operand(0).dtype == DType::Bool {
+        return Err("arithmetic on bool tensors is not supported".into());
+    }
+    one(cx.operand(0).clone())
+}
+
+pub fn softmax(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    norm_dim(cx.int("dim")?, cx.operand(0).rank())?;
+    one(cx.operand(0).clone())
+}
+
+pub fn hardtanh(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let (lo, hi) = (cx.float("min_val")?, cx.float("max_val")?);
+    if lo > hi {
+        return Err(format!(
+            "`min_val` ({lo:?}) is greater than `max_val` ({hi:?})"
+        ));
+    }
+    unary_float(cx)
+}
+
+// ---- linear algebra ----------------------------------------------------------------------------
+
+pub fn linear(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    require_same_dtype(cx, 0, 1)?;
+    let (x, w) = (cx.operand(0), cx.operand(1));
+    require_rank(cx, 1, &[1, 2])?;
+    if x.rank() == 0 {
+        return Err(format!("`input` must have rank at least 1, found {x}"));
+    }
+    let in_features = *w.shape.last().unwrap_or(&Dim::Dynamic);
+    unify(
+        *x.shape.last().unwrap_or(&Dim::Dynamic),
+        in_features,
+        || {
+            format!(
+                "`input` has {} features but `weight` {} expects {}",
+                x.shape[x.rank() - 1],
+                w,
+                in_features
+            )
+        },
+    )?;
+    let mut shape = x.shape[..x.rank() - 1].to_vec();
+    if w.rank() == 2 {
+        shape.push(w.shape[0]);
+    }
+    if let Some(b) = cx.opt_operand(2) {
+        require_same_dtype(cx, 0, 2)?;
+        let out = if w.rank() == 2 {
+            w.shape[0]
+        } else {
+            Dim::Known(1)
+        };
+        if b.rank() > 1
+            || (b.rank() == 1 && !b.shape[0].compatible(out) && b.shape[0] != Dim::Known(1))
+        {
+            return Err(format!(
+                "`bias` {b} does not match the {out} output features"
+            ));
+        }
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn matmul(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_same_dtype(cx, 0, 1)?;
+    let (a, b) = (cx.operand(0), cx.operand(1));
+    if a.rank() == 0 || b.rank() == 0 {
+        return Err("both operands of matmul must have rank at least 1".into());
+    }
+    let mismatch = || format!("cannot multiply {a} by {b}: inner dimensions differ");
+    let a_k = a.shape[a.rank() - 1];
+    let b_k = if b.rank() == 1 {
+        b.shape[0]
+    } else {
+        b.shape[b.rank() - 2]
+    };
+    unify(a_k, b_k, mismatch)?;
+    let a_batch = if a.rank() > 2 {
+        &a.shape[..a.rank() - 2]
+    } else {
+        &[][..]
+    };
+    let b_batch = if b.rank() > 2 {
+        &b.shape[..b.rank() - 2]
+    } else {
+        &[][..]
+    };
+    let mut shape = broadcast(a_batch, b_batch)?;
+    if a.rank() >= 2 {
+        shape.push(a.shape[a.rank() - 2]);
+    }
+    if b.rank() >= 2 {
+        shape.push(b.shape[b.rank() - 1]);
+    }
+    one(TensorType::new(a.dtype, shape))
+}
+
+pub fn bmm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_rank(cx, 0, &[3])?;
+    require_rank(cx, 1, &[3])?;
+    let (a, b) = (cx.operand(0), cx.operand(1));
+    unify(a.shape[0], b.shape[0], || {
+        format!("batch sizes of {a} and {b} differ")
+    })?;
+    matmul(cx)
+}
+
+pub fn addmm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_rank(cx, 1, &[2])?;
+    require_rank(cx, 2, &[2])?;
+    require_same_dtype(cx, 0, 1)?;
+    require_same_dtype(cx, 1, 2)?;
+    let (bias, a, b) = (cx.operand(0), cx.operand(1), cx.operand(2));
+    unify(a.shape[1], b.shape[0], || {
+        format!("cannot multiply {a} by {b}: inner dimensions differ")
+    })?;
+    let out = [a.shape[0], b.shape[1]];
+    let shape = broadcast(&bias.shape, &out)?;
+    if shape.len() != 2 || !shape[0].compatible(out[0]) || !shape[1].compatible(out[1]) {
+        return Err(format!(
+            "`input` {bias} does not broadcast to the product's shape {}",
+            show(&out)
+        ));
+    }
+    one(TensorType::new(a.dtype, out.to_vec()))
+}
+
+// ---- convolution and pooling -----------------------------------------------------------------
+
+fn spatial_list(cx: &InferCx<'_>, name: &str, n: usize) -> R<Vec<i64>> {
+    let v = cx.ints(name)?;
+    if v.len() != n {
+        return Err(format!(
+            "`{name}` must have {n} elements, found {}",
+            v.len()
+        ));
+    }
+    Ok(v)
+}
+
+fn positive(name: &str, v: &[i64]) -> R<()> {
+    match v.iter().find(|&&x| x <= 0) {
+        Some(x) => Err(format!("`{name}` must be positive, found {x}")),
+        None => Ok(()),
+    }
+}
+
+fn non_negative(name: &str, v: &[i64]) -> R<()> {
+    match v.iter().find(|&&x| x < 0) {
+        Some(x) => Err(format!("`{name}` must be non-negative, found {x}")),
+        None => Ok(()),
+    }
+}
+
+/// `floor((in + 2p - d(k-1) - 1) / s) + 1`, or an error when the window does not fit.
+fn conv_out(input: Dim, k: u64, s: i64, p: i64, d: i64, what: &str) -> R<Dim> {
+    let Dim::Known(n) = input else {
+        return Ok(Dim::Dynamic);
+    };
+    let span = d * (k as i64 - 1) + 1;
+    let padded = n as i64 + 2 * p;
+    if padded < span {
+        return Err(format!(
+            "{what}: the input size {n} with padding {p} is smaller than the kernel extent {span}"
+        ));
+    }
+    Ok(Dim::Known(((padded - span) / s + 1) as u64))
+}
+
+/// conv1d / conv2d: `input [N,C,*] or [C,*]`, `weight [O, C/groups, *k]`, `bias [O]`.
+pub fn conv(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let w = cx.operand(1);
+    let n = w.rank().saturating_sub(2);
+    require_float(cx, 0)?;
+    require_same_dtype(cx, 0, 1)?;
+    require_rank(cx, 0, &[n + 1, n + 2])?;
+    let x = cx.operand(0);
+    let (stride, padding, dilation) = (
+        spatial_list(cx, "stride", n)?,
+        spatial_list(cx, "padding", n)?,
+        spatial_list(cx, "dilation", n)?,
+    );
+    positive("stride", &stride)?;
+    non_negative("padding", &padding)?;
+    positive("dilation", &dilation)?;
+    let groups = cx.int("groups")?;
+    if groups <= 0 {
+        return Err(format!("`groups` must be positive, found {groups}"));
+    }
+    let batched = x.rank() == n + 2;
+    let c_in = x.shape[batched as usize];
+    let out_ch = w.shape[0];
+    if let Dim::Known(o) = out_ch {
+        if o % groups as u64 != 0 {
+            return Err(format!(
+                "{o} output channels are not divisible by groups = {groups}"
+            ));
+        }
+    }
+    if let (Dim::Known(c), Dim::Known(wc)) = (c_in, w.shape[1]) {
+        if c != wc * groups as u64 {
+            return Err(format!(
+                "`input` has {c} channels but `weight` {w} with groups = {groups} expects {}",
+                wc * groups as u64
+            ));
+        }
+    }
+    if let Some(b) = cx.opt_operand(2) {
+        if b.rank() != 1 || !b.shape[0].compatible(out_ch) {
+            return Err(format!(
+                "`bias` {b} does not match the {out_ch} output channels"
+            ));
+        }
+    }
+    let mut shape = Vec::with_capacity(x.rank());
+    if batched {
+        shape.push(x.shape[0]);
+    }
+    shape.push(out_ch);
+    for i in 0..n {
+        let Dim::Known(k) = w.shape[2 + i] else {
+            shape.push(Dim::Dynamic);
+            continue;
+        };
+        shape.push(conv_out(
+            x.shape[x.rank() - n + i],
+            k,
+            stride[i],
+            padding[i],
+            dilation[i],
+            "convolution",
+        )?);
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+/// conv_transpose2d: `weight [C_in, O/groups, kH, kW]`.
+pub fn conv_transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    require_same_dtype(cx, 0, 1)?;
+    require_rank(cx, 1, &[4])?;
+    require_rank(cx, 0, &[3, 4])?;
+    let (x, w) = (cx.operand(0), cx.operand(1));
+    let stride = spatial_list(cx, "stride", 2)?;
+    let padding = spatial_list(cx, "padding", 2)?;
+    let output_padding = spatial_list(cx, "output_padding", 2)?;
+    let dilation = spatial_list(cx, "dilation", 2)?;
+    positive("stride", &stride)?;
+    non_negative("padding", &padding)?;
+    positive("dilation", &dilation)?;
+    non_negative("output_padding", &output_padding)?;
+    for i in 0..2 {
+        if output_padding[i] >= stride[i].max(dilation[i]) {
+            return Err(
+                "`output_padding` must be smaller than either `stride` or `dilation`".into(),
+            );
+        }
+    }
+    let groups = cx.int("groups")?;
+    if groups <= 0 {
+        return Err(format!("`groups` must be positive, found {groups}"));
+    }
+    let batched = x.rank() == 4;
+    let c_in = x.shape[batched as usize];
+    unify(c_in, w.shape[0], || {
+        format!(
+            "`input` has {c_in} channels but `weight` {w} expects {}",
+            w.shape[0]
+        )
+    })?;
+    let out_ch = match w.shape[1] {
+        Dim::Known(c) => Dim::Known(c * groups as u64),
+        Dim::Dynamic => Dim::Dynamic,
+    };
+    if let Some(b) = cx.opt_operand(2) {
+        if b.rank() != 1 || !b.shape[0].compatible(out_ch) {
+            return Err(format!(
+                "`bias` {b} does not match the {out_ch} output channels"
+            ));
+        }
+    }
+    let mut shape = Vec::with_capacity(4);
+    if batched {
+        shape.push(x.shape[0]);
+    }
+    shape.push(out_ch);
+    for i in 0..2 {
+        let (input, k) = (x.shape[x.rank() - 2 + i], w.shape[2 + i]);
+        shape.push(match (input, k) {
+            (Dim::Known(n), Dim::Known(k)) => {
+                let out = (n as i64 - 1) * stride[i] - 2 * padding[i]
+                    + dilation[i] * (k as i64 - 1)
+                    + output_padding[i]
+                    + 1;
+                if out <= 0 {
+                    return Err(format!(
+                        "the output size along spatial dim {i} would be {out}"
+                    ));
+                }
+                Dim::Known(out as u64)
+            }
+            _ => Dim::Dynamic,
+        });
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+/// Pooling output size with PyTorch's ceil_mode rule (the last window must start inside the
+/// input or its left padding).
+fn pool_out(input: Dim, k: i64, s: i64, p: i64, d: i64, ceil: bool) -> R<Dim> {
+    let Dim::Known(n) = input else {
+        return Ok(Dim::Dynamic);
+    };
+    if p * 2 > k {
+        return Err(format!(
+            "padding {p} must be at most half the kernel size {k}"
+        ));
+    }
+    let n = n as i64;
+    let span = d * (k - 1) + 1;
+    let num = n + 2 * p - span;
+    if num < 0 {
+        return Err(format!(
+            "the input size {n} is smaller than the pooling window {span}"
+        ));
+    }
+    let mut out = if ceil {
+        (num + s - 1) / s + 1
+    } else {
+        num / s + 1
+    };
+    if ceil && (out - 1) * s >= n + p {
+        out -= 1;
+    }
+    Ok(Dim::Known(out as u64))
+}
+
+fn pool2d(cx: &InferCx<'_>, dilation: &[i64]) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    require_rank(cx, 0, &[3, 4])?;
+    let x = cx.operand(0);
+    let kernel = spatial_list(cx, "kernel_size", 2)?;
+    positive("kernel_size", &kernel)?;
+    let stride = match cx.ints("stride")? {
+        s if s.is_empty() => kernel.clone(),
+        _ => spatial_list(cx, "stride", 2)?,
+    };
+    positive("stride", &stride)?;
+    let padding = spatial_list(cx, "padding", 2)?;
+    non_negative("padding", &padding)?;
+    let ceil = cx.boolean("ceil_mode")?;
+    let mut shape = x.shape.clone();
+    let r = x.rank();
+    for i in 0..2 {
+        shape[r - 2 + i] = pool_out(
+            x.shape[r - 2 + i],
+            kernel[i],
+            stride[i],
+            padding[i],
+            dilation[i],
+            ceil,
+        )?;
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn max_pool2d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let dilation = spatial_list(cx, "dilation", 2)?;
+    positive("dilation", &dilation)?;
+    pool2d(cx, &dilation)
+}
+
+pub fn avg_pool2d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    if let Some(d) = cx.opt_int("divisor_override") {
+        if d == 0 {
+            return Err("`divisor_override` must not be zero".into());
+        }
+    }
+    pool2d(cx, &[1, 1])
+}
+
+pub fn adaptive_avg_pool2d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    require_rank(cx, 0, &[3, 4])?;
+    let x = cx.operand(0);
+    let size = spatial_list(cx, "output_size", 2)?;
+    positive("output_size", &size)?;
+    let mut shape = x.shape.clone();
+    let r = x.rank();
+    shape[r - 2] = Dim::Known(size[0] as u64);
+    shape[r - 1] = Dim::Known(size[1] as u64);
+    one(TensorType::new(x.dtype, shape))
+}
+
+// ---- normalisation ---------------------------------------------------------------------------
+
+fn channel_vector(cx: &InferCx<'_>, i: usize, channels: Dim) -> R<()> {
+    let t = cx.operand(i);
+    if t.rank() == 1 && t.shape[0].compatible(channels) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` must be a vector of {channels} channels, found {t}",
+            cx.operand_name(i)
+        ))
+    }
+}
+
+pub fn batch_norm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    let x = cx.operand(0);
+    if x.rank() < 2 {
+        return Err(format!("`input` must have rank at least 2, found {x}"));
+    }
+    for i in 1..5 {
+        channel_vector(cx, i, x.shape[1])?;
+    }
+    one(x.clone())
+}
+
+pub fn layer_norm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    let x = cx.operand(0);
+    let normalized = cx.ints("normalized_shape")?;
+    if normalized.is_empty() || normalized.len() > x.rank() {
+        return Err(format!(
+            "`normalized_shape` {normalized:?} does not fit {x}"
+        ));
+    }
+    let tail = &x.shape[x.rank() - normalized.len()..];
+    for (d, &n) in tail.iter().zip(&normalized) {
+        if n < 0 || !d.compatible(Dim::Known(n as u64)) {
+            return Err(format!(
+                "`normalized_shape` {normalized:?} does not match the trailing dims of {x}"
+            ));
+        }
+    }
+    let expected = TensorType::new(
+        x.dtype,
+        normalized.iter().map(|&n| Dim::Known(n as u64)).collect(),
+    );
+    for i in 1..cx.operands.len() {
+        if !cx.operand(i).compatible(&expected) {
+            return Err(format!(
+                "`{}` must be {expected}, found {}",
+                cx.operand_name(i),
+                cx.operand(i)
+            ));
+        }
+    }
+    one(x.clone())
+}
+
+pub fn group_norm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    let x = cx.operand(0);
+    if x.rank() < 2 {
+        return Err(format!("`input` must have rank at least 2, found {x}"));
+    }
+    let groups = cx.int("num_groups")?;
+    if groups <= 0 {
+        return Err(format!("`num_groups` must be positive, found {groups}"));
+    }
+    if let Dim::Known(c) = x.shape[1] {
+        if c % groups as u64 != 0 {
+            return Err(format!(
+                "{c} channels are not divisible by num_groups = {groups}"
+            ));
+        }
+    }
+    for i in 1..cx.operands.len() {
+        channel_vector(cx, i, x.shape[1])?;
+    }
+    one(x.clone())
+}
+
+// ---- reductions ------------------------------------------------------------------------------
+
+pub fn reduce(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let dims = cx.ints("dim")?;
+    let keepdim = cx.boolean("keepdim")?;
+    let mut reduced = vec![false; x.rank()];
+    if dims.is_empty() {
+        reduced.fill(true);
+    }
+    for &d in &dims {
+        let d = norm_dim(d, x.rank())?;
+        if x.rank() > 0 {
+            if reduced[d] {
+                return Err(format!("dimension {d} appears twice in `dim`"));
+            }
+            reduced[d] = true;
+        }
+    }
+    let shape = x
+        .shape
+        .iter()
+        .zip(&reduced)
+        .filter_map(|(&d, &r)| match (r, keepdim) {
+            (false, _) => Some(d),
+            (true, true) => Some(Dim::Known(1)),
+            (true, false) => None,
+        })
+        .collect();
+    one(TensorType::new(x.dtype, shape))
+}
+
+// ---- shape manipulation ----------------------------------------------------------------------
+
+pub fn reshape(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let target = cx.ints("shape")?;
+    if target.iter().filter(|&&d| d == -1).count() > 1 {
+        return Err("at most one dimension of `shape` may be -1".into());
+    }
+    if let Some(bad) = target.iter().find(|&&d| d < -1) {
+        return Err(format!("invalid dimension {bad} in `shape`"));
+    }
+    let known: u64 = target
+        .iter()
+        .filter(|&&d| d >= 0)
+        .map(|&d| d as u64)
+        .product();
+    let total = x.num_elements();
+    let shape = target
+        .iter()
+        .map(|&d| {
+            if d >= 0 {
+                return Ok(Dim::Known(d as u64));
+            }
+            match total {
+                Some(t) if known != 0 && t % known == 0 => Ok(Dim::Known(t / known)),
+                Some(t) => Err(format!(
+                    "cannot infer the -1 dimension: {t} elements do not divide by {known}"
+                )),
+                None => Ok(Dim::Dynamic),
+            }
+        })
+        .collect::<R<Vec<_>>>()?;
+    if let (Some(t), false) = (total, target.contains(&-1)) {
+        if t != known {
+            return Err(format!(
+                "cannot reshape {x} ({t} elements) into {target:?} ({known} elements)"
+            ));
+        }
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn flatten(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    if x.rank() == 0 {
+        return one(TensorType::new(x.dtype, vec![Dim::Known(1)]));
+    }
+    let start = norm_dim(cx.int("start_dim")?, x.rank())?;
+    let end = norm_dim(cx.int("end_dim")?, x.rank())?;
+    if start > end {
+        return Err(format!(
+            "`start_dim` ({start}) comes after `end_dim` ({end})"
+        ));
+    }
+    let merged = x.shape[start..=end]
+        .iter()
+        .try_fold(1u64, |acc, d| d.known().map(|n| acc * n))
+        .map_or(Dim::Dynamic, Dim::Known);
+    let mut shape = x.shape[..start].to_vec();
+    shape.push(merged);
+    shape.extend_from_slice(&x.shape[end + 1..]);
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn permute(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let dims = cx.ints("dims")?;
+    if dims.len() != x.rank() {
+        return Err(format!(
+            "`dims` has {} entries but the input has rank {}",
+            dims.len(),
+            x.rank()
+        ));
+    }
+    let mut seen = vec![false; x.rank()];
+    let mut shape = Vec::with_capacity(x.rank());
+    for &d in &dims {
+        let d = norm_dim(d, x.rank())?;
+        if std::mem::replace(&mut seen[d], true) {
+            return Err(format!("dimension {d} appears twice in `dims`"));
+        }
+        shape.push(x.shape[d]);
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let mut shape = x.shape.clone();
+    if x.rank() > 0 {
+        let a = norm_dim(cx.int("dim0")?, x.rank())?;
+        let b = norm_dim(cx.int("dim1")?, x.rank())?;
+        shape.swap(a, b);
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn cat(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let Some(first) = cx.operands.first() else {
+        return Err("cat needs at least one input".into());
+    };
+    let dim = norm_dim(cx.int("dim")?, first.rank())?;
+    let mut shape = first.shape.clone();
+    for (i, t) in cx.operands.iter().enumerate().skip(1) {
+        if t.dtype != first.dtype {
+            return Err(format!(
+                "input {i} is {} but input 0 is {}",
+                t.dtype, first.dtype
+            ));
+        }
+        if t.rank() != first.rank() {
+            return Err(format!(
+                "input {i} has rank {} but input 0 has rank {}",
+                t.rank(),
+                first.rank()
+            ));
+        }
+        for (d, (acc, &other)) in shape.iter_mut().zip(&t.shape).enumerate() {
+            *acc = if d == dim {
+                match (*acc, other) {
+                    (Dim::Known(a), Dim::Known(b)) => Dim::Known(a + b),
+                    _ => Dim::Dynamic,
+                }
+            } else {
+                unify(*acc, other, || {
+                    format!("input {i} differs from input 0 in dimension {d}")
+                })?
+            };
+        }
+    }
+    one(TensorType::new(first.dtype, shape))
+}
+
+pub fn slice(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let dim = norm_dim(cx.int("dim")?, x.rank())?;
+    let step = cx.int("step")?;
+    if step <= 0 {
+        return Err(format!("`step` must be positive, found {step}"));
+    }
+    let mut shape = x.shape.clone();
+    if let Dim::Known(n) = x.shape[dim] {
+        let n = n as i64;
+        // PyTorch clamps out-of-range bounds rather than failing.
+        let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
+        let start = cx.opt_int("start").map_or(0, clamp);
+        let end = cx.opt_int("end").map_or(n, clamp);
+        let len = if end > start {
+            (end - start + step - 1) / step
+        } else {
+            0
+        };
+        shape[dim] = Dim::Known(len as u64);
+    }
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn squeeze(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let dims = match cx.opt_ints("dims") {
+        Some(d) => d
+            .iter()
+            .map(|&d| norm_dim(d, x.rank()))
+            .collect::<R<Vec<_>>>()?,
+        None => (0..x.rank()).collect(),
+    };
+    let shape = x
+        .shape
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| !(dims.contains(i) && **d == Dim::Known(1)))
+        .map(|(_, &d)| d)
+        .collect();
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn unsqueeze(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let dim = norm_dim(cx.int("dim")?, x.rank() + 1)?;
+    let mut shape = x.shape.clone();
+    shape.insert(dim, Dim::Known(1));
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn expand(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let x = cx.operand(0);
+    let size = cx.ints("size")?;
+    if size.len() < x.rank() {
+        return Err(format!(
+            "`size` has {} entries but the input has rank {}",
+            size.len(),
+            x.rank()
+        ));
+    }
+    let lead = size.len() - x.rank();
+    let shape = size
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            let src = if i >= lead {
+                Some(x.shape[i - lead])
+            } else {
+                None
+            };
+            match (s, src) {
+                (-1, Some(d)) => Ok(d),
+                (-1, None) => Err(format!(
+                    "-1 is not allowed for the new leading dimension {i}"
+                )),
+                (s, _) if s < 0 => Err(format!("invalid size {s} in `size`")),
+                (s, Some(Dim::Known(d))) if d != 1 && d != s as u64 => {
+                    Err(format!("cannot expand dimension {i} of size {d} to {s}"))
+                }
+                (s, _) => Ok(Dim::Known(s as u64)),
+            }
+        })
+        .collect::<R<Vec<_>>>()?;
+    one(TensorType::new(x.dtype, shape))
+}
+
+pub fn embedding(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_rank(cx, 0, &[2])?;
+    let (w, idx) = (cx.operand(0), cx.operand(1));
+    if !matches!(idx.dtype, DType::I32 | DType::I64) {
+        return Err(format!("`indices` must be i32 or i64, found {idx}"));
+    }
+    let mut shape = idx.shape.clone();
+    shape.push(w.shape[1]);
+    one(TensorType::new(w.dtype, shape))
+}
+
+// ---- quantization ------------------------------------------------------------------------------
+
+/// qmin/qmax fit the quantized dtype and are ordered.
+fn quant_range(cx: &InferCx<'_>) -> R<DType> {
+    let dtype = cx.dtype("dtype")?;
+    let Some((lo, hi)) = dtype.int_range() else {
+        return Err(format!("`dtype` must be an integer type, found {dtype}"));
+    };
+    let (qmin, qmax) = (cx.int("qmin")?, cx.int("qmax")?);
+    if qmin > qmax {
+        return Err(format!("`qmin` ({qmin}) is greater than `qmax` ({qmax})"));
+    }
+    if qmin < lo || qmax > hi {
+        return Err(format!(
+            "the range [{qmin}, {qmax}] does not fit in {dtype} [{lo}, {hi}]"
+        ));
+    }
+    Ok(dtype)
+}
+
+fn positive_scale(cx: &InferCx<'_>) -> R<()> {
+    let scale = cx.float("scale")?;
+    if scale.is_finite() && scale > 0.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "`scale` must be positive and finite, found {scale:?}"
+        ))
+    }
+}
+
+pub fn quantize_per_tensor(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    positive_scale(cx)?;
+    let dtype = quant_range(cx)?;
+    one(cx.operand(0).with_dtype(dtype))
+}
+
+fn dequantize_result(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let dtype = quant_range(cx)?;
+    let x = cx.operand(0);
+    if x.dtype != dtype {
+        return Err(format!("the input is {} but `dtype` says {dtype}", x.dtype));
+    }
+    let out = cx.dtype("out_dtype")?;
+    if !out.is_float() {
+        return Err(format!("`out_dtype` must be a float type, found {out}"));
+    }
+    one(x.with_dtype(out))
+}
+
+pub fn dequantize_per_tensor(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    positive_scale(cx)?;
+    dequantize_result(cx)
+}
+
+/// The `.tensor` overloads: scale f32/f64 and zero point int, one element each.
+fn tensor_qparams(cx: &InferCx<'_>) -> R<()> {
+    let (s, z) = (cx.operand(1), cx.operand(2));
+    let single = |t: &TensorType| t.num_elements().is_none_or(|n| n == 1);
+    if !(matches!(s.dtype, DType::F32 | DType::F64) && single(s)) {
+        return Err(format!(
+            "`scale` must be a one-element f32 or f64 tensor, found {s}"
+        ));
+    }
+    if !(z.dtype.is_int() && single(z)) {
+        return Err(format!(
+            "`zero_point` must be a one-element integer tensor, found {z}"
+        ));
+    }
+    Ok(())
+}
+
+pub fn quantize_per_tensor_dyn(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    tensor_qparams(cx)?;
+    let dtype = quant_range(cx)?;
+    one(cx.operand(0).with_dtype(dtype))
+}
+
+pub fn dequantize_per_tensor_dyn(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    tensor_qparams(cx)?;
+    dequantize_result(cx)
+}
+
+/// Per-channel scales `[C]` (float) and zero points `[C]` (int, or float for float qparams).
+fn channel_qparams(cx: &InferCx<'_>) -> R<()> {
+    let x = cx.operand(0);
+    let axis = norm_dim(cx.int("axis")?, x.rank())?;
+    let channels = x.shape.get(axis).copied().unwrap_or(Dim::Known(1));
+    let (s, z) = (cx.operand(1), cx.operand(2));
+    if !(s.dtype.is_float() && s.rank() == 1 && s.shape[0].compatible(channels)) {
+        return Err(format!("`scales` must be a float vector of the {channels} channels along axis {axis}, found {s}"));
+    }
+    if !(z.rank() == 1 && z.shape[0].compatible(channels) && z.dtype != DType::Bool) {
+        return Err(format!("`zero_points` must be a vector of the {channels} channels along axis {axis}, found {z}"));
+    }
+    Ok(())
+}
+
+pub fn quantize_per_channel(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    channel_qparams(cx)?;
+    let dtype = quant_range(cx)?;
+    one(cx.operand(0).with_dtype(dtype))
+}
+
+pub fn dequantize_per_channel(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    channel_qparams(cx)?;
+    dequantize_result(cx)
+}
+
+pub fn choose_qparams(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    quant_range(cx)?;
+    let eps = cx.float("eps")?;
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(format!("`eps` must be positive and finite, found {eps:?}"));
+    }
+    Ok(vec![
+        TensorType::fixed(DType::F64, &[1]),
+        TensorType::fixed(DType::I64, &[1]),
+    ])
+}
+
+pub fn fake_quantize_per_tensor(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    positive_scale(cx)?;
+    if cx.int("qmin")? > cx.int("qmax")? {
+        return Err("`qmin` is greater than `qmax`".into());
+    }
+    one(cx.operand(0).clone())
+}
+
+pub fn fake_quantize_per_channel(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    channel_qparams(cx)?;
+    if cx.int("qmin")? > cx.int("qmax")? {
+        return Err("`qmin` is greater than `qmax`".into());
+    }
+    one(cx.operand(0).clone())
+}
+
+pub fn observer(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    quant_range(cx)?;
+    let x = cx.operand(0);
+    if let Some(axis) = cx.opt_int("ch_axis") {
+        norm_dim(axis, x.rank())?;
+    }
+    one(x.clone())
+}

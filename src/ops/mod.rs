@@ -1,0 +1,236 @@
+//! The op registry: every op described once — operands, attribute schema with defaults, result
+//! type rule, traits. The parser, lowering, verifier, printer, passes and interpreter all read
+//! it; nothing about an op is written anywhere else.
+
+mod defs;
+mod infer;
+
+use crate::ir::attr::{Attr, Attrs};
+use crate::ir::types::{DType, TensorType};
+
+pub use defs::OPS;
+pub use infer::InferCx;
+
+/// An op's identity: an index into [`OPS`].
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpKind(u16);
+
+impl OpKind {
+    pub fn def(self) -> &'static OpDef {
+        &OPS[self.0 as usize]
+    }
+
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+
+    /// Looks an op up by its QIR name.
+    pub fn from_name(name: &str) -> Option<OpKind> {
+        OPS.iter()
+            .position(|d| d.name == name)
+            .map(|i| OpKind(i as u16))
+    }
+
+    pub fn all() -> impl Iterator<Item = OpKind> {
+        (0..OPS.len()).map(|i| OpKind(i as u16))
+    }
+}
+
+/// How many values an operand slot takes.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Arity {
+    One,
+    /// May be left out; only trailing slots are optional.
+    Optional,
+    /// Zero or more (the last slot only).
+    Variadic,
+}
+
+#[derive(Copy, Clone, Debug)]
+pub struct OperandDef {
+    pub name: &'static str,
+    pub arity: Arity,
+}
+
+/// The kind of value an attribute holds.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum AttrKind {
+    Int,
+    Float,
+    Bool,
+    /// A string; when the list is non-empty, one of those spellings.
+    Str(&'static [&'static str]),
+    Ints,
+    DType,
+    Dict,
+    /// A dense tensor literal shaped by the op's result type (`const`).
+    Tensor,
+}
+
+impl AttrKind {
+    pub fn describe(self) -> String {
+        match self {
+            AttrKind::Int => "an integer".into(),
+            AttrKind::Float => "a float".into(),
+            AttrKind::Bool => "a bool".into(),
+            AttrKind::Str([]) => "a string".into(),
+            AttrKind::Str(choices) => {
+                format!(
+                    "one of {}",
+                    choices
+                        .iter()
+                        .map(|c| format!("\"{c}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+            AttrKind::Ints => "a list of integers".into(),
+            AttrKind::DType => "a dtype".into(),
+            AttrKind::Dict => "a dictionary".into(),
+            AttrKind::Tensor => "a tensor literal".into(),
+        }
+    }
+}
+
+/// A default value, spelled so it can live in a `static` table.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum DefaultValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(&'static str),
+    Ints(&'static [i64]),
+    DType(DType),
+}
+
+impl DefaultValue {
+    pub fn to_attr(self) -> Attr {
+        match self {
+            DefaultValue::Int(v) => Attr::Int(v),
+            DefaultValue::Float(v) => Attr::Float(v),
+            DefaultValue::Bool(v) => Attr::Bool(v),
+            DefaultValue::Str(v) => Attr::Str(v.into()),
+            DefaultValue::Ints(v) => Attr::List(v.iter().map(|&i| Attr::Int(i)).collect()),
+            DefaultValue::DType(v) => Attr::DType(v),
+        }
+    }
+}
+
+/// Whether an attribute must be written, may be absent, or has a default.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Presence {
+    Required,
+    Optional,
+    Default(DefaultValue),
+}
+
+#[derive(Copy, Clone, Debug)]
+pub struct AttrDef {
+    pub name: &'static str,
+    pub kind: AttrKind,
+    pub presence: Presence,
+}
+
+/// The result type rule: operand types and attributes in, result types out (or a message).
+pub type InferFn = fn(&InferCx<'_>) -> Result<Vec<TensorType>, String>;
+
+/// One op's description.
+pub struct OpDef {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub operands: &'static [OperandDef],
+    pub num_results: usize,
+    pub attrs: &'static [AttrDef],
+    pub infer: InferFn,
+    /// No side effects: DCE may delete it when unused and CSE may merge equal copies.
+    pub pure: bool,
+}
+
+impl OpDef {
+    pub fn attr_index(&self, name: &str) -> Option<usize> {
+        self.attrs.iter().position(|a| a.name == name)
+    }
+
+    /// The smallest and largest operand counts the op accepts (`None` = unbounded).
+    pub fn operand_count_range(&self) -> (usize, Option<usize>) {
+        let required = self
+            .operands
+            .iter()
+            .filter(|o| o.arity == Arity::One)
+            .count();
+        let variadic = self.operands.iter().any(|o| o.arity == Arity::Variadic);
+        (required, (!variadic).then_some(self.operands.len()))
+    }
+
+    /// The attribute set with every default filled in, from the attributes that were written.
+    /// Positions follow `self.attrs`.
+    pub fn complete_attrs(&self, mut written: Vec<Option<Attr>>) -> Attrs {
+        written.resize(self.attrs.len(), None);
+        for (slot, def) in written.iter_mut().zip(self.attrs) {
+            if slot.is_none() {
+                if let Presence::Default(d) = def.presence {
+                    *slot = Some(d.to_attr());
+                }
+            }
+        }
+        written.into_boxed_slice()
+    }
+
+    /// Whether `value` is the attribute's default (the printer leaves defaults out).
+    pub fn is_default(&self, index: usize, value: &Attr) -> bool {
+        matches!(self.attrs[index].presence, Presence::Default(d) if d.to_attr() == *value)
+    }
+
+    /// Infers result types from operand types and the complete attribute set.
+    pub fn infer(
+        &'static self,
+        operands: &[&TensorType],
+        attrs: &[Option<Attr>],
+        declared: &[TensorType],
+    ) -> Result<Vec<TensorType>, String> {
+        (self.infer)(&InferCx {
+            def: self,
+            operands,
+            attrs,
+            declared,
+        })
+    }
+}
+
+/// Checks that `value` is of `kind`, converting where the text is lenient (an integer where a
+/// float is expected). Returns the attribute to store or a message.
+pub fn check_attr_kind(kind: AttrKind, value: Attr) -> Result<Attr, String> {
+    let mismatch = |v: &Attr| {
+        Err(format!(
+            "expected {}, found {}",
+            kind.describe(),
+            v.kind_name()
+        ))
+    };
+    match (kind, value) {
+        (AttrKind::Int, v @ Attr::Int(_)) => Ok(v),
+        (AttrKind::Float, Attr::Int(i)) => Ok(Attr::Float(i as f64)),
+        (AttrKind::Float, v @ Attr::Float(_)) => Ok(v),
+        (AttrKind::Bool, v @ Attr::Bool(_)) => Ok(v),
+        (AttrKind::Str(choices), Attr::Str(s)) => {
+            if choices.is_empty() || choices.contains(&&*s) {
+                Ok(Attr::Str(s))
+            } else {
+                Err(format!("expected {}, found \"{s}\"", kind.describe()))
+            }
+        }
+        (AttrKind::Ints, Attr::List(items)) => {
+            if let Some(bad) = items.iter().find(|i| !matches!(i, Attr::Int(_))) {
+                return Err(format!(
+                    "expected a list of integers, but an element is {}",
+                    bad.kind_name()
+                ));
+            }
+            Ok(Attr::List(items))
+        }
+        (AttrKind::DType, v @ Attr::DType(_)) => Ok(v),
+        (AttrKind::Dict, v @ Attr::Dict(_)) => Ok(v),
+        (AttrKind::Tensor, v @ Attr::Tensor(_)) => Ok(v),
+        (_, v) => mismatch(&v),
+    }
+}

@@ -1,0 +1,52 @@
+//! `dce`: dead-code elimination.
+//!
+//! Deletes every pure op none of whose results is used (transitively: an op that only fed
+//! deleted ops goes too). Ops with effects (`observer`) always stay, as do graph inputs.
+//!
+//! Requires: a verified module. Leaves: a verified module in which every pure op has a used
+//! result. Idempotent. Linear: one sweep in reverse program order, since an op's producers
+//! come before it.
+//!
+//! ```text
+//! %a = relu(%x) : f32[4]             // unused: deleted
+//! %b = sigmoid(%x) : f32[4]
+//! return %b
+//! ```
+//! becomes
+//! ```text
+//! %b = sigmoid(%x) : f32[4]
+//! return %b
+//! ```
+
+use super::{PassContext, PassDef};
+use crate::diag::Diagnostics;
+use crate::ir::{Graph, Module};
+
+pub const PASS: PassDef = PassDef {
+    name: "dce",
+    description: "Delete pure ops whose results are unused.",
+    run,
+};
+
+fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
+    let mut changed = false;
+    for graph in &mut module.graphs {
+        changed |= eliminate_dead_ops(graph);
+    }
+    Ok(changed)
+}
+
+/// Returns whether anything was deleted.
+pub fn eliminate_dead_ops(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    let mut cursor = graph.ops().last();
+    while let Some(op) = cursor {
+        cursor = graph.prev_op(op);
+        let data = graph.op(op);
+        if data.def().pure && data.results().all(|r| !graph.has_uses(r)) {
+            graph.erase_op(op);
+            changed = true;
+        }
+    }
+    changed
+}

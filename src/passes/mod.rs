@@ -1,0 +1,25 @@
+//! Passes: module → module rewrites, one per file, all listed in [`registry`].
+
+pub mod cse;
+pub mod dce;
+pub mod manager;
+pub mod registry;
+
+use crate::diag::Diagnostics;
+use crate::ir::Module;
+
+/// What a pass run may read besides the module (options, data); grows with the passes.
+#[derive(Default)]
+pub struct PassContext {
+    /// Non-fatal diagnostics (warnings) a pass wants the user to see.
+    pub warnings: Diagnostics,
+}
+
+/// A registered pass. `run` returns whether it changed the module.
+pub struct PassDef {
+    /// The kebab-case name used by `-p` and in IR dumps.
+    pub name: &'static str,
+    /// One line for `--list-passes`.
+    pub description: &'static str,
+    pub run: fn(&mut Module, &mut PassContext) -> Result<bool, Diagnostics>,
+}

@@ -1,0 +1,47 @@
+//! The one list of passes and named pipelines.
+
+use super::{cse, dce, PassDef};
+
+/// Every pass, in the order `--list-passes` shows them.
+pub static PASSES: &[PassDef] = &[cse::PASS, dce::PASS];
+
+/// Named pipelines usable wherever a pass name is: `-p cleanup`.
+pub static PIPELINES: &[(&str, &str, &[&str])] = &[
+    (
+        "default",
+        "The pipeline `qc model.qir` runs (verification only, until the quantization passes land).",
+        &[],
+    ),
+    (
+        "cleanup",
+        "Merge duplicate pure ops, then delete unused ones.",
+        &["cse", "dce"],
+    ),
+];
+
+pub fn find(name: &str) -> Option<&'static PassDef> {
+    PASSES.iter().find(|p| p.name == name)
+}
+
+/// Expands a comma-separated list of pass and pipeline names. Unknown names are returned as
+/// errors with a suggestion.
+pub fn expand(names: &[String]) -> Result<Vec<&'static PassDef>, String> {
+    let mut out = Vec::new();
+    for name in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        if let Some(pass) = find(name) {
+            out.push(pass);
+        } else if let Some((_, _, members)) = PIPELINES.iter().find(|(p, _, _)| *p == name) {
+            out.extend(members.iter().filter_map(|m| find(m)));
+        } else {
+            let known = PASSES
+                .iter()
+                .map(|p| p.name)
+                .chain(PIPELINES.iter().map(|p| p.0));
+            return Err(format!(
+                "unknown pass or pipeline `{name}`; {}",
+                crate::diag::suggest(name, known)
+            ));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,282 @@
+//! Dense tensor values over `ndarray`, one variant per QIR element type.
+//!
+//! Constants in the IR, weights loaded from safetensors and (later) interpreter values are all
+//! [`Tensor`]s. Equality and hashing here are by bit pattern, as constant folding and CSE need.
+
+use std::hash::{Hash, Hasher};
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+
+use crate::ir::types::DType;
+
+/// A dense tensor of one element type.
+#[derive(Clone, Debug)]
+pub enum Tensor {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+    F16(ArrayD<f16>),
+    BF16(ArrayD<bf16>),
+    I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
+    I16(ArrayD<i16>),
+    I32(ArrayD<i32>),
+    I64(ArrayD<i64>),
+    Bool(ArrayD<bool>),
+}
+
+/// Applies `$body` to the array inside any [`Tensor`] variant.
+macro_rules! with_array {
+    ($tensor:expr, $a:ident => $body:expr) => {
+        match $tensor {
+            Tensor::F32($a) => $body,
+            Tensor::F64($a) => $body,
+            Tensor::F16($a) => $body,
+            Tensor::BF16($a) => $body,
+            Tensor::I8($a) => $body,
+            Tensor::U8($a) => $body,
+            Tensor::I16($a) => $body,
+            Tensor::I32($a) => $body,
+            Tensor::I64($a) => $body,
+            Tensor::Bool($a) => $body,
+        }
+    };
+}
+
+/// One scalar element, widened for printing and literal construction.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Scalar {
+    /// A float element with its own dtype's bits (f16/bf16/f32/f64).
+    Float {
+        value: f64,
+        bits: u64,
+        dtype: DType,
+    },
+    Int(i64),
+    Bool(bool),
+}
+
+impl Tensor {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Tensor::F32(_) => DType::F32,
+            Tensor::F64(_) => DType::F64,
+            Tensor::F16(_) => DType::F16,
+            Tensor::BF16(_) => DType::BF16,
+            Tensor::I8(_) => DType::I8,
+            Tensor::U8(_) => DType::U8,
+            Tensor::I16(_) => DType::I16,
+            Tensor::I32(_) => DType::I32,
+            Tensor::I64(_) => DType::I64,
+            Tensor::Bool(_) => DType::Bool,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        with_array!(self, a => a.shape())
+    }
+
+    pub fn len(&self) -> usize {
+        with_array!(self, a => a.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements in logical (row-major) order.
+    pub fn scalars(&self) -> Vec<Scalar> {
+        fn floats<T: Copy>(
+            a: &ArrayD<T>,
+            dtype: DType,
+            f: impl Fn(T) -> (f64, u64),
+        ) -> Vec<Scalar> {
+            a.iter()
+                .map(|&x| {
+                    let (value, bits) = f(x);
+                    Scalar::Float { value, bits, dtype }
+                })
+                .collect()
+        }
+        match self {
+            Tensor::F32(a) => floats(a, DType::F32, |x| (x as f64, x.to_bits() as u64)),
+            Tensor::F64(a) => floats(a, DType::F64, |x| (x, x.to_bits())),
+            Tensor::F16(a) => floats(a, DType::F16, |x| (x.to_f64(), x.to_bits() as u64)),
+            Tensor::BF16(a) => floats(a, DType::BF16, |x| (x.to_f64(), x.to_bits() as u64)),
+            Tensor::I8(a) => a.iter().map(|&x| Scalar::Int(x.into())).collect(),
+            Tensor::U8(a) => a.iter().map(|&x| Scalar::Int(x.into())).collect(),
+            Tensor::I16(a) => a.iter().map(|&x| Scalar::Int(x.into())).collect(),
+            Tensor::I32(a) => a.iter().map(|&x| Scalar::Int(x.into())).collect(),
+            Tensor::I64(a) => a.iter().map(|&x| Scalar::Int(x)).collect(),
+            Tensor::Bool(a) => a.iter().map(|&x| Scalar::Bool(x)).collect(),
+        }
+    }
+
+    /// Builds a tensor of `dtype` and `shape` from row-major literal elements. Errors name the
+    /// first element that does not fit the dtype.
+    pub fn from_literals(
+        dtype: DType,
+        shape: &[usize],
+        elems: &[Literal],
+    ) -> Result<Tensor, LiteralError> {
+        let expected: usize = shape.iter().product();
+        if elems.len() != expected {
+            return Err(LiteralError::Count {
+                expected,
+                found: elems.len(),
+            });
+        }
+        fn build<T>(
+            shape: &[usize],
+            elems: &[Literal],
+            f: impl Fn(usize, Literal) -> Result<T, LiteralError>,
+        ) -> Result<ArrayD<T>, LiteralError> {
+            let data = elems
+                .iter()
+                .enumerate()
+                .map(|(i, &e)| f(i, e))
+                .collect::<Result<Vec<T>, _>>()?;
+            ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|_| LiteralError::Count {
+                expected: shape.iter().product(),
+                found: elems.len(),
+            })
+        }
+        fn int<T: TryFrom<i64>>(
+            dtype: DType,
+        ) -> impl Fn(usize, Literal) -> Result<T, LiteralError> {
+            move |index, lit| match lit {
+                Literal::Int(v) => {
+                    T::try_from(v).map_err(|_| LiteralError::OutOfRange { index, dtype })
+                }
+                _ => Err(LiteralError::Kind { index, dtype }),
+            }
+        }
+        let float = |dtype: DType| {
+            move |index: usize, lit: Literal| -> Result<f64, LiteralError> {
+                match lit {
+                    Literal::Float { value, .. } => Ok(value),
+                    Literal::Int(v) => Ok(v as f64),
+                    _ => Err(LiteralError::Kind { index, dtype }),
+                }
+            }
+        };
+        // A `nan(0x..)` literal carries raw bits of the element type itself.
+        let bits = |index: usize, lit: Literal, width: u32| -> Option<Result<u64, LiteralError>> {
+            match lit {
+                Literal::NanBits(b) if width < 64 && b >> width != 0 => {
+                    Some(Err(LiteralError::OutOfRange { index, dtype }))
+                }
+                Literal::NanBits(b) => Some(Ok(b)),
+                _ => None,
+            }
+        };
+        Ok(match dtype {
+            DType::F32 => Tensor::F32(build(shape, elems, |i, e| match (bits(i, e, 32), e) {
+                (Some(b), _) => b.map(|b| f32::from_bits(b as u32)),
+                (None, Literal::Float { as_f32, .. }) => Ok(as_f32),
+                (None, _) => float(dtype)(i, e).map(|v| v as f32),
+            })?),
+            DType::F64 => Tensor::F64(build(shape, elems, |i, e| match bits(i, e, 64) {
+                Some(b) => b.map(f64::from_bits),
+                None => float(dtype)(i, e),
+            })?),
+            DType::F16 => Tensor::F16(build(shape, elems, |i, e| match bits(i, e, 16) {
+                Some(b) => b.map(|b| f16::from_bits(b as u16)),
+                None => float(dtype)(i, e).map(|v| {
+                    if v.is_nan() {
+                        f16::NAN
+                    } else {
+                        f16::from_f64(v)
+                    }
+                }),
+            })?),
+            DType::BF16 => Tensor::BF16(build(shape, elems, |i, e| match bits(i, e, 16) {
+                Some(b) => b.map(|b| bf16::from_bits(b as u16)),
+                None => float(dtype)(i, e).map(|v| {
+                    if v.is_nan() {
+                        bf16::NAN
+                    } else {
+                        bf16::from_f64(v)
+                    }
+                }),
+            })?),
+            DType::I8 => Tensor::I8(build(shape, elems, int(dtype))?),
+            DType::U8 => Tensor::U8(build(shape, elems, int(dtype))?),
+            DType::I16 => Tensor::I16(build(shape, elems, int(dtype))?),
+            DType::I32 => Tensor::I32(build(shape, elems, int(dtype))?),
+            DType::I64 => Tensor::I64(build(shape, elems, int(dtype))?),
+            DType::Bool => Tensor::Bool(build(shape, elems, |index, lit| match lit {
+                Literal::Bool(b) => Ok(b),
+                _ => Err(LiteralError::Kind { index, dtype }),
+            })?),
+        })
+    }
+
+    /// Bitwise equality: same dtype, shape and element bits.
+    pub fn bit_eq(&self, other: &Tensor) -> bool {
+        self.dtype() == other.dtype()
+            && self.shape() == other.shape()
+            && self.scalars_bits().eq(other.scalars_bits())
+    }
+
+    pub fn hash_bits<H: Hasher>(&self, state: &mut H) {
+        self.dtype().hash(state);
+        self.shape().hash(state);
+        for bits in self.scalars_bits() {
+            bits.hash(state);
+        }
+    }
+
+    fn scalars_bits(&self) -> impl Iterator<Item = u64> + '_ {
+        self.scalars().into_iter().map(|s| match s {
+            Scalar::Float { bits, .. } => bits,
+            Scalar::Int(v) => v as u64,
+            Scalar::Bool(b) => b as u64,
+        })
+    }
+}
+
+/// One element of a tensor literal as written in the text.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Literal {
+    Int(i64),
+    /// A float, parsed as f64 and, separately, straight to f32 (going through f64 could
+    /// round twice).
+    Float {
+        value: f64,
+        as_f32: f32,
+    },
+    /// `nan(0x...)`: a NaN with an explicit bit pattern of the element type.
+    NanBits(u64),
+    Bool(bool),
+}
+
+/// Why a literal does not make a tensor of the declared type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LiteralError {
+    Count { expected: usize, found: usize },
+    Kind { index: usize, dtype: DType },
+    OutOfRange { index: usize, dtype: DType },
+}
+
+impl std::fmt::Display for LiteralError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LiteralError::Count { expected, found } => {
+                write!(
+                    f,
+                    "the literal has {found} elements but the type has {expected}"
+                )
+            }
+            LiteralError::Kind { index, dtype } => {
+                write!(
+                    f,
+                    "element {index} of the literal is not a valid {dtype} value"
+                )
+            }
+            LiteralError::OutOfRange { index, dtype } => {
+                write!(f, "element {index} of the literal does not fit in {dtype}")
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Weight files: safetensors, memory-mapped so that opening a large file reads only its header.
+
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use ndarray::{ArrayD, IxDyn};
+use rustc_hash::FxHashMap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::ir::types::{DType, TensorType};
+use crate::tensor::Tensor;
+
+/// One tensor's entry in the header.
+#[derive(Clone, Debug)]
+pub struct WeightInfo {
+    /// `Err` holds the safetensors dtype name when QIR has no such element type.
+    pub dtype: Result<DType, String>,
+    pub shape: Vec<usize>,
+    /// Byte range inside the data section.
+    pub range: std::ops::Range<usize>,
+}
+
+impl WeightInfo {
+    pub fn tensor_type(&self) -> Option<TensorType> {
+        let dtype = self.dtype.clone().ok()?;
+        Some(TensorType::fixed(
+            dtype,
+            &self.shape.iter().map(|&d| d as u64).collect::<Vec<_>>(),
+        ))
+    }
+}
+
+/// An opened safetensors file.
+pub struct WeightFile {
+    pub path: PathBuf,
+    map: Option<Mmap>,
+    data_start: usize,
+    entries: FxHashMap<String, WeightInfo>,
+}
+
+impl std::fmt::Debug for WeightFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeightFile")
+            .field("path", &self.path)
+            .field("tensors", &self.entries.len())
+            .finish()
+    }
+}
+
+fn qir_dtype(d: Dtype) -> Result<DType, String> {
+    Ok(match d {
+        Dtype::F32 => DType::F32,
+        Dtype::F64 => DType::F64,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::I8 => DType::I8,
+        Dtype::U8 => DType::U8,
+        Dtype::I16 => DType::I16,
+        Dtype::I32 => DType::I32,
+        Dtype::I64 => DType::I64,
+        Dtype::BOOL => DType::Bool,
+        other => return Err(format!("{other:?}")),
+    })
+}
+
+impl WeightFile {
+    /// Maps `path` and reads its header. Errors are one-line messages for a diagnostic.
+    pub fn open(path: &Path) -> Result<WeightFile, String> {
+        let file = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .len();
+        // SAFETY: the map is read-only and qc never writes the file it maps; another process
+        // truncating it while we run is outside what any mmap-based reader can defend against.
+        let map = if len == 0 {
+            None
+        } else {
+            Some(
+                unsafe { Mmap::map(&file) }
+                    .map_err(|e| format!("cannot map {}: {e}", path.display()))?,
+            )
+        };
+        let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
+        let (header_len, metadata) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("{} is not a valid safetensors file: {e}", path.display()))?;
+        let entries = metadata
+            .tensors()
+            .into_iter()
+            .map(|(name, info)| {
+                let entry = WeightInfo {
+                    dtype: qir_dtype(info.dtype),
+                    shape: info.shape.clone(),
+                    range: info.data_offsets.0..info.data_offsets.1,
+                };
+                (name, entry)
+            })
+            .collect();
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            map,
+            data_start: 8 + header_len,
+            entries,
+        })
+    }
+
+    pub fn info(&self, key: &str) -> Option<&WeightInfo> {
+        self.entries.get(key)
+    }
+
+    /// Tensor names, sorted (for suggestions and listings).
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Raw little-endian bytes of `key`.
+    pub fn bytes(&self, key: &str) -> Option<&[u8]> {
+        let info = self.entries.get(key)?;
+        let data = self.map.as_deref()?;
+        data.get(self.data_start + info.range.start..self.data_start + info.range.end)
+    }
+
+    /// Decodes `key` into a tensor (a copy: data in the file may be unaligned).
+    pub fn tensor(&self, key: &str) -> Result<Tensor, String> {
+        let info = self
+            .entries
+            .get(key)
+            .ok_or_else(|| format!("no tensor `{key}` in {}", self.path.display()))?;
+        let dtype = info
+            .dtype
+            .clone()
+            .map_err(|d| format!("tensor `{key}` has unsupported dtype {d}"))?;
+        let bytes = self.bytes(key).unwrap_or(&[]);
+        decode(dtype, &info.shape, bytes).ok_or_else(|| {
+            format!(
+                "tensor `{key}` has {} bytes, which does not match its shape",
+                bytes.len()
+            )
+        })
+    }
+}
+
+/// Little-endian bytes → tensor; `None` when the byte count does not match the shape.
+pub fn decode(dtype: DType, shape: &[usize], bytes: &[u8]) -> Option<Tensor> {
+    let n: usize = shape.iter().product();
+    if bytes.len() != n * dtype.size_bytes() {
+        return None;
+    }
+    fn arr<T, const W: usize>(
+        shape: &[usize],
+        bytes: &[u8],
+        f: impl Fn([u8; W]) -> T,
+    ) -> Option<ArrayD<T>> {
+        let data = bytes
+            .chunks_exact(W)
+            .map(|c| f(c.try_into().unwrap_or([0; W])))
+            .collect();
+        ArrayD::from_shape_vec(IxDyn(shape), data).ok()
+    }
+    Some(match dtype {
+        DType::F32 => Tensor::F32(arr(shape, bytes, f32::from_le_bytes)?),
+        DType::F64 => Tensor::F64(arr(shape, bytes, f64::from_le_bytes)?),
+        DType::F16 => Tensor::F16(arr(shape, bytes, |b| {
+            f16::from_bits(u16::from_le_bytes(b))
+        })?),
+        DType::BF16 => Tensor::BF16(arr(shape, bytes, |b| {
+            bf16::from_bits(u16::from_le_bytes(b))
+        })?),
+        DType::I8 => Tensor::I8(arr(shape, bytes, i8::from_le_bytes)?),
+        DType::U8 => Tensor::U8(arr(shape, bytes, u8::from_le_bytes)?),
+        DType::I16 => Tensor::I16(arr(shape, bytes, i16::from_le_bytes)?),
+        DType::I32 => Tensor::I32(arr(shape, bytes, i32::from_le_bytes)?),
+        DType::I64 => Tensor::I64(arr(shape, bytes, i64::from_le_bytes)?),
+        DType::Bool => Tensor::Bool(arr(shape, bytes, |b: [u8; 1]| b[0] != 0)?),
+    })
+}
