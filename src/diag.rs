@@ -16,16 +16,10 @@ pub struct Span {
 }
 
 impl Span {
-    pub const NONE: Span = Span {
-        start: u32::MAX,
-        end: u32::MAX,
-    };
+    pub const NONE: Span = Span { start: u32::MAX, end: u32::MAX };
 
     pub fn new(start: usize, end: usize) -> Span {
-        Span {
-            start: start as u32,
-            end: end as u32,
-        }
+        Span { start: start as u32, end: end as u32 }
     }
 
     pub fn is_none(self) -> bool {
@@ -44,10 +38,7 @@ impl Span {
         if other.is_none() {
             return self;
         }
-        Span {
-            start: self.start.min(other.start),
-            end: self.end.max(other.end),
-        }
+        Span { start: self.start.min(other.start), end: self.end.max(other.end) }
     }
 }
 
@@ -79,10 +70,7 @@ impl Diag {
     }
 
     pub fn warning(message: impl Into<String>) -> Diag {
-        Diag {
-            severity: Severity::Warning,
-            ..Diag::error(message)
-        }
+        Diag { severity: Severity::Warning, ..Diag::error(message) }
     }
 
     /// Labels the fault; a label on `Span::NONE` is dropped.
@@ -131,10 +119,7 @@ impl Diag {
         for (span, msg) in &self.secondary {
             labels.push(Label::secondary(file, span.range()).with_message(msg));
         }
-        Diagnostic::new(self.severity)
-            .with_message(&self.message)
-            .with_labels(labels)
-            .with_notes(self.notes.clone())
+        Diagnostic::new(self.severity).with_message(&self.message).with_labels(labels).with_notes(self.notes.clone())
     }
 }
 
@@ -142,16 +127,10 @@ impl Diag {
 pub type Diagnostics = Vec<Diag>;
 
 /// Renders diagnostics to a (possibly coloured) writer.
-pub fn emit(
-    out: &mut dyn WriteColor,
-    files: &Files,
-    file: FileId,
-    diags: &[Diag],
-) -> std::io::Result<()> {
+pub fn emit(out: &mut dyn WriteColor, files: &Files, file: FileId, diags: &[Diag]) -> std::io::Result<()> {
     let config = term::Config::default();
     for d in diags {
-        term::emit_to_write_style(out, &config, files, &d.to_codespan(file))
-            .map_err(std::io::Error::other)?;
+        term::emit_to_write_style(out, &config, files, &d.to_codespan(file)).map_err(std::io::Error::other)?;
     }
     Ok(())
 }
@@ -162,10 +141,7 @@ pub fn render(files: &Files, file: FileId, diags: &[Diag]) -> String {
     // Writing into a Vec cannot fail; a file-lookup failure would mean a bad span, rendered as
     // the diagnostic text alone.
     if emit(&mut out, files, file, diags).is_err() {
-        return diags
-            .iter()
-            .map(|d| format!("error: {}\n", d.message))
-            .collect();
+        return diags.iter().map(|d| format!("error: {}\n", d.message)).collect();
     }
     String::from_utf8_lossy(&out.into_inner()).into_owned()
 }
@@ -202,12 +178,6 @@ pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 pub fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> String {
     match closest(word, candidates.clone()) {
         Some(best) => format!("did you mean `{best}`?"),
-        None => format!(
-            "expected one of: {}",
-            candidates
-                .map(|c| format!("`{c}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        None => format!("expected one of: {}", candidates.map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")),
     }
 }

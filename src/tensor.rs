@@ -86,11 +86,7 @@ impl Tensor {
 
     /// Elements in logical (row-major) order.
     pub fn scalars(&self) -> Vec<Scalar> {
-        fn floats<T: Copy>(
-            a: &ArrayD<T>,
-            dtype: DType,
-            f: impl Fn(T) -> (f64, u64),
-        ) -> Vec<Scalar> {
+        fn floats<T: Copy>(a: &ArrayD<T>, dtype: DType, f: impl Fn(T) -> (f64, u64)) -> Vec<Scalar> {
             a.iter()
                 .map(|&x| {
                     let (value, bits) = f(x);
@@ -114,40 +110,23 @@ impl Tensor {
 
     /// Builds a tensor of `dtype` and `shape` from row-major literal elements. Errors name the
     /// first element that does not fit the dtype.
-    pub fn from_literals(
-        dtype: DType,
-        shape: &[usize],
-        elems: &[Literal],
-    ) -> Result<Tensor, LiteralError> {
+    pub fn from_literals(dtype: DType, shape: &[usize], elems: &[Literal]) -> Result<Tensor, LiteralError> {
         let expected: usize = shape.iter().product();
         if elems.len() != expected {
-            return Err(LiteralError::Count {
-                expected,
-                found: elems.len(),
-            });
+            return Err(LiteralError::Count { expected, found: elems.len() });
         }
         fn build<T>(
             shape: &[usize],
             elems: &[Literal],
             f: impl Fn(usize, Literal) -> Result<T, LiteralError>,
         ) -> Result<ArrayD<T>, LiteralError> {
-            let data = elems
-                .iter()
-                .enumerate()
-                .map(|(i, &e)| f(i, e))
-                .collect::<Result<Vec<T>, _>>()?;
-            ArrayD::from_shape_vec(IxDyn(shape), data).map_err(|_| LiteralError::Count {
-                expected: shape.iter().product(),
-                found: elems.len(),
-            })
+            let data = elems.iter().enumerate().map(|(i, &e)| f(i, e)).collect::<Result<Vec<T>, _>>()?;
+            ArrayD::from_shape_vec(IxDyn(shape), data)
+                .map_err(|_| LiteralError::Count { expected: shape.iter().product(), found: elems.len() })
         }
-        fn int<T: TryFrom<i64>>(
-            dtype: DType,
-        ) -> impl Fn(usize, Literal) -> Result<T, LiteralError> {
+        fn int<T: TryFrom<i64>>(dtype: DType) -> impl Fn(usize, Literal) -> Result<T, LiteralError> {
             move |index, lit| match lit {
-                Literal::Int(v) => {
-                    T::try_from(v).map_err(|_| LiteralError::OutOfRange { index, dtype })
-                }
+                Literal::Int(v) => T::try_from(v).map_err(|_| LiteralError::OutOfRange { index, dtype }),
                 _ => Err(LiteralError::Kind { index, dtype }),
             }
         }
@@ -182,23 +161,11 @@ impl Tensor {
             })?),
             DType::F16 => Tensor::F16(build(shape, elems, |i, e| match bits(i, e, 16) {
                 Some(b) => b.map(|b| f16::from_bits(b as u16)),
-                None => float(dtype)(i, e).map(|v| {
-                    if v.is_nan() {
-                        f16::NAN
-                    } else {
-                        f16::from_f64(v)
-                    }
-                }),
+                None => float(dtype)(i, e).map(|v| if v.is_nan() { f16::NAN } else { f16::from_f64(v) }),
             })?),
             DType::BF16 => Tensor::BF16(build(shape, elems, |i, e| match bits(i, e, 16) {
                 Some(b) => b.map(|b| bf16::from_bits(b as u16)),
-                None => float(dtype)(i, e).map(|v| {
-                    if v.is_nan() {
-                        bf16::NAN
-                    } else {
-                        bf16::from_f64(v)
-                    }
-                }),
+                None => float(dtype)(i, e).map(|v| if v.is_nan() { bf16::NAN } else { bf16::from_f64(v) }),
             })?),
             DType::I8 => Tensor::I8(build(shape, elems, int(dtype))?),
             DType::U8 => Tensor::U8(build(shape, elems, int(dtype))?),
@@ -214,9 +181,7 @@ impl Tensor {
 
     /// Bitwise equality: same dtype, shape and element bits.
     pub fn bit_eq(&self, other: &Tensor) -> bool {
-        self.dtype() == other.dtype()
-            && self.shape() == other.shape()
-            && self.scalars_bits().eq(other.scalars_bits())
+        self.dtype() == other.dtype() && self.shape() == other.shape() && self.scalars_bits().eq(other.scalars_bits())
     }
 
     pub fn hash_bits<H: Hasher>(&self, state: &mut H) {
@@ -263,16 +228,10 @@ impl std::fmt::Display for LiteralError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LiteralError::Count { expected, found } => {
-                write!(
-                    f,
-                    "the literal has {found} elements but the type has {expected}"
-                )
+                write!(f, "the literal has {found} elements but the type has {expected}")
             }
             LiteralError::Kind { index, dtype } => {
-                write!(
-                    f,
-                    "element {index} of the literal is not a valid {dtype} value"
-                )
+                write!(f, "element {index} of the literal is not a valid {dtype} value")
             }
             LiteralError::OutOfRange { index, dtype } => {
                 write!(f, "element {index} of the literal does not fit in {dtype}")

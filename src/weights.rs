@@ -24,10 +24,7 @@ pub struct WeightInfo {
 impl WeightInfo {
     pub fn tensor_type(&self) -> Option<TensorType> {
         let dtype = self.dtype.clone().ok()?;
-        Some(TensorType::fixed(
-            dtype,
-            &self.shape.iter().map(|&d| d as u64).collect::<Vec<_>>(),
-        ))
+        Some(TensorType::fixed(dtype, &self.shape.iter().map(|&d| d as u64).collect::<Vec<_>>()))
     }
 }
 
@@ -41,10 +38,7 @@ pub struct WeightFile {
 
 impl std::fmt::Debug for WeightFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WeightFile")
-            .field("path", &self.path)
-            .field("tensors", &self.entries.len())
-            .finish()
+        f.debug_struct("WeightFile").field("path", &self.path).field("tensors", &self.entries.len()).finish()
     }
 }
 
@@ -67,21 +61,14 @@ fn qir_dtype(d: Dtype) -> Result<DType, String> {
 impl WeightFile {
     /// Maps `path` and reads its header. Errors are one-line messages for a diagnostic.
     pub fn open(path: &Path) -> Result<WeightFile, String> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let len = file
-            .metadata()
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            .len();
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
         // SAFETY: the map is read-only and qc never writes the file it maps; another process
         // truncating it while we run is outside what any mmap-based reader can defend against.
         let map = if len == 0 {
             None
         } else {
-            Some(
-                unsafe { Mmap::map(&file) }
-                    .map_err(|e| format!("cannot map {}: {e}", path.display()))?,
-            )
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| format!("cannot map {}: {e}", path.display()))?)
         };
         let bytes: &[u8] = map.as_deref().unwrap_or(&[]);
         let (header_len, metadata) = SafeTensors::read_metadata(bytes)
@@ -98,12 +85,7 @@ impl WeightFile {
                 (name, entry)
             })
             .collect();
-        Ok(WeightFile {
-            path: path.to_path_buf(),
-            map,
-            data_start: 8 + header_len,
-            entries,
-        })
+        Ok(WeightFile { path: path.to_path_buf(), map, data_start: 8 + header_len, entries })
     }
 
     pub fn info(&self, key: &str) -> Option<&WeightInfo> {
@@ -126,21 +108,11 @@ impl WeightFile {
 
     /// Decodes `key` into a tensor (a copy: data in the file may be unaligned).
     pub fn tensor(&self, key: &str) -> Result<Tensor, String> {
-        let info = self
-            .entries
-            .get(key)
-            .ok_or_else(|| format!("no tensor `{key}` in {}", self.path.display()))?;
-        let dtype = info
-            .dtype
-            .clone()
-            .map_err(|d| format!("tensor `{key}` has unsupported dtype {d}"))?;
+        let info = self.entries.get(key).ok_or_else(|| format!("no tensor `{key}` in {}", self.path.display()))?;
+        let dtype = info.dtype.clone().map_err(|d| format!("tensor `{key}` has unsupported dtype {d}"))?;
         let bytes = self.bytes(key).unwrap_or(&[]);
-        decode(dtype, &info.shape, bytes).ok_or_else(|| {
-            format!(
-                "tensor `{key}` has {} bytes, which does not match its shape",
-                bytes.len()
-            )
-        })
+        decode(dtype, &info.shape, bytes)
+            .ok_or_else(|| format!("tensor `{key}` has {} bytes, which does not match its shape", bytes.len()))
     }
 }
 
@@ -150,26 +122,15 @@ pub fn decode(dtype: DType, shape: &[usize], bytes: &[u8]) -> Option<Tensor> {
     if bytes.len() != n * dtype.size_bytes() {
         return None;
     }
-    fn arr<T, const W: usize>(
-        shape: &[usize],
-        bytes: &[u8],
-        f: impl Fn([u8; W]) -> T,
-    ) -> Option<ArrayD<T>> {
-        let data = bytes
-            .chunks_exact(W)
-            .map(|c| f(c.try_into().unwrap_or([0; W])))
-            .collect();
+    fn arr<T, const W: usize>(shape: &[usize], bytes: &[u8], f: impl Fn([u8; W]) -> T) -> Option<ArrayD<T>> {
+        let data = bytes.chunks_exact(W).map(|c| f(c.try_into().unwrap_or([0; W]))).collect();
         ArrayD::from_shape_vec(IxDyn(shape), data).ok()
     }
     Some(match dtype {
         DType::F32 => Tensor::F32(arr(shape, bytes, f32::from_le_bytes)?),
         DType::F64 => Tensor::F64(arr(shape, bytes, f64::from_le_bytes)?),
-        DType::F16 => Tensor::F16(arr(shape, bytes, |b| {
-            f16::from_bits(u16::from_le_bytes(b))
-        })?),
-        DType::BF16 => Tensor::BF16(arr(shape, bytes, |b| {
-            bf16::from_bits(u16::from_le_bytes(b))
-        })?),
+        DType::F16 => Tensor::F16(arr(shape, bytes, |b| f16::from_bits(u16::from_le_bytes(b)))?),
+        DType::BF16 => Tensor::BF16(arr(shape, bytes, |b| bf16::from_bits(u16::from_le_bytes(b)))?),
         DType::I8 => Tensor::I8(arr(shape, bytes, i8::from_le_bytes)?),
         DType::U8 => Tensor::U8(arr(shape, bytes, u8::from_le_bytes)?),
         DType::I16 => Tensor::I16(arr(shape, bytes, i16::from_le_bytes)?),

@@ -52,16 +52,12 @@ pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
             let (target, after) = match after.strip_prefix('@') {
                 None => (Some(line_no), after),
                 Some(a) => {
-                    let end = a
-                        .find(|c: char| c.is_whitespace() || c == '{')
-                        .unwrap_or(a.len());
+                    let end = a.find(|c: char| c.is_whitespace() || c == '{').unwrap_or(a.len());
                     let (spec, a) = a.split_at(end);
                     let target = match spec {
                         "unknown" => None,
                         _ => {
-                            let delta: i64 = spec
-                                .parse()
-                                .map_err(|_| bad("expected `@+N`, `@-N` or `@unknown`"))?;
+                            let delta: i64 = spec.parse().map_err(|_| bad("expected `@+N`, `@-N` or `@unknown`"))?;
                             let target = line_no as i64 + delta;
                             if target < 0 {
                                 return Err(bad("the target line is before the start of the file"));
@@ -73,18 +69,13 @@ pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
                 }
             };
             let after = after.trim_start();
-            let body = after
-                .strip_prefix("{{")
-                .ok_or_else(|| bad("expected `{{message}}`"))?;
+            let body = after.strip_prefix("{{").ok_or_else(|| bad("expected `{{message}}`"))?;
             let close = body.find("}}").ok_or_else(|| bad("missing `}}`"))?;
             out.push(Expectation {
                 severity,
                 line: target,
                 text: body[..close].to_string(),
-                span: Span::new(
-                    start,
-                    body.as_ptr() as usize - source.as_ptr() as usize + close + 2,
-                ),
+                span: Span::new(start, body.as_ptr() as usize - source.as_ptr() as usize + close + 2),
             });
             rest = &body[close + 2..];
         }
@@ -94,28 +85,19 @@ pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
 
 /// 0-based line of a byte offset.
 fn line_of(line_starts: &[usize], offset: usize) -> usize {
-    line_starts
-        .partition_point(|&s| s <= offset)
-        .saturating_sub(1)
+    line_starts.partition_point(|&s| s <= offset).saturating_sub(1)
 }
 
 /// Matches produced diagnostics against expectations. Returns the diagnostics to report: each
 /// unexpected one, plus an error for each expectation nothing met. Empty means success.
 pub fn check(source: &str, expectations: Vec<Expectation>, produced: Vec<Diag>) -> Vec<Diag> {
-    let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(source.match_indices('\n').map(|(i, _)| i + 1))
-        .collect();
+    let line_starts: Vec<usize> = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
     let mut pending: Vec<Option<Expectation>> = expectations.into_iter().map(Some).collect();
     let mut report = Vec::new();
     for diag in produced {
-        let line = diag
-            .primary
-            .as_ref()
-            .map(|(span, _)| line_of(&line_starts, span.start as usize));
+        let line = diag.primary.as_ref().map(|(span, _)| line_of(&line_starts, span.start as usize));
         let hit = pending.iter_mut().find(|e| {
-            e.as_ref().is_some_and(|e| {
-                e.severity == diag.severity && e.line == line && diag.message.contains(&e.text)
-            })
+            e.as_ref().is_some_and(|e| e.severity == diag.severity && e.line == line && diag.message.contains(&e.text))
         });
         match hit {
             Some(slot) => *slot = None,
@@ -128,12 +110,8 @@ pub fn check(source: &str, expectations: Vec<Expectation>, produced: Vec<Diag>) 
     }
     for e in pending.into_iter().flatten() {
         report.push(
-            Diag::error(format!(
-                "expected {} was not produced: {{{{{}}}}}",
-                severity_name(e.severity),
-                e.text
-            ))
-            .at(e.span, "this expectation was not met"),
+            Diag::error(format!("expected {} was not produced: {{{{{}}}}}", severity_name(e.severity), e.text))
+                .at(e.span, "this expectation was not met"),
         );
     }
     report

@@ -21,11 +21,7 @@ use crate::passes::PassContext;
 pub const SPLIT_MARKER: &str = "// -----";
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "qc",
-    version,
-    about = "A quantization compiler for neural-network graphs written in QIR."
-)]
+#[command(name = "qc", version, about = "A quantization compiler for neural-network graphs written in QIR.")]
 pub struct Cli {
     /// The .qir file to compile (`-` reads standard input).
     #[arg(required_unless_present_any = ["list_passes", "list_ops"])]
@@ -116,10 +112,7 @@ pub fn run(cli: &Cli) -> i32 {
         eprintln!("error: {message}");
         2
     };
-    let names = cli
-        .passes
-        .clone()
-        .unwrap_or_else(|| vec!["default".to_string()]);
+    let names = cli.passes.clone().unwrap_or_else(|| vec!["default".to_string()]);
     let passes = match registry::expand(&names) {
         Ok(p) => p,
         Err(message) => return usage(message),
@@ -151,33 +144,19 @@ pub fn run(cli: &Cli) -> i32 {
     };
 
     let mut files = Files::new();
-    let cases = if cli.split_input_file {
-        split_cases(&source)
-    } else {
-        vec![source.clone()]
-    };
+    let cases = if cli.split_input_file { split_cases(&source) } else { vec![source.clone()] };
     let mut outputs = Vec::with_capacity(cases.len());
     let mut failed = false;
     let mut all_timings: Timings = Vec::new();
     for case in cases {
         let file = files.add(display_name.clone(), case.clone());
         let mut dumps = String::new();
-        let result = compile(
-            &case,
-            Some(&input_dir),
-            &passes,
-            &instrumentation,
-            &mut dumps,
-        );
+        let result = compile(&case, Some(&input_dir), &passes, &instrumentation, &mut dumps);
         if !dumps.is_empty() {
             eprint!("{dumps}");
         }
         let (output, diags) = match result {
-            Ok(Compiled {
-                module,
-                warnings,
-                timings,
-            }) => {
+            Ok(Compiled { module, warnings, timings }) => {
                 all_timings.extend(timings);
                 (Some(module), warnings)
             }
@@ -217,11 +196,7 @@ pub fn run(cli: &Cli) -> i32 {
     match &cli.output {
         None => {
             let mut stdout = std::io::stdout().lock();
-            if stdout
-                .write_all(text.as_bytes())
-                .and_then(|_| stdout.flush())
-                .is_err()
-            {
+            if stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
                 return 1;
             }
         }
@@ -254,33 +229,20 @@ pub fn compile(
     let mut module = crate::syntax::parse_module(source, weights_dir)?;
     let mut cx = PassContext::default();
     let timings = run_pipeline(&mut module, passes, instrumentation, &mut cx, dumps)?;
-    Ok(Compiled {
-        module,
-        warnings: cx.warnings,
-        timings,
-    })
+    Ok(Compiled { module, warnings: cx.warnings, timings })
 }
 
 fn read_input(input: &str) -> Result<(String, String, PathBuf), String> {
     if input == "-" {
         let mut source = String::new();
-        std::io::stdin()
-            .read_to_string(&mut source)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        std::io::stdin().read_to_string(&mut source).map_err(|e| format!("cannot read standard input: {e}"))?;
         return Ok(("<stdin>".into(), source, PathBuf::from(".")));
     }
     let path = Path::new(input);
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {input}: {e}"))?;
-    let source = String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "{input} is not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let source = String::from_utf8(bytes)
+        .map_err(|e| format!("{input} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     Ok((input.to_string(), source, dir))
 }
 
@@ -308,10 +270,7 @@ pub fn split_cases(source: &str) -> Vec<String> {
 /// Writes via a temporary file in the same directory and renames it into place, so readers
 /// never see a half-written file and a failure leaves nothing behind.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
@@ -324,14 +283,9 @@ fn relocate_weights(module: &mut Module, input_dir: &Path, output: &Path) {
     let Some(weights) = &mut module.weights else {
         return;
     };
-    let out_dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let (Ok(from), Ok(to_dir)) = (
-        std::path::absolute(input_dir.join(&weights.path)),
-        std::path::absolute(out_dir),
-    ) else {
+    let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (Ok(from), Ok(to_dir)) = (std::path::absolute(input_dir.join(&weights.path)), std::path::absolute(out_dir))
+    else {
         return;
     };
     weights.path = relative_path(&to_dir, &from).to_string_lossy().into_owned();
@@ -339,19 +293,9 @@ fn relocate_weights(module: &mut Module, input_dir: &Path, output: &Path) {
 
 /// The path of `target` relative to directory `base` (both absolute).
 fn relative_path(base: &Path, target: &Path) -> PathBuf {
-    let base: Vec<_> = base
-        .components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect();
-    let target_parts: Vec<_> = target
-        .components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect();
-    let common = base
-        .iter()
-        .zip(&target_parts)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let base: Vec<_> = base.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    let target_parts: Vec<_> = target.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+    let common = base.iter().zip(&target_parts).take_while(|(a, b)| a == b).count();
     if common == 0 {
         return target.to_path_buf();
     }
@@ -372,12 +316,7 @@ pub fn list_passes() -> String {
     }
     out.push_str("pipelines:\n");
     for (name, description, members) in PIPELINES {
-        out.push_str(&format!(
-            "  {:<24}{} [{}]\n",
-            name,
-            description,
-            members.join(",")
-        ));
+        out.push_str(&format!("  {:<24}{} [{}]\n", name, description, members.join(",")));
     }
     out
 }
@@ -423,9 +362,6 @@ fn format_timings(timings: &Timings) -> String {
     for (name, d) in timings {
         out.push_str(&format!("  {:>10.3} ms  {name}\n", d.as_secs_f64() * 1e3));
     }
-    out.push_str(&format!(
-        "  {:>10.3} ms  total\n",
-        total.as_secs_f64() * 1e3
-    ));
+    out.push_str(&format!("  {:>10.3} ms  total\n", total.as_secs_f64() * 1e3));
     out
 }

@@ -144,10 +144,7 @@ impl Dict {
     }
 
     pub fn get(&self, key: &str) -> Option<&Attr> {
-        self.entries
-            .iter()
-            .find(|(k, _)| &**k == key)
-            .map(|(_, v)| v)
+        self.entries.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
     }
 
     /// Inserts or replaces `key`, keeping its position when it already exists.

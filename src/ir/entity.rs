@@ -52,19 +52,13 @@ pub struct Arena<I: EntityId, T> {
 
 impl<I: EntityId, T> Default for Arena<I, T> {
     fn default() -> Self {
-        Arena {
-            items: Vec::new(),
-            _id: PhantomData,
-        }
+        Arena { items: Vec::new(), _id: PhantomData }
     }
 }
 
 impl<I: EntityId, T> Arena<I, T> {
     pub fn with_capacity(capacity: usize) -> Self {
-        Arena {
-            items: Vec::with_capacity(capacity),
-            _id: PhantomData,
-        }
+        Arena { items: Vec::with_capacity(capacity), _id: PhantomData }
     }
 
     pub fn push(&mut self, item: T) -> I {
@@ -86,10 +80,7 @@ impl<I: EntityId, T> Arena<I, T> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (I, &T)> + '_ {
-        self.items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (I::from_index(i), item))
+        self.items.iter().enumerate().map(|(i, item)| (I::from_index(i), item))
     }
 }
 
@@ -118,21 +109,13 @@ pub struct SideTable<I: EntityId, T: Clone + Default> {
 
 impl<I: EntityId, T: Clone + Default> Default for SideTable<I, T> {
     fn default() -> Self {
-        SideTable {
-            items: Vec::new(),
-            default: T::default(),
-            _id: PhantomData,
-        }
+        SideTable { items: Vec::new(), default: T::default(), _id: PhantomData }
     }
 }
 
 impl<I: EntityId, T: Clone + Default> SideTable<I, T> {
     pub fn with_capacity(capacity: usize) -> Self {
-        SideTable {
-            items: Vec::with_capacity(capacity),
-            default: T::default(),
-            _id: PhantomData,
-        }
+        SideTable { items: Vec::with_capacity(capacity), default: T::default(), _id: PhantomData }
     }
 
     #[inline]
@@ -159,10 +142,7 @@ pub struct Interner<I: EntityId, T: Eq + std::hash::Hash + Clone> {
 
 impl<I: EntityId, T: Eq + std::hash::Hash + Clone> Default for Interner<I, T> {
     fn default() -> Self {
-        Interner {
-            items: Vec::new(),
-            lookup: Default::default(),
-        }
+        Interner { items: Vec::new(), lookup: Default::default() }
     }
 }
 

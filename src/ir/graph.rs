@@ -143,8 +143,7 @@ impl OpData {
     }
 
     pub fn result(&self, index: usize) -> Option<ValueId> {
-        (index < self.num_results as usize)
-            .then(|| ValueId::from_index(self.first_result.index() + index))
+        (index < self.num_results as usize).then(|| ValueId::from_index(self.first_result.index() + index))
     }
 
     pub fn num_results(&self) -> usize {
@@ -186,10 +185,7 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: &str) -> Graph {
-        Graph {
-            name: name.to_string(),
-            ..Graph::default()
-        }
+        Graph { name: name.to_string(), ..Graph::default() }
     }
 
     // ---- interning -------------------------------------------------------------------------
@@ -246,10 +242,7 @@ impl Graph {
 
     /// All value names in use, live or not, for suggestions ("did you mean").
     pub fn value_names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.values
-            .iter()
-            .filter(|(_, v)| v.alive)
-            .map(|(_, v)| self.strings.resolve(v.name))
+        self.values.iter().filter(|(_, v)| v.alive).map(|(_, v)| self.strings.resolve(v.name))
     }
 
     /// `base` if unused, else `base_1`, `base_2`, … (the FX convention).
@@ -257,43 +250,22 @@ impl Graph {
         if self.value_by_name(base).is_none() {
             return base.to_string();
         }
-        (1..)
-            .map(|i| format!("{base}_{i}"))
-            .find(|n| self.value_by_name(n).is_none())
-            .unwrap_or_default()
+        (1..).map(|i| format!("{base}_{i}")).find(|n| self.value_by_name(n).is_none()).unwrap_or_default()
     }
 
     /// Declares a value name; `Err` with the existing value if it is already taken.
-    fn new_value(
-        &mut self,
-        name: &str,
-        ty: TensorType,
-        def: ValueDef,
-        span: Span,
-    ) -> Result<ValueId, ValueId> {
+    fn new_value(&mut self, name: &str, ty: TensorType, def: ValueDef, span: Span) -> Result<ValueId, ValueId> {
         let sym = self.strings.intern(name);
         if let Some(&existing) = self.names.get(&sym) {
             return Err(existing);
         }
         let ty = self.types.intern(ty);
-        let id = self.values.push(ValueData {
-            name: sym,
-            ty,
-            def,
-            uses: Vec::new(),
-            span,
-            alive: true,
-        });
+        let id = self.values.push(ValueData { name: sym, ty, def, uses: Vec::new(), span, alive: true });
         self.names.insert(sym, id);
         Ok(id)
     }
 
-    pub fn add_input(
-        &mut self,
-        name: &str,
-        ty: TensorType,
-        span: Span,
-    ) -> Result<ValueId, ValueId> {
+    pub fn add_input(&mut self, name: &str, ty: TensorType, span: Span) -> Result<ValueId, ValueId> {
         let index = self.inputs.len() as u32;
         let id = self.new_value(name, ty, ValueDef::Input(index), span)?;
         self.inputs.push(id);
@@ -310,19 +282,10 @@ impl Graph {
 
     pub fn set_outputs(&mut self, outputs: Vec<ValueId>) {
         for (i, v) in std::mem::take(&mut self.outputs).into_iter().enumerate() {
-            self.remove_use(
-                v,
-                Use {
-                    user: User::Output,
-                    index: i as u32,
-                },
-            );
+            self.remove_use(v, Use { user: User::Output, index: i as u32 });
         }
         for (i, &v) in outputs.iter().enumerate() {
-            self.values[v].uses.push(Use {
-                user: User::Output,
-                index: i as u32,
-            });
+            self.values[v].uses.push(Use { user: User::Output, index: i as u32 });
         }
         self.outputs = outputs;
     }
@@ -357,11 +320,7 @@ impl Graph {
     }
 
     pub fn meta(&self, op: OpId) -> Option<&Dict> {
-        self.ops[op]
-            .extra
-            .as_ref()
-            .map(|e| &e.meta)
-            .filter(|m| !m.is_empty())
+        self.ops[op].extra.as_ref().map(|e| &e.meta).filter(|m| !m.is_empty())
     }
 
     pub fn extra_mut(&mut self, op: OpId) -> &mut OpExtra {
@@ -374,10 +333,7 @@ impl Graph {
 
     /// Live ops in program order.
     pub fn ops(&self) -> OpIter<'_> {
-        OpIter {
-            graph: self,
-            next: self.first,
-        }
+        OpIter { graph: self, next: self.first }
     }
 
     /// Live ops in program order, collected so the graph can be mutated while walking them.
@@ -414,18 +370,11 @@ impl Graph {
         for (i, r) in results.into_iter().enumerate() {
             // Names were checked above and result names within one op are distinct by the
             // caller's contract; a clash here falls back to a fresh name rather than panicking.
-            let name = if self.value_by_name(r.name).is_some() {
-                self.fresh_name(r.name)
-            } else {
-                r.name.to_string()
-            };
+            let name = if self.value_by_name(r.name).is_some() { self.fresh_name(r.name) } else { r.name.to_string() };
             let _ = self.new_value(&name, r.ty, ValueDef::Result(op, i as u32), r.span);
         }
         for (i, &v) in operands.iter().enumerate() {
-            self.values[v].uses.push(Use {
-                user: User::Op(op),
-                index: i as u32,
-            });
+            self.values[v].uses.push(Use { user: User::Op(op), index: i as u32 });
         }
         let pushed = self.ops.push(OpData {
             kind,
@@ -511,18 +460,10 @@ impl Graph {
     /// Erases an op whose results are unused: drops its uses of its operands, unlinks it and
     /// frees its result names.
     pub fn erase_op(&mut self, op: OpId) {
-        debug_assert!(self.ops[op]
-            .results()
-            .all(|r| self.values[r].uses.is_empty()));
+        debug_assert!(self.ops[op].results().all(|r| self.values[r].uses.is_empty()));
         let operands = std::mem::take(&mut self.ops[op].operands);
         for (i, &v) in operands.iter().enumerate() {
-            self.remove_use(
-                v,
-                Use {
-                    user: User::Op(op),
-                    index: i as u32,
-                },
-            );
+            self.remove_use(v, Use { user: User::Op(op), index: i as u32 });
         }
         self.unlink(op);
         for r in self.ops[op].results() {
@@ -537,10 +478,7 @@ impl Graph {
     /// Sets operand `index` of `op` to `v`, keeping use lists exact.
     pub fn set_operand(&mut self, op: OpId, index: usize, v: ValueId) {
         let old = self.ops[op].operands[index];
-        let u = Use {
-            user: User::Op(op),
-            index: index as u32,
-        };
+        let u = Use { user: User::Op(op), index: index as u32 };
         self.remove_use(old, u);
         self.values[v].uses.push(u);
         self.ops[op].operands[index] = v;

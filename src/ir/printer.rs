@@ -14,14 +14,7 @@ use crate::tensor::{Scalar, Tensor};
 
 /// Prints a whole module.
 pub fn print_module(module: &Module) -> String {
-    let mut out = String::with_capacity(
-        module
-            .graphs
-            .iter()
-            .map(|g| g.num_ops() * 96)
-            .sum::<usize>()
-            + 256,
-    );
+    let mut out = String::with_capacity(module.graphs.iter().map(|g| g.num_ops() * 96).sum::<usize>() + 256);
     write_module(&mut out, module);
     out
 }

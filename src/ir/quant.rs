@@ -49,19 +49,11 @@ impl QScheme {
     }
 
     pub fn is_per_channel(self) -> bool {
-        matches!(
-            self,
-            QScheme::PerChannelAffine
-                | QScheme::PerChannelSymmetric
-                | QScheme::PerChannelAffineFloatQParams
-        )
+        matches!(self, QScheme::PerChannelAffine | QScheme::PerChannelSymmetric | QScheme::PerChannelAffineFloatQParams)
     }
 
     pub fn is_symmetric(self) -> bool {
-        matches!(
-            self,
-            QScheme::PerTensorSymmetric | QScheme::PerChannelSymmetric
-        )
+        matches!(self, QScheme::PerTensorSymmetric | QScheme::PerChannelSymmetric)
     }
 }
 
@@ -112,10 +104,7 @@ pub enum SpecRef {
     /// `shared(%v)` / `shared(%v -> %op)`: use the same observer as that value or edge.
     Shared(EdgeOrValue),
     /// `derived(%a -> %op, %w -> %op; @spec)`: qparams derived from others' (scale product, zp 0).
-    Derived {
-        from: Vec<EdgeOrValue>,
-        spec: Box<SpecRef>,
-    },
+    Derived { from: Vec<EdgeOrValue>, spec: Box<SpecRef> },
 }
 
 /// The quantization annotation of one op: one entry per operand, plus its output.
@@ -135,25 +124,12 @@ pub struct QSpecError {
 
 impl QSpecError {
     fn at(key: &str, message: impl Into<String>) -> Self {
-        QSpecError {
-            key: Some(key.to_string()),
-            message: message.into(),
-            hint: None,
-        }
+        QSpecError { key: Some(key.to_string()), message: message.into(), hint: None }
     }
 }
 
-const CORE_KEYS: &[&str] = &[
-    "dtype",
-    "qmin",
-    "qmax",
-    "qscheme",
-    "ch_axis",
-    "dynamic",
-    "observer",
-    "scale",
-    "zero_point",
-];
+const CORE_KEYS: &[&str] =
+    &["dtype", "qmin", "qmax", "qscheme", "ch_axis", "dynamic", "observer", "scale", "zero_point"];
 
 impl QSpec {
     /// Reads a spec from its dictionary form, checking every field.
@@ -170,22 +146,13 @@ impl QSpec {
         }
         let get_int = |key: &str| -> Result<Option<i64>, QSpecError> {
             dict.get(key)
-                .map(|a| {
-                    a.as_int()
-                        .ok_or_else(|| QSpecError::at(key, format!("`{key}` must be an integer")))
-                })
+                .map(|a| a.as_int().ok_or_else(|| QSpecError::at(key, format!("`{key}` must be an integer"))))
                 .transpose()
         };
         let dtype = match dict.get("dtype") {
-            Some(a) => a
-                .as_dtype()
-                .ok_or_else(|| QSpecError::at("dtype", "`dtype` must be a dtype such as i8"))?,
+            Some(a) => a.as_dtype().ok_or_else(|| QSpecError::at("dtype", "`dtype` must be a dtype such as i8"))?,
             None => {
-                return Err(QSpecError {
-                    key: None,
-                    message: "a quantization spec needs a `dtype`".into(),
-                    hint: None,
-                })
+                return Err(QSpecError { key: None, message: "a quantization spec needs a `dtype`".into(), hint: None })
             }
         };
         let (qmin, qmax) = match (get_int("qmin")?, get_int("qmax")?, dtype.int_range()) {
@@ -194,20 +161,13 @@ impl QSpec {
             (None, None, None) => (0, 0),
             _ => {
                 return Err(QSpecError::at(
-                    if dict.get("qmin").is_some() {
-                        "qmin"
-                    } else {
-                        "qmax"
-                    },
+                    if dict.get("qmin").is_some() { "qmin" } else { "qmax" },
                     "`qmin` and `qmax` go together: give both or neither",
                 ))
             }
         };
         if qmin > qmax {
-            return Err(QSpecError::at(
-                "qmin",
-                format!("`qmin` ({qmin}) is greater than `qmax` ({qmax})"),
-            ));
+            return Err(QSpecError::at("qmin", format!("`qmin` ({qmin}) is greater than `qmax` ({qmax})")));
         }
         if let Some((lo, hi)) = dtype.int_range() {
             if qmin < lo || qmax > hi {
@@ -219,92 +179,49 @@ impl QSpec {
         }
         let qscheme = match dict.get("qscheme") {
             None => QScheme::PerTensorAffine,
-            Some(a) => a
-                .as_str()
-                .and_then(QScheme::from_name)
-                .ok_or_else(|| QSpecError {
-                    key: Some("qscheme".into()),
-                    message: "`qscheme` must name a quantization scheme".into(),
-                    hint: Some(format!(
-                        "expected one of: {}",
-                        QScheme::ALL.map(|q| format!("\"{}\"", q.name())).join(", ")
-                    )),
-                })?,
+            Some(a) => a.as_str().and_then(QScheme::from_name).ok_or_else(|| QSpecError {
+                key: Some("qscheme".into()),
+                message: "`qscheme` must name a quantization scheme".into(),
+                hint: Some(format!(
+                    "expected one of: {}",
+                    QScheme::ALL.map(|q| format!("\"{}\"", q.name())).join(", ")
+                )),
+            })?,
         };
         let ch_axis = get_int("ch_axis")?;
         match (qscheme.is_per_channel(), ch_axis) {
-            (true, None) => {
-                return Err(QSpecError::at(
-                    "qscheme",
-                    "a per-channel spec needs `ch_axis`",
-                ))
-            }
-            (false, Some(_)) => {
-                return Err(QSpecError::at(
-                    "ch_axis",
-                    "`ch_axis` only applies to per-channel schemes",
-                ))
-            }
-            (_, Some(axis)) if axis < 0 => {
-                return Err(QSpecError::at("ch_axis", "`ch_axis` must be non-negative"))
-            }
+            (true, None) => return Err(QSpecError::at("qscheme", "a per-channel spec needs `ch_axis`")),
+            (false, Some(_)) => return Err(QSpecError::at("ch_axis", "`ch_axis` only applies to per-channel schemes")),
+            (_, Some(axis)) if axis < 0 => return Err(QSpecError::at("ch_axis", "`ch_axis` must be non-negative")),
             _ => {}
         }
         let dynamic = match dict.get("dynamic") {
             None => false,
-            Some(a) => a
-                .as_bool()
-                .ok_or_else(|| QSpecError::at("dynamic", "`dynamic` must be true or false"))?,
+            Some(a) => a.as_bool().ok_or_else(|| QSpecError::at("dynamic", "`dynamic` must be true or false"))?,
         };
         let observer = match dict.get("observer") {
             None => "minmax".to_string(),
-            Some(a) => a
-                .as_str()
-                .ok_or_else(|| QSpecError::at("observer", "`observer` must be a string"))?
-                .to_string(),
+            Some(a) => a.as_str().ok_or_else(|| QSpecError::at("observer", "`observer` must be a string"))?.to_string(),
         };
         let fixed = match (dict.get("scale"), get_int("zero_point")?) {
             (Some(s), Some(zp)) => {
-                let scale = s
-                    .as_float()
-                    .ok_or_else(|| QSpecError::at("scale", "`scale` must be a float"))?;
+                let scale = s.as_float().ok_or_else(|| QSpecError::at("scale", "`scale` must be a float"))?;
                 if !(scale.is_finite() && scale > 0.0) {
-                    return Err(QSpecError::at(
-                        "scale",
-                        "`scale` must be positive and finite",
-                    ));
+                    return Err(QSpecError::at("scale", "`scale` must be positive and finite"));
                 }
                 Some((scale, zp))
             }
             (None, None) => None,
-            (Some(_), None) => {
-                return Err(QSpecError::at(
-                    "scale",
-                    "a fixed spec needs both `scale` and `zero_point`",
-                ))
-            }
+            (Some(_), None) => return Err(QSpecError::at("scale", "a fixed spec needs both `scale` and `zero_point`")),
             (None, Some(_)) => {
-                return Err(QSpecError::at(
-                    "zero_point",
-                    "a fixed spec needs both `scale` and `zero_point`",
-                ))
+                return Err(QSpecError::at("zero_point", "a fixed spec needs both `scale` and `zero_point`"))
             }
         };
         let mut options = Dict::new();
         for (key, value) in dict.iter().filter(|(k, _)| OBSERVER_OPTIONS.contains(k)) {
             options.insert(key, value.clone());
         }
-        Ok(QSpec {
-            dtype,
-            qmin,
-            qmax,
-            qscheme,
-            ch_axis,
-            dynamic,
-            observer,
-            options,
-            fixed,
-        })
+        Ok(QSpec { dtype, qmin, qmax, qscheme, ch_axis, dynamic, observer, options, fixed })
     }
 
     /// The canonical dictionary form (the inverse of [`QSpec::from_dict`]).

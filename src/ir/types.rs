@@ -56,10 +56,7 @@ impl DType {
     }
 
     pub fn is_int(self) -> bool {
-        matches!(
-            self,
-            DType::I8 | DType::U8 | DType::I16 | DType::I32 | DType::I64
-        )
+        matches!(self, DType::I8 | DType::U8 | DType::I16 | DType::I32 | DType::I64)
     }
 
     /// Size of one element in bytes (as stored in safetensors).
@@ -137,10 +134,7 @@ impl TensorType {
     }
 
     pub fn fixed(dtype: DType, shape: &[u64]) -> Self {
-        TensorType {
-            dtype,
-            shape: shape.iter().map(|&n| Dim::Known(n)).collect(),
-        }
+        TensorType { dtype, shape: shape.iter().map(|&n| Dim::Known(n)).collect() }
     }
 
     pub fn rank(&self) -> usize {
@@ -149,35 +143,23 @@ impl TensorType {
 
     /// The number of elements, when every dim is known (and the product fits).
     pub fn num_elements(&self) -> Option<u64> {
-        self.shape
-            .iter()
-            .try_fold(1u64, |acc, d| acc.checked_mul(d.known()?))
+        self.shape.iter().try_fold(1u64, |acc, d| acc.checked_mul(d.known()?))
     }
 
     /// The shape as known sizes, when fully static.
     pub fn static_shape(&self) -> Option<Vec<usize>> {
-        self.shape
-            .iter()
-            .map(|d| d.known().and_then(|n| usize::try_from(n).ok()))
-            .collect()
+        self.shape.iter().map(|d| d.known().and_then(|n| usize::try_from(n).ok())).collect()
     }
 
     /// Same dtype and pairwise-compatible dims.
     pub fn compatible(&self, other: &TensorType) -> bool {
         self.dtype == other.dtype
             && self.rank() == other.rank()
-            && self
-                .shape
-                .iter()
-                .zip(&other.shape)
-                .all(|(a, b)| a.compatible(*b))
+            && self.shape.iter().zip(&other.shape).all(|(a, b)| a.compatible(*b))
     }
 
     pub fn with_dtype(&self, dtype: DType) -> TensorType {
-        TensorType {
-            dtype,
-            shape: self.shape.clone(),
-        }
+        TensorType { dtype, shape: self.shape.clone() }
     }
 }
 

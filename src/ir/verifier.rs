@@ -49,9 +49,7 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
         let data = g.op(op);
         let def = data.def();
         let here = position[&op];
-        let name = data
-            .result(0)
-            .map_or_else(|| def.name.to_string(), |r| format!("%{}", g.value_name(r)));
+        let name = data.result(0).map_or_else(|| def.name.to_string(), |r| format!("%{}", g.value_name(r)));
         let mut bad_operands = false;
         for (i, &v) in data.operands.iter().enumerate() {
             match def_position(v) {
@@ -59,12 +57,9 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
                 Some(_) => {
                     bad_operands = true;
                     errors.push(
-                        Diag::error(format!(
-                            "`{name}` reads `%{}` before it is defined",
-                            g.value_name(v)
-                        ))
-                        .at(data.span, format!("operand {i} is defined later"))
-                        .with(g.value(v).span, "defined here"),
+                        Diag::error(format!("`{name}` reads `%{}` before it is defined", g.value_name(v)))
+                            .at(data.span, format!("operand {i} is defined later"))
+                            .with(g.value(v).span, "defined here"),
                     );
                 }
                 None => {
@@ -75,16 +70,10 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
                     );
                 }
             }
-            if !g.uses(v).contains(&Use {
-                user: User::Op(op),
-                index: i as u32,
-            }) {
+            if !g.uses(v).contains(&Use { user: User::Op(op), index: i as u32 }) {
                 errors.push(
-                    Diag::error(format!(
-                        "internal: the use of `%{}` by `{name}` is not recorded",
-                        g.value_name(v)
-                    ))
-                    .at(data.span, "in this op"),
+                    Diag::error(format!("internal: the use of `%{}` by `{name}` is not recorded", g.value_name(v)))
+                        .at(data.span, "in this op"),
                 );
             }
         }
@@ -93,21 +82,14 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
         let n = data.operands.len();
         if n < min || max.is_some_and(|m| n > m) {
             errors.push(
-                Diag::error(format!(
-                    "`{}` has {n} operands, which its signature does not allow",
-                    def.name
-                ))
-                .at(data.span, "here"),
+                Diag::error(format!("`{}` has {n} operands, which its signature does not allow", def.name))
+                    .at(data.span, "here"),
             );
             continue;
         }
         if data.num_results() != def.num_results {
             errors.push(
-                Diag::error(format!(
-                    "`{}` must have {} results",
-                    def.name, def.num_results
-                ))
-                .at(data.span, "here"),
+                Diag::error(format!("`{}` must have {} results", def.name, def.num_results)).at(data.span, "here"),
             );
             continue;
         }
@@ -118,10 +100,8 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
             match value {
                 None if schema.presence != Presence::Optional => {
                     attrs_ok = false;
-                    errors.push(
-                        Diag::error(format!("`{name}` lacks attribute `{}`", schema.name))
-                            .at(data.span, "here"),
-                    );
+                    errors
+                        .push(Diag::error(format!("`{name}` lacks attribute `{}`", schema.name)).at(data.span, "here"));
                 }
                 Some(v) => {
                     if let Err(message) = check_attr_kind(schema.kind, v.clone()) {
@@ -143,22 +123,23 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
         operand_types.extend(data.operands.iter().map(|&v| g.value_type(v)));
         let declared: Vec<TensorType> = data.results().map(|r| g.value_type(r).clone()).collect();
         match def.infer(&operand_types, attrs, &declared) {
-            Err(message) => errors.push(
-                Diag::error(format!("invalid `{}`: {message}", def.name))
-                    .at(data.span, "in this op"),
-            ),
+            Err(message) => {
+                errors.push(Diag::error(format!("invalid `{}`: {message}", def.name)).at(data.span, "in this op"))
+            }
             Ok(inferred) => {
                 for (i, (want, have)) in inferred.iter().zip(&declared).enumerate() {
                     if !want.compatible(have) {
-                        let which = if declared.len() > 1 {
-                            format!("result {i}")
-                        } else {
-                            "the result".to_string()
-                        };
+                        let which = if declared.len() > 1 { format!("result {i}") } else { "the result".to_string() };
                         errors.push(
-                            Diag::error(format!("type mismatch: {which} of `{}` is {want}, but it is declared {have}", def.name))
-                                .at(data.span, format!("declared {have}"))
-                                .help(format!("write `: {}`", inferred.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "))),
+                            Diag::error(format!(
+                                "type mismatch: {which} of `{}` is {want}, but it is declared {have}",
+                                def.name
+                            ))
+                            .at(data.span, format!("declared {have}"))
+                            .help(format!(
+                                "write `: {}`",
+                                inferred.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                            )),
                         );
                     }
                 }
@@ -171,10 +152,8 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
         if let Some(annotation) = g.annotation(op) {
             if annotation.inputs.len() > n {
                 errors.push(
-                    Diag::error(format!(
-                        "the annotation of `{name}` has more entries than operands"
-                    ))
-                    .at(data.span, "here"),
+                    Diag::error(format!("the annotation of `{name}` has more entries than operands"))
+                        .at(data.span, "here"),
                 );
             }
             let specs = annotation.inputs.iter().chain(&annotation.output);
@@ -186,22 +165,13 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
 
     for (i, &v) in g.outputs().iter().enumerate() {
         if def_position(v).is_none() {
-            errors.push(
-                Diag::error(format!("`@{}` returns an erased value", g.name))
-                    .at(g.output_span, "here"),
-            );
+            errors.push(Diag::error(format!("`@{}` returns an erased value", g.name)).at(g.output_span, "here"));
             continue;
         }
-        if !g.uses(v).contains(&Use {
-            user: User::Output,
-            index: i as u32,
-        }) {
+        if !g.uses(v).contains(&Use { user: User::Output, index: i as u32 }) {
             errors.push(
-                Diag::error(format!(
-                    "internal: output {i} of `@{}` is not recorded as a use",
-                    g.name
-                ))
-                .at(g.output_span, "here"),
+                Diag::error(format!("internal: output {i} of `@{}` is not recorded as a use", g.name))
+                    .at(g.output_span, "here"),
             );
         }
     }
@@ -220,38 +190,24 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
             let (have, want) = (g.value_type(v), g.type_of(t));
             if !have.compatible(want) {
                 errors.push(
-                    Diag::error(format!(
-                        "output {i} of `@{}` is {have}, but the signature declares {want}",
-                        g.name
-                    ))
-                    .at(g.output_span, format!("`%{}` is {have}", g.value_name(v)))
-                    .with(g.value(v).span, "defined here"),
+                    Diag::error(format!("output {i} of `@{}` is {have}, but the signature declares {want}", g.name))
+                        .at(g.output_span, format!("`%{}` is {have}", g.value_name(v)))
+                        .with(g.value(v).span, "defined here"),
                 );
             }
         }
     }
 }
 
-fn verify_weight(
-    module: &Module,
-    g: &Graph,
-    op: OpId,
-    declared: &[TensorType],
-    errors: &mut Diagnostics,
-) {
+fn verify_weight(module: &Module, g: &Graph, op: OpId, declared: &[TensorType], errors: &mut Diagnostics) {
     let data = g.op(op);
-    let key = g
-        .attr(op, "key")
-        .and_then(|a| a.as_str())
-        .unwrap_or_default();
+    let key = g.attr(op, "key").and_then(|a| a.as_str()).unwrap_or_default();
     let Some(file) = &module.weight_file else {
         if module.weights.is_none() {
             errors.push(
-                Diag::error(format!(
-                    "weight `{key}` but the module declares no weights file"
-                ))
-                .at(data.span, "needs a weights file")
-                .help("declare one at the top of the module: `weights \"model.safetensors\"`"),
+                Diag::error(format!("weight `{key}` but the module declares no weights file"))
+                    .at(data.span, "needs a weights file")
+                    .help("declare one at the top of the module: `weights \"model.safetensors\"`"),
             );
         }
         return;
@@ -273,46 +229,29 @@ fn verify_weight(
             .at(data.span, "here"),
         ),
         (Some(actual), Some(want)) if !actual.compatible(want) => errors.push(
-            Diag::error(format!(
-                "weight `{key}` is {actual} in the file, but declared {want}"
-            ))
-            .at(data.span, "declared type differs from the file")
-            .help(format!("write `: {actual}`")),
+            Diag::error(format!("weight `{key}` is {actual} in the file, but declared {want}"))
+                .at(data.span, "declared type differs from the file")
+                .help(format!("write `: {actual}`")),
         ),
         _ => {}
     }
 }
 
-fn verify_spec_ref(
-    module: &Module,
-    g: &Graph,
-    name: &str,
-    op: OpId,
-    spec: &SpecRef,
-    errors: &mut Diagnostics,
-) {
+fn verify_spec_ref(module: &Module, g: &Graph, name: &str, op: OpId, spec: &SpecRef, errors: &mut Diagnostics) {
     let span = g.op(op).span;
     let check = |target: &EdgeOrValue, errors: &mut Diagnostics| match *target {
         EdgeOrValue::Value(v) => {
             if !g.value(v).alive {
                 errors.push(
-                    Diag::error(format!(
-                        "the annotation of `{name}` refers to an erased value"
-                    ))
-                    .at(span, "here"),
+                    Diag::error(format!("the annotation of `{name}` refers to an erased value")).at(span, "here"),
                 );
             }
         }
         EdgeOrValue::Edge { value, consumer } => {
-            if !g.value(value).alive
-                || !g.op(consumer).alive
-                || !g.op(consumer).operands.contains(&value)
-            {
+            if !g.value(value).alive || !g.op(consumer).alive || !g.op(consumer).operands.contains(&value) {
                 errors.push(
-                    Diag::error(format!(
-                        "the annotation of `{name}` refers to an edge that no longer exists"
-                    ))
-                    .at(span, "here"),
+                    Diag::error(format!("the annotation of `{name}` refers to an edge that no longer exists"))
+                        .at(span, "here"),
                 );
             }
         }
@@ -321,12 +260,8 @@ fn verify_spec_ref(
         SpecRef::None | SpecRef::Inline(_) => {}
         SpecRef::Named(i) => {
             if *i >= module.qspecs.len() {
-                errors.push(
-                    Diag::error(format!(
-                        "the annotation of `{name}` refers to a missing spec"
-                    ))
-                    .at(span, "here"),
-                );
+                errors
+                    .push(Diag::error(format!("the annotation of `{name}` refers to a missing spec")).at(span, "here"));
             }
         }
         SpecRef::Shared(target) => check(target, errors),

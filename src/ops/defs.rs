@@ -5,43 +5,22 @@ use super::{Arity, AttrDef, AttrKind, DefaultValue as D, OpDef, OperandDef, Pres
 use crate::ir::types::DType;
 
 const fn one(name: &'static str) -> OperandDef {
-    OperandDef {
-        name,
-        arity: Arity::One,
-    }
+    OperandDef { name, arity: Arity::One }
 }
 const fn opt(name: &'static str) -> OperandDef {
-    OperandDef {
-        name,
-        arity: Arity::Optional,
-    }
+    OperandDef { name, arity: Arity::Optional }
 }
 const fn many(name: &'static str) -> OperandDef {
-    OperandDef {
-        name,
-        arity: Arity::Variadic,
-    }
+    OperandDef { name, arity: Arity::Variadic }
 }
 const fn req(name: &'static str, kind: AttrKind) -> AttrDef {
-    AttrDef {
-        name,
-        kind,
-        presence: Presence::Required,
-    }
+    AttrDef { name, kind, presence: Presence::Required }
 }
 const fn maybe(name: &'static str, kind: AttrKind) -> AttrDef {
-    AttrDef {
-        name,
-        kind,
-        presence: Presence::Optional,
-    }
+    AttrDef { name, kind, presence: Presence::Optional }
 }
 const fn dflt(name: &'static str, kind: AttrKind, value: D) -> AttrDef {
-    AttrDef {
-        name,
-        kind,
-        presence: Presence::Default(value),
-    }
+    AttrDef { name, kind, presence: Presence::Default(value) }
 }
 
 use AttrKind::{Bool, Dict, Float, Int, Ints, Str, Tensor};
@@ -57,23 +36,11 @@ const ALPHA: &[AttrDef] = &[dflt("alpha", Float, D::Float(1.0))];
 const SCALAR: &[AttrDef] = &[req("other", Float)];
 const SCALAR_ALPHA: &[AttrDef] = &[req("other", Float), dflt("alpha", Float, D::Float(1.0))];
 const DIM: &[AttrDef] = &[req("dim", Int)];
-const REDUCE: &[AttrDef] = &[
-    dflt("dim", Ints, D::Ints(&[])),
-    dflt("keepdim", Bool, D::Bool(false)),
-];
+const REDUCE: &[AttrDef] = &[dflt("dim", Ints, D::Ints(&[])), dflt("keepdim", Bool, D::Bool(false))];
 const SHAPE: &[AttrDef] = &[req("shape", Ints)];
-const QUANT_RANGE: [AttrDef; 3] = [
-    req("qmin", Int),
-    req("qmax", Int),
-    req("dtype", AttrKind::DType),
-];
-const Q_TENSOR: &[AttrDef] = &[
-    req("scale", Float),
-    req("zero_point", Int),
-    QUANT_RANGE[0],
-    QUANT_RANGE[1],
-    QUANT_RANGE[2],
-];
+const QUANT_RANGE: [AttrDef; 3] = [req("qmin", Int), req("qmax", Int), req("dtype", AttrKind::DType)];
+const Q_TENSOR: &[AttrDef] =
+    &[req("scale", Float), req("zero_point", Int), QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2]];
 const DQ_TENSOR: &[AttrDef] = &[
     req("scale", Float),
     req("zero_point", Int),
@@ -83,18 +50,9 @@ const DQ_TENSOR: &[AttrDef] = &[
     dflt("out_dtype", AttrKind::DType, D::DType(DType::F32)),
 ];
 const Q_DYN: &[AttrDef] = &[QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2]];
-const DQ_DYN: &[AttrDef] = &[
-    QUANT_RANGE[0],
-    QUANT_RANGE[1],
-    QUANT_RANGE[2],
-    dflt("out_dtype", AttrKind::DType, D::DType(DType::F32)),
-];
-const Q_CHANNEL: &[AttrDef] = &[
-    req("axis", Int),
-    QUANT_RANGE[0],
-    QUANT_RANGE[1],
-    QUANT_RANGE[2],
-];
+const DQ_DYN: &[AttrDef] =
+    &[QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2], dflt("out_dtype", AttrKind::DType, D::DType(DType::F32))];
+const Q_CHANNEL: &[AttrDef] = &[req("axis", Int), QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2]];
 const DQ_CHANNEL: &[AttrDef] = &[
     req("axis", Int),
     QUANT_RANGE[0],
@@ -124,15 +82,7 @@ const CONV_T2D: &[AttrDef] = &[
 
 macro_rules! op {
     ($name:literal, $summary:literal, $operands:expr, $attrs:expr, $infer:expr) => {
-        op!(
-            $name,
-            $summary,
-            $operands,
-            $attrs,
-            $infer,
-            results = 1,
-            pure = true
-        )
+        op!($name, $summary, $operands, $attrs, $infer, results = 1, pure = true)
     };
     ($name:literal, $summary:literal, $operands:expr, $attrs:expr, $infer:expr, results = $n:literal, pure = $pure:literal) => {
         OpDef {
@@ -150,13 +100,7 @@ macro_rules! op {
 /// Every op QIR knows, in the order `spec/ops.md` lists them.
 pub static OPS: &[OpDef] = &[
     // Constants.
-    op!(
-        "const",
-        "A dense constant written inline.",
-        &[],
-        &[req("value", Tensor)],
-        rule::constant
-    ),
+    op!("const", "A dense constant written inline.", &[], &[req("value", Tensor)], rule::constant),
     op!(
         "weight",
         "A tensor read from the module's safetensors file under `key`.",
@@ -165,20 +109,8 @@ pub static OPS: &[OpDef] = &[
         rule::declared
     ),
     // Convolution and linear algebra.
-    op!(
-        "conv1d",
-        "1-D convolution over [N,C,L] (or unbatched [C,L]) input.",
-        XWB,
-        CONV1D,
-        rule::conv
-    ),
-    op!(
-        "conv2d",
-        "2-D convolution over [N,C,H,W] (or unbatched [C,H,W]) input.",
-        XWB,
-        CONV2D,
-        rule::conv
-    ),
+    op!("conv1d", "1-D convolution over [N,C,L] (or unbatched [C,L]) input.", XWB, CONV1D, rule::conv),
+    op!("conv2d", "2-D convolution over [N,C,H,W] (or unbatched [C,H,W]) input.", XWB, CONV2D, rule::conv),
     op!(
         "conv_transpose2d",
         "2-D transposed convolution; weight is [C_in, C_out/groups, kH, kW].",
@@ -186,62 +118,29 @@ pub static OPS: &[OpDef] = &[
         CONV_T2D,
         rule::conv_transpose
     ),
-    op!(
-        "linear",
-        "y = x·Wᵀ + b over the last dimension.",
-        XWB,
-        NONE,
-        rule::linear
-    ),
-    op!(
-        "matmul",
-        "Matrix product with torch.matmul broadcasting.",
-        XY,
-        NONE,
-        rule::matmul
-    ),
-    op!(
-        "bmm",
-        "Batched matrix product of two rank-3 tensors.",
-        XY,
-        NONE,
-        rule::bmm
-    ),
+    op!("linear", "y = x·Wᵀ + b over the last dimension.", XWB, NONE, rule::linear),
+    op!("matmul", "Matrix product with torch.matmul broadcasting.", XY, NONE, rule::matmul),
+    op!("bmm", "Batched matrix product of two rank-3 tensors.", XY, NONE, rule::bmm),
     op!(
         "addmm",
         "beta·input + alpha·(mat1 @ mat2).",
         &[one("input"), one("mat1"), one("mat2")],
-        &[
-            dflt("beta", Float, D::Float(1.0)),
-            dflt("alpha", Float, D::Float(1.0))
-        ],
+        &[dflt("beta", Float, D::Float(1.0)), dflt("alpha", Float, D::Float(1.0))],
         rule::addmm
     ),
     // Normalisation.
     op!(
         "batch_norm",
         "Inference batch normalisation with running statistics.",
-        &[
-            one("input"),
-            one("weight"),
-            one("bias"),
-            one("running_mean"),
-            one("running_var")
-        ],
-        &[
-            dflt("eps", Float, D::Float(1e-5)),
-            dflt("momentum", Float, D::Float(0.1))
-        ],
+        &[one("input"), one("weight"), one("bias"), one("running_mean"), one("running_var")],
+        &[dflt("eps", Float, D::Float(1e-5)), dflt("momentum", Float, D::Float(0.1))],
         rule::batch_norm
     ),
     op!(
         "layer_norm",
         "Layer normalisation over the trailing `normalized_shape` dims.",
         NORM,
-        &[
-            req("normalized_shape", Ints),
-            dflt("eps", Float, D::Float(1e-5))
-        ],
+        &[req("normalized_shape", Ints), dflt("eps", Float, D::Float(1e-5))],
         rule::layer_norm
     ),
     op!(
@@ -258,26 +157,11 @@ pub static OPS: &[OpDef] = &[
         "hardtanh",
         "clamp(x, min_val, max_val).",
         X,
-        &[
-            dflt("min_val", Float, D::Float(-1.0)),
-            dflt("max_val", Float, D::Float(1.0))
-        ],
+        &[dflt("min_val", Float, D::Float(-1.0)), dflt("max_val", Float, D::Float(1.0))],
         rule::hardtanh
     ),
-    op!(
-        "hardswish",
-        "x · relu6(x + 3) / 6.",
-        X,
-        NONE,
-        rule::unary_float
-    ),
-    op!(
-        "hardsigmoid",
-        "relu6(x + 3) / 6.",
-        X,
-        NONE,
-        rule::unary_float
-    ),
+    op!("hardswish", "x · relu6(x + 3) / 6.", X, NONE, rule::unary_float),
+    op!("hardsigmoid", "relu6(x + 3) / 6.", X, NONE, rule::unary_float),
     op!("sigmoid", "1 / (1 + exp(-x)).", X, NONE, rule::unary_float),
     op!("tanh", "Hyperbolic tangent.", X, NONE, rule::unary_float),
     op!(
@@ -289,85 +173,19 @@ pub static OPS: &[OpDef] = &[
     ),
     op!("silu", "x · sigmoid(x).", X, NONE, rule::unary_float),
     op!("softmax", "Softmax along `dim`.", X, DIM, rule::softmax),
-    op!(
-        "log_softmax",
-        "Log-softmax along `dim`.",
-        X,
-        DIM,
-        rule::softmax
-    ),
+    op!("log_softmax", "Log-softmax along `dim`.", X, DIM, rule::softmax),
     // Elementwise arithmetic.
-    op!(
-        "add",
-        "input + alpha·other, broadcasting.",
-        XY,
-        ALPHA,
-        rule::binary
-    ),
-    op!(
-        "sub",
-        "input - alpha·other, broadcasting.",
-        XY,
-        ALPHA,
-        rule::binary
-    ),
-    op!(
-        "mul",
-        "input · other, broadcasting.",
-        XY,
-        NONE,
-        rule::binary
-    ),
-    op!(
-        "div",
-        "input / other (true division), broadcasting.",
-        XY,
-        NONE,
-        rule::binary
-    ),
-    op!(
-        "add.scalar",
-        "input + alpha·other for a scalar `other`.",
-        X,
-        SCALAR_ALPHA,
-        rule::scalar_binary
-    ),
-    op!(
-        "sub.scalar",
-        "input - alpha·other for a scalar `other`.",
-        X,
-        SCALAR_ALPHA,
-        rule::scalar_binary
-    ),
-    op!(
-        "mul.scalar",
-        "input · other for a scalar `other`.",
-        X,
-        SCALAR,
-        rule::scalar_binary
-    ),
-    op!(
-        "div.scalar",
-        "input / other for a scalar `other`.",
-        X,
-        SCALAR,
-        rule::scalar_binary
-    ),
+    op!("add", "input + alpha·other, broadcasting.", XY, ALPHA, rule::binary),
+    op!("sub", "input - alpha·other, broadcasting.", XY, ALPHA, rule::binary),
+    op!("mul", "input · other, broadcasting.", XY, NONE, rule::binary),
+    op!("div", "input / other (true division), broadcasting.", XY, NONE, rule::binary),
+    op!("add.scalar", "input + alpha·other for a scalar `other`.", X, SCALAR_ALPHA, rule::scalar_binary),
+    op!("sub.scalar", "input - alpha·other for a scalar `other`.", X, SCALAR_ALPHA, rule::scalar_binary),
+    op!("mul.scalar", "input · other for a scalar `other`.", X, SCALAR, rule::scalar_binary),
+    op!("div.scalar", "input / other for a scalar `other`.", X, SCALAR, rule::scalar_binary),
     // Reductions and pooling.
-    op!(
-        "mean",
-        "Mean over `dim` (all dims when empty).",
-        X,
-        REDUCE,
-        rule::reduce
-    ),
-    op!(
-        "sum",
-        "Sum over `dim` (all dims when empty).",
-        X,
-        REDUCE,
-        rule::reduce
-    ),
+    op!("mean", "Mean over `dim` (all dims when empty).", X, REDUCE, rule::reduce),
+    op!("sum", "Sum over `dim` (all dims when empty).", X, REDUCE, rule::reduce),
     op!(
         "max_pool2d",
         "2-D max pooling; an empty `stride` means the kernel size.",
@@ -403,99 +221,34 @@ pub static OPS: &[OpDef] = &[
         rule::adaptive_avg_pool2d
     ),
     // Shape and data movement.
-    op!(
-        "reshape",
-        "Reshape to `shape` (one entry may be -1).",
-        X,
-        SHAPE,
-        rule::reshape
-    ),
-    op!(
-        "view",
-        "Reshape to `shape` as a view (one entry may be -1).",
-        X,
-        SHAPE,
-        rule::reshape
-    ),
+    op!("reshape", "Reshape to `shape` (one entry may be -1).", X, SHAPE, rule::reshape),
+    op!("view", "Reshape to `shape` as a view (one entry may be -1).", X, SHAPE, rule::reshape),
     op!(
         "flatten",
         "Merge dims `start_dim..=end_dim` into one.",
         X,
-        &[
-            dflt("start_dim", Int, D::Int(0)),
-            dflt("end_dim", Int, D::Int(-1))
-        ],
+        &[dflt("start_dim", Int, D::Int(0)), dflt("end_dim", Int, D::Int(-1))],
         rule::flatten
     ),
-    op!(
-        "permute",
-        "Reorder dims by `dims`.",
-        X,
-        &[req("dims", Ints)],
-        rule::permute
-    ),
-    op!(
-        "transpose",
-        "Swap dims `dim0` and `dim1`.",
-        X,
-        &[req("dim0", Int), req("dim1", Int)],
-        rule::transpose
-    ),
-    op!(
-        "cat",
-        "Concatenate inputs along `dim`.",
-        &[many("inputs")],
-        &[dflt("dim", Int, D::Int(0))],
-        rule::cat
-    ),
+    op!("permute", "Reorder dims by `dims`.", X, &[req("dims", Ints)], rule::permute),
+    op!("transpose", "Swap dims `dim0` and `dim1`.", X, &[req("dim0", Int), req("dim1", Int)], rule::transpose),
+    op!("cat", "Concatenate inputs along `dim`.", &[many("inputs")], &[dflt("dim", Int, D::Int(0))], rule::cat),
     op!(
         "slice",
         "Elements start..end by step along `dim`; bounds clamp as in PyTorch.",
         X,
-        &[
-            dflt("dim", Int, D::Int(0)),
-            maybe("start", Int),
-            maybe("end", Int),
-            dflt("step", Int, D::Int(1)),
-        ],
+        &[dflt("dim", Int, D::Int(0)), maybe("start", Int), maybe("end", Int), dflt("step", Int, D::Int(1)),],
         rule::slice
     ),
-    op!(
-        "squeeze",
-        "Drop size-1 dims (those in `dims`, or all).",
-        X,
-        &[maybe("dims", Ints)],
-        rule::squeeze
-    ),
-    op!(
-        "unsqueeze",
-        "Insert a size-1 dim at `dim`.",
-        X,
-        DIM,
-        rule::unsqueeze
-    ),
-    op!(
-        "expand",
-        "Broadcast to `size` (-1 keeps a dim).",
-        X,
-        &[req("size", Ints)],
-        rule::expand
-    ),
-    op!(
-        "contiguous",
-        "Identity on values (memory layout only).",
-        X,
-        NONE,
-        rule::identity
-    ),
+    op!("squeeze", "Drop size-1 dims (those in `dims`, or all).", X, &[maybe("dims", Ints)], rule::squeeze),
+    op!("unsqueeze", "Insert a size-1 dim at `dim`.", X, DIM, rule::unsqueeze),
+    op!("expand", "Broadcast to `size` (-1 keeps a dim).", X, &[req("size", Ints)], rule::expand),
+    op!("contiguous", "Identity on values (memory layout only).", X, NONE, rule::identity),
     op!(
         "dropout",
         "Identity at inference.",
         X,
-        &[
-            dflt("p", Float, D::Float(0.5)),
-            dflt("train", Bool, D::Bool(false))
-        ],
+        &[dflt("p", Float, D::Float(0.5)), dflt("train", Bool, D::Bool(false))],
         rule::identity
     ),
     op!(
@@ -513,13 +266,7 @@ pub static OPS: &[OpDef] = &[
         Q_TENSOR,
         rule::quantize_per_tensor
     ),
-    op!(
-        "dequantize_per_tensor",
-        "(q - zero_point) · scale as `out_dtype`.",
-        X,
-        DQ_TENSOR,
-        rule::dequantize_per_tensor
-    ),
+    op!("dequantize_per_tensor", "(q - zero_point) · scale as `out_dtype`.", X, DQ_TENSOR, rule::dequantize_per_tensor),
     op!(
         "quantize_per_tensor.tensor",
         "quantize_per_tensor with scale and zero point as one-element tensors.",
@@ -552,13 +299,7 @@ pub static OPS: &[OpDef] = &[
         "choose_qparams",
         "Dynamic per-tensor qparams of the input: (scale f64[1], zero_point i64[1]).",
         X,
-        &[
-            QUANT_RANGE[0],
-            QUANT_RANGE[1],
-            QUANT_RANGE[2],
-            req("eps", Float),
-            dflt("symmetric", Bool, D::Bool(false))
-        ],
+        &[QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2], req("eps", Float), dflt("symmetric", Bool, D::Bool(false))],
         rule::choose_qparams,
         results = 2,
         pure = true
@@ -567,12 +308,7 @@ pub static OPS: &[OpDef] = &[
         "fake_quantize_per_tensor",
         "Quantize then dequantize in float (straight-through in training).",
         X,
-        &[
-            req("scale", Float),
-            req("zero_point", Int),
-            req("qmin", Int),
-            req("qmax", Int)
-        ],
+        &[req("scale", Float), req("zero_point", Int), req("qmin", Int), req("qmax", Int)],
         rule::fake_quantize_per_tensor
     ),
     op!(

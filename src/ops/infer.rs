@@ -17,40 +17,28 @@ type R<T> = Result<T, String>;
 
 impl InferCx<'_> {
     fn attr(&self, name: &str) -> Option<&Attr> {
-        self.def
-            .attr_index(name)
-            .and_then(|i| self.attrs.get(i)?.as_ref())
+        self.def.attr_index(name).and_then(|i| self.attrs.get(i)?.as_ref())
     }
     pub fn int(&self, name: &str) -> R<i64> {
-        self.attr(name)
-            .and_then(Attr::as_int)
-            .ok_or_else(|| format!("missing integer attribute `{name}`"))
+        self.attr(name).and_then(Attr::as_int).ok_or_else(|| format!("missing integer attribute `{name}`"))
     }
     pub fn opt_int(&self, name: &str) -> Option<i64> {
         self.attr(name).and_then(Attr::as_int)
     }
     pub fn float(&self, name: &str) -> R<f64> {
-        self.attr(name)
-            .and_then(Attr::as_float)
-            .ok_or_else(|| format!("missing float attribute `{name}`"))
+        self.attr(name).and_then(Attr::as_float).ok_or_else(|| format!("missing float attribute `{name}`"))
     }
     pub fn ints(&self, name: &str) -> R<Vec<i64>> {
-        self.attr(name)
-            .and_then(Attr::as_ints)
-            .ok_or_else(|| format!("missing list attribute `{name}`"))
+        self.attr(name).and_then(Attr::as_ints).ok_or_else(|| format!("missing list attribute `{name}`"))
     }
     pub fn opt_ints(&self, name: &str) -> Option<Vec<i64>> {
         self.attr(name).and_then(Attr::as_ints)
     }
     pub fn dtype(&self, name: &str) -> R<DType> {
-        self.attr(name)
-            .and_then(Attr::as_dtype)
-            .ok_or_else(|| format!("missing dtype attribute `{name}`"))
+        self.attr(name).and_then(Attr::as_dtype).ok_or_else(|| format!("missing dtype attribute `{name}`"))
     }
     pub fn boolean(&self, name: &str) -> R<bool> {
-        self.attr(name)
-            .and_then(Attr::as_bool)
-            .ok_or_else(|| format!("missing bool attribute `{name}`"))
+        self.attr(name).and_then(Attr::as_bool).ok_or_else(|| format!("missing bool attribute `{name}`"))
     }
     fn operand(&self, i: usize) -> &TensorType {
         self.operands[i]
@@ -75,9 +63,7 @@ pub fn norm_dim(dim: i64, rank: usize) -> R<usize> {
     if (0..r.max(1)).contains(&d) && (rank > 0 || dim == 0 || dim == -1) {
         Ok(d as usize)
     } else {
-        Err(format!(
-            "dimension {dim} is out of range for a tensor of rank {rank}"
-        ))
+        Err(format!("dimension {dim} is out of range for a tensor of rank {rank}"))
     }
 }
 
@@ -86,11 +72,7 @@ fn require_float(cx: &InferCx<'_>, i: usize) -> R<()> {
     if t.dtype.is_float() {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` must be a float tensor, found {}",
-            cx.operand_name(i),
-            t
-        ))
+        Err(format!("`{}` must be a float tensor, found {}", cx.operand_name(i), t))
     }
 }
 
@@ -99,16 +81,8 @@ fn require_rank(cx: &InferCx<'_>, i: usize, ranks: &[usize]) -> R<()> {
     if ranks.contains(&t.rank()) {
         Ok(())
     } else {
-        let want = ranks
-            .iter()
-            .map(|r| r.to_string())
-            .collect::<Vec<_>>()
-            .join(" or ");
-        Err(format!(
-            "`{}` must have rank {want}, found {}",
-            cx.operand_name(i),
-            t
-        ))
+        let want = ranks.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(" or ");
+        Err(format!("`{}` must have rank {want}, found {}", cx.operand_name(i), t))
     }
 }
 
@@ -117,13 +91,7 @@ fn require_same_dtype(cx: &InferCx<'_>, a: usize, b: usize) -> R<()> {
     if ta.dtype == tb.dtype {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` is {} but `{}` is {}",
-            cx.operand_name(a),
-            ta.dtype,
-            cx.operand_name(b),
-            tb.dtype
-        ))
+        Err(format!("`{}` is {} but `{}` is {}", cx.operand_name(a), ta.dtype, cx.operand_name(b), tb.dtype))
     }
 }
 
@@ -150,25 +118,14 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> R<Vec<Dim>> {
         .map(|i| match (at(a, i), at(b, i)) {
             (Dim::Known(1), d) | (d, Dim::Known(1)) => Ok(d),
             (x, y) => unify(x, y, || {
-                format!(
-                    "shapes {} and {} cannot be broadcast together (dimension {i})",
-                    show(a),
-                    show(b)
-                )
+                format!("shapes {} and {} cannot be broadcast together (dimension {i})", show(a), show(b))
             }),
         })
         .collect()
 }
 
 fn show(shape: &[Dim]) -> String {
-    format!(
-        "[{}]",
-        shape
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    )
+    format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
 }
 
 // ---- generic rules ---------------------------------------------------------------------------
@@ -180,14 +137,8 @@ pub fn declared(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 
 /// A dense literal: its own type.
 pub fn constant(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
-    let t = cx
-        .attr("value")
-        .and_then(Attr::as_tensor)
-        .ok_or("missing tensor attribute `value`")?;
-    one(TensorType::fixed(
-        t.dtype(),
-        &t.shape().iter().map(|&d| d as u64).collect::<Vec<_>>(),
-    ))
+    let t = cx.attr("value").and_then(Attr::as_tensor).ok_or("missing tensor attribute `value`")?;
+    one(TensorType::fixed(t.dtype(), &t.shape().iter().map(|&d| d as u64).collect::<Vec<_>>()))
 }
 
 /// Float elementwise: same type as the input.
@@ -207,10 +158,7 @@ pub fn binary(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     if cx.operand(0).dtype == DType::Bool {
         return Err("arithmetic on bool tensors is not supported".into());
     }
-    one(TensorType::new(
-        cx.operand(0).dtype,
-        broadcast(&cx.operand(0).shape, &cx.operand(1).shape)?,
-    ))
+    one(TensorType::new(cx.operand(0).dtype, broadcast(&cx.operand(0).shape, &cx.operand(1).shape)?))
 }
 
 /// Tensor ⊕ scalar attribute.
@@ -230,9 +178,7 @@ pub fn softmax(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 pub fn hardtanh(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let (lo, hi) = (cx.float("min_val")?, cx.float("max_val")?);
     if lo > hi {
-        return Err(format!(
-            "`min_val` ({lo:?}) is greater than `max_val` ({hi:?})"
-        ));
+        return Err(format!("`min_val` ({lo:?}) is greater than `max_val` ({hi:?})"));
     }
     unary_float(cx)
 }
@@ -248,35 +194,18 @@ pub fn linear(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
         return Err(format!("`input` must have rank at least 1, found {x}"));
     }
     let in_features = *w.shape.last().unwrap_or(&Dim::Dynamic);
-    unify(
-        *x.shape.last().unwrap_or(&Dim::Dynamic),
-        in_features,
-        || {
-            format!(
-                "`input` has {} features but `weight` {} expects {}",
-                x.shape[x.rank() - 1],
-                w,
-                in_features
-            )
-        },
-    )?;
+    unify(*x.shape.last().unwrap_or(&Dim::Dynamic), in_features, || {
+        format!("`input` has {} features but `weight` {} expects {}", x.shape[x.rank() - 1], w, in_features)
+    })?;
     let mut shape = x.shape[..x.rank() - 1].to_vec();
     if w.rank() == 2 {
         shape.push(w.shape[0]);
     }
     if let Some(b) = cx.opt_operand(2) {
         require_same_dtype(cx, 0, 2)?;
-        let out = if w.rank() == 2 {
-            w.shape[0]
-        } else {
-            Dim::Known(1)
-        };
-        if b.rank() > 1
-            || (b.rank() == 1 && !b.shape[0].compatible(out) && b.shape[0] != Dim::Known(1))
-        {
-            return Err(format!(
-                "`bias` {b} does not match the {out} output features"
-            ));
+        let out = if w.rank() == 2 { w.shape[0] } else { Dim::Known(1) };
+        if b.rank() > 1 || (b.rank() == 1 && !b.shape[0].compatible(out) && b.shape[0] != Dim::Known(1)) {
+            return Err(format!("`bias` {b} does not match the {out} output features"));
         }
     }
     one(TensorType::new(x.dtype, shape))
@@ -290,22 +219,10 @@ pub fn matmul(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     }
     let mismatch = || format!("cannot multiply {a} by {b}: inner dimensions differ");
     let a_k = a.shape[a.rank() - 1];
-    let b_k = if b.rank() == 1 {
-        b.shape[0]
-    } else {
-        b.shape[b.rank() - 2]
-    };
+    let b_k = if b.rank() == 1 { b.shape[0] } else { b.shape[b.rank() - 2] };
     unify(a_k, b_k, mismatch)?;
-    let a_batch = if a.rank() > 2 {
-        &a.shape[..a.rank() - 2]
-    } else {
-        &[][..]
-    };
-    let b_batch = if b.rank() > 2 {
-        &b.shape[..b.rank() - 2]
-    } else {
-        &[][..]
-    };
+    let a_batch = if a.rank() > 2 { &a.shape[..a.rank() - 2] } else { &[][..] };
+    let b_batch = if b.rank() > 2 { &b.shape[..b.rank() - 2] } else { &[][..] };
     let mut shape = broadcast(a_batch, b_batch)?;
     if a.rank() >= 2 {
         shape.push(a.shape[a.rank() - 2]);
@@ -320,9 +237,7 @@ pub fn bmm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     require_rank(cx, 0, &[3])?;
     require_rank(cx, 1, &[3])?;
     let (a, b) = (cx.operand(0), cx.operand(1));
-    unify(a.shape[0], b.shape[0], || {
-        format!("batch sizes of {a} and {b} differ")
-    })?;
+    unify(a.shape[0], b.shape[0], || format!("batch sizes of {a} and {b} differ"))?;
     matmul(cx)
 }
 
@@ -332,16 +247,11 @@ pub fn addmm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     require_same_dtype(cx, 0, 1)?;
     require_same_dtype(cx, 1, 2)?;
     let (bias, a, b) = (cx.operand(0), cx.operand(1), cx.operand(2));
-    unify(a.shape[1], b.shape[0], || {
-        format!("cannot multiply {a} by {b}: inner dimensions differ")
-    })?;
+    unify(a.shape[1], b.shape[0], || format!("cannot multiply {a} by {b}: inner dimensions differ"))?;
     let out = [a.shape[0], b.shape[1]];
     let shape = broadcast(&bias.shape, &out)?;
     if shape.len() != 2 || !shape[0].compatible(out[0]) || !shape[1].compatible(out[1]) {
-        return Err(format!(
-            "`input` {bias} does not broadcast to the product's shape {}",
-            show(&out)
-        ));
+        return Err(format!("`input` {bias} does not broadcast to the product's shape {}", show(&out)));
     }
     one(TensorType::new(a.dtype, out.to_vec()))
 }
@@ -351,10 +261,7 @@ pub fn addmm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 fn spatial_list(cx: &InferCx<'_>, name: &str, n: usize) -> R<Vec<i64>> {
     let v = cx.ints(name)?;
     if v.len() != n {
-        return Err(format!(
-            "`{name}` must have {n} elements, found {}",
-            v.len()
-        ));
+        return Err(format!("`{name}` must have {n} elements, found {}", v.len()));
     }
     Ok(v)
 }
@@ -381,9 +288,7 @@ fn conv_out(input: Dim, k: u64, s: i64, p: i64, d: i64, what: &str) -> R<Dim> {
     let span = d * (k as i64 - 1) + 1;
     let padded = n as i64 + 2 * p;
     if padded < span {
-        return Err(format!(
-            "{what}: the input size {n} with padding {p} is smaller than the kernel extent {span}"
-        ));
+        return Err(format!("{what}: the input size {n} with padding {p} is smaller than the kernel extent {span}"));
     }
     Ok(Dim::Known(((padded - span) / s + 1) as u64))
 }
@@ -396,11 +301,8 @@ pub fn conv(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     require_same_dtype(cx, 0, 1)?;
     require_rank(cx, 0, &[n + 1, n + 2])?;
     let x = cx.operand(0);
-    let (stride, padding, dilation) = (
-        spatial_list(cx, "stride", n)?,
-        spatial_list(cx, "padding", n)?,
-        spatial_list(cx, "dilation", n)?,
-    );
+    let (stride, padding, dilation) =
+        (spatial_list(cx, "stride", n)?, spatial_list(cx, "padding", n)?, spatial_list(cx, "dilation", n)?);
     positive("stride", &stride)?;
     non_negative("padding", &padding)?;
     positive("dilation", &dilation)?;
@@ -413,9 +315,7 @@ pub fn conv(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let out_ch = w.shape[0];
     if let Dim::Known(o) = out_ch {
         if o % groups as u64 != 0 {
-            return Err(format!(
-                "{o} output channels are not divisible by groups = {groups}"
-            ));
+            return Err(format!("{o} output channels are not divisible by groups = {groups}"));
         }
     }
     if let (Dim::Known(c), Dim::Known(wc)) = (c_in, w.shape[1]) {
@@ -428,9 +328,7 @@ pub fn conv(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     }
     if let Some(b) = cx.opt_operand(2) {
         if b.rank() != 1 || !b.shape[0].compatible(out_ch) {
-            return Err(format!(
-                "`bias` {b} does not match the {out_ch} output channels"
-            ));
+            return Err(format!("`bias` {b} does not match the {out_ch} output channels"));
         }
     }
     let mut shape = Vec::with_capacity(x.rank());
@@ -443,14 +341,7 @@ pub fn conv(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
             shape.push(Dim::Dynamic);
             continue;
         };
-        shape.push(conv_out(
-            x.shape[x.rank() - n + i],
-            k,
-            stride[i],
-            padding[i],
-            dilation[i],
-            "convolution",
-        )?);
+        shape.push(conv_out(x.shape[x.rank() - n + i], k, stride[i], padding[i], dilation[i], "convolution")?);
     }
     one(TensorType::new(x.dtype, shape))
 }
@@ -472,9 +363,7 @@ pub fn conv_transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     non_negative("output_padding", &output_padding)?;
     for i in 0..2 {
         if output_padding[i] >= stride[i].max(dilation[i]) {
-            return Err(
-                "`output_padding` must be smaller than either `stride` or `dilation`".into(),
-            );
+            return Err("`output_padding` must be smaller than either `stride` or `dilation`".into());
         }
     }
     let groups = cx.int("groups")?;
@@ -483,21 +372,14 @@ pub fn conv_transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     }
     let batched = x.rank() == 4;
     let c_in = x.shape[batched as usize];
-    unify(c_in, w.shape[0], || {
-        format!(
-            "`input` has {c_in} channels but `weight` {w} expects {}",
-            w.shape[0]
-        )
-    })?;
+    unify(c_in, w.shape[0], || format!("`input` has {c_in} channels but `weight` {w} expects {}", w.shape[0]))?;
     let out_ch = match w.shape[1] {
         Dim::Known(c) => Dim::Known(c * groups as u64),
         Dim::Dynamic => Dim::Dynamic,
     };
     if let Some(b) = cx.opt_operand(2) {
         if b.rank() != 1 || !b.shape[0].compatible(out_ch) {
-            return Err(format!(
-                "`bias` {b} does not match the {out_ch} output channels"
-            ));
+            return Err(format!("`bias` {b} does not match the {out_ch} output channels"));
         }
     }
     let mut shape = Vec::with_capacity(4);
@@ -509,14 +391,10 @@ pub fn conv_transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
         let (input, k) = (x.shape[x.rank() - 2 + i], w.shape[2 + i]);
         shape.push(match (input, k) {
             (Dim::Known(n), Dim::Known(k)) => {
-                let out = (n as i64 - 1) * stride[i] - 2 * padding[i]
-                    + dilation[i] * (k as i64 - 1)
-                    + output_padding[i]
-                    + 1;
+                let out =
+                    (n as i64 - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k as i64 - 1) + output_padding[i] + 1;
                 if out <= 0 {
-                    return Err(format!(
-                        "the output size along spatial dim {i} would be {out}"
-                    ));
+                    return Err(format!("the output size along spatial dim {i} would be {out}"));
                 }
                 Dim::Known(out as u64)
             }
@@ -533,23 +411,15 @@ fn pool_out(input: Dim, k: i64, s: i64, p: i64, d: i64, ceil: bool) -> R<Dim> {
         return Ok(Dim::Dynamic);
     };
     if p * 2 > k {
-        return Err(format!(
-            "padding {p} must be at most half the kernel size {k}"
-        ));
+        return Err(format!("padding {p} must be at most half the kernel size {k}"));
     }
     let n = n as i64;
     let span = d * (k - 1) + 1;
     let num = n + 2 * p - span;
     if num < 0 {
-        return Err(format!(
-            "the input size {n} is smaller than the pooling window {span}"
-        ));
+        return Err(format!("the input size {n} is smaller than the pooling window {span}"));
     }
-    let mut out = if ceil {
-        (num + s - 1) / s + 1
-    } else {
-        num / s + 1
-    };
+    let mut out = if ceil { (num + s - 1) / s + 1 } else { num / s + 1 };
     if ceil && (out - 1) * s >= n + p {
         out -= 1;
     }
@@ -573,14 +443,7 @@ fn pool2d(cx: &InferCx<'_>, dilation: &[i64]) -> R<Vec<TensorType>> {
     let mut shape = x.shape.clone();
     let r = x.rank();
     for i in 0..2 {
-        shape[r - 2 + i] = pool_out(
-            x.shape[r - 2 + i],
-            kernel[i],
-            stride[i],
-            padding[i],
-            dilation[i],
-            ceil,
-        )?;
+        shape[r - 2 + i] = pool_out(x.shape[r - 2 + i], kernel[i], stride[i], padding[i], dilation[i], ceil)?;
     }
     one(TensorType::new(x.dtype, shape))
 }
@@ -620,10 +483,7 @@ fn channel_vector(cx: &InferCx<'_>, i: usize, channels: Dim) -> R<()> {
     if t.rank() == 1 && t.shape[0].compatible(channels) {
         Ok(())
     } else {
-        Err(format!(
-            "`{}` must be a vector of {channels} channels, found {t}",
-            cx.operand_name(i)
-        ))
+        Err(format!("`{}` must be a vector of {channels} channels, found {t}", cx.operand_name(i)))
     }
 }
 
@@ -644,29 +504,18 @@ pub fn layer_norm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let x = cx.operand(0);
     let normalized = cx.ints("normalized_shape")?;
     if normalized.is_empty() || normalized.len() > x.rank() {
-        return Err(format!(
-            "`normalized_shape` {normalized:?} does not fit {x}"
-        ));
+        return Err(format!("`normalized_shape` {normalized:?} does not fit {x}"));
     }
     let tail = &x.shape[x.rank() - normalized.len()..];
     for (d, &n) in tail.iter().zip(&normalized) {
         if n < 0 || !d.compatible(Dim::Known(n as u64)) {
-            return Err(format!(
-                "`normalized_shape` {normalized:?} does not match the trailing dims of {x}"
-            ));
+            return Err(format!("`normalized_shape` {normalized:?} does not match the trailing dims of {x}"));
         }
     }
-    let expected = TensorType::new(
-        x.dtype,
-        normalized.iter().map(|&n| Dim::Known(n as u64)).collect(),
-    );
+    let expected = TensorType::new(x.dtype, normalized.iter().map(|&n| Dim::Known(n as u64)).collect());
     for i in 1..cx.operands.len() {
         if !cx.operand(i).compatible(&expected) {
-            return Err(format!(
-                "`{}` must be {expected}, found {}",
-                cx.operand_name(i),
-                cx.operand(i)
-            ));
+            return Err(format!("`{}` must be {expected}, found {}", cx.operand_name(i), cx.operand(i)));
         }
     }
     one(x.clone())
@@ -684,9 +533,7 @@ pub fn group_norm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     }
     if let Dim::Known(c) = x.shape[1] {
         if c % groups as u64 != 0 {
-            return Err(format!(
-                "{c} channels are not divisible by num_groups = {groups}"
-            ));
+            return Err(format!("{c} channels are not divisible by num_groups = {groups}"));
         }
     }
     for i in 1..cx.operands.len() {
@@ -738,11 +585,7 @@ pub fn reshape(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     if let Some(bad) = target.iter().find(|&&d| d < -1) {
         return Err(format!("invalid dimension {bad} in `shape`"));
     }
-    let known: u64 = target
-        .iter()
-        .filter(|&&d| d >= 0)
-        .map(|&d| d as u64)
-        .product();
+    let known: u64 = target.iter().filter(|&&d| d >= 0).map(|&d| d as u64).product();
     let total = x.num_elements();
     let shape = target
         .iter()
@@ -752,18 +595,14 @@ pub fn reshape(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
             }
             match total {
                 Some(t) if known != 0 && t % known == 0 => Ok(Dim::Known(t / known)),
-                Some(t) => Err(format!(
-                    "cannot infer the -1 dimension: {t} elements do not divide by {known}"
-                )),
+                Some(t) => Err(format!("cannot infer the -1 dimension: {t} elements do not divide by {known}")),
                 None => Ok(Dim::Dynamic),
             }
         })
         .collect::<R<Vec<_>>>()?;
     if let (Some(t), false) = (total, target.contains(&-1)) {
         if t != known {
-            return Err(format!(
-                "cannot reshape {x} ({t} elements) into {target:?} ({known} elements)"
-            ));
+            return Err(format!("cannot reshape {x} ({t} elements) into {target:?} ({known} elements)"));
         }
     }
     one(TensorType::new(x.dtype, shape))
@@ -777,9 +616,7 @@ pub fn flatten(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let start = norm_dim(cx.int("start_dim")?, x.rank())?;
     let end = norm_dim(cx.int("end_dim")?, x.rank())?;
     if start > end {
-        return Err(format!(
-            "`start_dim` ({start}) comes after `end_dim` ({end})"
-        ));
+        return Err(format!("`start_dim` ({start}) comes after `end_dim` ({end})"));
     }
     let merged = x.shape[start..=end]
         .iter()
@@ -795,11 +632,7 @@ pub fn permute(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let x = cx.operand(0);
     let dims = cx.ints("dims")?;
     if dims.len() != x.rank() {
-        return Err(format!(
-            "`dims` has {} entries but the input has rank {}",
-            dims.len(),
-            x.rank()
-        ));
+        return Err(format!("`dims` has {} entries but the input has rank {}", dims.len(), x.rank()));
     }
     let mut seen = vec![false; x.rank()];
     let mut shape = Vec::with_capacity(x.rank());
@@ -832,17 +665,10 @@ pub fn cat(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let mut shape = first.shape.clone();
     for (i, t) in cx.operands.iter().enumerate().skip(1) {
         if t.dtype != first.dtype {
-            return Err(format!(
-                "input {i} is {} but input 0 is {}",
-                t.dtype, first.dtype
-            ));
+            return Err(format!("input {i} is {} but input 0 is {}", t.dtype, first.dtype));
         }
         if t.rank() != first.rank() {
-            return Err(format!(
-                "input {i} has rank {} but input 0 has rank {}",
-                t.rank(),
-                first.rank()
-            ));
+            return Err(format!("input {i} has rank {} but input 0 has rank {}", t.rank(), first.rank()));
         }
         for (d, (acc, &other)) in shape.iter_mut().zip(&t.shape).enumerate() {
             *acc = if d == dim {
@@ -851,9 +677,7 @@ pub fn cat(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
                     _ => Dim::Dynamic,
                 }
             } else {
-                unify(*acc, other, || {
-                    format!("input {i} differs from input 0 in dimension {d}")
-                })?
+                unify(*acc, other, || format!("input {i} differs from input 0 in dimension {d}"))?
             };
         }
     }
@@ -874,11 +698,7 @@ pub fn slice(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
         let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
         let start = cx.opt_int("start").map_or(0, clamp);
         let end = cx.opt_int("end").map_or(n, clamp);
-        let len = if end > start {
-            (end - start + step - 1) / step
-        } else {
-            0
-        };
+        let len = if end > start { (end - start + step - 1) / step } else { 0 };
         shape[dim] = Dim::Known(len as u64);
     }
     one(TensorType::new(x.dtype, shape))
@@ -887,10 +707,7 @@ pub fn slice(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 pub fn squeeze(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let x = cx.operand(0);
     let dims = match cx.opt_ints("dims") {
-        Some(d) => d
-            .iter()
-            .map(|&d| norm_dim(d, x.rank()))
-            .collect::<R<Vec<_>>>()?,
+        Some(d) => d.iter().map(|&d| norm_dim(d, x.rank())).collect::<R<Vec<_>>>()?,
         None => (0..x.rank()).collect(),
     };
     let shape = x
@@ -915,27 +732,17 @@ pub fn expand(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let x = cx.operand(0);
     let size = cx.ints("size")?;
     if size.len() < x.rank() {
-        return Err(format!(
-            "`size` has {} entries but the input has rank {}",
-            size.len(),
-            x.rank()
-        ));
+        return Err(format!("`size` has {} entries but the input has rank {}", size.len(), x.rank()));
     }
     let lead = size.len() - x.rank();
     let shape = size
         .iter()
         .enumerate()
         .map(|(i, &s)| {
-            let src = if i >= lead {
-                Some(x.shape[i - lead])
-            } else {
-                None
-            };
+            let src = if i >= lead { Some(x.shape[i - lead]) } else { None };
             match (s, src) {
                 (-1, Some(d)) => Ok(d),
-                (-1, None) => Err(format!(
-                    "-1 is not allowed for the new leading dimension {i}"
-                )),
+                (-1, None) => Err(format!("-1 is not allowed for the new leading dimension {i}")),
                 (s, _) if s < 0 => Err(format!("invalid size {s} in `size`")),
                 (s, Some(Dim::Known(d))) if d != 1 && d != s as u64 => {
                     Err(format!("cannot expand dimension {i} of size {d} to {s}"))
@@ -971,9 +778,7 @@ fn quant_range(cx: &InferCx<'_>) -> R<DType> {
         return Err(format!("`qmin` ({qmin}) is greater than `qmax` ({qmax})"));
     }
     if qmin < lo || qmax > hi {
-        return Err(format!(
-            "the range [{qmin}, {qmax}] does not fit in {dtype} [{lo}, {hi}]"
-        ));
+        return Err(format!("the range [{qmin}, {qmax}] does not fit in {dtype} [{lo}, {hi}]"));
     }
     Ok(dtype)
 }
@@ -983,9 +788,7 @@ fn positive_scale(cx: &InferCx<'_>) -> R<()> {
     if scale.is_finite() && scale > 0.0 {
         Ok(())
     } else {
-        Err(format!(
-            "`scale` must be positive and finite, found {scale:?}"
-        ))
+        Err(format!("`scale` must be positive and finite, found {scale:?}"))
     }
 }
 
@@ -1019,14 +822,10 @@ fn tensor_qparams(cx: &InferCx<'_>) -> R<()> {
     let (s, z) = (cx.operand(1), cx.operand(2));
     let single = |t: &TensorType| t.num_elements().is_none_or(|n| n == 1);
     if !(matches!(s.dtype, DType::F32 | DType::F64) && single(s)) {
-        return Err(format!(
-            "`scale` must be a one-element f32 or f64 tensor, found {s}"
-        ));
+        return Err(format!("`scale` must be a one-element f32 or f64 tensor, found {s}"));
     }
     if !(z.dtype.is_int() && single(z)) {
-        return Err(format!(
-            "`zero_point` must be a one-element integer tensor, found {z}"
-        ));
+        return Err(format!("`zero_point` must be a one-element integer tensor, found {z}"));
     }
     Ok(())
 }
@@ -1077,10 +876,7 @@ pub fn choose_qparams(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     if !(eps.is_finite() && eps > 0.0) {
         return Err(format!("`eps` must be positive and finite, found {eps:?}"));
     }
-    Ok(vec![
-        TensorType::fixed(DType::F64, &[1]),
-        TensorType::fixed(DType::I64, &[1]),
-    ])
+    Ok(vec![TensorType::fixed(DType::F64, &[1]), TensorType::fixed(DType::I64, &[1])])
 }
 
 pub fn fake_quantize_per_tensor(cx: &InferCx<'_>) -> R<Vec<TensorType>> {

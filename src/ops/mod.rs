@@ -26,9 +26,7 @@ impl OpKind {
 
     /// Looks an op up by its QIR name.
     pub fn from_name(name: &str) -> Option<OpKind> {
-        OPS.iter()
-            .position(|d| d.name == name)
-            .map(|i| OpKind(i as u16))
+        OPS.iter().position(|d| d.name == name).map(|i| OpKind(i as u16))
     }
 
     pub fn all() -> impl Iterator<Item = OpKind> {
@@ -75,14 +73,7 @@ impl AttrKind {
             AttrKind::Bool => "a bool".into(),
             AttrKind::Str([]) => "a string".into(),
             AttrKind::Str(choices) => {
-                format!(
-                    "one of {}",
-                    choices
-                        .iter()
-                        .map(|c| format!("\"{c}\""))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
+                format!("one of {}", choices.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "))
             }
             AttrKind::Ints => "a list of integers".into(),
             AttrKind::DType => "a dtype".into(),
@@ -153,11 +144,7 @@ impl OpDef {
 
     /// The smallest and largest operand counts the op accepts (`None` = unbounded).
     pub fn operand_count_range(&self) -> (usize, Option<usize>) {
-        let required = self
-            .operands
-            .iter()
-            .filter(|o| o.arity == Arity::One)
-            .count();
+        let required = self.operands.iter().filter(|o| o.arity == Arity::One).count();
         let variadic = self.operands.iter().any(|o| o.arity == Arity::Variadic);
         (required, (!variadic).then_some(self.operands.len()))
     }
@@ -188,25 +175,14 @@ impl OpDef {
         attrs: &[Option<Attr>],
         declared: &[TensorType],
     ) -> Result<Vec<TensorType>, String> {
-        (self.infer)(&InferCx {
-            def: self,
-            operands,
-            attrs,
-            declared,
-        })
+        (self.infer)(&InferCx { def: self, operands, attrs, declared })
     }
 }
 
 /// Checks that `value` is of `kind`, converting where the text is lenient (an integer where a
 /// float is expected). Returns the attribute to store or a message.
 pub fn check_attr_kind(kind: AttrKind, value: Attr) -> Result<Attr, String> {
-    let mismatch = |v: &Attr| {
-        Err(format!(
-            "expected {}, found {}",
-            kind.describe(),
-            v.kind_name()
-        ))
-    };
+    let mismatch = |v: &Attr| Err(format!("expected {}, found {}", kind.describe(), v.kind_name()));
     match (kind, value) {
         (AttrKind::Int, v @ Attr::Int(_)) => Ok(v),
         (AttrKind::Float, Attr::Int(i)) => Ok(Attr::Float(i as f64)),
@@ -221,10 +197,7 @@ pub fn check_attr_kind(kind: AttrKind, value: Attr) -> Result<Attr, String> {
         }
         (AttrKind::Ints, Attr::List(items)) => {
             if let Some(bad) = items.iter().find(|i| !matches!(i, Attr::Int(_))) {
-                return Err(format!(
-                    "expected a list of integers, but an element is {}",
-                    bad.kind_name()
-                ));
+                return Err(format!("expected a list of integers, but an element is {}", bad.kind_name()));
             }
             Ok(Attr::List(items))
         }

@@ -30,11 +30,8 @@ use crate::ir::graph::{AttrsId, OpId, Sym, TypeId};
 use crate::ir::{Graph, Module, ValueId};
 use crate::ops::OpKind;
 
-pub const PASS: PassDef = PassDef {
-    name: "cse",
-    description: "Merge pure ops that compute the same value from the same operands.",
-    run,
-};
+pub const PASS: PassDef =
+    PassDef { name: "cse", description: "Merge pure ops that compute the same value from the same operands.", run };
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
@@ -71,11 +68,8 @@ pub fn eliminate_common_subexpressions(graph: &mut Graph) -> bool {
         };
         match seen.get(&key) {
             Some(&earlier) => {
-                let pairs: SmallVec<[(ValueId, ValueId); 2]> = graph
-                    .op(op)
-                    .results()
-                    .zip(graph.op(earlier).results())
-                    .collect();
+                let pairs: SmallVec<[(ValueId, ValueId); 2]> =
+                    graph.op(op).results().zip(graph.op(earlier).results()).collect();
                 for (from, to) in pairs {
                     graph.replace_all_uses(from, to);
                 }

@@ -22,11 +22,7 @@ use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::ir::{Graph, Module};
 
-pub const PASS: PassDef = PassDef {
-    name: "dce",
-    description: "Delete pure ops whose results are unused.",
-    run,
-};
+pub const PASS: PassDef = PassDef { name: "dce", description: "Delete pure ops whose results are unused.", run };
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;

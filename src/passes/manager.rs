@@ -49,20 +49,14 @@ pub fn run_pipeline(
         }
         let start = Instant::now();
         let changed = (pass.run)(module, cx).map_err(|errors| {
-            errors
-                .into_iter()
-                .map(|d| d.note(format!("while running pass `{}`", pass.name)))
-                .collect::<Diagnostics>()
+            errors.into_iter().map(|d| d.note(format!("while running pass `{}`", pass.name))).collect::<Diagnostics>()
         })?;
         timings.push((pass.name, start.elapsed()));
         if inst.verify_each {
             let errors = verify(module);
             if !errors.is_empty() {
-                let mut out: Diagnostics =
-                    vec![
-                        Diag::error(format!("pass `{}` produced invalid IR", pass.name))
-                            .note("this is a bug in qc; please report it with the input file"),
-                    ];
+                let mut out: Diagnostics = vec![Diag::error(format!("pass `{}` produced invalid IR", pass.name))
+                    .note("this is a bug in qc; please report it with the input file")];
                 out.extend(errors);
                 return Err(out);
             }

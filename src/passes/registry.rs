@@ -7,16 +7,8 @@ pub static PASSES: &[PassDef] = &[cse::PASS, dce::PASS];
 
 /// Named pipelines usable wherever a pass name is: `-p cleanup`.
 pub static PIPELINES: &[(&str, &str, &[&str])] = &[
-    (
-        "default",
-        "The pipeline `qc model.qir` runs (verification only, until the quantization passes land).",
-        &[],
-    ),
-    (
-        "cleanup",
-        "Merge duplicate pure ops, then delete unused ones.",
-        &["cse", "dce"],
-    ),
+    ("default", "The pipeline `qc model.qir` runs (verification only, until the quantization passes land).", &[]),
+    ("cleanup", "Merge duplicate pure ops, then delete unused ones.", &["cse", "dce"]),
 ];
 
 pub fn find(name: &str) -> Option<&'static PassDef> {
@@ -33,14 +25,8 @@ pub fn expand(names: &[String]) -> Result<Vec<&'static PassDef>, String> {
         } else if let Some((_, _, members)) = PIPELINES.iter().find(|(p, _, _)| *p == name) {
             out.extend(members.iter().filter_map(|m| find(m)));
         } else {
-            let known = PASSES
-                .iter()
-                .map(|p| p.name)
-                .chain(PIPELINES.iter().map(|p| p.0));
-            return Err(format!(
-                "unknown pass or pipeline `{name}`; {}",
-                crate::diag::suggest(name, known)
-            ));
+            let known = PASSES.iter().map(|p| p.name).chain(PIPELINES.iter().map(|p| p.0));
+            return Err(format!("unknown pass or pipeline `{name}`; {}", crate::diag::suggest(name, known)));
         }
     }
     Ok(out)

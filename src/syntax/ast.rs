@@ -12,10 +12,7 @@ pub struct Spanned<T> {
 
 impl<T> Spanned<T> {
     pub fn new(node: T, start: usize, end: usize) -> Self {
-        Spanned {
-            node,
-            span: Span::new(start, end),
-        }
+        Spanned { node, span: Span::new(start, end) }
     }
 }
 
@@ -31,10 +28,7 @@ pub struct Module<'s> {
 #[derive(Clone, Debug)]
 pub enum Item<'s> {
     Weights(Spanned<String>),
-    QSpec {
-        name: Name<'s>,
-        dict: Spanned<Dict<'s>>,
-    },
+    QSpec { name: Name<'s>, dict: Spanned<Dict<'s>> },
     Func(Func<'s>),
 }
 

@@ -129,8 +129,7 @@ fn unescape(slice: &str) -> Result<String, LexError> {
                 let rest = chars.as_str();
                 let close = rest.find('}').ok_or(LexError::BadEscape)?;
                 let hex = rest.strip_prefix('{').ok_or(LexError::BadEscape)?;
-                let code =
-                    u32::from_str_radix(&hex[..close - 1], 16).map_err(|_| LexError::BadEscape)?;
+                let code = u32::from_str_radix(&hex[..close - 1], 16).map_err(|_| LexError::BadEscape)?;
                 out.push(char::from_u32(code).ok_or(LexError::BadEscape)?);
                 chars = rest[close + 1..].chars();
             }
@@ -149,19 +148,11 @@ pub struct SpannedLexError {
 }
 
 /// Tokens of `source` as lalrpop expects them.
-pub fn tokens(
-    source: &str,
-) -> impl Iterator<Item = Result<(usize, Token<'_>, usize), SpannedLexError>> {
-    Token::lexer(source)
-        .spanned()
-        .map(|(result, range)| match result {
-            Ok(token) => Ok((range.start, token, range.end)),
-            Err(error) => Err(SpannedLexError {
-                error,
-                start: range.start,
-                end: range.end,
-            }),
-        })
+pub fn tokens(source: &str) -> impl Iterator<Item = Result<(usize, Token<'_>, usize), SpannedLexError>> {
+    Token::lexer(source).spanned().map(|(result, range)| match result {
+        Ok(token) => Ok((range.start, token, range.end)),
+        Err(error) => Err(SpannedLexError { error, start: range.start, end: range.end }),
+    })
 }
 
 impl Token<'_> {
@@ -210,12 +201,9 @@ impl Token<'_> {
             Token::Arrow => "->",
             Token::Question => "?",
             Token::UnterminatedStr => "\"",
-            Token::Value(_)
-            | Token::Symbol(_)
-            | Token::Ident(_)
-            | Token::Int(_)
-            | Token::Float(_)
-            | Token::Str(_) => "",
+            Token::Value(_) | Token::Symbol(_) | Token::Ident(_) | Token::Int(_) | Token::Float(_) | Token::Str(_) => {
+                ""
+            }
         }
     }
 }

@@ -19,19 +19,10 @@ use crate::weights::WeightFile;
 
 /// Lowers a parsed module. `weights_dir` is where a relative `weights` path is resolved (the
 /// `.qir` file's directory); `None` skips opening the weights file.
-pub fn lower_module(
-    ast: &ast::Module<'_>,
-    weights_dir: Option<&Path>,
-) -> Result<Module, Diagnostics> {
-    let mut cx = Lowerer {
-        errors: Vec::new(),
-        qspec_index: FxHashMap::default(),
-    };
-    let mut module = Module {
-        name: ast.name.as_ref().map(|n| n.node.to_string()),
-        span: ast.span,
-        ..Module::default()
-    };
+pub fn lower_module(ast: &ast::Module<'_>, weights_dir: Option<&Path>) -> Result<Module, Diagnostics> {
+    let mut cx = Lowerer { errors: Vec::new(), qspec_index: FxHashMap::default() };
+    let mut module =
+        Module { name: ast.name.as_ref().map(|n| n.node.to_string()), span: ast.span, ..Module::default() };
 
     for item in &ast.items {
         match item {
@@ -54,31 +45,21 @@ pub fn lower_module(
                         ),
                     }
                 }
-                module.weights = Some(WeightsDecl {
-                    path: path.node.clone(),
-                    span: path.span,
-                });
+                module.weights = Some(WeightsDecl { path: path.node.clone(), span: path.span });
             }
             ast::Item::QSpec { name, dict } => {
                 if let Some(&i) = cx.qspec_index.get(name.node) {
                     let first: &NamedQSpec = &module.qspecs[i];
                     cx.errors.push(
-                        Diag::error(format!(
-                            "quantization spec `@{}` is defined twice",
-                            name.node
-                        ))
-                        .at(name.span, "redefined here")
-                        .with(first.span, "first defined here"),
+                        Diag::error(format!("quantization spec `@{}` is defined twice", name.node))
+                            .at(name.span, "redefined here")
+                            .with(first.span, "first defined here"),
                     );
                     continue;
                 }
                 if let Some(spec) = cx.qspec(dict) {
                     cx.qspec_index.insert(name.node, module.qspecs.len());
-                    module.qspecs.push(NamedQSpec {
-                        name: name.node.to_string(),
-                        spec,
-                        span: name.span,
-                    });
+                    module.qspecs.push(NamedQSpec { name: name.node.to_string(), spec, span: name.span });
                 }
             }
             ast::Item::Func(_) => {}
@@ -131,10 +112,7 @@ impl<'s> Lowerer<'s> {
                 Diag::error(format!("unknown element type `{}`", ty.dtype.node))
                     .at(ty.dtype.span, "not an element type")
                     .suggest(ty.dtype.node, DType::ALL.iter().map(|d| d.name()))
-                    .note(format!(
-                        "element types: {}",
-                        DType::ALL.map(|d| d.name()).join(", ")
-                    )),
+                    .note(format!("element types: {}", DType::ALL.map(|d| d.name()).join(", "))),
             );
             return None;
         };
@@ -162,9 +140,7 @@ impl<'s> Lowerer<'s> {
         graph.output_span = func.results_span;
 
         // Every name the body defines, so a use before its definition can say where it is.
-        let mut scope = FuncScope {
-            defined_at: FxHashMap::default(),
-        };
+        let mut scope = FuncScope { defined_at: FxHashMap::default() };
         for op in &func.body {
             for r in &op.results {
                 scope.defined_at.entry(r.node).or_insert(r.span);
@@ -178,10 +154,7 @@ impl<'s> Lowerer<'s> {
             }
         }
         let output_types: Vec<_> = func.results.iter().filter_map(|t| self.ty(t)).collect();
-        graph.output_types = output_types
-            .into_iter()
-            .map(|t| graph.intern_type(t))
-            .collect();
+        graph.output_types = output_types.into_iter().map(|t| graph.intern_type(t)).collect();
 
         let mut pending_quant: Vec<(OpId, &ast::QuantClause<'s>)> = Vec::new();
         for stmt in &func.body {
@@ -191,12 +164,7 @@ impl<'s> Lowerer<'s> {
                 }
             }
         }
-        let outputs: Option<Vec<ValueId>> = func
-            .ret
-            .node
-            .iter()
-            .map(|v| self.use_value(&graph, v, &scope))
-            .collect();
+        let outputs: Option<Vec<ValueId>> = func.ret.node.iter().map(|v| self.use_value(&graph, v, &scope)).collect();
         if let Some(outputs) = outputs {
             graph.set_outputs(outputs);
         }
@@ -219,35 +187,21 @@ impl<'s> Lowerer<'s> {
         );
     }
 
-    fn use_value(
-        &mut self,
-        graph: &Graph,
-        name: &ast::Name<'_>,
-        scope: &FuncScope<'_>,
-    ) -> Option<ValueId> {
+    fn use_value(&mut self, graph: &Graph, name: &ast::Name<'_>, scope: &FuncScope<'_>) -> Option<ValueId> {
         if let Some(v) = graph.value_by_name(name.node) {
             return Some(v);
         }
         let mut d = Diag::error(format!("use of undefined value `%{}`", name.node))
             .at(name.span, "not defined before this use");
         match scope.defined_at.get(name.node) {
-            Some(&later) => {
-                d = d
-                    .with(later, "defined later here")
-                    .help("ops must come after the values they read")
-            }
+            Some(&later) => d = d.with(later, "defined later here").help("ops must come after the values they read"),
             None => d = d.suggest(name.node, graph.value_names()),
         }
         self.errors.push(d);
         None
     }
 
-    fn op(
-        &mut self,
-        graph: &mut Graph,
-        stmt: &ast::OpStmt<'s>,
-        scope: &FuncScope<'_>,
-    ) -> Option<OpId> {
+    fn op(&mut self, graph: &mut Graph, stmt: &ast::OpStmt<'s>, scope: &FuncScope<'_>) -> Option<OpId> {
         let Some(kind) = OpKind::from_name(stmt.op.node) else {
             self.errors.push(
                 Diag::error(format!("unknown op `{}`", stmt.op.node))
@@ -260,11 +214,7 @@ impl<'s> Lowerer<'s> {
         let def = kind.def();
         let errors_before = self.errors.len();
 
-        let operands: Vec<ValueId> = stmt
-            .operands
-            .iter()
-            .filter_map(|v| self.use_value(graph, v, scope))
-            .collect();
+        let operands: Vec<ValueId> = stmt.operands.iter().filter_map(|v| self.use_value(graph, v, scope)).collect();
         let (min, max) = def.operand_count_range();
         let n = stmt.operands.len();
         if n < min || max.is_some_and(|m| n > m) {
@@ -288,17 +238,8 @@ impl<'s> Lowerer<'s> {
                     def.name,
                     if want == "1" { "" } else { "s" }
                 ))
-                .at(
-                    stmt.op
-                        .span
-                        .to(stmt.operands.last().map_or(stmt.op.span, |o| o.span)),
-                    "wrong number of operands",
-                )
-                .note(format!(
-                    "signature: {}({})",
-                    def.name,
-                    signature.join(", ")
-                )),
+                .at(stmt.op.span.to(stmt.operands.last().map_or(stmt.op.span, |o| o.span)), "wrong number of operands")
+                .note(format!("signature: {}({})", def.name, signature.join(", "))),
             );
         }
 
@@ -310,15 +251,8 @@ impl<'s> Lowerer<'s> {
             );
         } else if stmt.types.len() != stmt.results.len() {
             self.errors.push(
-                Diag::error(format!(
-                    "{} results but {} types",
-                    stmt.results.len(),
-                    stmt.types.len()
-                ))
-                .at(
-                    stmt.types[0].span.to(stmt.types[stmt.types.len() - 1].span),
-                    "one type per result",
-                ),
+                Diag::error(format!("{} results but {} types", stmt.results.len(), stmt.types.len()))
+                    .at(stmt.types[0].span.to(stmt.types[stmt.types.len() - 1].span), "one type per result"),
             );
         }
         if stmt.results.len() != def.num_results {
@@ -330,12 +264,7 @@ impl<'s> Lowerer<'s> {
                     if def.num_results == 1 { "" } else { "s" },
                     stmt.results.len()
                 ))
-                .at(
-                    stmt.results[0]
-                        .span
-                        .to(stmt.results[stmt.results.len() - 1].span),
-                    "result names",
-                ),
+                .at(stmt.results[0].span.to(stmt.results[stmt.results.len() - 1].span), "result names"),
             );
         }
         let types: Vec<TensorType> = stmt.types.iter().filter_map(|t| self.ty(t)).collect();
@@ -349,11 +278,7 @@ impl<'s> Lowerer<'s> {
             .results
             .iter()
             .zip(types)
-            .map(|(name, ty)| ResultSpec {
-                name: name.node,
-                ty,
-                span: name.span,
-            })
+            .map(|(name, ty)| ResultSpec { name: name.node, ty, span: name.span })
             .collect();
         let op = match graph.create_op(kind, &operands, attrs, results, stmt.span) {
             Ok(op) => op,
@@ -398,16 +323,11 @@ impl<'s> Lowerer<'s> {
                 d = if def.attrs.is_empty() {
                     d.note(format!("`{}` takes no attributes", def.name))
                 } else {
-                    d.suggest(key.node, def.attrs.iter().map(|a| a.name))
-                        .note(format!(
-                            "attributes of `{}`: {}",
-                            def.name,
-                            def.attrs
-                                .iter()
-                                .map(|a| a.name)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
+                    d.suggest(key.node, def.attrs.iter().map(|a| a.name)).note(format!(
+                        "attributes of `{}`: {}",
+                        def.name,
+                        def.attrs.iter().map(|a| a.name).collect::<Vec<_>>().join(", ")
+                    ))
                 };
                 self.errors.push(d);
                 ok = false;
@@ -427,17 +347,14 @@ impl<'s> Lowerer<'s> {
             let converted = if schema.kind == AttrKind::Tensor {
                 result_ty.and_then(|ty| self.tensor_literal(value, ty))
             } else {
-                self.value(value)
-                    .and_then(|v| match check_attr_kind(schema.kind, v) {
-                        Ok(v) => Some(v),
-                        Err(message) => {
-                            self.errors.push(
-                                Diag::error(format!("invalid value for `{}`", key.node))
-                                    .at(value.span, message),
-                            );
-                            None
-                        }
-                    })
+                self.value(value).and_then(|v| match check_attr_kind(schema.kind, v) {
+                    Ok(v) => Some(v),
+                    Err(message) => {
+                        self.errors
+                            .push(Diag::error(format!("invalid value for `{}`", key.node)).at(value.span, message));
+                        None
+                    }
+                })
             };
             match converted {
                 Some(v) => slots[index] = Some(v),
@@ -447,16 +364,9 @@ impl<'s> Lowerer<'s> {
         for (index, schema) in def.attrs.iter().enumerate() {
             if schema.presence == Presence::Required && slots[index].is_none() && ok {
                 self.errors.push(
-                    Diag::error(format!(
-                        "`{}` requires attribute `{}`",
-                        def.name, schema.name
-                    ))
-                    .at(stmt.op.span, format!("missing `{}`", schema.name))
-                    .help(format!(
-                        "add `{{{} = ...}}` ({})",
-                        schema.name,
-                        schema.kind.describe()
-                    )),
+                    Diag::error(format!("`{}` requires attribute `{}`", def.name, schema.name))
+                        .at(stmt.op.span, format!("missing `{}`", schema.name))
+                        .help(format!("add `{{{} = ...}}` ({})", schema.name, schema.kind.describe())),
                 );
                 ok = false;
             }
@@ -483,12 +393,7 @@ impl<'s> Lowerer<'s> {
                     return None;
                 }
             },
-            ast::Value::List(items) => Attr::List(
-                items
-                    .iter()
-                    .map(|i| self.value(i))
-                    .collect::<Option<Vec<_>>>()?,
-            ),
+            ast::Value::List(items) => Attr::List(items.iter().map(|i| self.value(i)).collect::<Option<Vec<_>>>()?),
             ast::Value::Dict(entries) => Attr::Dict(self.dict(entries)?),
         })
     }
@@ -529,27 +434,21 @@ impl<'s> Lowerer<'s> {
         let literal_shape = match flatten_literal(value, &mut elems) {
             Ok(shape) => shape,
             Err((span, message)) => {
-                self.errors
-                    .push(Diag::error("malformed tensor literal").at(span, message));
+                self.errors.push(Diag::error("malformed tensor literal").at(span, message));
                 return None;
             }
         };
         if literal_shape != shape {
             self.errors.push(
-                Diag::error("the literal does not match the result type").at(
-                    value.span,
-                    format!(
-                        "this literal has shape {literal_shape:?}, the type {ty} needs {shape:?}"
-                    ),
-                ),
+                Diag::error("the literal does not match the result type")
+                    .at(value.span, format!("this literal has shape {literal_shape:?}, the type {ty} needs {shape:?}")),
             );
             return None;
         }
         match Tensor::from_literals(ty.dtype, &shape, &elems) {
             Ok(t) => Some(Attr::Tensor(Arc::new(t))),
             Err(e) => {
-                self.errors
-                    .push(Diag::error("invalid tensor literal").at(value.span, e.to_string()));
+                self.errors.push(Diag::error("invalid tensor literal").at(value.span, e.to_string()));
                 None
             }
         }
@@ -565,8 +464,7 @@ impl<'s> Lowerer<'s> {
                     .as_deref()
                     .and_then(|k| dict.node.iter().find(|(key, _)| key.node == k))
                     .map_or(dict.span, |(k, v)| k.span.to(v.span));
-                let mut d = Diag::error(format!("invalid quantization spec: {}", e.message))
-                    .at(span, "here");
+                let mut d = Diag::error(format!("invalid quantization spec: {}", e.message)).at(span, "here");
                 if let Some(hint) = e.hint {
                     d = d.help(hint);
                 }
@@ -576,12 +474,7 @@ impl<'s> Lowerer<'s> {
         }
     }
 
-    fn annotation(
-        &mut self,
-        graph: &Graph,
-        op: OpId,
-        clause: &ast::QuantClause<'_>,
-    ) -> Option<Annotation> {
+    fn annotation(&mut self, graph: &Graph, op: OpId, clause: &ast::QuantClause<'_>) -> Option<Annotation> {
         let operands = graph.op(op).operands.len();
         if clause.inputs.len() > operands {
             self.errors.push(
@@ -593,11 +486,7 @@ impl<'s> Lowerer<'s> {
             );
             return None;
         }
-        let inputs = clause
-            .inputs
-            .iter()
-            .map(|s| self.spec_ref(graph, s))
-            .collect::<Option<Vec<_>>>()?;
+        let inputs = clause.inputs.iter().map(|s| self.spec_ref(graph, s)).collect::<Option<Vec<_>>>()?;
         let output = match &clause.output {
             Some(s) => Some(self.spec_ref(graph, s)?),
             None => None,
@@ -620,16 +509,12 @@ impl<'s> Lowerer<'s> {
                     return None;
                 }
             },
-            ast::SpecExpr::Inline(dict) => SpecRef::Inline(self.qspec(&Spanned {
-                node: dict.clone(),
-                span: expr.span,
-            })?),
+            ast::SpecExpr::Inline(dict) => {
+                SpecRef::Inline(self.qspec(&Spanned { node: dict.clone(), span: expr.span })?)
+            }
             ast::SpecExpr::Shared(target) => SpecRef::Shared(self.edge_or_value(graph, target)?),
             ast::SpecExpr::Derived(from, spec) => {
-                let from = from
-                    .iter()
-                    .map(|e| self.edge_or_value(graph, e))
-                    .collect::<Option<Vec<_>>>()?;
+                let from = from.iter().map(|e| self.edge_or_value(graph, e)).collect::<Option<Vec<_>>>()?;
                 let spec = self.spec_ref(graph, spec)?;
                 if !matches!(spec, SpecRef::Named(_) | SpecRef::Inline(_)) {
                     self.errors.push(
@@ -638,10 +523,7 @@ impl<'s> Lowerer<'s> {
                     );
                     return None;
                 }
-                SpecRef::Derived {
-                    from,
-                    spec: Box::new(spec),
-                }
+                SpecRef::Derived { from, spec: Box::new(spec) }
             }
         })
     }
@@ -673,11 +555,8 @@ impl<'s> Lowerer<'s> {
         };
         if !graph.op(consumer).operands.contains(&value) {
             self.errors.push(
-                Diag::error(format!(
-                    "`%{}` does not read `%{}`",
-                    consumer_name.node, e.value.node
-                ))
-                .at(e.value.span.to(consumer_name.span), "no such edge"),
+                Diag::error(format!("`%{}` does not read `%{}`", consumer_name.node, e.value.node))
+                    .at(e.value.span.to(consumer_name.span), "no such edge"),
             );
             return None;
         }
@@ -687,10 +566,7 @@ impl<'s> Lowerer<'s> {
 
 /// Flattens a nested list literal row-major and returns its shape (taken from the leftmost
 /// path); errors on ragged rows or misplaced scalars.
-fn flatten_literal(
-    value: &Spanned<ast::Value<'_>>,
-    out: &mut Vec<Literal>,
-) -> Result<Vec<usize>, (Span, String)> {
+fn flatten_literal(value: &Spanned<ast::Value<'_>>, out: &mut Vec<Literal>) -> Result<Vec<usize>, (Span, String)> {
     let mut shape = Vec::new();
     let mut probe = value;
     while let ast::Value::List(items) = &probe.node {
@@ -718,31 +594,21 @@ fn check_literal(
             if items.len() != shape[depth] {
                 return Err((
                     value.span,
-                    format!(
-                        "this row has {} elements where the first has {}",
-                        items.len(),
-                        shape[depth]
-                    ),
+                    format!("this row has {} elements where the first has {}", items.len(), shape[depth]),
                 ));
             }
-            return items
-                .iter()
-                .try_for_each(|item| check_literal(item, shape, depth + 1, out));
+            return items.iter().try_for_each(|item| check_literal(item, shape, depth + 1, out));
         }
         ast::Value::Int(v) => Literal::Int(*v),
-        ast::Value::Float(text) => Literal::Float {
-            value: parse_float(text),
-            as_f32: text.parse().unwrap_or(f32::NAN),
-        },
+        ast::Value::Float(text) => {
+            Literal::Float { value: parse_float(text), as_f32: text.parse().unwrap_or(f32::NAN) }
+        }
         ast::Value::NanBits(b) => Literal::NanBits(*b),
         ast::Value::Bool(b) => Literal::Bool(*b),
         _ => return Err((value.span, "tensor literals hold numbers or bools".into())),
     };
     if depth != shape.len() {
-        return Err((
-            value.span,
-            format!("expected a list of {} elements here", shape[depth]),
-        ));
+        return Err((value.span, format!("expected a list of {} elements here", shape[depth])));
     }
     out.push(lit);
     Ok(())
