@@ -1,0 +1,120 @@
+//! Robustness: thousands of deterministic random mutations (byte flips, truncations, token
+//! deletions and duplications, line swaps) of every example and pass case must never panic the
+//! front end or the cleanup passes; when a mutant still compiles, the passes must keep it valid.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use qc::driver::compile;
+use qc::passes::manager::Instrumentation;
+use qc::passes::registry::expand;
+
+/// xorshift64*: deterministic, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const ALPHABET: &[u8] = b"%@{}[]()=,:;->?\"0123456789.e-abcdefghijklmnopqrstuvwxyz_ \n\t\\/";
+
+fn mutate(source: &str, rng: &mut Rng) -> Vec<u8> {
+    let mut bytes = source.as_bytes().to_vec();
+    let rounds = 1 + rng.below(3);
+    for _ in 0..rounds {
+        if bytes.is_empty() {
+            break;
+        }
+        match rng.below(6) {
+            0 => {
+                let i = rng.below(bytes.len());
+                bytes[i] = ALPHABET[rng.below(ALPHABET.len())];
+            }
+            1 => bytes.truncate(rng.below(bytes.len())),
+            2 | 3 => {
+                // Delete or duplicate one whitespace-delimited token.
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let tokens: Vec<(usize, &str)> = text.split_whitespace().map(|t| (t.as_ptr() as usize - text.as_ptr() as usize, t)).collect();
+                if tokens.is_empty() {
+                    continue;
+                }
+                let (at, tok) = tokens[rng.below(tokens.len())];
+                let mut next = text[..at].to_string();
+                if rng.below(2) == 0 {
+                    next.push_str(tok);
+                    next.push(' ');
+                }
+                next.push_str(&text[at + tok.len()..]);
+                bytes = next.into_bytes();
+            }
+            4 => {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                let mut lines: Vec<&str> = text.lines().collect();
+                let (a, b) = (rng.below(lines.len()), rng.below(lines.len()));
+                lines.swap(a, b);
+                bytes = lines.join("\n").into_bytes();
+            }
+            _ => {
+                let i = rng.below(bytes.len());
+                bytes[i] = rng.next() as u8;
+            }
+        }
+    }
+    bytes
+}
+
+fn corpus() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["examples", "tests/passes/cse", "tests/passes/dce"] {
+        if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
+            files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "qir")));
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn mutations_never_panic() {
+    const MUTANTS_PER_FILE: usize = 400;
+    let passes = expand(&["cleanup".to_string()]).unwrap();
+    let inst = Instrumentation { verify_each: true, ..Default::default() };
+    let files = corpus();
+    assert!(!files.is_empty());
+    let (mut total, mut compiled) = (0, 0);
+    for path in &files {
+        let source = std::fs::read_to_string(path).unwrap();
+        let dir = path.parent().unwrap();
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ source.len() as u64);
+        for i in 0..MUTANTS_PER_FILE {
+            let bytes = mutate(&source, &mut rng);
+            // Non-UTF-8 input is rejected by the driver before the front end sees it.
+            let Ok(text) = String::from_utf8(bytes) else { continue };
+            total += 1;
+            let outcome = catch_unwind(AssertUnwindSafe(|| compile(&text, Some(dir), &passes, &inst, &mut String::new())));
+            match outcome {
+                Err(_) => panic!("mutant {i} of {} panicked:\n{text}", path.display()),
+                Ok(Ok(_)) => compiled += 1,
+                Ok(Err(diags)) => {
+                    assert!(!diags.is_empty(), "mutant {i} of {} failed without a diagnostic", path.display());
+                    assert!(
+                        !diags.iter().any(|d| d.message.contains("produced invalid IR")),
+                        "mutant {i} of {}: a pass broke a valid graph:\n{text}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(total > 1000, "only {total} mutants were tried");
+    eprintln!("{total} mutants, {compiled} still compiled");
+}
