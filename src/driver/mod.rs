@@ -347,7 +347,10 @@ pub fn list_ops() -> String {
                 }
             })
             .collect();
-        out.push_str(&format!("{}({})", def.name, operands.join(", ")));
+        out.push_str(def.name);
+        if !operands.is_empty() {
+            out.push_str(&format!("({})", operands.join(", ")));
+        }
         if !attrs.is_empty() {
             out.push_str(&format!(" {{{}}}", attrs.join(", ")));
         }
