@@ -146,29 +146,40 @@ pub fn render(files: &Files, file: FileId, diags: &[Diag]) -> String {
     String::from_utf8_lossy(&out.into_inner()).into_owned()
 }
 
-/// Levenshtein distance, for suggestions.
+/// Edit distance with adjacent transpositions (optimal string alignment), for suggestions:
+/// `rleu` is one edit from `relu`.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + (ca != cb) as usize).min(row[j] + 1).min(cur + 1);
-            prev = cur;
+    // Three rows: two back (for transpositions), one back, current.
+    let mut prev2: Vec<usize> = vec![0; b.len() + 1];
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        cur[0] = i;
+        for j in 1..=b.len() {
+            let cost = (a[i - 1] != b[j - 1]) as usize;
+            let mut d = (prev[j - 1] + cost).min(prev[j] + 1).min(cur[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(prev2[j - 2] + 1);
+            }
+            cur[j] = d;
         }
+        std::mem::swap(&mut prev2, &mut prev);
+        std::mem::swap(&mut prev, &mut cur);
     }
-    row[b.len()]
+    prev[b.len()]
 }
 
-/// The candidate closest to `word`, if close enough to be a plausible typo.
+/// The candidate closest to `word`, if close enough to be a plausible typo. A candidate that
+/// differs only in case always qualifies.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
+    let lower = word.to_lowercase();
     candidates
         .into_iter()
         .filter(|c| *c != word)
-        .map(|c| (edit_distance(word, c), c))
+        .map(|c| (if c.to_lowercase() == lower { 0 } else { edit_distance(word, c) }, c))
         .filter(|(d, _)| *d <= limit)
         .min()
         .map(|(_, c)| c)
@@ -179,5 +190,27 @@ pub fn suggest<'a>(word: &str, candidates: impl Iterator<Item = &'a str> + Clone
     match closest(word, candidates.clone()) {
         Some(best) => format!("did you mean `{best}`?"),
         None => format!("expected one of: {}", candidates.map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpositions_are_one_edit() {
+        assert_eq!(edit_distance("rleu", "relu"), 1);
+        assert_eq!(edit_distance("inptu", "input"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn closest_candidate() {
+        assert_eq!(closest("rleu", ["relu", "relu6", "gelu"]), Some("relu"));
+        assert_eq!(closest("F32", ["f32", "f64"]), Some("f32"));
+        assert_eq!(closest("conv", ["linear", "matmul"]), None);
+        // The word itself is never suggested.
+        assert_eq!(closest("relu", ["relu"]), None);
     }
 }

@@ -21,6 +21,8 @@ pub struct Expectation {
     pub text: String,
     /// Where the comment is, to report an unmet expectation.
     pub span: Span,
+    /// 0-based line of the comment itself, to suggest the right `@+N`.
+    pub comment_line: usize,
 }
 
 /// Finds every expectation comment in `source`, or a diagnostic for a malformed one.
@@ -33,9 +35,12 @@ pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
         let Some(comment) = line.find("//") else {
             continue;
         };
+        // Byte offset in `source` of a suffix of `line`.
+        let at = |rest: &str| line_start + (line.len() - rest.len());
+        let line_end = line_start + line.trim_end().len();
         let mut rest = &line[comment..];
         while let Some(pos) = rest.find("expected-") {
-            let start = line_start + (line.len() - rest.len()) + pos;
+            let start = at(rest) + pos;
             let after = &rest[pos + "expected-".len()..];
             let (severity, after) = if let Some(a) = after.strip_prefix("error") {
                 (Severity::Error, a)
@@ -45,22 +50,29 @@ pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
                 rest = after;
                 continue;
             };
-            let bad = |msg: &str| {
-                Diag::error(format!("malformed expectation: {msg}"))
-                    .at(Span::new(start, line_start + line.trim_end().len()), "here")
+            let whole = Span::new(start, line_end);
+            let bad = |span: Span, label: &str, msg: &str| {
+                Diag::error(format!("malformed expectation: {msg}")).at(span, label).with(whole, "in this expectation")
             };
             let (target, after) = match after.strip_prefix('@') {
                 None => (Some(line_no), after),
                 Some(a) => {
                     let end = a.find(|c: char| c.is_whitespace() || c == '{').unwrap_or(a.len());
                     let (spec, a) = a.split_at(end);
+                    let spec_span = Span::new(at(a) - spec.len() - 1, at(a));
                     let target = match spec {
                         "unknown" => None,
                         _ => {
-                            let delta: i64 = spec.parse().map_err(|_| bad("expected `@+N`, `@-N` or `@unknown`"))?;
+                            let delta: i64 = spec.parse().map_err(|_| {
+                                bad(spec_span, "not a line offset", "expected `@+N`, `@-N` or `@unknown`")
+                            })?;
                             let target = line_no as i64 + delta;
                             if target < 0 {
-                                return Err(bad("the target line is before the start of the file"));
+                                return Err(bad(
+                                    spec_span,
+                                    "before the first line",
+                                    "the target line is before the start of the file",
+                                ));
                             }
                             Some(target as usize)
                         }
@@ -69,13 +81,26 @@ pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
                 }
             };
             let after = after.trim_start();
-            let body = after.strip_prefix("{{").ok_or_else(|| bad("expected `{{message}}`"))?;
-            let close = body.find("}}").ok_or_else(|| bad("missing `}}`"))?;
+            let Some(body) = after.strip_prefix("{{") else {
+                let next = Span::new(at(after), (at(after) + 1).min(line_end).max(at(after)));
+                return Err(bad(next, "expected `{{` here", "expected `{{message}}`"));
+            };
+            let Some(close) = body.find("}}") else {
+                return Err(bad(Span::new(at(after), at(after) + 2), "this `{{` has no closing `}}`", "missing `}}`"));
+            };
+            if body[..close].trim().is_empty() {
+                return Err(bad(
+                    Span::new(at(after), at(body) + close + 2),
+                    "an empty message would match anything",
+                    "the expected message is empty",
+                ));
+            }
             out.push(Expectation {
                 severity,
                 line: target,
                 text: body[..close].to_string(),
-                span: Span::new(start, body.as_ptr() as usize - source.as_ptr() as usize + close + 2),
+                span: Span::new(start, at(body) + close + 2),
+                comment_line: line_no,
             });
             rest = &body[close + 2..];
         }
@@ -93,7 +118,8 @@ fn line_of(line_starts: &[usize], offset: usize) -> usize {
 pub fn check(source: &str, expectations: Vec<Expectation>, produced: Vec<Diag>) -> Vec<Diag> {
     let line_starts: Vec<usize> = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
     let mut pending: Vec<Option<Expectation>> = expectations.into_iter().map(Some).collect();
-    let mut report = Vec::new();
+    // Unmatched diagnostics with the line they are on.
+    let mut unexpected: Vec<(Option<usize>, Diag)> = Vec::new();
     for diag in produced {
         let line = diag.primary.as_ref().map(|(span, _)| line_of(&line_starts, span.start as usize));
         let hit = pending.iter_mut().find(|e| {
@@ -101,18 +127,47 @@ pub fn check(source: &str, expectations: Vec<Expectation>, produced: Vec<Diag>) 
         });
         match hit {
             Some(slot) => *slot = None,
-            None => {
-                let mut d = diag;
-                d.message = format!("unexpected {}: {}", severity_name(d.severity), d.message);
-                report.push(d);
-            }
+            None => unexpected.push((line, diag)),
         }
     }
+    let mut report = Vec::new();
+    for (_, diag) in &unexpected {
+        let mut d = diag.clone();
+        d.message = format!("unexpected {}: {}", severity_name(d.severity), d.message);
+        report.push(d);
+    }
     for e in pending.into_iter().flatten() {
-        report.push(
-            Diag::error(format!("expected {} was not produced: {{{{{}}}}}", severity_name(e.severity), e.text))
-                .at(e.span, "this expectation was not met"),
-        );
+        let mut d = Diag::error(format!("expected {} was not produced: {{{{{}}}}}", severity_name(e.severity), e.text))
+            .at(e.span, "this expectation was not met");
+        // Say what came closest: the same message elsewhere, or another message on the line.
+        let same_text = unexpected.iter().find(|(_, u)| u.severity == e.severity && u.message.contains(&e.text));
+        if let Some((line, _)) = same_text {
+            d = match line {
+                Some(line) => {
+                    let delta = *line as i64 - e.comment_line as i64;
+                    let target = match delta {
+                        0 => String::new(),
+                        d if d > 0 => format!("@+{d}"),
+                        d => format!("@{d}"),
+                    };
+                    d.note(format!("this message was reported on line {}", line + 1))
+                        .help(format!("write `expected-{}{target}`", severity_name(e.severity)))
+                }
+                None => d
+                    .note("this message was reported without a location")
+                    .help(format!("write `expected-{}@unknown`", severity_name(e.severity))),
+            };
+        } else if let Some((_, other)) = unexpected.iter().find(|(line, _)| *line == e.line && e.line.is_some()) {
+            d = d.note(format!(
+                "line {} has {}: {}",
+                e.line.unwrap_or(0) + 1,
+                severity_name(other.severity),
+                other.message
+            ));
+        } else if let Some(line) = e.line {
+            d = d.note(format!("nothing was reported on line {}", line + 1));
+        }
+        report.push(d);
     }
     report
 }

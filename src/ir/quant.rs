@@ -117,14 +117,38 @@ pub struct Annotation {
 /// Why a dictionary is not a valid [`QSpec`]; `key` names the offending entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QSpecError {
+    /// The offending entry; `None` for the spec as a whole (a missing field).
     pub key: Option<String>,
     pub message: String,
+    /// A short label for the offending entry (or the spec).
+    pub label: String,
+    /// The label belongs on the key alone (an unknown field), not on `key = value`.
+    pub key_only: bool,
+    /// Another entry involved, and what to say at it (`qmax` when `qmin` > `qmax`).
+    pub related: Option<Box<(String, String)>>,
     pub hint: Option<String>,
 }
 
 impl QSpecError {
-    fn at(key: &str, message: impl Into<String>) -> Self {
-        QSpecError { key: Some(key.to_string()), message: message.into(), hint: None }
+    fn at(key: &str, message: impl Into<String>, label: impl Into<String>) -> Self {
+        QSpecError {
+            key: Some(key.to_string()),
+            message: message.into(),
+            label: label.into(),
+            key_only: false,
+            related: None,
+            hint: None,
+        }
+    }
+
+    fn related(mut self, key: &str, label: impl Into<String>) -> Self {
+        self.related = Some(Box::new((key.to_string(), label.into())));
+        self
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
     }
 }
 
@@ -137,84 +161,198 @@ impl QSpec {
         for (key, _) in dict.iter() {
             if !CORE_KEYS.contains(&key) && !OBSERVER_OPTIONS.contains(&key) {
                 let known: Vec<&str> = CORE_KEYS.iter().chain(OBSERVER_OPTIONS).copied().collect();
-                return Err(QSpecError {
-                    key: Some(key.to_string()),
-                    message: format!("unknown quantization spec field `{key}`"),
-                    hint: Some(crate::diag::suggest(key, known.iter().copied())),
-                });
+                let mut e = QSpecError::at(key, format!("unknown quantization spec field `{key}`"), "unknown field")
+                    .hint(crate::diag::suggest(key, known.iter().copied()));
+                e.key_only = true;
+                return Err(e);
             }
         }
         let get_int = |key: &str| -> Result<Option<i64>, QSpecError> {
             dict.get(key)
-                .map(|a| a.as_int().ok_or_else(|| QSpecError::at(key, format!("`{key}` must be an integer"))))
+                .map(|a| {
+                    a.as_int().ok_or_else(|| {
+                        QSpecError::at(
+                            key,
+                            format!("`{key}` must be an integer"),
+                            format!("expected an integer, found {}", a.kind_name()),
+                        )
+                    })
+                })
                 .transpose()
         };
+        let int_dtypes = "i8, u8, i16, i32 or i64";
         let dtype = match dict.get("dtype") {
-            Some(a) => a.as_dtype().ok_or_else(|| QSpecError::at("dtype", "`dtype` must be a dtype such as i8"))?,
+            Some(a) => a.as_dtype().ok_or_else(|| {
+                let e = QSpecError::at(
+                    "dtype",
+                    "`dtype` must be a dtype such as i8",
+                    format!("expected a dtype, found {}", a.kind_name()),
+                );
+                match a.as_str().and_then(DType::from_name) {
+                    Some(d) => e.hint(format!("dtypes are written without quotes: `dtype = {d}`")),
+                    None => e.hint(format!("quantized dtypes: {int_dtypes}")),
+                }
+            })?,
             None => {
-                return Err(QSpecError { key: None, message: "a quantization spec needs a `dtype`".into(), hint: None })
+                return Err(QSpecError {
+                    key: None,
+                    message: "a quantization spec needs a `dtype`".into(),
+                    label: "this spec has no `dtype`".into(),
+                    key_only: false,
+                    related: None,
+                    hint: Some(format!("add `dtype = i8` (quantized dtypes: {int_dtypes})")),
+                });
             }
+        };
+        let full_range = |d: DType| match d.int_range() {
+            Some((lo, hi)) => format!("the full {d} range is `qmin = {lo}, qmax = {hi}`"),
+            None => format!("{d} is not an integer type"),
         };
         let (qmin, qmax) = match (get_int("qmin")?, get_int("qmax")?, dtype.int_range()) {
             (Some(lo), Some(hi), _) => (lo, hi),
             (None, None, Some(range)) => range,
             (None, None, None) => (0, 0),
-            _ => {
+            (Some(_), None, _) => {
                 return Err(QSpecError::at(
-                    if dict.get("qmin").is_some() { "qmin" } else { "qmax" },
+                    "qmin",
                     "`qmin` and `qmax` go together: give both or neither",
-                ))
+                    "`qmin` without `qmax`",
+                )
+                .hint(full_range(dtype)))
+            }
+            (None, Some(_), _) => {
+                return Err(QSpecError::at(
+                    "qmax",
+                    "`qmin` and `qmax` go together: give both or neither",
+                    "`qmax` without `qmin`",
+                )
+                .hint(full_range(dtype)))
             }
         };
         if qmin > qmax {
-            return Err(QSpecError::at("qmin", format!("`qmin` ({qmin}) is greater than `qmax` ({qmax})")));
+            return Err(QSpecError::at(
+                "qmin",
+                format!("`qmin` ({qmin}) is greater than `qmax` ({qmax})"),
+                "greater than `qmax`",
+            )
+            .related("qmax", "`qmax` is here"));
         }
         if let Some((lo, hi)) = dtype.int_range() {
             if qmin < lo || qmax > hi {
-                return Err(QSpecError::at(
-                    "qmin",
+                let (bad, other) = if qmin < lo { ("qmin", "qmax") } else { ("qmax", "qmin") };
+                let mut e = QSpecError::at(
+                    bad,
                     format!("the range [{qmin}, {qmax}] does not fit in {dtype} [{lo}, {hi}]"),
-                ));
+                    format!("outside the {dtype} range [{lo}, {hi}]"),
+                )
+                .related("dtype", format!("{dtype} holds [{lo}, {hi}]"))
+                .hint(full_range(dtype));
+                if qmin < lo && qmax > hi {
+                    e = e.related(other, "also outside it");
+                }
+                return Err(e);
             }
         }
         let qscheme = match dict.get("qscheme") {
             None => QScheme::PerTensorAffine,
-            Some(a) => a.as_str().and_then(QScheme::from_name).ok_or_else(|| QSpecError {
-                key: Some("qscheme".into()),
-                message: "`qscheme` must name a quantization scheme".into(),
-                hint: Some(format!(
-                    "expected one of: {}",
-                    QScheme::ALL.map(|q| format!("\"{}\"", q.name())).join(", ")
-                )),
+            Some(a) => a.as_str().and_then(QScheme::from_name).ok_or_else(|| {
+                let names = QScheme::ALL.map(|q| q.name());
+                let label = match a.as_str() {
+                    Some(_) => "not a quantization scheme".to_string(),
+                    None => format!("expected a string, found {}", a.kind_name()),
+                };
+                let written = a.as_str().unwrap_or_default();
+                let prefixed: Vec<String> = names
+                    .iter()
+                    .filter(|n| !written.is_empty() && n.starts_with(written))
+                    .map(|n| format!("\"{n}\""))
+                    .collect();
+                let hint = match crate::diag::closest(written, names.iter().copied()) {
+                    Some(best) => format!("did you mean \"{best}\"?"),
+                    None if !prefixed.is_empty() => format!("did you mean {}?", prefixed.join(" or ")),
+                    None => format!("expected one of: {}", names.map(|n| format!("\"{n}\"")).join(", ")),
+                };
+                QSpecError::at("qscheme", "`qscheme` must name a quantization scheme", label).hint(hint)
             })?,
         };
         let ch_axis = get_int("ch_axis")?;
         match (qscheme.is_per_channel(), ch_axis) {
-            (true, None) => return Err(QSpecError::at("qscheme", "a per-channel spec needs `ch_axis`")),
-            (false, Some(_)) => return Err(QSpecError::at("ch_axis", "`ch_axis` only applies to per-channel schemes")),
-            (_, Some(axis)) if axis < 0 => return Err(QSpecError::at("ch_axis", "`ch_axis` must be non-negative")),
+            (true, None) => {
+                return Err(QSpecError::at("qscheme", "a per-channel spec needs `ch_axis`", "a per-channel scheme")
+                    .hint("add `ch_axis = 0`: the dimension the channels are on"))
+            }
+            (false, Some(_)) => {
+                return Err(QSpecError::at(
+                    "ch_axis",
+                    "`ch_axis` only applies to per-channel schemes",
+                    format!("the scheme is {qscheme}"),
+                )
+                .hint("use a per-channel `qscheme` such as \"per_channel_symmetric\", or remove `ch_axis`"))
+            }
+            (_, Some(axis)) if axis < 0 => {
+                return Err(QSpecError::at("ch_axis", "`ch_axis` must be non-negative", "negative axis")
+                    .hint("count the axis from the front: 0 is the outermost dimension"))
+            }
             _ => {}
         }
         let dynamic = match dict.get("dynamic") {
             None => false,
-            Some(a) => a.as_bool().ok_or_else(|| QSpecError::at("dynamic", "`dynamic` must be true or false"))?,
+            Some(a) => a.as_bool().ok_or_else(|| {
+                QSpecError::at(
+                    "dynamic",
+                    "`dynamic` must be true or false",
+                    format!("expected `true` or `false`, found {}", a.kind_name()),
+                )
+            })?,
         };
         let observer = match dict.get("observer") {
             None => "minmax".to_string(),
-            Some(a) => a.as_str().ok_or_else(|| QSpecError::at("observer", "`observer` must be a string"))?.to_string(),
+            Some(a) => a
+                .as_str()
+                .ok_or_else(|| {
+                    QSpecError::at(
+                        "observer",
+                        "`observer` must be a string",
+                        format!("expected a string, found {}", a.kind_name()),
+                    )
+                    .hint("name the observer kind in quotes, such as `observer = \"histogram\"`")
+                })?
+                .to_string(),
         };
         let fixed = match (dict.get("scale"), get_int("zero_point")?) {
             (Some(s), Some(zp)) => {
-                let scale = s.as_float().ok_or_else(|| QSpecError::at("scale", "`scale` must be a float"))?;
+                let scale = s.as_float().ok_or_else(|| {
+                    QSpecError::at(
+                        "scale",
+                        "`scale` must be a float",
+                        format!("expected a float, found {}", s.kind_name()),
+                    )
+                })?;
                 if !(scale.is_finite() && scale > 0.0) {
-                    return Err(QSpecError::at("scale", "`scale` must be positive and finite"));
+                    return Err(QSpecError::at(
+                        "scale",
+                        "`scale` must be positive and finite",
+                        format!("{scale:?} is not a valid scale"),
+                    ));
                 }
                 Some((scale, zp))
             }
             (None, None) => None,
-            (Some(_), None) => return Err(QSpecError::at("scale", "a fixed spec needs both `scale` and `zero_point`")),
+            (Some(_), None) => {
+                return Err(QSpecError::at(
+                    "scale",
+                    "a fixed spec needs both `scale` and `zero_point`",
+                    "`scale` without `zero_point`",
+                )
+                .hint("add `zero_point = 0` (or the fixed zero point)"))
+            }
             (None, Some(_)) => {
-                return Err(QSpecError::at("zero_point", "a fixed spec needs both `scale` and `zero_point`"))
+                return Err(QSpecError::at(
+                    "zero_point",
+                    "a fixed spec needs both `scale` and `zero_point`",
+                    "`zero_point` without `scale`",
+                )
+                .hint("add the fixed `scale`, such as `scale = 0.0078125`"))
             }
         };
         let mut options = Dict::new();

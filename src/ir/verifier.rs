@@ -9,25 +9,92 @@
 //! - `weight` ops name a tensor of the weights file with the declared dtype and shape;
 //! - annotations refer to live values and edges, and have at most one entry per operand;
 //! - returned values are live and match the signature's types.
+//!
+//! Diagnostics point at the whole op statement unless [`SourceSpans`] says where its parts were
+//! written; lowering records them, so errors in source text land on the exact operand,
+//! attribute or type.
 
 use rustc_hash::FxHashMap;
 
-use super::graph::{Graph, Module, OpId, Use, User, ValueDef, ValueId};
+use super::graph::{Graph, Module, OpData, OpId, Use, User, ValueDef, ValueId};
 use super::quant::{EdgeOrValue, SpecRef};
 use super::types::TensorType;
-use crate::diag::{Diag, Diagnostics};
-use crate::ops::{check_attr_kind, Presence};
+use crate::diag::{Diag, Diagnostics, Span};
+use crate::ops::{check_attr_kind, Arity, OpDef, Presence};
+
+/// Where the parts of each op were written: a side table that lowering fills so that verifier
+/// diagnostics can label an operand, attribute or type rather than the whole statement. Ops
+/// created by passes have no entry and are labelled by their own span.
+#[derive(Clone, Debug, Default)]
+pub struct SourceSpans {
+    /// Per graph, by name.
+    pub graphs: FxHashMap<String, GraphSpans>,
+}
+
+/// The spans of one function.
+#[derive(Clone, Debug, Default)]
+pub struct GraphSpans {
+    pub ops: FxHashMap<OpId, OpSpans>,
+    /// Each value name of the `return` statement.
+    pub returns: Vec<Span>,
+    /// Each result type of the signature.
+    pub result_types: Vec<Span>,
+}
+
+/// The spans of one op statement.
+#[derive(Clone, Debug, Default)]
+pub struct OpSpans {
+    /// The op name (`conv2d`).
+    pub name: Span,
+    /// Each operand as written (`%x`).
+    pub operands: Vec<Span>,
+    /// Each written attribute: its schema name, the key's span and the value's span.
+    pub attrs: Vec<(&'static str, Span, Span)>,
+    /// Each result type after the `:`.
+    pub types: Vec<Span>,
+}
 
 /// Verifies a module; the result is empty when it is well-formed.
 pub fn verify(module: &Module) -> Diagnostics {
+    verify_with_spans(module, &SourceSpans::default())
+}
+
+/// Verifies a module, labelling diagnostics with the finer spans of `spans` where known.
+pub fn verify_with_spans(module: &Module, spans: &SourceSpans) -> Diagnostics {
     let mut errors = Vec::new();
+    let none = GraphSpans::default();
     for graph in &module.graphs {
-        verify_graph(module, graph, &mut errors);
+        verify_graph(module, graph, spans.graphs.get(&graph.name).unwrap_or(&none), &mut errors);
     }
     errors
 }
 
-fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
+/// Finds the written parts of one op, falling back to the statement's span.
+struct Locator<'a> {
+    whole: Span,
+    parts: Option<&'a OpSpans>,
+}
+
+impl Locator<'_> {
+    fn name(&self) -> Span {
+        self.parts.map_or(self.whole, |p| p.name)
+    }
+
+    fn operand(&self, i: usize) -> Option<Span> {
+        self.parts.and_then(|p| p.operands.get(i).copied())
+    }
+
+    /// `key = value` of a written attribute.
+    fn attr(&self, name: &str) -> Option<(Span, Span)> {
+        self.parts?.attrs.iter().find(|(n, _, _)| *n == name).map(|&(_, k, v)| (k, v))
+    }
+
+    fn ty(&self, i: usize) -> Span {
+        self.parts.and_then(|p| p.types.get(i).copied()).unwrap_or(self.whole)
+    }
+}
+
+fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Diagnostics) {
     // Position of each defining op in program order; inputs come before everything.
     let mut position: FxHashMap<OpId, usize> = FxHashMap::default();
     position.reserve(g.num_ops());
@@ -48,6 +115,7 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
     for op in g.ops() {
         let data = g.op(op);
         let def = data.def();
+        let at = Locator { whole: data.span, parts: spans.ops.get(&op) };
         let here = position[&op];
         let name = data.result(0).map_or_else(|| def.name.to_string(), |r| format!("%{}", g.value_name(r)));
         let mut bad_operands = false;
@@ -58,7 +126,7 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
                     bad_operands = true;
                     errors.push(
                         Diag::error(format!("`{name}` reads `%{}` before it is defined", g.value_name(v)))
-                            .at(data.span, format!("operand {i} is defined later"))
+                            .at(at.operand(i).unwrap_or(data.span), format!("operand {i} is defined later"))
                             .with(g.value(v).span, "defined here"),
                     );
                 }
@@ -123,9 +191,7 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
         operand_types.extend(data.operands.iter().map(|&v| g.value_type(v)));
         let declared: Vec<TensorType> = data.results().map(|r| g.value_type(r).clone()).collect();
         match def.infer(&operand_types, attrs, &declared) {
-            Err(message) => {
-                errors.push(Diag::error(format!("invalid `{}`: {message}", def.name)).at(data.span, "in this op"))
-            }
+            Err(message) => errors.push(infer_error(g, data, &at, &message)),
             Ok(inferred) => {
                 for (i, (want, have)) in inferred.iter().zip(&declared).enumerate() {
                     if !want.compatible(have) {
@@ -135,7 +201,8 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
                                 "type mismatch: {which} of `{}` is {want}, but it is declared {have}",
                                 def.name
                             ))
-                            .at(data.span, format!("declared {have}"))
+                            .at(at.ty(i), format!("expected {want}"))
+                            .with(at.name(), format!("`{}` produces {want}", def.name))
                             .help(format!(
                                 "write `: {}`",
                                 inferred.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
@@ -147,7 +214,7 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
         }
 
         if def.name == "weight" {
-            verify_weight(module, g, op, &declared, errors);
+            verify_weight(module, g, op, &at, &declared, errors);
         }
         if let Some(annotation) = g.annotation(op) {
             if annotation.inputs.len() > n {
@@ -175,23 +242,34 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
             );
         }
     }
-    if g.outputs().len() != g.output_types.len() {
-        errors.push(
-            Diag::error(format!(
-                "`@{}` returns {} values but its signature declares {}",
-                g.name,
-                g.outputs().len(),
-                g.output_types.len()
-            ))
-            .at(g.output_span, "here"),
-        );
+    let (returned, declared) = (g.outputs().len(), g.output_types.len());
+    if returned != declared {
+        let signature = match (spans.result_types.first(), spans.result_types.last()) {
+            (Some(first), Some(last)) => first.to(*last),
+            _ => Span::NONE,
+        };
+        let values = |n: usize| if n == 1 { "1 value".to_string() } else { format!("{n} values") };
+        let mut d = Diag::error(format!(
+            "`@{}` returns {} but its signature declares {}",
+            g.name,
+            values(returned),
+            values(declared)
+        ));
+        d = match spans.returns.get(declared..).filter(|extra| !extra.is_empty()) {
+            Some(extra) => d.at(extra[0].to(extra[extra.len() - 1]), "not in the signature"),
+            None => d.at(g.output_span, format!("returns {}", values(returned))),
+        };
+        d = d.with(signature, format!("the signature declares {}", values(declared)));
+        errors.push(d);
     } else {
         for (i, (&v, &t)) in g.outputs().iter().zip(&g.output_types).enumerate() {
             let (have, want) = (g.value_type(v), g.type_of(t));
             if !have.compatible(want) {
+                let here = spans.returns.get(i).copied().unwrap_or(g.output_span);
                 errors.push(
                     Diag::error(format!("output {i} of `@{}` is {have}, but the signature declares {want}", g.name))
-                        .at(g.output_span, format!("`%{}` is {have}", g.value_name(v)))
+                        .at(here, format!("`%{}` is {have}", g.value_name(v)))
+                        .with(spans.result_types.get(i).copied().unwrap_or(Span::NONE), format!("declared {want}"))
                         .with(g.value(v).span, "defined here"),
                 );
             }
@@ -199,25 +277,38 @@ fn verify_graph(module: &Module, g: &Graph, errors: &mut Diagnostics) {
     }
 }
 
-fn verify_weight(module: &Module, g: &Graph, op: OpId, declared: &[TensorType], errors: &mut Diagnostics) {
-    let data = g.op(op);
+fn verify_weight(
+    module: &Module,
+    g: &Graph,
+    op: OpId,
+    at: &Locator<'_>,
+    declared: &[TensorType],
+    errors: &mut Diagnostics,
+) {
     let key = g.attr(op, "key").and_then(|a| a.as_str()).unwrap_or_default();
+    let key_span = at.attr("key").map_or(at.whole, |(_, v)| v);
     let Some(file) = &module.weight_file else {
         if module.weights.is_none() {
             errors.push(
                 Diag::error(format!("weight `{key}` but the module declares no weights file"))
-                    .at(data.span, "needs a weights file")
+                    .at(at.name(), "needs a weights file")
                     .help("declare one at the top of the module: `weights \"model.safetensors\"`"),
             );
         }
         return;
     };
     let Some(info) = file.info(key) else {
-        errors.push(
-            Diag::error(format!("no tensor `{key}` in {}", file.path.display()))
-                .at(data.span, "unknown weight key")
-                .suggest(key, file.keys()),
-        );
+        let mut d = Diag::error(format!("no tensor `{key}` in {}", file.path.display()))
+            .at(key_span, "unknown weight key")
+            .suggest(key, file.keys());
+        let keys = file.keys();
+        if crate::diag::closest(key, keys.iter().copied()).is_none() && !keys.is_empty() && keys.len() <= 8 {
+            d = d.note(format!(
+                "the file holds: {}",
+                keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        errors.push(d);
         return;
     };
     match (info.tensor_type(), declared.first()) {
@@ -226,15 +317,160 @@ fn verify_weight(module: &Module, g: &Graph, op: OpId, declared: &[TensorType], 
                 "weight `{key}` has element type {} which QIR does not support",
                 info.dtype.clone().err().unwrap_or_default()
             ))
-            .at(data.span, "here"),
+            .at(key_span, "stored with an unsupported element type")
+            .note(format!("QIR element types: {}", super::types::DType::ALL.map(|d| d.name()).join(", "))),
         ),
         (Some(actual), Some(want)) if !actual.compatible(want) => errors.push(
             Diag::error(format!("weight `{key}` is {actual} in the file, but declared {want}"))
-                .at(data.span, "declared type differs from the file")
+                .at(at.ty(0), format!("the file has {actual}"))
+                .with(key_span, "read from here")
                 .help(format!("write `: {actual}`")),
         ),
         _ => {}
     }
+}
+
+/// A type rule's message as a diagnostic, labelling what it talks about: the operands and
+/// attributes it names (`input`, `stride`), or else the op and its operand types.
+fn infer_error(g: &Graph, data: &OpData, at: &Locator<'_>, message: &str) -> Diag {
+    let def = data.def();
+    let mut d = Diag::error(format!("invalid `{}`: {message}", def.name));
+    let mut primary = false;
+    let mut notes = Vec::new();
+    for mention in mentions(def, data, message, g) {
+        let (span, label) = match mention {
+            Mention::Operand(i) => {
+                let role = operand_role(def, i);
+                (at.operand(i), format!("{role} is {}", g.value_type(data.operands[i])))
+            }
+            Mention::Attr(index) => {
+                let schema = &def.attrs[index];
+                let value = g.attrs_of(data.attrs).get(index).and_then(Option::as_ref).map(|a| {
+                    let mut text = String::new();
+                    crate::ir::printer::write_attr(&mut text, a);
+                    text
+                });
+                match (at.attr(schema.name), value) {
+                    // The source shows the value; the underline is enough.
+                    (Some((k, v)), Some(_)) => (Some(k.to(v)), String::new()),
+                    (None, Some(value)) if matches!(schema.presence, Presence::Default(_)) && at.parts.is_some() => {
+                        notes.push(format!("`{}` is not written, so it has its default value {value}", schema.name));
+                        (None, String::new())
+                    }
+                    _ => (None, String::new()),
+                }
+            }
+        };
+        let Some(span) = span else { continue };
+        if primary {
+            d = d.with(span, label);
+        } else {
+            d = d.at(span, label);
+            primary = true;
+        }
+    }
+    if !primary {
+        // Nothing specific: point at the op and show what it was given.
+        d = d.at(at.name(), format!("in this `{}`", def.name));
+        if data.operands.len() <= 4 {
+            for (i, &v) in data.operands.iter().enumerate() {
+                if let Some(span) = at.operand(i) {
+                    d = d.with(span, format!("{} is {}", operand_role(def, i), g.value_type(v)));
+                }
+            }
+        }
+    }
+    for note in notes {
+        d = d.note(note);
+    }
+    d
+}
+
+/// What a type rule's message refers to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Mention {
+    Operand(usize),
+    Attr(usize),
+}
+
+/// `input`, `weight`, …, or `input 2` of a variadic op.
+fn operand_role(def: &OpDef, i: usize) -> String {
+    match def.operands.get(i) {
+        Some(o) if o.arity != Arity::Variadic => format!("`{}`", o.name),
+        _ => format!("input {i}"),
+    }
+}
+
+/// The operands and attributes a message names, in the order it names them: `backticked`
+/// names, bare words that are operand or attribute names, `input N` of variadic ops, "the
+/// input", the bounds of "the range [..]" and the attribute holding an out-of-range
+/// dimension.
+fn mentions(def: &OpDef, data: &OpData, message: &str, g: &Graph) -> Vec<Mention> {
+    let written = data.operands.len();
+    let resolve = |word: &str| -> Option<Mention> {
+        if let Some(i) = def.operands.iter().position(|o| o.name == word && o.arity != Arity::Variadic) {
+            return (i < written).then_some(Mention::Operand(i));
+        }
+        def.attr_index(word).map(Mention::Attr)
+    };
+    let mut found: Vec<(usize, Mention)> = Vec::new();
+    // Words: maximal runs of identifier characters, with their byte offsets.
+    let bytes = message.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_word(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_word(bytes[i]) {
+            i += 1;
+        }
+        let word = &message[start..i];
+        if let Some(m) = resolve(word) {
+            found.push((start, m));
+        }
+        // `input 2` of a variadic op.
+        let variadic = def.operands.last().is_some_and(|o| o.arity == Arity::Variadic);
+        if variadic && word == "input" {
+            let digits: String =
+                message[i..].strip_prefix(' ').unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
+            if let Ok(n) = digits.parse::<usize>() {
+                if n < written {
+                    found.push((start, Mention::Operand(n)));
+                }
+            }
+        }
+    }
+    if let Some(pos) = message.find("the range [") {
+        for name in ["qmin", "qmax"] {
+            if let Some(index) = def.attr_index(name) {
+                found.push((pos, Mention::Attr(index)));
+            }
+        }
+    }
+    if let Some(rest) = message.strip_prefix("dimension ") {
+        let number: String = rest.chars().take_while(|c| *c == '-' || c.is_ascii_digit()).collect();
+        if let Ok(dim) = number.parse::<i64>() {
+            let attrs = g.attrs_of(data.attrs);
+            let holds = |a: &crate::ir::attr::Attr| match a {
+                crate::ir::attr::Attr::Int(v) => *v == dim,
+                other => other.as_ints().is_some_and(|v| v.contains(&dim)),
+            };
+            if let Some(index) = attrs.iter().position(|a| a.as_ref().is_some_and(holds)) {
+                found.push((0, Mention::Attr(index)));
+            }
+        }
+    }
+    found.sort_by_key(|&(pos, _)| pos);
+    let mut out: Vec<Mention> = Vec::new();
+    for (_, m) in found {
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
 }
 
 fn verify_spec_ref(module: &Module, g: &Graph, name: &str, op: OpId, spec: &SpecRef, errors: &mut Diagnostics) {

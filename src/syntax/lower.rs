@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::ast::{self, Spanned};
 use crate::diag::{Diag, Diagnostics, Span};
@@ -13,14 +13,29 @@ use crate::ir::attr::{Attr, Dict};
 use crate::ir::graph::{Graph, Module, OpId, ResultSpec, ValueId, WeightsDecl};
 use crate::ir::quant::{Annotation, EdgeOrValue, NamedQSpec, QSpec, SpecRef};
 use crate::ir::types::{DType, Dim, TensorType};
+use crate::ir::verifier::{GraphSpans, OpSpans, SourceSpans};
 use crate::ops::{check_attr_kind, Arity, AttrKind, OpKind, Presence};
-use crate::tensor::{Literal, Tensor};
+use crate::tensor::{Literal, LiteralError, Tensor};
 use crate::weights::WeightFile;
 
 /// Lowers a parsed module. `weights_dir` is where a relative `weights` path is resolved (the
 /// `.qir` file's directory); `None` skips opening the weights file.
 pub fn lower_module(ast: &ast::Module<'_>, weights_dir: Option<&Path>) -> Result<Module, Diagnostics> {
-    let mut cx = Lowerer { errors: Vec::new(), qspec_index: FxHashMap::default() };
+    lower_module_with_spans(ast, weights_dir).map(|(module, _)| module)
+}
+
+/// [`lower_module`], also returning where each op's parts were written, for the verifier's
+/// diagnostics.
+pub fn lower_module_with_spans(
+    ast: &ast::Module<'_>,
+    weights_dir: Option<&Path>,
+) -> Result<(Module, SourceSpans), Diagnostics> {
+    let mut cx = Lowerer {
+        errors: Vec::new(),
+        qspec_index: FxHashMap::default(),
+        poisoned: FxHashSet::default(),
+        spans: SourceSpans::default(),
+    };
     let mut module =
         Module { name: ast.name.as_ref().map(|n| n.node.to_string()), span: ast.span, ..Module::default() };
 
@@ -36,13 +51,22 @@ pub fn lower_module(ast: &ast::Module<'_>, weights_dir: Option<&Path>) -> Result
                     continue;
                 }
                 if let Some(dir) = weights_dir {
-                    match WeightFile::open(&dir.join(&path.node)) {
-                        Ok(file) => module.weight_file = Some(Arc::new(file)),
-                        Err(message) => cx.errors.push(
+                    let full = dir.join(&path.node);
+                    if full.is_dir() {
+                        cx.errors.push(
                             Diag::error("cannot load the weights file")
-                                .at(path.span, message)
-                                .help("the path is relative to the .qir file's directory"),
-                        ),
+                                .at(path.span, format!("{} is a directory", full.display()))
+                                .help("name a .safetensors file; the path is relative to the .qir file's directory"),
+                        );
+                    } else {
+                        match WeightFile::open(&full) {
+                            Ok(file) => module.weight_file = Some(Arc::new(file)),
+                            Err(message) => cx.errors.push(
+                                Diag::error("cannot load the weights file")
+                                    .at(path.span, message)
+                                    .help("the path is relative to the .qir file's directory"),
+                            ),
+                        }
                     }
                 }
                 module.weights = Some(WeightsDecl { path: path.node.clone(), span: path.span });
@@ -78,18 +102,22 @@ pub fn lower_module(ast: &ast::Module<'_>, weights_dir: Option<&Path>) -> Result
                 continue;
             }
             graph_names.insert(func.name.node, func.name.span);
-            module.graphs.push(cx.func(func));
+            let (graph, spans) = cx.func(func);
+            cx.spans.graphs.insert(graph.name.clone(), spans);
+            module.graphs.push(graph);
         }
     }
     if module.graphs.is_empty() && cx.errors.is_empty() {
+        // `module @name`: the whole module would be a label over every line.
+        let head = Span::new(ast.span.start as usize, ast.span.start as usize + "module".len());
         cx.errors.push(
             Diag::error("the module has no functions")
-                .at(ast.span, "this module is empty")
+                .at(ast.name.as_ref().map_or(head, |n| head.to(n.span)), "this module has no `func`")
                 .help("add `func @main(%x: f32[4]) -> f32[4] { ... }`"),
         );
     }
     if cx.errors.is_empty() {
-        Ok(module)
+        Ok((module, cx.spans))
     } else {
         Err(cx.errors)
     }
@@ -98,6 +126,10 @@ pub fn lower_module(ast: &ast::Module<'_>, weights_dir: Option<&Path>) -> Result
 struct Lowerer<'s> {
     errors: Diagnostics,
     qspec_index: FxHashMap<&'s str, usize>,
+    /// Names of the current function whose definition failed to lower: their uses are not
+    /// reported again, so one mistake gives one error.
+    poisoned: FxHashSet<&'s str>,
+    spans: SourceSpans,
 }
 
 /// Where a name is defined in the function being lowered, for forward-reference diagnostics.
@@ -108,12 +140,13 @@ struct FuncScope<'s> {
 impl<'s> Lowerer<'s> {
     fn ty(&mut self, ty: &ast::Type<'_>) -> Option<TensorType> {
         let Some(dtype) = DType::from_name(ty.dtype.node) else {
-            self.errors.push(
-                Diag::error(format!("unknown element type `{}`", ty.dtype.node))
-                    .at(ty.dtype.span, "not an element type")
-                    .suggest(ty.dtype.node, DType::ALL.iter().map(|d| d.name()))
-                    .note(format!("element types: {}", DType::ALL.map(|d| d.name()).join(", "))),
-            );
+            let mut d = Diag::error(format!("unknown element type `{}`", ty.dtype.node))
+                .at(ty.dtype.span, "not an element type");
+            d = match dtype_alias(ty.dtype.node) {
+                Some(alias) => d.help(format!("did you mean `{alias}`?")),
+                None => d.suggest(ty.dtype.node, DType::ALL.iter().map(|d| d.name())),
+            };
+            self.errors.push(d.note(format!("element types: {}", DType::ALL.map(|d| d.name()).join(", "))));
             return None;
         };
         let mut shape = Vec::with_capacity(ty.dims.len());
@@ -134,10 +167,16 @@ impl<'s> Lowerer<'s> {
         Some(TensorType::new(dtype, shape))
     }
 
-    fn func(&mut self, func: &ast::Func<'s>) -> Graph {
+    fn func(&mut self, func: &ast::Func<'s>) -> (Graph, GraphSpans) {
         let mut graph = Graph::new(func.name.node);
         graph.span = func.span;
         graph.output_span = func.results_span;
+        self.poisoned.clear();
+        let mut spans = GraphSpans {
+            ops: FxHashMap::default(),
+            returns: func.ret.node.iter().map(|v| v.span).collect(),
+            result_types: func.results.iter().map(|t| t.span).collect(),
+        };
 
         // Every name the body defines, so a use before its definition can say where it is.
         let mut scope = FuncScope { defined_at: FxHashMap::default() };
@@ -148,7 +187,10 @@ impl<'s> Lowerer<'s> {
         }
 
         for (name, ty) in &func.params {
-            let Some(t) = self.ty(ty) else { continue };
+            let Some(t) = self.ty(ty) else {
+                self.poisoned.insert(name.node);
+                continue;
+            };
             if let Err(existing) = graph.add_input(name.node, t, name.span) {
                 self.duplicate(&graph, name, existing);
             }
@@ -158,10 +200,14 @@ impl<'s> Lowerer<'s> {
 
         let mut pending_quant: Vec<(OpId, &ast::QuantClause<'s>)> = Vec::new();
         for stmt in &func.body {
-            if let Some(id) = self.op(&mut graph, stmt, &scope) {
-                if let Some(q) = &stmt.quant {
-                    pending_quant.push((id, q));
+            match self.op(&mut graph, stmt, &scope) {
+                Some(id) => {
+                    spans.ops.insert(id, op_spans(stmt));
+                    if let Some(q) = &stmt.quant {
+                        pending_quant.push((id, q));
+                    }
                 }
+                None => self.poisoned.extend(stmt.results.iter().map(|r| r.node)),
             }
         }
         let outputs: Option<Vec<ValueId>> = func.ret.node.iter().map(|v| self.use_value(&graph, v, &scope)).collect();
@@ -175,7 +221,7 @@ impl<'s> Lowerer<'s> {
                 graph.extra_mut(op).annotation = Some(annotation);
             }
         }
-        graph
+        (graph, spans)
     }
 
     fn duplicate(&mut self, graph: &Graph, name: &ast::Name<'_>, existing: ValueId) {
@@ -191,11 +237,15 @@ impl<'s> Lowerer<'s> {
         if let Some(v) = graph.value_by_name(name.node) {
             return Some(v);
         }
+        if self.poisoned.contains(name.node) {
+            // Its definition already has an error.
+            return None;
+        }
         let mut d = Diag::error(format!("use of undefined value `%{}`", name.node))
             .at(name.span, "not defined before this use");
         match scope.defined_at.get(name.node) {
             Some(&later) => d = d.with(later, "defined later here").help("ops must come after the values they read"),
-            None => d = d.suggest(name.node, graph.value_names()),
+            None => d = undefined_help(d, name.node, graph),
         }
         self.errors.push(d);
         None
@@ -203,21 +253,40 @@ impl<'s> Lowerer<'s> {
 
     fn op(&mut self, graph: &mut Graph, stmt: &ast::OpStmt<'s>, scope: &FuncScope<'_>) -> Option<OpId> {
         let Some(kind) = OpKind::from_name(stmt.op.node) else {
-            self.errors.push(
-                Diag::error(format!("unknown op `{}`", stmt.op.node))
-                    .at(stmt.op.span, "not in the op registry")
-                    .suggest(stmt.op.node, OpKind::all().map(OpKind::name))
-                    .note("`qc --list-ops` lists every op"),
-            );
+            let mut d = Diag::error(format!("unknown op `{}`", stmt.op.node))
+                .at(stmt.op.span, "not in the op registry")
+                .suggest(stmt.op.node, OpKind::all().map(OpKind::name));
+            if let Some((base, overload)) = stmt.op.node.split_once('.') {
+                if OpKind::from_name(base).is_some() {
+                    let prefix = format!("{base}.");
+                    let mut spellings = vec![format!("`{base}`")];
+                    spellings.extend(
+                        OpKind::all().map(OpKind::name).filter(|n| n.starts_with(&prefix)).map(|n| format!("`{n}`")),
+                    );
+                    d = d.note(format!(
+                        "`{base}` has no overload `.{overload}`; it is written {}",
+                        spellings.join(" or ")
+                    ));
+                }
+            }
+            self.errors.push(d.note("`qc --list-ops` lists every op"));
             return None;
         };
         let def = kind.def();
         let errors_before = self.errors.len();
 
-        let operands: Vec<ValueId> = stmt.operands.iter().filter_map(|v| self.use_value(graph, v, scope)).collect();
+        let mut operands: Vec<ValueId> = Vec::with_capacity(stmt.operands.len());
+        let mut operands_ok = true;
+        for v in &stmt.operands {
+            match self.use_value(graph, v, scope) {
+                Some(id) => operands.push(id),
+                None => operands_ok = false,
+            }
+        }
         let (min, max) = def.operand_count_range();
         let n = stmt.operands.len();
-        if n < min || max.is_some_and(|m| n > m) {
+        let count_ok = n >= min && max.is_none_or(|m| n <= m);
+        if !count_ok {
             let want = match max {
                 Some(m) if m == min => format!("{min}"),
                 Some(m) => format!("{min} to {m}"),
@@ -232,44 +301,88 @@ impl<'s> Lowerer<'s> {
                     Arity::Variadic => format!("%{}...", o.name),
                 })
                 .collect();
+            // Point at the surplus operands, or at the op when some are missing.
+            let (span, label) = match max {
+                Some(m) if n > m => {
+                    let extra = &stmt.operands[m..];
+                    let label =
+                        if n - m == 1 { "an extra operand".to_string() } else { format!("{} extra operands", n - m) };
+                    (extra[0].span.to(extra[extra.len() - 1].span), label)
+                }
+                _ => {
+                    let missing: Vec<String> = def.operands[n.min(def.operands.len())..]
+                        .iter()
+                        .filter(|o| o.arity == Arity::One)
+                        .map(|o| format!("`%{}`", o.name))
+                        .collect();
+                    (
+                        stmt.op.span.to(stmt.operands.last().map_or(stmt.op.span, |o| o.span)),
+                        format!("missing {}", missing.join(", ")),
+                    )
+                }
+            };
             self.errors.push(
                 Diag::error(format!(
                     "`{}` takes {want} operand{}, found {n}",
                     def.name,
                     if want == "1" { "" } else { "s" }
                 ))
-                .at(stmt.op.span.to(stmt.operands.last().map_or(stmt.op.span, |o| o.span)), "wrong number of operands")
+                .at(span, label)
                 .note(format!("signature: {}({})", def.name, signature.join(", "))),
             );
         }
 
+        // A statement without `: type` gets a help with the inferred type, once the attributes
+        // are known.
+        let mut missing_type: Option<usize> = None;
         if stmt.types.is_empty() {
+            missing_type = Some(self.errors.len());
             self.errors.push(
                 Diag::error("missing result type")
-                    .at(stmt.span, "this op has no `: type`")
+                    .at(Span { start: stmt.op.span.start, end: stmt.span.end }, "this op has no `: type`")
                     .help("every op states its result types: `%y = relu(%x) : f32[1,16]`"),
             );
         } else if stmt.types.len() != stmt.results.len() {
             self.errors.push(
-                Diag::error(format!("{} results but {} types", stmt.results.len(), stmt.types.len()))
-                    .at(stmt.types[0].span.to(stmt.types[stmt.types.len() - 1].span), "one type per result"),
+                Diag::error(format!(
+                    "{} but {}",
+                    plural(stmt.results.len(), "result"),
+                    plural(stmt.types.len(), "type")
+                ))
+                .at(stmt.types[0].span.to(stmt.types[stmt.types.len() - 1].span), "one type per result")
+                .with(stmt.results[0].span.to(stmt.results[stmt.results.len() - 1].span), "the results"),
             );
         }
         if stmt.results.len() != def.num_results {
+            let names: Vec<String> = (0..def.num_results).map(|i| format!("%r{i}")).collect();
             self.errors.push(
                 Diag::error(format!(
-                    "`{}` has {} result{}, but {} are named",
+                    "`{}` has {}, but {} named",
                     def.name,
-                    def.num_results,
-                    if def.num_results == 1 { "" } else { "s" },
-                    stmt.results.len()
+                    plural(def.num_results, "result"),
+                    match stmt.results.len() {
+                        1 => "1 is".to_string(),
+                        k => format!("{k} are"),
+                    }
                 ))
-                .at(stmt.results[0].span.to(stmt.results[stmt.results.len() - 1].span), "result names"),
+                .at(stmt.results[0].span.to(stmt.results[stmt.results.len() - 1].span), "result names")
+                .help(format!("name every result: `{} = {}(...)`", names.join(", "), def.name)),
             );
         }
         let types: Vec<TensorType> = stmt.types.iter().filter_map(|t| self.ty(t)).collect();
-        let attrs = self.attrs(def, stmt, types.first());
-        if self.errors.len() > errors_before || types.len() != stmt.results.len() {
+        let attrs = self.attrs(def, stmt, types.first(), stmt.types.first());
+        if let (Some(index), Some(attrs), true, true) = (missing_type, &attrs, operands_ok, count_ok) {
+            let operand_types: Vec<&TensorType> = operands.iter().map(|&v| graph.value_type(v)).collect();
+            if let Ok(inferred) = def.infer(&operand_types, &def.complete_attrs(attrs.clone()), &[]) {
+                if !inferred.is_empty() {
+                    let written: Vec<String> = inferred.iter().map(|t| t.to_string()).collect();
+                    let d = &mut self.errors[index];
+                    d.notes.clear();
+                    d.notes.push(format!("help: the result type is {0}: write `: {0}`", written.join(", ")));
+                }
+            }
+        }
+        if self.errors.len() > errors_before || !operands_ok || types.len() != stmt.results.len() {
             return None;
         }
 
@@ -312,6 +425,7 @@ impl<'s> Lowerer<'s> {
         def: &'static crate::ops::OpDef,
         stmt: &ast::OpStmt<'_>,
         result_ty: Option<&TensorType>,
+        result_ast: Option<&ast::Type<'_>>,
     ) -> Option<Vec<Option<Attr>>> {
         let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
         let mut spans: Vec<Option<Span>> = vec![None; def.attrs.len()];
@@ -345,13 +459,30 @@ impl<'s> Lowerer<'s> {
             spans[index] = Some(key.span);
             let schema = def.attrs[index];
             let converted = if schema.kind == AttrKind::Tensor {
-                result_ty.and_then(|ty| self.tensor_literal(value, ty))
+                match (result_ty, result_ast) {
+                    (Some(ty), Some(written)) => self.tensor_literal(value, ty, written),
+                    _ => None,
+                }
             } else {
-                self.value(value).and_then(|v| match check_attr_kind(schema.kind, v) {
+                self.value(value).and_then(|v| match check_attr_kind(schema.kind, v.clone()) {
                     Ok(v) => Some(v),
                     Err(message) => {
-                        self.errors
-                            .push(Diag::error(format!("invalid value for `{}`", key.node)).at(value.span, message));
+                        let mut d = Diag::error(format!("invalid value for `{}`", key.node)).at(value.span, message);
+                        d = match (schema.kind, &v) {
+                            (AttrKind::Str(choices), Attr::Str(s)) => {
+                                match crate::diag::closest(s, choices.iter().copied()) {
+                                    Some(best) => d.help(format!("did you mean \"{best}\"?")),
+                                    None => d,
+                                }
+                            }
+                            (AttrKind::Int, Attr::Float(f)) if f.fract() == 0.0 && f.abs() < 1e15 => {
+                                d.help(format!("write the integer `{}`", *f as i64))
+                            }
+                            (AttrKind::Ints, Attr::Int(i)) => d.help(format!("write a list: `[{i}]`")),
+                            (AttrKind::Str(_), Attr::DType(dt)) => d.help(format!("strings are quoted: \"{dt}\"")),
+                            _ => d,
+                        };
+                        self.errors.push(d);
                         None
                     }
                 })
@@ -385,11 +516,11 @@ impl<'s> Lowerer<'s> {
             ast::Value::Ident(word) => match DType::from_name(word) {
                 Some(d) => Attr::DType(d),
                 None => {
-                    self.errors.push(
-                        Diag::error(format!("unknown word `{word}`"))
-                            .at(value.span, "not a dtype")
-                            .help(format!("strings are quoted: \"{word}\"")),
-                    );
+                    let d = Diag::error(format!("unknown word `{word}`")).at(value.span, "not a dtype");
+                    self.errors.push(match dtype_alias(word) {
+                        Some(alias) => d.help(format!("did you mean the dtype `{alias}`?")),
+                        None => d.help(format!("strings are quoted: \"{word}\"")),
+                    });
                     return None;
                 }
             },
@@ -421,15 +552,13 @@ impl<'s> Lowerer<'s> {
         ok.then_some(dict)
     }
 
-    /// A `const` literal, shaped and typed by the declared result type.
-    fn tensor_literal(&mut self, value: &Spanned<ast::Value<'_>>, ty: &TensorType) -> Option<Attr> {
-        let Some(shape) = ty.static_shape() else {
-            self.errors.push(
-                Diag::error("a constant needs a static type")
-                    .at(value.span, format!("the type {ty} has a `?` dimension")),
-            );
-            return None;
-        };
+    /// A `const` literal, shaped and typed by the declared result type (`written`).
+    fn tensor_literal(
+        &mut self,
+        value: &Spanned<ast::Value<'_>>,
+        ty: &TensorType,
+        written: &ast::Type<'_>,
+    ) -> Option<Attr> {
         let mut elems = Vec::new();
         let literal_shape = match flatten_literal(value, &mut elems) {
             Ok(shape) => shape,
@@ -438,17 +567,55 @@ impl<'s> Lowerer<'s> {
                 return None;
             }
         };
-        if literal_shape != shape {
+        let Some(shape) = ty.static_shape() else {
+            let dynamic = written.dims.iter().find(|d| d.node.is_none()).map_or(written.span, |d| d.span);
             self.errors.push(
-                Diag::error("the literal does not match the result type")
-                    .at(value.span, format!("this literal has shape {literal_shape:?}, the type {ty} needs {shape:?}")),
+                Diag::error("a constant needs a static type")
+                    .at(dynamic, "a `?` dimension")
+                    .with(value.span, format!("this literal has shape {}", show_shape(&literal_shape)))
+                    .help(format!("write `: {}{}`", ty.dtype, show_shape(&literal_shape))),
             );
             return None;
+        };
+        if literal_shape != shape {
+            let mut d = Diag::error("the literal does not match the result type")
+                .at(value.span, format!("this literal has shape {}", show_shape(&literal_shape)))
+                .with(written.span, format!("the type needs shape {}", show_shape(&shape)));
+            let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+            if count == Some(elems.len()) && elems.len() <= 16 {
+                d = d.help(format!("nest the elements by dimension: `{}`", nesting(&shape)));
+            } else {
+                d = d.help(format!(
+                    "if the literal is right, its type is `{}{}`",
+                    ty.dtype,
+                    show_shape(&literal_shape)
+                ));
+            }
+            self.errors.push(d);
+            return None;
         }
-        match Tensor::from_literals(ty.dtype, &shape, &elems) {
+        let literals: Vec<Literal> = elems.iter().map(|(l, _)| *l).collect();
+        match Tensor::from_literals(ty.dtype, &shape, &literals) {
             Ok(t) => Some(Attr::Tensor(Arc::new(t))),
             Err(e) => {
-                self.errors.push(Diag::error("invalid tensor literal").at(value.span, e.to_string()));
+                let (span, label) = match e {
+                    LiteralError::OutOfRange { index, dtype } => {
+                        (elems.get(index).map(|(_, s)| *s), format!("does not fit in {dtype}"))
+                    }
+                    LiteralError::Kind { index, dtype } => {
+                        (elems.get(index).map(|(_, s)| *s), format!("not a valid {dtype} value"))
+                    }
+                    LiteralError::Count { .. } => (None, e.to_string()),
+                };
+                let mut d = Diag::error("invalid tensor literal").at(span.unwrap_or(value.span), label);
+                if span.is_some() {
+                    d = d.with(written.dtype.span, format!("the element type is {}", ty.dtype));
+                    d = d.note(e.to_string());
+                    if let Some((lo, hi)) = ty.dtype.int_range() {
+                        d = d.note(format!("{} holds integers in [{lo}, {hi}]", ty.dtype));
+                    }
+                }
+                self.errors.push(d);
                 None
             }
         }
@@ -459,12 +626,18 @@ impl<'s> Lowerer<'s> {
         match QSpec::from_dict(&lowered) {
             Ok(spec) => Some(spec),
             Err(e) => {
-                let span = e
-                    .key
-                    .as_deref()
-                    .and_then(|k| dict.node.iter().find(|(key, _)| key.node == k))
-                    .map_or(dict.span, |(k, v)| k.span.to(v.span));
-                let mut d = Diag::error(format!("invalid quantization spec: {}", e.message)).at(span, "here");
+                let entry = |key: &str| dict.node.iter().find(|(k, _)| k.node == key);
+                let span = match e.key.as_deref().and_then(entry) {
+                    Some((k, _)) if e.key_only => k.span,
+                    Some((k, v)) => k.span.to(v.span),
+                    None => dict.span,
+                };
+                let mut d = Diag::error(format!("invalid quantization spec: {}", e.message)).at(span, e.label);
+                if let Some((key, label)) = e.related.as_deref() {
+                    if let Some((k, v)) = entry(key) {
+                        d = d.with(k.span.to(v.span), label.clone());
+                    }
+                }
                 if let Some(hint) = e.hint {
                     d = d.help(hint);
                 }
@@ -477,12 +650,19 @@ impl<'s> Lowerer<'s> {
     fn annotation(&mut self, graph: &Graph, op: OpId, clause: &ast::QuantClause<'_>) -> Option<Annotation> {
         let operands = graph.op(op).operands.len();
         if clause.inputs.len() > operands {
+            let extra = &clause.inputs[operands..];
             self.errors.push(
                 Diag::error(format!(
-                    "the annotation lists {} inputs but the op has {operands} operands",
-                    clause.inputs.len()
+                    "the annotation lists {} but the op has {}",
+                    plural(clause.inputs.len(), "input"),
+                    plural(operands, "operand")
                 ))
-                .at(clause.span, "one entry per operand"),
+                .at(extra[0].span.to(extra[extra.len() - 1].span), "no operand for this entry")
+                .with(
+                    graph.op(op).result(0).map_or(Span::NONE, |r| graph.value(r).span),
+                    format!("`{}` takes {}", graph.op(op).def().name, plural(operands, "operand")),
+                )
+                .help("`quant[...]` has one entry per operand, in order; `-> ...` is the output"),
             );
             return None;
         }
@@ -500,12 +680,13 @@ impl<'s> Lowerer<'s> {
             ast::SpecExpr::Named(name) => match self.qspec_index.get(name.node) {
                 Some(&i) => SpecRef::Named(i),
                 None => {
-                    self.errors.push(
-                        Diag::error(format!("unknown quantization spec `@{}`", name.node))
-                            .at(name.span, "not defined in this module")
-                            .suggest(name.node, self.qspec_index.keys().copied())
-                            .help("define it at module level: `qspec @name = {dtype = i8, ...}`"),
-                    );
+                    let d = Diag::error(format!("unknown quantization spec `@{}`", name.node))
+                        .at(name.span, "not defined in this module");
+                    let d = match crate::diag::closest(name.node, self.qspec_index.keys().copied()) {
+                        Some(best) => d.help(format!("did you mean `@{best}`?")),
+                        None => d.help("define it at module level: `qspec @name = {dtype = i8, ...}`"),
+                    };
+                    self.errors.push(d);
                     return None;
                 }
             },
@@ -515,11 +696,15 @@ impl<'s> Lowerer<'s> {
             ast::SpecExpr::Shared(target) => SpecRef::Shared(self.edge_or_value(graph, target)?),
             ast::SpecExpr::Derived(from, spec) => {
                 let from = from.iter().map(|e| self.edge_or_value(graph, e)).collect::<Option<Vec<_>>>()?;
+                let spec_span = spec.span;
                 let spec = self.spec_ref(graph, spec)?;
                 if !matches!(spec, SpecRef::Named(_) | SpecRef::Inline(_)) {
                     self.errors.push(
                         Diag::error("a derived spec needs a plain spec after `;`")
-                            .at(expr.span, "expected `@name` or `{...}`"),
+                            .at(spec_span, "expected `@name` or `{...}`")
+                            .help(
+                                "write the spec the derived qparams are stored as: `derived(%a -> %y, %w -> %y; @i32)`",
+                            ),
                     );
                     return None;
                 }
@@ -531,12 +716,13 @@ impl<'s> Lowerer<'s> {
     fn edge_or_value(&mut self, graph: &Graph, e: &ast::EdgeOrValue<'_>) -> Option<EdgeOrValue> {
         let resolve = |this: &mut Self, name: &ast::Name<'_>| match graph.value_by_name(name.node) {
             Some(v) => Some(v),
+            None if this.poisoned.contains(name.node) => None,
             None => {
-                this.errors.push(
-                    Diag::error(format!("undefined value `%{}` in annotation", name.node))
-                        .at(name.span, "not defined")
-                        .suggest(name.node, graph.value_names()),
-                );
+                this.errors.push(undefined_help(
+                    Diag::error(format!("undefined value `%{}` in annotation", name.node)).at(name.span, "not defined"),
+                    name.node,
+                    graph,
+                ));
                 None
             }
         };
@@ -554,9 +740,14 @@ impl<'s> Lowerer<'s> {
             return None;
         };
         if !graph.op(consumer).operands.contains(&value) {
+            let reads: Vec<String> =
+                graph.op(consumer).operands.iter().map(|&v| format!("`%{}`", graph.value_name(v))).collect();
+            let reads = if reads.is_empty() { "no values".to_string() } else { reads.join(", ") };
             self.errors.push(
                 Diag::error(format!("`%{}` does not read `%{}`", consumer_name.node, e.value.node))
-                    .at(e.value.span.to(consumer_name.span), "no such edge"),
+                    .at(e.value.span.to(consumer_name.span), "no such edge")
+                    .with(graph.value(consumer_value).span, format!("defined by an op that reads {reads}"))
+                    .help("an edge `%v -> %r` is the value `%v` as read by the op that defines `%r`"),
             );
             return None;
         }
@@ -564,9 +755,85 @@ impl<'s> Lowerer<'s> {
     }
 }
 
-/// Flattens a nested list literal row-major and returns its shape (taken from the leftmost
-/// path); errors on ragged rows or misplaced scalars.
-fn flatten_literal(value: &Spanned<ast::Value<'_>>, out: &mut Vec<Literal>) -> Result<Vec<usize>, (Span, String)> {
+/// Where the parts of a lowered op statement were written.
+fn op_spans(stmt: &ast::OpStmt<'_>) -> OpSpans {
+    let def = OpKind::from_name(stmt.op.node).map(OpKind::def);
+    let attrs = stmt
+        .attrs
+        .iter()
+        .flat_map(|a| &a.node)
+        .filter_map(|(key, value)| {
+            let schema = def?.attrs.get(def?.attr_index(key.node)?)?;
+            Some((schema.name, key.span, value.span))
+        })
+        .collect();
+    OpSpans {
+        name: stmt.op.span,
+        operands: stmt.operands.iter().map(|o| o.span).collect(),
+        attrs,
+        types: stmt.types.iter().map(|t| t.span).collect(),
+    }
+}
+
+/// `1 operand`, `2 operands`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Adds "did you mean `%x`?" to an undefined-value error or, with no close name, lists the
+/// values defined so far when there are few.
+fn undefined_help(d: Diag, name: &str, graph: &Graph) -> Diag {
+    if let Some(best) = crate::diag::closest(name, graph.value_names()) {
+        return d.help(format!("did you mean `%{best}`?"));
+    }
+    let names: Vec<String> = graph.value_names().map(|n| format!("`%{n}`")).collect();
+    match names.len() {
+        0 => d,
+        1..=8 => d.note(format!("defined so far: {}", names.join(", "))),
+        _ => d,
+    }
+}
+
+/// PyTorch and NumPy spellings of element types, for "did you mean".
+fn dtype_alias(word: &str) -> Option<DType> {
+    Some(match word.strip_prefix("torch.").unwrap_or(word) {
+        "float" | "float32" | "fp32" => DType::F32,
+        "double" | "float64" | "fp64" => DType::F64,
+        "half" | "float16" | "fp16" => DType::F16,
+        "bfloat16" => DType::BF16,
+        "int8" | "qint8" => DType::I8,
+        "uint8" | "quint8" => DType::U8,
+        "int16" | "short" => DType::I16,
+        "int32" | "int" | "qint32" => DType::I32,
+        "int64" | "long" => DType::I64,
+        "boolean" => DType::Bool,
+        _ => return None,
+    })
+}
+
+/// `[2,3]`, as shapes are written in types.
+fn show_shape(shape: &[usize]) -> String {
+    format!("[{}]", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+}
+
+/// A literal skeleton for `shape`: `[[_, _], [_, _]]` for `[2,2]`.
+fn nesting(shape: &[usize]) -> String {
+    match shape.split_first() {
+        None => "_".to_string(),
+        Some((&n, rest)) => format!("[{}]", vec![nesting(rest); n].join(", ")),
+    }
+}
+
+/// Flattens a nested list literal row-major, with each element's span, and returns its shape
+/// (taken from the leftmost path); errors on ragged rows or misplaced scalars.
+fn flatten_literal(
+    value: &Spanned<ast::Value<'_>>,
+    out: &mut Vec<(Literal, Span)>,
+) -> Result<Vec<usize>, (Span, String)> {
     let mut shape = Vec::new();
     let mut probe = value;
     while let ast::Value::List(items) = &probe.node {
@@ -584,7 +851,7 @@ fn check_literal(
     value: &Spanned<ast::Value<'_>>,
     shape: &[usize],
     depth: usize,
-    out: &mut Vec<Literal>,
+    out: &mut Vec<(Literal, Span)>,
 ) -> Result<(), (Span, String)> {
     let lit = match &value.node {
         ast::Value::List(items) => {
@@ -594,7 +861,7 @@ fn check_literal(
             if items.len() != shape[depth] {
                 return Err((
                     value.span,
-                    format!("this row has {} elements where the first has {}", items.len(), shape[depth]),
+                    format!("this row has {} where the first has {}", plural(items.len(), "element"), shape[depth]),
                 ));
             }
             return items.iter().try_for_each(|item| check_literal(item, shape, depth + 1, out));
@@ -608,9 +875,9 @@ fn check_literal(
         _ => return Err((value.span, "tensor literals hold numbers or bools".into())),
     };
     if depth != shape.len() {
-        return Err((value.span, format!("expected a list of {} elements here", shape[depth])));
+        return Err((value.span, format!("expected a list of {} here", plural(shape[depth], "element"))));
     }
-    out.push(lit);
+    out.push((lit, value.span));
     Ok(())
 }
 
