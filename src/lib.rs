@@ -6,9 +6,11 @@
 
 pub mod diag;
 pub mod driver;
+pub mod interp;
 pub mod ir;
 pub mod ops;
 pub mod passes;
+pub mod quant;
 pub mod syntax;
 pub mod tensor;
 pub mod weights;

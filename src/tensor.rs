@@ -239,3 +239,43 @@ impl std::fmt::Display for LiteralError {
         }
     }
 }
+
+impl Tensor {
+    /// Every element widened to f64 (exact for all QIR types but i64 beyond 2^53).
+    pub fn to_f64_array(&self) -> ArrayD<f64> {
+        match self {
+            Tensor::F32(a) => a.mapv(f64::from),
+            Tensor::F64(a) => a.clone(),
+            Tensor::F16(a) => a.mapv(f16::to_f64),
+            Tensor::BF16(a) => a.mapv(bf16::to_f64),
+            Tensor::I8(a) => a.mapv(f64::from),
+            Tensor::U8(a) => a.mapv(f64::from),
+            Tensor::I16(a) => a.mapv(f64::from),
+            Tensor::I32(a) => a.mapv(f64::from),
+            Tensor::I64(a) => a.mapv(|v| v as f64),
+            Tensor::Bool(a) => a.mapv(|v| f64::from(u8::from(v))),
+        }
+    }
+
+    /// Applies a shape-only transformation (reshape, permute, slice, …) to the data, whatever
+    /// its element type.
+    pub fn map_layout(&self, f: impl LayoutFn) -> Result<Tensor, String> {
+        Ok(match self {
+            Tensor::F32(a) => Tensor::F32(f.apply(a)?),
+            Tensor::F64(a) => Tensor::F64(f.apply(a)?),
+            Tensor::F16(a) => Tensor::F16(f.apply(a)?),
+            Tensor::BF16(a) => Tensor::BF16(f.apply(a)?),
+            Tensor::I8(a) => Tensor::I8(f.apply(a)?),
+            Tensor::U8(a) => Tensor::U8(f.apply(a)?),
+            Tensor::I16(a) => Tensor::I16(f.apply(a)?),
+            Tensor::I32(a) => Tensor::I32(f.apply(a)?),
+            Tensor::I64(a) => Tensor::I64(f.apply(a)?),
+            Tensor::Bool(a) => Tensor::Bool(f.apply(a)?),
+        })
+    }
+}
+
+/// A data-movement function that works for every element type.
+pub trait LayoutFn {
+    fn apply<T: Clone>(&self, a: &ArrayD<T>) -> Result<ArrayD<T>, String>;
+}

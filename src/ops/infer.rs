@@ -1,7 +1,7 @@
 //! Result type rules, following PyTorch ATen semantics. Each rule returns a message naming what
 //! is wrong; the verifier puts it on the op's span.
 
-use super::OpDef;
+use super::{AttrAccess, OpDef};
 use crate::ir::attr::Attr;
 use crate::ir::types::{DType, Dim, TensorType};
 
@@ -15,31 +15,13 @@ pub struct InferCx<'a> {
 
 type R<T> = Result<T, String>;
 
-impl InferCx<'_> {
+impl AttrAccess for InferCx<'_> {
     fn attr(&self, name: &str) -> Option<&Attr> {
         self.def.attr_index(name).and_then(|i| self.attrs.get(i)?.as_ref())
     }
-    pub fn int(&self, name: &str) -> R<i64> {
-        self.attr(name).and_then(Attr::as_int).ok_or_else(|| format!("missing integer attribute `{name}`"))
-    }
-    pub fn opt_int(&self, name: &str) -> Option<i64> {
-        self.attr(name).and_then(Attr::as_int)
-    }
-    pub fn float(&self, name: &str) -> R<f64> {
-        self.attr(name).and_then(Attr::as_float).ok_or_else(|| format!("missing float attribute `{name}`"))
-    }
-    pub fn ints(&self, name: &str) -> R<Vec<i64>> {
-        self.attr(name).and_then(Attr::as_ints).ok_or_else(|| format!("missing list attribute `{name}`"))
-    }
-    pub fn opt_ints(&self, name: &str) -> Option<Vec<i64>> {
-        self.attr(name).and_then(Attr::as_ints)
-    }
-    pub fn dtype(&self, name: &str) -> R<DType> {
-        self.attr(name).and_then(Attr::as_dtype).ok_or_else(|| format!("missing dtype attribute `{name}`"))
-    }
-    pub fn boolean(&self, name: &str) -> R<bool> {
-        self.attr(name).and_then(Attr::as_bool).ok_or_else(|| format!("missing bool attribute `{name}`"))
-    }
+}
+
+impl InferCx<'_> {
     fn operand(&self, i: usize) -> &TensorType {
         self.operands[i]
     }
@@ -280,23 +262,63 @@ fn non_negative(name: &str, v: &[i64]) -> R<()> {
     }
 }
 
-/// `floor((in + 2p - d(k-1) - 1) / s) + 1`, or an error when the window does not fit.
-fn conv_out(input: Dim, k: u64, s: i64, p: i64, d: i64, what: &str) -> R<Dim> {
-    let Dim::Known(n) = input else {
-        return Ok(Dim::Dynamic);
-    };
-    let span = d * (k as i64 - 1) + 1;
-    let padded = n as i64 + 2 * p;
-    if padded < span {
-        return Err(format!("{what}: the input size {n} with padding {p} is smaller than the kernel extent {span}"));
-    }
-    Ok(Dim::Known(((padded - span) / s + 1) as u64))
+/// Converts validated non-negative attribute values to sizes.
+fn sizes(v: &[i64]) -> Vec<usize> {
+    v.iter().map(|&x| usize::try_from(x).unwrap_or(usize::MAX)).collect()
 }
 
-/// conv1d / conv2d: `input [N,C,*] or [C,*]`, `weight [O, C/groups, *k]`, `bias [O]`.
-pub fn conv(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+const OVERFLOW: &str = "the sizes overflow";
+
+/// Output length of a convolution window sweep, `floor((in + 2p - d(k-1) - 1) / s) + 1`, or an
+/// error when the window does not fit. The interpreter uses the same function.
+pub fn conv_output_size(input: usize, k: usize, stride: usize, pad: usize, dil: usize) -> Result<usize, String> {
+    let span = k.checked_sub(1).and_then(|k1| dil.checked_mul(k1)).and_then(|s| s.checked_add(1)).ok_or(OVERFLOW)?;
+    let padded = pad.checked_mul(2).and_then(|p| p.checked_add(input)).ok_or(OVERFLOW)?;
+    if padded < span {
+        return Err(format!("the input size {input} with padding {pad} is smaller than the kernel extent {span}"));
+    }
+    Ok((padded - span) / stride.max(1) + 1)
+}
+
+/// Output length of a pooling window sweep with PyTorch's ceil_mode rule (the last window must
+/// start inside the input or its left padding). The interpreter uses the same function.
+pub fn pool_output_size(input: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> Result<usize, String> {
+    if p.checked_mul(2).is_none_or(|p2| p2 > k) {
+        return Err(format!("padding {p} must be at most half the kernel size {k}"));
+    }
+    let span = k.checked_sub(1).and_then(|k1| d.checked_mul(k1)).and_then(|v| v.checked_add(1)).ok_or(OVERFLOW)?;
+    let padded = input.checked_add(2 * p).ok_or(OVERFLOW)?;
+    let Some(num) = padded.checked_sub(span) else {
+        return Err(format!("the input size {input} is smaller than the pooling window {span}"));
+    };
+    let s = s.max(1);
+    let mut out = if ceil { num.div_ceil(s) + 1 } else { num / s + 1 };
+    if ceil && (out - 1) * s >= input + p {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+fn known_size(d: Dim) -> Option<usize> {
+    d.known().and_then(|n| usize::try_from(n).ok())
+}
+
+fn dim_of(n: usize) -> Dim {
+    Dim::Known(n as u64)
+}
+
+pub fn conv1d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    conv(cx, 1)
+}
+
+pub fn conv2d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    conv(cx, 2)
+}
+
+/// `n`-d convolution: `input [N,C,*] or [C,*]`, `weight [O, C/groups, *k]`, `bias [O]`.
+fn conv(cx: &InferCx<'_>, n: usize) -> R<Vec<TensorType>> {
+    require_rank(cx, 1, &[n + 2])?;
     let w = cx.operand(1);
-    let n = w.rank().saturating_sub(2);
     require_float(cx, 0)?;
     require_same_dtype(cx, 0, 1)?;
     require_rank(cx, 0, &[n + 1, n + 2])?;
@@ -336,12 +358,12 @@ pub fn conv(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
         shape.push(x.shape[0]);
     }
     shape.push(out_ch);
+    let (stride, padding, dilation) = (sizes(&stride), sizes(&padding), sizes(&dilation));
     for i in 0..n {
-        let Dim::Known(k) = w.shape[2 + i] else {
-            shape.push(Dim::Dynamic);
-            continue;
-        };
-        shape.push(conv_out(x.shape[x.rank() - n + i], k, stride[i], padding[i], dilation[i], "convolution")?);
+        shape.push(match (known_size(x.shape[x.rank() - n + i]), known_size(w.shape[2 + i])) {
+            (Some(input), Some(k)) => dim_of(conv_output_size(input, k, stride[i], padding[i], dilation[i])?),
+            _ => Dim::Dynamic,
+        });
     }
     one(TensorType::new(x.dtype, shape))
 }
@@ -373,6 +395,11 @@ pub fn conv_transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let batched = x.rank() == 4;
     let c_in = x.shape[batched as usize];
     unify(c_in, w.shape[0], || format!("`input` has {c_in} channels but `weight` {w} expects {}", w.shape[0]))?;
+    if let Dim::Known(c) = w.shape[0] {
+        if c % groups as u64 != 0 {
+            return Err(format!("{c} input channels are not divisible by groups = {groups}"));
+        }
+    }
     let out_ch = match w.shape[1] {
         Dim::Known(c) => Dim::Known(c * groups as u64),
         Dim::Dynamic => Dim::Dynamic,
@@ -404,28 +431,6 @@ pub fn conv_transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     one(TensorType::new(x.dtype, shape))
 }
 
-/// Pooling output size with PyTorch's ceil_mode rule (the last window must start inside the
-/// input or its left padding).
-fn pool_out(input: Dim, k: i64, s: i64, p: i64, d: i64, ceil: bool) -> R<Dim> {
-    let Dim::Known(n) = input else {
-        return Ok(Dim::Dynamic);
-    };
-    if p * 2 > k {
-        return Err(format!("padding {p} must be at most half the kernel size {k}"));
-    }
-    let n = n as i64;
-    let span = d * (k - 1) + 1;
-    let num = n + 2 * p - span;
-    if num < 0 {
-        return Err(format!("the input size {n} is smaller than the pooling window {span}"));
-    }
-    let mut out = if ceil { (num + s - 1) / s + 1 } else { num / s + 1 };
-    if ceil && (out - 1) * s >= n + p {
-        out -= 1;
-    }
-    Ok(Dim::Known(out as u64))
-}
-
 fn pool2d(cx: &InferCx<'_>, dilation: &[i64]) -> R<Vec<TensorType>> {
     require_float(cx, 0)?;
     require_rank(cx, 0, &[3, 4])?;
@@ -442,8 +447,11 @@ fn pool2d(cx: &InferCx<'_>, dilation: &[i64]) -> R<Vec<TensorType>> {
     let ceil = cx.boolean("ceil_mode")?;
     let mut shape = x.shape.clone();
     let r = x.rank();
+    let (kernel, stride, padding, dilation) = (sizes(&kernel), sizes(&stride), sizes(&padding), sizes(dilation));
     for i in 0..2 {
-        shape[r - 2 + i] = pool_out(x.shape[r - 2 + i], kernel[i], stride[i], padding[i], dilation[i], ceil)?;
+        if let Some(input) = known_size(x.shape[r - 2 + i]) {
+            shape[r - 2 + i] = dim_of(pool_output_size(input, kernel[i], stride[i], padding[i], dilation[i], ceil)?);
+        }
     }
     one(TensorType::new(x.dtype, shape))
 }

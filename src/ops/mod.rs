@@ -3,7 +3,7 @@
 //! it; nothing about an op is written anywhere else.
 
 mod defs;
-mod infer;
+pub mod infer;
 
 use crate::ir::attr::{Attr, Attrs};
 use crate::ir::types::{DType, TensorType};
@@ -125,6 +125,40 @@ pub struct AttrDef {
 /// The result type rule: operand types and attributes in, result types out (or a message).
 pub type InferFn = fn(&InferCx<'_>) -> Result<Vec<TensorType>, String>;
 
+/// Typed access to an op's attributes by name; the type rules and the kernels share it.
+pub trait AttrAccess {
+    /// The attribute `name` (its default when not written), if present.
+    fn attr(&self, name: &str) -> Option<&Attr>;
+
+    fn int(&self, name: &str) -> Result<i64, String> {
+        self.attr(name).and_then(Attr::as_int).ok_or_else(|| format!("missing integer attribute `{name}`"))
+    }
+    fn opt_int(&self, name: &str) -> Option<i64> {
+        self.attr(name).and_then(Attr::as_int)
+    }
+    fn float(&self, name: &str) -> Result<f64, String> {
+        self.attr(name).and_then(Attr::as_float).ok_or_else(|| format!("missing float attribute `{name}`"))
+    }
+    fn opt_float(&self, name: &str) -> Option<f64> {
+        self.attr(name).and_then(Attr::as_float)
+    }
+    fn ints(&self, name: &str) -> Result<Vec<i64>, String> {
+        self.attr(name).and_then(Attr::as_ints).ok_or_else(|| format!("missing list attribute `{name}`"))
+    }
+    fn opt_ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.attr(name).and_then(Attr::as_ints)
+    }
+    fn dtype(&self, name: &str) -> Result<DType, String> {
+        self.attr(name).and_then(Attr::as_dtype).ok_or_else(|| format!("missing dtype attribute `{name}`"))
+    }
+    fn boolean(&self, name: &str) -> Result<bool, String> {
+        self.attr(name).and_then(Attr::as_bool).ok_or_else(|| format!("missing bool attribute `{name}`"))
+    }
+    fn string(&self, name: &str) -> Result<String, String> {
+        self.attr(name).and_then(Attr::as_str).map(str::to_string).ok_or_else(|| format!("missing string attribute `{name}`"))
+    }
+}
+
 /// One op's description.
 pub struct OpDef {
     pub name: &'static str,
@@ -133,6 +167,8 @@ pub struct OpDef {
     pub num_results: usize,
     pub attrs: &'static [AttrDef],
     pub infer: InferFn,
+    /// Evaluates the op on concrete tensors (the interpreter).
+    pub kernel: crate::interp::kernels::KernelFn,
     /// No side effects: DCE may delete it when unused and CSE may merge equal copies.
     pub pure: bool,
 }

@@ -1,0 +1,187 @@
+//! Matrix products (linear, matmul, bmm, addmm) on a fast GEMM.
+//!
+//! The `gemm` crate provides SIMD kernels for f32 and f64 with rayon parallelism that splits the
+//! output into blocks, each reduced over k by one thread in a fixed order, so results do not
+//! depend on the thread count.
+
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+
+use super::{broadcast_shape, float_zip, KernelCx, KernelResult};
+use crate::ops::AttrAccess;
+
+/// Element types the GEMM supports.
+pub trait GemmScalar: Copy + Default + Send + Sync + 'static + num_traits::Float {}
+impl GemmScalar for f32 {}
+impl GemmScalar for f64 {}
+
+/// A row-major-or-strided matrix operand: data plus (row stride, column stride) in elements.
+#[derive(Copy, Clone)]
+pub struct Mat<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a, T> Mat<'a, T> {
+    /// A contiguous row-major matrix.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose, as a view of the same data.
+    pub fn t(self) -> Self {
+        Mat { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `out = acc·out + a·b` into the row-major `m×n` buffer `out` (`acc` is 0 or 1: whether `out`
+/// already holds something to add, such as a bias).
+pub fn gemm_into<T: GemmScalar>(out: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, accumulate: bool) -> Result<(), String> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || out.len() != m * n || !a.fits() || !b.fits() {
+        return Err(format!("internal: matrix shapes {m}x{k} · {}x{n} into {} elements", b.rows, out.len()));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            out.fill(T::zero());
+        }
+        return Ok(());
+    }
+    // SAFETY: every index the kernel touches is inside the slices: `fits` checked the largest
+    // offset of both operands, and `out` is exactly m×n row-major.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+    Ok(())
+}
+
+/// `x[..., in] · weight[out, in]ᵀ + bias[out]`.
+pub fn linear(cx: &KernelCx<'_>) -> KernelResult {
+    let (x, w) = (cx.input(0), cx.input(1));
+    let bias = cx.opt_input(2);
+    let out_dtype = cx.out_dtype(0);
+    let result = float_zip!(x, w, out_dtype, |xa, wa: T| {
+        let bias = bias.map(|b| super::float_array_as::<T>(b)).transpose()?;
+        linear_impl(xa, wa, bias.as_ref().map(|b| b.view()))?
+    })?;
+    Ok(vec![result])
+}
+
+fn linear_impl<T: GemmScalar>(x: ArrayViewD<'_, T>, w: ArrayViewD<'_, T>, bias: Option<ArrayViewD<'_, T>>) -> Result<ArrayD<T>, String> {
+    let in_features = *x.shape().last().ok_or("linear needs a non-scalar input")?;
+    let vector_weight = w.ndim() == 1;
+    let out_features = if vector_weight { 1 } else { w.shape()[0] };
+    let rows = x.len() / in_features.max(1);
+    let x = x.as_standard_layout();
+    let w = w.as_standard_layout();
+    let (xs, ws) = (x.as_slice().ok_or("input not contiguous")?, w.as_slice().ok_or("weight not contiguous")?);
+    let mut out = vec![T::zero(); rows * out_features];
+    let accumulate = bias.is_some();
+    if let Some(b) = bias {
+        let b = b.broadcast(IxDyn(&[out_features])).ok_or("bias does not match the output features")?;
+        for row in out.chunks_mut(out_features) {
+            row.iter_mut().zip(b.iter()).for_each(|(o, &v)| *o = v);
+        }
+    }
+    gemm_into(&mut out, Mat::row_major(xs, rows, in_features), Mat::row_major(ws, out_features, in_features).t(), accumulate)?;
+    let mut shape = x.shape()[..x.ndim() - 1].to_vec();
+    if !vector_weight {
+        shape.push(out_features);
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())
+}
+
+/// `torch.matmul`: 1-D operands are promoted and the added dim removed; batch dims broadcast.
+pub fn matmul(cx: &KernelCx<'_>) -> KernelResult {
+    let out_dtype = cx.out_dtype(0);
+    Ok(vec![float_zip!(cx.input(0), cx.input(1), out_dtype, |a, b: T| matmul_impl(a, b)?)?])
+}
+
+/// `bmm` is `matmul` restricted (by its type rule) to rank-3 operands.
+pub fn bmm(cx: &KernelCx<'_>) -> KernelResult {
+    matmul(cx)
+}
+
+pub fn matmul_impl<T: GemmScalar>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) -> Result<ArrayD<T>, String> {
+    let (a1, b1) = (a.ndim() == 1, b.ndim() == 1);
+    let a = if a1 { a.insert_axis(Axis(0)) } else { a };
+    let b = if b1 { b.insert_axis(Axis(1)) } else { b };
+    let (m, k) = (a.shape()[a.ndim() - 2], a.shape()[a.ndim() - 1]);
+    let (k2, n) = (b.shape()[b.ndim() - 2], b.shape()[b.ndim() - 1]);
+    if k != k2 {
+        return Err(format!("inner dimensions differ: {k} and {k2}"));
+    }
+    let batch = broadcast_shape(&a.shape()[..a.ndim() - 2], &b.shape()[..b.ndim() - 2])?;
+    let mut a_shape = batch.clone();
+    a_shape.extend([m, k]);
+    let mut b_shape = batch.clone();
+    b_shape.extend([k, n]);
+    let a = a.broadcast(IxDyn(&a_shape)).ok_or("batch dims do not broadcast")?.as_standard_layout().into_owned();
+    let b = b.broadcast(IxDyn(&b_shape)).ok_or("batch dims do not broadcast")?.as_standard_layout().into_owned();
+    let (asl, bsl) = (a.as_slice().ok_or("not contiguous")?, b.as_slice().ok_or("not contiguous")?);
+    let batches: usize = batch.iter().product();
+    let mut out = vec![T::zero(); batches * m * n];
+    for i in 0..batches {
+        gemm_into(
+            &mut out[i * m * n..(i + 1) * m * n],
+            Mat::row_major(&asl[i * m * k..(i + 1) * m * k], m, k),
+            Mat::row_major(&bsl[i * k * n..(i + 1) * k * n], k, n),
+            false,
+        )?;
+    }
+    let mut shape = batch;
+    if !a1 {
+        shape.push(m);
+    }
+    if !b1 {
+        shape.push(n);
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())
+}
+
+/// `beta·input + alpha·(mat1 @ mat2)`.
+pub fn addmm(cx: &KernelCx<'_>) -> KernelResult {
+    let (beta, alpha) = (cx.float("beta")?, cx.float("alpha")?);
+    let out_dtype = cx.out_dtype(0);
+    let bias = cx.input(0);
+    Ok(vec![float_zip!(cx.input(1), cx.input(2), out_dtype, |a, b: T| {
+        let input = super::float_array_as::<T>(bias)?;
+        let product = matmul_impl(a, b)?;
+        let input = input.broadcast(IxDyn(product.shape())).ok_or("`input` does not broadcast to the product")?.to_owned();
+        let (beta, alpha) = (beta as T, alpha as T);
+        let mut out = product;
+        out.zip_mut_with(&input, |p, &c| {
+            *p = if beta == 1.0 && alpha == 1.0 { c + *p } else { beta * c + alpha * *p };
+        });
+        out
+    })?])
+}

@@ -1,0 +1,191 @@
+//! Kernels: one function per op, attached to the op's registry entry (`OpDef::kernel`).
+//!
+//! Float kernels compute in f32 (f16 and bf16 are widened exactly and the result rounded back,
+//! as PyTorch's CPU kernels do) or in f64 for f64 tensors. Data movement and quantization
+//! kernels are bit-exact.
+
+pub mod conv;
+pub mod elementwise;
+pub mod linalg;
+pub mod norm;
+pub mod pool;
+pub mod quant;
+pub mod reduce;
+pub mod shape;
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, CowArray, IxDyn};
+
+use crate::ir::attr::Attr;
+use crate::ir::TensorType;
+use crate::ops::{AttrAccess, OpDef};
+use crate::tensor::Tensor;
+use crate::weights::WeightFile;
+
+/// What a kernel sees: operand tensors, the op's complete attributes, its declared result types.
+pub struct KernelCx<'a> {
+    pub def: &'static OpDef,
+    pub inputs: &'a [&'a Tensor],
+    pub attrs: &'a [Option<Attr>],
+    pub result_types: &'a [TensorType],
+    pub weights: Option<&'a WeightFile>,
+}
+
+impl AttrAccess for KernelCx<'_> {
+    fn attr(&self, name: &str) -> Option<&Attr> {
+        self.def.attr_index(name).and_then(|i| self.attrs.get(i)?.as_ref())
+    }
+}
+
+impl KernelCx<'_> {
+    pub fn input(&self, i: usize) -> &Tensor {
+        self.inputs[i]
+    }
+
+    pub fn opt_input(&self, i: usize) -> Option<&Tensor> {
+        self.inputs.get(i).copied()
+    }
+
+    /// The declared element type of result `i`.
+    pub fn out_dtype(&self, i: usize) -> crate::ir::DType {
+        self.result_types[i].dtype
+    }
+}
+
+/// A kernel's result: its result tensors, or a message for the diagnostic.
+pub type KernelResult = Result<Vec<Tensor>, String>;
+
+/// The kernel type stored in the registry.
+pub type KernelFn = fn(&KernelCx<'_>) -> KernelResult;
+
+/// The tensor's data as f32, borrowed when it is f32 and widened exactly from f16/bf16.
+pub fn as_f32(t: &Tensor) -> Result<CowArray<'_, f32, IxDyn>, String> {
+    match t {
+        Tensor::F32(a) => Ok(a.view().into()),
+        Tensor::F16(a) => Ok(a.mapv(f16::to_f32).into()),
+        Tensor::BF16(a) => Ok(a.mapv(bf16::to_f32).into()),
+        other => Err(format!("expected a float tensor, found {}", other.dtype())),
+    }
+}
+
+/// An f32 result rounded to the float `dtype` the op declares.
+pub fn from_f32(a: ArrayD<f32>, dtype: crate::ir::DType) -> Tensor {
+    match dtype {
+        crate::ir::DType::F16 => Tensor::F16(a.mapv(f16::from_f32)),
+        crate::ir::DType::BF16 => Tensor::BF16(a.mapv(bf16::from_f32)),
+        crate::ir::DType::F64 => Tensor::F64(a.mapv(f64::from)),
+        _ => Tensor::F32(a),
+    }
+}
+
+/// Rounds an f32 to the precision of the float `dtype` (f16/bf16), as a reduced-precision
+/// PyTorch op does after each step.
+pub fn round_to(v: f32, dtype: crate::ir::DType) -> f32 {
+    match dtype {
+        crate::ir::DType::F16 => f16::from_f32(v).to_f32(),
+        crate::ir::DType::BF16 => bf16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+/// Evaluates `$body` with `$a` bound to the float data of `$t` as an array view of element
+/// type `$T` (f64 for f64 tensors, f32 otherwise); `$body` yields an `ArrayD<$T>`, which is
+/// converted to the dtype `$out`.
+macro_rules! float_map {
+    ($t:expr, $out:expr, |$a:ident: $T:ident| $body:expr) => {{
+        match $t {
+            $crate::tensor::Tensor::F64(data) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                let $a = data.view();
+                Ok::<_, String>($crate::tensor::Tensor::F64($body))
+            }
+            other => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let owned = $crate::interp::kernels::as_f32(other)?;
+                let $a = owned.view();
+                Ok::<_, String>($crate::interp::kernels::from_f32($body, $out))
+            }
+        }
+    }};
+}
+pub(crate) use float_map;
+
+/// Like [`float_map`] for two float operands of the same dtype.
+macro_rules! float_zip {
+    ($x:expr, $y:expr, $out:expr, |$a:ident, $b:ident: $T:ident| $body:expr) => {{
+        match ($x, $y) {
+            ($crate::tensor::Tensor::F64(da), $crate::tensor::Tensor::F64(db)) => {
+                #[allow(dead_code)]
+                type $T = f64;
+                let ($a, $b) = (da.view(), db.view());
+                Ok::<_, String>($crate::tensor::Tensor::F64($body))
+            }
+            (x, y) => {
+                #[allow(dead_code)]
+                type $T = f32;
+                let (oa, ob) = ($crate::interp::kernels::as_f32(x)?, $crate::interp::kernels::as_f32(y)?);
+                let ($a, $b) = (oa.view(), ob.view());
+                Ok::<_, String>($crate::interp::kernels::from_f32($body, $out))
+            }
+        }
+    }};
+}
+pub(crate) use float_zip;
+
+/// The broadcast shape of two shapes (validated by the type rule; re-checked here because the
+/// data may carry dynamic dims).
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let rank = a.len().max(b.len());
+    (0..rank)
+        .map(|i| {
+            let da = if i + a.len() >= rank { a[i + a.len() - rank] } else { 1 };
+            let db = if i + b.len() >= rank { b[i + b.len() - rank] } else { 1 };
+            match (da, db) {
+                (x, y) if x == y => Ok(x),
+                (1, y) => Ok(y),
+                (x, 1) => Ok(x),
+                _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
+            }
+        })
+        .collect()
+}
+
+/// Normalises a possibly negative dim against `rank`.
+pub fn dim(d: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let n = if d < 0 { d + r } else { d };
+    if (0..r.max(1)).contains(&n) {
+        Ok(n as usize)
+    } else {
+        Err(format!("dimension {d} is out of range for rank {rank}"))
+    }
+}
+
+/// A float operand converted to the compute type `T` chosen for the op's main operands (a bias
+/// follows its input's precision).
+pub fn float_array_as<T: FromF64>(t: &Tensor) -> Result<ArrayD<T>, String> {
+    if !t.dtype().is_float() {
+        return Err(format!("expected a float tensor, found {}", t.dtype()));
+    }
+    Ok(match t {
+        Tensor::F64(a) => a.mapv(T::from_f64),
+        other => as_f32(other)?.mapv(|v| T::from_f64(f64::from(v))),
+    })
+}
+
+/// Exact conversion from f64 for values that came from the compute type itself.
+pub trait FromF64: Copy {
+    fn from_f64(v: f64) -> Self;
+}
+impl FromF64 for f32 {
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+}
+impl FromF64 for f64 {
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+}

@@ -1,0 +1,151 @@
+//! Pooling: max, average and adaptive average over the last two dims, with PyTorch's window
+//! rules (ceil_mode, count_include_pad, divisor_override, NaN propagation in max).
+
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+use super::{float_map, KernelCx, KernelResult};
+use crate::ops::infer::pool_output_size;
+use crate::ops::AttrAccess;
+
+struct Window {
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    ceil: bool,
+}
+
+fn window(cx: &KernelCx<'_>, dilation: [usize; 2]) -> Result<Window, String> {
+    let two = |v: Vec<i64>| -> Result<[usize; 2], String> {
+        match v.as_slice() {
+            [a, b] if *a >= 0 && *b >= 0 => Ok([*a as usize, *b as usize]),
+            _ => Err(format!("expected two non-negative sizes, found {v:?}")),
+        }
+    };
+    let kernel = two(cx.ints("kernel_size")?)?;
+    let stride = match cx.ints("stride")? {
+        s if s.is_empty() => kernel,
+        s => two(s)?,
+    };
+    Ok(Window { kernel, stride, padding: two(cx.ints("padding")?)?, dilation, ceil: cx.boolean("ceil_mode")? })
+}
+
+/// Applies `f(planes, h, w, oh, ow)` to the data viewed as `[planes, H, W]` and reshapes the
+/// `[planes, OH, OW]` result back to the input's leading dims.
+fn over_planes<T: Copy>(
+    a: ArrayViewD<'_, T>,
+    oh: usize,
+    ow: usize,
+    f: impl Fn(&[T], usize, usize, &mut [T]),
+) -> Result<ArrayD<T>, String>
+where
+    T: Default,
+{
+    let shape = a.shape().to_vec();
+    let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    let a = a.as_standard_layout();
+    let data = a.as_slice().ok_or("input not contiguous")?;
+    let planes = data.len() / (h * w).max(1);
+    let mut out = vec![T::default(); planes * oh * ow];
+    if h * w > 0 {
+        for (src, dst) in data.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
+            f(src, h, w, dst);
+        }
+    }
+    let mut out_shape = shape[..shape.len() - 2].to_vec();
+    out_shape.extend([oh, ow]);
+    ArrayD::from_shape_vec(IxDyn(&out_shape), out).map_err(|e| e.to_string())
+}
+
+fn output_dims(x: &[usize], win: &Window) -> Result<(usize, usize), String> {
+    let r = x.len();
+    let oh = pool_output_size(x[r - 2], win.kernel[0], win.stride[0], win.padding[0], win.dilation[0], win.ceil)?;
+    let ow = pool_output_size(x[r - 1], win.kernel[1], win.stride[1], win.padding[1], win.dilation[1], win.ceil)?;
+    Ok((oh, ow))
+}
+
+pub fn max_pool2d(cx: &KernelCx<'_>) -> KernelResult {
+    let d = cx.ints("dilation")?;
+    let win = window(cx, [d[0] as usize, d[1] as usize])?;
+    let (oh, ow) = output_dims(cx.input(0).shape(), &win)?;
+    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
+        for y in 0..oh {
+            for x in 0..ow {
+                let mut best = T::NEG_INFINITY;
+                for ki in 0..win.kernel[0] {
+                    let iy = (y * win.stride[0] + ki * win.dilation[0]) as isize - win.padding[0] as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kj in 0..win.kernel[1] {
+                        let ix = (x * win.stride[1] + kj * win.dilation[1]) as isize - win.padding[1] as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let v = src[iy as usize * w + ix as usize];
+                        if v > best || v.is_nan() {
+                            best = v;
+                        }
+                    }
+                }
+                dst[y * ow + x] = best;
+            }
+        }
+    })?)?])
+}
+
+pub fn avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
+    let win = window(cx, [1, 1])?;
+    let count_include_pad = cx.boolean("count_include_pad")?;
+    let divisor_override = cx.opt_int("divisor_override");
+    let (oh, ow) = output_dims(cx.input(0).shape(), &win)?;
+    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
+        for y in 0..oh {
+            for x in 0..ow {
+                let hstart = (y * win.stride[0]) as isize - win.padding[0] as isize;
+                let wstart = (x * win.stride[1]) as isize - win.padding[1] as isize;
+                let hend = (hstart + win.kernel[0] as isize).min((h + win.padding[0]) as isize);
+                let wend = (wstart + win.kernel[1] as isize).min((w + win.padding[1]) as isize);
+                let pool_size = (hend - hstart) * (wend - wstart);
+                let (hs, ws) = (hstart.max(0), wstart.max(0));
+                let (he, we) = (hend.min(h as isize), wend.min(w as isize));
+                if hs >= he || ws >= we {
+                    dst[y * ow + x] = 0.0;
+                    continue;
+                }
+                let mut sum: T = 0.0;
+                for iy in hs..he {
+                    for ix in ws..we {
+                        sum += src[iy as usize * w + ix as usize];
+                    }
+                }
+                let divisor = match divisor_override {
+                    Some(d) => d as T,
+                    None if count_include_pad => pool_size as T,
+                    None => ((he - hs) * (we - ws)) as T,
+                };
+                dst[y * ow + x] = sum / divisor;
+            }
+        }
+    })?)?])
+}
+
+pub fn adaptive_avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
+    let size = cx.ints("output_size")?;
+    let (oh, ow) = (size[0] as usize, size[1] as usize);
+    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
+        for y in 0..oh {
+            let (hs, he) = (y * h / oh, ((y + 1) * h).div_ceil(oh));
+            for x in 0..ow {
+                let (ws, we) = (x * w / ow, ((x + 1) * w).div_ceil(ow));
+                let mut sum: T = 0.0;
+                for iy in hs..he {
+                    for ix in ws..we {
+                        sum += src[iy * w + ix];
+                    }
+                }
+                dst[y * ow + x] = sum / ((he - hs) * (we - ws)) as T;
+            }
+        }
+    })?)?])
+}

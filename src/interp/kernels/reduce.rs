@@ -1,0 +1,100 @@
+//! Reductions: softmax, log-softmax, mean, sum.
+
+use ndarray::{ArrayD, ArrayViewD, Axis};
+
+use super::{dim, float_map, KernelCx, KernelResult};
+use crate::ops::AttrAccess;
+use crate::tensor::Tensor;
+
+/// Softmax along `axis`: `exp(x - max)` scaled by the reciprocal of its sum.
+fn softmax_lanes<T: num_traits::Float>(a: ArrayViewD<'_, T>, axis: usize, log: bool) -> ArrayD<T> {
+    let mut out = a.as_standard_layout().into_owned();
+    for mut lane in out.lanes_mut(Axis(axis)) {
+        let max = lane.iter().fold(T::neg_infinity(), |m, &x| if x > m || x.is_nan() { x } else { m });
+        if log {
+            let sum = lane.iter().fold(T::zero(), |s, &x| s + (x - max).exp());
+            let log_sum = sum.ln();
+            lane.mapv_inplace(|x| x - max - log_sum);
+        } else {
+            lane.mapv_inplace(|x| (x - max).exp());
+            let sum = lane.iter().fold(T::zero(), |s, &x| s + x);
+            let inv = T::one() / sum;
+            lane.mapv_inplace(|x| x * inv);
+        }
+    }
+    out
+}
+
+fn softmax_kernel(cx: &KernelCx<'_>, log: bool) -> KernelResult {
+    let x = cx.input(0);
+    let axis = dim(cx.int("dim")?, x.shape().len())?;
+    if x.shape().is_empty() {
+        return Ok(vec![float_map!(x, cx.out_dtype(0), |a: T| a.mapv(|_| if log { 0.0 } else { 1.0 }))?]);
+    }
+    Ok(vec![float_map!(x, cx.out_dtype(0), |a: T| softmax_lanes(a, axis, log))?])
+}
+
+pub fn softmax(cx: &KernelCx<'_>) -> KernelResult {
+    softmax_kernel(cx, false)
+}
+
+pub fn log_softmax(cx: &KernelCx<'_>) -> KernelResult {
+    softmax_kernel(cx, true)
+}
+
+/// The reduced axes (all for an empty list), sorted descending so removing them keeps the
+/// remaining indices valid.
+fn reduced_axes(cx: &KernelCx<'_>, rank: usize) -> Result<Vec<usize>, String> {
+    let dims = cx.ints("dim")?;
+    let mut axes = if dims.is_empty() { (0..rank).collect() } else { dims.iter().map(|&d| dim(d, rank)).collect::<Result<Vec<_>, _>>()? };
+    axes.sort_unstable_by(|a, b| b.cmp(a));
+    axes.dedup();
+    Ok(axes)
+}
+
+fn sum_axes<T: Clone + num_traits::Zero + std::ops::Add<Output = T>>(a: ArrayViewD<'_, T>, axes: &[usize], keepdim: bool) -> ArrayD<T> {
+    let mut out = a.to_owned();
+    for &axis in axes {
+        out = out.sum_axis(Axis(axis));
+        if keepdim {
+            out.insert_axis_inplace(Axis(axis));
+        }
+    }
+    out
+}
+
+pub fn sum(cx: &KernelCx<'_>) -> KernelResult {
+    let x = cx.input(0);
+    let axes = reduced_axes(cx, x.shape().len())?;
+    let keepdim = cx.boolean("keepdim")?;
+    if !x.dtype().is_float() {
+        // Integer and bool sums accumulate in i64, as PyTorch's do.
+        let wide: ArrayD<i64> = match x {
+            Tensor::I64(a) => a.clone(),
+            Tensor::Bool(a) => a.mapv(i64::from),
+            other => other.to_f64_array().mapv(|v| v as i64),
+        };
+        let summed = sum_axes(wide.view(), &axes, keepdim);
+        return Ok(vec![cast_int(summed, cx.out_dtype(0))]);
+    }
+    Ok(vec![float_map!(x, cx.out_dtype(0), |a: T| sum_axes(a, &axes, keepdim))?])
+}
+
+pub fn mean(cx: &KernelCx<'_>) -> KernelResult {
+    let x = cx.input(0);
+    let axes = reduced_axes(cx, x.shape().len())?;
+    let keepdim = cx.boolean("keepdim")?;
+    let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
+    Ok(vec![float_map!(x, cx.out_dtype(0), |a: T| {
+        let n = count as T;
+        sum_axes(a, &axes, keepdim).mapv(|s| s / n)
+    })?])
+}
+
+fn cast_int(a: ArrayD<i64>, dtype: crate::ir::DType) -> Tensor {
+    use crate::ir::DType;
+    match dtype {
+        DType::I32 => Tensor::I32(a.mapv(|v| v as i32)),
+        _ => Tensor::I64(a),
+    }
+}

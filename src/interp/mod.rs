@@ -1,0 +1,160 @@
+//! The reference interpreter: evaluates a graph on concrete tensors with PyTorch's semantics.
+//!
+//! Ops run in program order; each op's kernel comes from its registry entry. A value is freed
+//! right after its last use, so peak memory is the live activations plus the weights in use
+//! (weights are read from the memory-mapped file when their `weight` op runs). Results are
+//! deterministic: every output element is computed by one thread in a fixed order.
+
+pub mod io;
+pub mod kernels;
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::diag::{Diag, Span};
+use crate::ir::graph::{OpId, User, ValueId};
+use crate::ir::{Graph, Module, TensorType};
+use crate::tensor::Tensor;
+use kernels::KernelCx;
+
+/// What to keep besides the graph outputs.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Keep every intermediate value (by name), for debugging and numeric comparison.
+    pub keep_intermediates: bool,
+}
+
+/// The outputs of one run, by the returned values' names, in return order.
+pub struct RunResult {
+    pub outputs: Vec<(String, Arc<Tensor>)>,
+    /// Every op result, in program order (with [`RunOptions::keep_intermediates`]).
+    pub intermediates: Vec<(String, Arc<Tensor>)>,
+}
+
+/// Called with each `observer` op and the tensor it sees (calibration hooks in here).
+pub type ObserverHook<'a> = dyn FnMut(OpId, &Tensor) -> Result<(), String> + 'a;
+
+/// Checks `inputs` against the graph signature and orders them like the graph's inputs.
+pub fn bind_inputs(graph: &Graph, mut inputs: FxHashMap<String, Tensor>) -> Result<Vec<Tensor>, Diag> {
+    let mut bound = Vec::with_capacity(graph.inputs().len());
+    for &v in graph.inputs() {
+        let name = graph.value_name(v);
+        let ty = graph.value_type(v);
+        let Some(t) = inputs.remove(name) else {
+            return Err(Diag::error(format!("no data for input `%{name}` of `@{}`", graph.name))
+                .at(graph.value(v).span, format!("expects {ty}"))
+                .help(format!("pass it with `--input {name}=FILE.npy`")));
+        };
+        check_input(ty, &t).map_err(|m| Diag::error(format!("input `%{name}`: {m}")).at(graph.value(v).span, format!("declared {ty}")))?;
+        bound.push(t);
+    }
+    if let Some(extra) = inputs.keys().min() {
+        let names: Vec<&str> = graph.inputs().iter().map(|&v| graph.value_name(v)).collect();
+        return Err(Diag::error(format!("`@{}` has no input named `{extra}`", graph.name))
+            .at(graph.span, "this function")
+            .suggest(extra, names.iter().copied())
+            .note(format!("its inputs: {}", names.iter().map(|n| format!("%{n}")).collect::<Vec<_>>().join(", "))));
+    }
+    Ok(bound)
+}
+
+fn check_input(ty: &TensorType, t: &Tensor) -> Result<(), String> {
+    if t.dtype() != ty.dtype {
+        return Err(format!("the data is {} but the input is {}", t.dtype(), ty.dtype));
+    }
+    let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+    let actual = TensorType::fixed(t.dtype(), &shape);
+    if !actual.compatible(ty) {
+        return Err(format!("the data has shape {:?} but the input is {ty}", t.shape()));
+    }
+    Ok(())
+}
+
+/// Runs `graph` on `inputs` (ordered as the graph's inputs; see [`bind_inputs`]).
+pub fn run_graph(
+    module: &Module,
+    graph: &Graph,
+    inputs: Vec<Tensor>,
+    options: &RunOptions,
+    observer: Option<&mut ObserverHook<'_>>,
+) -> Result<RunResult, Diag> {
+    let mut hook = observer;
+    let last_use = last_uses(graph);
+    let mut values: FxHashMap<ValueId, Arc<Tensor>> = FxHashMap::default();
+    for (&v, t) in graph.inputs().iter().zip(inputs) {
+        values.insert(v, Arc::new(t));
+    }
+    let mut intermediates = Vec::new();
+    let mut operand_refs: Vec<Arc<Tensor>> = Vec::new();
+    for (position, op) in graph.ops().enumerate() {
+        let data = graph.op(op);
+        let def = data.def();
+        operand_refs.clear();
+        for &v in &data.operands {
+            let t = values.get(&v).ok_or_else(|| internal(data.span, "an operand has no value"))?;
+            operand_refs.push(Arc::clone(t));
+        }
+        let operands: Vec<&Tensor> = operand_refs.iter().map(|t| &**t).collect();
+        let result_types: Vec<TensorType> = data.results().map(|r| graph.value_type(r).clone()).collect();
+        let cx = KernelCx {
+            def,
+            inputs: &operands,
+            attrs: graph.attrs_of(data.attrs),
+            result_types: &result_types,
+            weights: module.weight_file.as_deref(),
+        };
+        let results = (def.kernel)(&cx).map_err(|m| {
+            let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);
+            Diag::error(format!("`%{name} = {}` failed: {m}", def.name)).at(data.span, "while running this op")
+        })?;
+        if def.name == "observer" {
+            if let Some(hook) = hook.as_mut() {
+                hook(op, operands[0]).map_err(|m| Diag::error(m).at(data.span, "in this observer"))?;
+            }
+        }
+        for (r, (t, ty)) in data.results().zip(results.into_iter().zip(&result_types)) {
+            check_input(ty, &t).map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
+            let t = Arc::new(t);
+            if options.keep_intermediates {
+                intermediates.push((graph.value_name(r).to_string(), Arc::clone(&t)));
+            }
+            values.insert(r, t);
+        }
+        drop(operands);
+        operand_refs.clear();
+        for &v in &data.operands {
+            if last_use.get(&v) == Some(&position) {
+                values.remove(&v);
+            }
+        }
+    }
+    let outputs = graph
+        .outputs()
+        .iter()
+        .map(|&v| {
+            let t = values.get(&v).ok_or_else(|| internal(graph.output_span, "an output has no value"))?;
+            Ok((graph.value_name(v).to_string(), Arc::clone(t)))
+        })
+        .collect::<Result<_, Diag>>()?;
+    Ok(RunResult { outputs, intermediates })
+}
+
+/// For each value read by an op, the program position of its last reader (graph outputs are
+/// never freed).
+fn last_uses(graph: &Graph) -> FxHashMap<ValueId, usize> {
+    let mut last = FxHashMap::default();
+    let outputs: std::collections::HashSet<ValueId> = graph.outputs().iter().copied().collect();
+    for (position, op) in graph.ops().enumerate() {
+        for &v in &graph.op(op).operands {
+            if !outputs.contains(&v) && !graph.uses(v).iter().any(|u| u.user == User::Output) {
+                last.insert(v, position);
+            }
+        }
+    }
+    last
+}
+
+fn internal(span: Span, message: &str) -> Diag {
+    Diag::error(format!("internal interpreter error: {message}")).at(span, "here").note("this is a bug in qc")
+}

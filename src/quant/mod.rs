@@ -1,0 +1,131 @@
+//! Quantization arithmetic with PyTorch's exact float32 semantics (see
+//! `../shared/reference/pt2e.md` §2.2 and §3): reciprocal-multiply quantization with
+//! round-half-to-even, and `calculate_qparams` from a min/max range.
+
+use crate::ir::quant::QScheme;
+use crate::ir::DType;
+
+/// `fl32(1 / scale)`: PT2E multiplies by the float32 reciprocal of the scale (a double
+/// division rounded once to f32 equals the f32 reciprocal of the f32 scale here).
+pub fn inv_scale(scale: f64) -> f32 {
+    (1.0 / scale) as f32
+}
+
+/// One element of `quantize_per_tensor`: `clamp(round(x·inv) + zp, qmin, qmax)`, computed in
+/// float32 (the zero point is added after rounding), then cast.
+pub fn quantize_value(x: f32, inv: f32, zero_point: i64, qmin: i64, qmax: i64) -> f32 {
+    let q = (x * inv).round_ties_even() + zero_point as f32;
+    // torch.clamp propagates NaN.
+    if q.is_nan() {
+        q
+    } else {
+        q.clamp(qmin as f32, qmax as f32)
+    }
+}
+
+/// `(q - zp) · scale` in float32, as `dequantize_per_tensor` computes it.
+pub fn dequantize_value(q: i64, zero_point: i64, scale: f32) -> f32 {
+    (q as f32 - zero_point as f32) * scale
+}
+
+/// A float already rounded and clamped to an integer range, cast the way x86 casts it: NaN
+/// becomes the bit pattern `cvttss2si` gives (0 in every type narrower than 32 bits).
+pub fn float_to_int(v: f32, dtype: DType) -> i64 {
+    if v.is_nan() {
+        return match dtype {
+            DType::I32 => i32::MIN.into(),
+            DType::I64 => i64::MIN,
+            _ => 0,
+        };
+    }
+    v as i64
+}
+
+/// The scale and zero point PyTorch's `_calculate_qparams` derives from an observed range,
+/// in float32 throughout.
+///
+/// `customized_range` says whether `qmin`/`qmax` were given explicitly (true for every spec a
+/// quantizer builds); it only changes the uint8 symmetric zero point.
+pub fn calculate_qparams(
+    min_val: f32,
+    max_val: f32,
+    qmin: i64,
+    qmax: i64,
+    qscheme: QScheme,
+    dtype: DType,
+    eps: f32,
+    customized_range: bool,
+) -> (f32, i64) {
+    if min_val == f32::INFINITY && max_val == f32::NEG_INFINITY {
+        return (1.0, 0);
+    }
+    let min_neg = min_val.min(0.0);
+    let max_pos = max_val.max(0.0);
+    if qscheme.is_symmetric() {
+        let amax = (-min_neg).max(max_pos);
+        // The divisor is a Python float: 127.0 for [-127, 127], 127.5 for [-128, 127].
+        let divisor = ((qmax - qmin) as f64 / 2.0) as f32;
+        let scale = (amax / divisor).max(eps);
+        let zero_point = match dtype {
+            DType::U8 if customized_range => (qmin + qmax).div_euclid(2),
+            DType::U8 => 128,
+            _ => 0,
+        };
+        return (scale, zero_point);
+    }
+    if qscheme == QScheme::PerChannelAffineFloatQParams {
+        let scale = (max_val - min_val) / (qmax - qmin) as f32;
+        let scale = if scale <= eps { 1.0 } else { scale };
+        // The zero point is a float here; callers that need it use `-min/scale` themselves.
+        return (scale, 0);
+    }
+    let scale = ((max_pos - min_neg) / (qmax - qmin) as f32).max(eps);
+    let zero_point = qmin - (min_neg / scale).round_ties_even() as i64;
+    (scale, zero_point.clamp(qmin, qmax))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reciprocal_multiply_differs_from_division_at_ties() {
+        // pytorch/pytorch#139464: 757.5 / 15 rounds to 50, but x · fl32(1/15) rounds to 51.
+        assert_eq!(quantize_value(757.5, inv_scale(15.0), 0, -1000, 1000), 51.0);
+        assert_eq!((757.5f32 / 15.0).round_ties_even(), 50.0);
+    }
+
+    #[test]
+    fn round_half_even_then_zero_point_then_clamp() {
+        let inv = inv_scale(1.0);
+        assert_eq!(quantize_value(2.5, inv, 0, -128, 127), 2.0);
+        assert_eq!(quantize_value(3.5, inv, 0, -128, 127), 4.0);
+        assert_eq!(quantize_value(-2.5, inv, 10, -128, 127), 8.0);
+        assert_eq!(quantize_value(1000.0, inv, 0, -128, 127), 127.0);
+        assert!(quantize_value(f32::NAN, inv, 0, -128, 127).is_nan());
+        assert_eq!(float_to_int(f32::NAN, DType::I8), 0);
+    }
+
+    #[test]
+    fn symmetric_divisors_and_uint8_zero_point() {
+        // pt2e.md §2.2: [-1, 2.55] int8 [-128,127] symmetric → 2.55/127.5 = 0.02.
+        let (s, zp) = calculate_qparams(-1.0, 2.55, -128, 127, QScheme::PerTensorSymmetric, DType::I8, f32::EPSILON, true);
+        assert_eq!((s, zp), (2.55f32 / 127.5, 0));
+        let (s, _) = calculate_qparams(-1.0, 2.54, -127, 127, QScheme::PerTensorSymmetric, DType::I8, 2f32.powi(-12), true);
+        assert_eq!(s, 2.54f32 / 127.0);
+        let (_, zp) = calculate_qparams(-1.0, 2.55, 0, 255, QScheme::PerTensorSymmetric, DType::U8, f32::EPSILON, false);
+        assert_eq!(zp, 128);
+        let (s, zp) = calculate_qparams(-1.0, 2.55, 0, 127, QScheme::PerTensorSymmetric, DType::U8, f32::EPSILON, true);
+        assert_eq!((s, zp), (2.55f32 / 63.5, 63));
+    }
+
+    #[test]
+    fn affine_zero_point_and_eps() {
+        let (s, zp) = calculate_qparams(-1.0, 3.0, -128, 127, QScheme::PerTensorAffine, DType::I8, 2f32.powi(-12), true);
+        assert_eq!(s, 4.0f32 / 255.0);
+        assert_eq!(zp, -128 - (-1.0f32 / s).round_ties_even() as i64);
+        let (s, zp) = calculate_qparams(0.0, 0.0, -128, 127, QScheme::PerTensorAffine, DType::I8, 2f32.powi(-12), true);
+        assert_eq!((s, zp), (2f32.powi(-12), -128));
+        assert_eq!(calculate_qparams(f32::INFINITY, f32::NEG_INFINITY, 0, 255, QScheme::PerTensorAffine, DType::U8, 1e-5, true), (1.0, 0));
+    }
+}
