@@ -180,14 +180,14 @@ pub static OPS: &[OpDef] = &[
     op!("add", "input + alpha·other, broadcasting.", XY, ALPHA, rule::binary, k::elementwise::add),
     op!("sub", "input - alpha·other, broadcasting.", XY, ALPHA, rule::binary, k::elementwise::sub),
     op!("mul", "input · other, broadcasting.", XY, NONE, rule::binary, k::elementwise::mul),
-    op!("div", "input / other (true division), broadcasting.", XY, NONE, rule::binary, k::elementwise::div),
+    op!("div", "input / other (true division; integer operands give f32), broadcasting.", XY, NONE, rule::div, k::elementwise::div),
     op!("add.scalar", "input + alpha·other for a scalar `other`.", X, SCALAR_ALPHA, rule::scalar_binary, k::elementwise::add_scalar),
     op!("sub.scalar", "input - alpha·other for a scalar `other`.", X, SCALAR_ALPHA, rule::scalar_binary, k::elementwise::sub_scalar),
     op!("mul.scalar", "input · other for a scalar `other`.", X, SCALAR, rule::scalar_binary, k::elementwise::mul_scalar),
     op!("div.scalar", "input / other for a scalar `other`.", X, SCALAR, rule::scalar_binary, k::elementwise::div_scalar),
     // Reductions and pooling.
-    op!("mean", "Mean over `dim` (all dims when empty).", X, REDUCE, rule::reduce, k::reduce::mean),
-    op!("sum", "Sum over `dim` (all dims when empty).", X, REDUCE, rule::reduce, k::reduce::sum),
+    op!("mean", "Mean over `dim` (all dims when empty).", X, REDUCE, rule::mean, k::reduce::mean),
+    op!("sum", "Sum over `dim` (all dims when empty).", X, REDUCE, rule::sum, k::reduce::sum),
     op!(
         "max_pool2d",
         "2-D max pooling; an empty `stride` means the kernel size.",

@@ -143,12 +143,23 @@ pub fn binary(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     one(TensorType::new(cx.operand(0).dtype, broadcast(&cx.operand(0).shape, &cx.operand(1).shape)?))
 }
 
-/// Tensor ⊕ scalar attribute.
+/// True division: integer operands give an f32 result, as in PyTorch.
+pub fn div(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let mut result = binary(cx)?;
+    if !result[0].dtype.is_float() {
+        result[0].dtype = DType::F32;
+    }
+    Ok(result)
+}
+
+/// Tensor ⊕ scalar attribute. The scalar is a float, so integer tensors give an f32 result
+/// (PyTorch's promotion of an integer tensor with a Python float).
 pub fn scalar_binary(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
-    if cx.operand(0).dtype == DType::Bool {
+    let x = cx.operand(0);
+    if x.dtype == DType::Bool {
         return Err("arithmetic on bool tensors is not supported".into());
     }
-    one(cx.operand(0).clone())
+    one(if x.dtype.is_float() { x.clone() } else { x.with_dtype(DType::F32) })
 }
 
 pub fn softmax(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
@@ -159,6 +170,9 @@ pub fn softmax(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 
 pub fn hardtanh(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let (lo, hi) = (cx.float("min_val")?, cx.float("max_val")?);
+    if lo.is_nan() || hi.is_nan() {
+        return Err("`min_val` and `max_val` must be numbers, not nan".into());
+    }
     if lo > hi {
         return Err(format!("`min_val` ({lo:?}) is greater than `max_val` ({hi:?})"));
     }
@@ -552,7 +566,22 @@ pub fn group_norm(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 
 // ---- reductions ------------------------------------------------------------------------------
 
-pub fn reduce(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+/// `mean`: float tensors only (PyTorch rejects integer means).
+pub fn mean(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float(cx, 0)?;
+    reduce(cx)
+}
+
+/// `sum`: integer and bool sums are i64, as in PyTorch.
+pub fn sum(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    let mut result = reduce(cx)?;
+    if !result[0].dtype.is_float() {
+        result[0].dtype = DType::I64;
+    }
+    Ok(result)
+}
+
+fn reduce(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let x = cx.operand(0);
     let dims = cx.ints("dim")?;
     let keepdim = cx.boolean("keepdim")?;
@@ -593,7 +622,7 @@ pub fn reshape(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     if let Some(bad) = target.iter().find(|&&d| d < -1) {
         return Err(format!("invalid dimension {bad} in `shape`"));
     }
-    let known: u64 = target.iter().filter(|&&d| d >= 0).map(|&d| d as u64).product();
+    let known = target.iter().filter(|&&d| d >= 0).try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or(OVERFLOW)?;
     let total = x.num_elements();
     let shape = target
         .iter()
@@ -626,10 +655,13 @@ pub fn flatten(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     if start > end {
         return Err(format!("`start_dim` ({start}) comes after `end_dim` ({end})"));
     }
-    let merged = x.shape[start..=end]
-        .iter()
-        .try_fold(1u64, |acc, d| d.known().map(|n| acc * n))
-        .map_or(Dim::Dynamic, Dim::Known);
+    let mut merged = Dim::Known(1);
+    for d in &x.shape[start..=end] {
+        merged = match (merged, d) {
+            (Dim::Known(acc), Dim::Known(n)) => Dim::Known(acc.checked_mul(*n).ok_or(OVERFLOW)?),
+            _ => Dim::Dynamic,
+        };
+    }
     let mut shape = x.shape[..start].to_vec();
     shape.push(merged);
     shape.extend_from_slice(&x.shape[end + 1..]);
@@ -681,7 +713,7 @@ pub fn cat(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
         for (d, (acc, &other)) in shape.iter_mut().zip(&t.shape).enumerate() {
             *acc = if d == dim {
                 match (*acc, other) {
-                    (Dim::Known(a), Dim::Known(b)) => Dim::Known(a + b),
+                    (Dim::Known(a), Dim::Known(b)) => Dim::Known(a.checked_add(b).ok_or(OVERFLOW)?),
                     _ => Dim::Dynamic,
                 }
             } else {
@@ -694,6 +726,9 @@ pub fn cat(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 
 pub fn slice(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let x = cx.operand(0);
+    if x.rank() == 0 {
+        return Err("cannot slice a scalar".into());
+    }
     let dim = norm_dim(cx.int("dim")?, x.rank())?;
     let step = cx.int("step")?;
     if step <= 0 {
@@ -706,7 +741,7 @@ pub fn slice(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
         let clamp = |v: i64| if v < 0 { (v + n).max(0) } else { v.min(n) };
         let start = cx.opt_int("start").map_or(0, clamp);
         let end = cx.opt_int("end").map_or(n, clamp);
-        let len = if end > start { (end - start + step - 1) / step } else { 0 };
+        let len = if end > start { (end - start - 1) / step + 1 } else { 0 };
         shape[dim] = Dim::Known(len as u64);
     }
     one(TensorType::new(x.dtype, shape))
@@ -853,6 +888,9 @@ pub fn dequantize_per_tensor_dyn(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 /// Per-channel scales `[C]` (float) and zero points `[C]` (int, or float for float qparams).
 fn channel_qparams(cx: &InferCx<'_>) -> R<()> {
     let x = cx.operand(0);
+    if x.rank() == 0 {
+        return Err("per-channel quantization needs a tensor with a channel axis, not a scalar".into());
+    }
     let axis = norm_dim(cx.int("axis")?, x.rank())?;
     let channels = x.shape.get(axis).copied().unwrap_or(Dim::Known(1));
     let (s, z) = (cx.operand(1), cx.operand(2));
