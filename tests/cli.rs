@@ -173,3 +173,37 @@ fn output_is_deterministic() {
     let b = qc(&["-", "-p", "cleanup"], Some(GOOD));
     assert_eq!(a.stdout, b.stdout);
 }
+
+#[test]
+fn run_subcommand_writes_outputs() {
+    use ndarray::{ArrayD, IxDyn};
+    use qc::interp::io::{read_npz, write_npy};
+    use qc::tensor::Tensor;
+
+    let dir = scratch("run");
+    let x = Tensor::F32(ArrayD::from_shape_fn(IxDyn(&[1, 3, 32, 32]), |i| (i[2] as f32 - i[3] as f32) / 32.0));
+    std::fs::write(dir.join("x.npy"), write_npy(&x)).unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/small_cnn.qir");
+    let out = dir.join("out.npz");
+    let x_arg = format!("x={}", dir.join("x.npy").display());
+    let status = qc(&["run", model.to_str().unwrap(), "--input", &x_arg, "-o", out.to_str().unwrap(), "--save-intermediates"], None);
+    assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
+    let arrays = read_npz(std::fs::File::open(&out).unwrap()).unwrap();
+    assert_eq!(arrays[0].0, "fc");
+    assert_eq!(arrays[0].1.shape(), &[1, 10]);
+    assert!(arrays.iter().any(|(n, _)| n == "relu_1"));
+
+    // Without -o: a summary line per output.
+    let summary = qc(&["run", model.to_str().unwrap(), "--input", &x_arg], None);
+    assert!(text(&summary.stdout).starts_with("%fc: f32[1, 10]"), "{}", text(&summary.stdout));
+
+    // A missing input is a diagnostic pointing at the signature; a bad file a plain error.
+    let missing = qc(&["run", model.to_str().unwrap()], None);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("no data for input `%x`"));
+    std::fs::write(dir.join("bad.npy"), b"\x93NUMPY").unwrap();
+    let bad = format!("x={}", dir.join("bad.npy").display());
+    let truncated = qc(&["run", model.to_str().unwrap(), "--input", &bad], None);
+    assert_eq!(truncated.status.code(), Some(1));
+    assert!(text(&truncated.stderr).starts_with("error: "), "{}", text(&truncated.stderr));
+}

@@ -1,6 +1,7 @@
 //! The `qc` command line: read QIR, run a pipeline, print or write the result.
 
 mod expectations;
+mod run;
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,8 +22,29 @@ use crate::passes::PassContext;
 pub const SPLIT_MARKER: &str = "// -----";
 
 #[derive(Parser, Debug)]
-#[command(name = "qc", version, about = "A quantization compiler for neural-network graphs written in QIR.")]
+#[command(
+    name = "qc",
+    version,
+    about = "A quantization compiler for neural-network graphs written in QIR.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub compile: CompileArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Evaluate a graph on real data with the reference interpreter.
+    Run(run::RunArgs),
+}
+
+/// `qc model.qir [OPTIONS]`: compile a module through a pass pipeline.
+#[derive(clap::Args, Debug)]
+pub struct CompileArgs {
     /// The .qir file to compile (`-` reads standard input).
     #[arg(required_unless_present_any = ["list_passes", "list_ops"])]
     pub input: Option<String>,
@@ -87,7 +109,7 @@ pub fn main() -> i32 {
     run(&cli)
 }
 
-fn color_choice(color: Color) -> ColorChoice {
+pub(crate) fn color_choice(color: Color) -> ColorChoice {
     match color {
         Color::Always => ColorChoice::Always,
         Color::Never => ColorChoice::Never,
@@ -99,6 +121,13 @@ fn color_choice(color: Color) -> ColorChoice {
 
 /// Runs the command line; returns the exit status.
 pub fn run(cli: &Cli) -> i32 {
+    match &cli.command {
+        Some(Command::Run(args)) => run::run(args),
+        None => compile_command(&cli.compile),
+    }
+}
+
+fn compile_command(cli: &CompileArgs) -> i32 {
     if cli.list_passes {
         print!("{}", list_passes());
         return 0;
@@ -232,7 +261,7 @@ pub fn compile(
     Ok(Compiled { module, warnings: cx.warnings, timings })
 }
 
-fn read_input(input: &str) -> Result<(String, String, PathBuf), String> {
+pub(crate) fn read_input(input: &str) -> Result<(String, String, PathBuf), String> {
     if input == "-" {
         let mut source = String::new();
         std::io::stdin().read_to_string(&mut source).map_err(|e| format!("cannot read standard input: {e}"))?;

@@ -37,6 +37,16 @@ pub type ObserverHook<'a> = dyn FnMut(OpId, &Tensor) -> Result<(), String> + 'a;
 
 /// Checks `inputs` against the graph signature and orders them like the graph's inputs.
 pub fn bind_inputs(graph: &Graph, mut inputs: FxHashMap<String, Tensor>) -> Result<Vec<Tensor>, Diag> {
+    // An unknown name is most likely a typo of a missing one: report it first.
+    let is_input = |name: &str| graph.inputs().iter().any(|&v| graph.value_name(v) == name);
+    if let Some(extra) = inputs.keys().filter(|k| !is_input(k)).min() {
+        let names: Vec<&str> = graph.inputs().iter().map(|&v| graph.value_name(v)).collect();
+        let declared = graph.inputs().iter().map(|&v| graph.value(v).span).reduce(Span::to).unwrap_or(graph.span);
+        return Err(Diag::error(format!("`@{}` has no input named `{extra}`", graph.name))
+            .at(declared, "the inputs are declared here")
+            .suggest(extra, names.iter().copied())
+            .note(format!("its inputs: {}", names.iter().map(|n| format!("%{n}")).collect::<Vec<_>>().join(", "))));
+    }
     let mut bound = Vec::with_capacity(graph.inputs().len());
     for &v in graph.inputs() {
         let name = graph.value_name(v);
@@ -48,13 +58,6 @@ pub fn bind_inputs(graph: &Graph, mut inputs: FxHashMap<String, Tensor>) -> Resu
         };
         check_input(ty, &t).map_err(|m| Diag::error(format!("input `%{name}`: {m}")).at(graph.value(v).span, format!("declared {ty}")))?;
         bound.push(t);
-    }
-    if let Some(extra) = inputs.keys().min() {
-        let names: Vec<&str> = graph.inputs().iter().map(|&v| graph.value_name(v)).collect();
-        return Err(Diag::error(format!("`@{}` has no input named `{extra}`", graph.name))
-            .at(graph.span, "this function")
-            .suggest(extra, names.iter().copied())
-            .note(format!("its inputs: {}", names.iter().map(|n| format!("%{n}")).collect::<Vec<_>>().join(", "))));
     }
     Ok(bound)
 }

@@ -1,0 +1,158 @@
+//! `qc run`: evaluate a graph on real data and write its outputs.
+
+use std::path::{Path, PathBuf};
+
+use codespan_reporting::term::termcolor::StandardStream;
+use rustc_hash::FxHashMap;
+
+use super::{color_choice, read_input, write_atomically, Color};
+use crate::diag::{self, Files};
+use crate::interp::io::{read_tensors, write_npy, write_npz};
+use crate::interp::{bind_inputs, run_graph, RunOptions};
+use crate::tensor::Tensor;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The .qir file holding the graph.
+    pub model: String,
+    /// Input data: `NAME=FILE.npy`, `NAME=FILE.npz:ARRAY`, or a whole `.npz`/`.safetensors` file
+    /// whose arrays are bound to the inputs of the same names. Repeatable.
+    #[arg(short, long = "input", value_name = "NAME=FILE")]
+    pub inputs: Vec<String>,
+    /// Write the outputs here: `.npz` (every output by name) or `.npy` (a single output).
+    /// Without it, a summary of each output is printed.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write every intermediate value into the `.npz`.
+    #[arg(long)]
+    pub save_intermediates: bool,
+    /// The function to run (default: the module's first).
+    #[arg(long, value_name = "NAME")]
+    pub func: Option<String>,
+    /// Worker threads for the kernels (results are identical for any count).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// When to colour diagnostics.
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+}
+
+/// Runs `qc run`; returns the exit status.
+pub fn run(args: &RunArgs) -> i32 {
+    match execute(args) {
+        Ok(()) => 0,
+        Err(Failure::Message(m)) => {
+            eprintln!("error: {m}");
+            1
+        }
+        Err(Failure::Reported) => 1,
+        Err(Failure::Usage(m)) => {
+            eprintln!("error: {m}");
+            2
+        }
+    }
+}
+
+enum Failure {
+    /// Diagnostics were already rendered.
+    Reported,
+    Message(String),
+    Usage(String),
+}
+
+impl From<String> for Failure {
+    fn from(m: String) -> Self {
+        Failure::Message(m)
+    }
+}
+
+fn execute(args: &RunArgs) -> Result<(), Failure> {
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().map_err(|e| e.to_string())?;
+    }
+    let (name, source, dir) = read_input(&args.model)?;
+    let mut files = Files::new();
+    let file = files.add(name, source.clone());
+    let stderr = StandardStream::stderr(color_choice(args.color));
+    let report = |diags: &[crate::diag::Diag]| {
+        let _ = diag::emit(&mut stderr.lock(), &files, file, diags);
+        Failure::Reported
+    };
+    let module = crate::syntax::parse_module(&source, Some(&dir)).map_err(|d| report(&d))?;
+    let graph = match &args.func {
+        None => module.graphs.first().ok_or_else(|| Failure::Message("the module has no functions".into()))?,
+        Some(f) => module.graphs.iter().find(|g| &g.name == f).ok_or_else(|| {
+            let names: Vec<&str> = module.graphs.iter().map(|g| g.name.as_str()).collect();
+            Failure::Usage(format!("no function `@{f}`; {}", diag::suggest(f, names.iter().copied())))
+        })?,
+    };
+    let mut inputs = FxHashMap::default();
+    for spec in &args.inputs {
+        for (name, tensor) in load_input(spec)? {
+            if inputs.insert(name.clone(), tensor).is_some() {
+                return Err(Failure::Usage(format!("input `{name}` is given twice")));
+            }
+        }
+    }
+    let bound = bind_inputs(graph, inputs).map_err(|d| report(&[d]))?;
+    let options = RunOptions { keep_intermediates: args.save_intermediates };
+    let result = run_graph(&module, graph, bound, &options, None).map_err(|d| report(&[d]))?;
+
+    let Some(path) = &args.output else {
+        print!("{}", summary(&result.outputs));
+        return Ok(());
+    };
+    let mut named: Vec<(String, &Tensor)> = result.outputs.iter().map(|(n, t)| (n.clone(), &**t)).collect();
+    named.extend(result.intermediates.iter().filter(|(n, _)| !result.outputs.iter().any(|(o, _)| o == n)).map(|(n, t)| (n.clone(), &**t)));
+    let bytes = match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") if named.len() == 1 => write_npy(named[0].1),
+        Some("npy") => return Err(Failure::Usage(format!("{} values to write: use a .npz file", named.len()))),
+        Some("npz") => {
+            let mut buf = std::io::Cursor::new(Vec::new());
+            write_npz(&mut buf, &named)?;
+            buf.into_inner()
+        }
+        _ => return Err(Failure::Usage(format!("{}: the output must be a .npz or .npy file", path.display()))),
+    };
+    write_atomically(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// `NAME=FILE[:ARRAY]` binds one array; a bare `.npz`/`.safetensors` path binds all of its
+/// arrays by name.
+fn load_input(spec: &str) -> Result<Vec<(String, Tensor)>, Failure> {
+    let Some((name, file)) = spec.split_once('=') else {
+        let all = read_tensors(Path::new(spec))?;
+        if spec.ends_with(".npy") {
+            return Err(Failure::Usage(format!("`{spec}`: name the input a .npy file feeds: NAME={spec}")));
+        }
+        return Ok(all);
+    };
+    let (path, key) = match file.rsplit_once(':') {
+        Some((p, k)) if p.ends_with(".npz") || p.ends_with(".safetensors") => (p, Some(k)),
+        _ => (file, None),
+    };
+    let tensors = read_tensors(Path::new(path))?;
+    let tensor = match key {
+        Some(k) => tensors.into_iter().find(|(n, _)| n == k).map(|(_, t)| t).ok_or_else(|| format!("{path} has no array `{k}`"))?,
+        None if tensors.len() == 1 => tensors.into_iter().next().map(|(_, t)| t).ok_or_else(|| format!("{path} is empty"))?,
+        None => {
+            let names: Vec<String> = tensors.into_iter().map(|(n, _)| n).collect();
+            return Err(Failure::Usage(format!("{path} holds {} arrays ({}): pick one with {name}={path}:ARRAY", names.len(), names.join(", "))));
+        }
+    };
+    Ok(vec![(name.to_string(), tensor)])
+}
+
+/// One line per output: name, type, and min/max/mean of its elements.
+fn summary(outputs: &[(String, std::sync::Arc<Tensor>)]) -> String {
+    let mut out = String::new();
+    for (name, t) in outputs {
+        let values = t.to_f64_array();
+        let n = values.len().max(1) as f64;
+        let (lo, hi) = values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let mean = values.iter().sum::<f64>() / n;
+        out.push_str(&format!("%{name}: {}{:?}  min {lo:.6}  max {hi:.6}  mean {mean:.6}\n", t.dtype(), t.shape()));
+    }
+    out
+}
