@@ -186,7 +186,10 @@ fn run_subcommand_writes_outputs() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/small_cnn.qir");
     let out = dir.join("out.npz");
     let x_arg = format!("x={}", dir.join("x.npy").display());
-    let status = qc(&["run", model.to_str().unwrap(), "--input", &x_arg, "-o", out.to_str().unwrap(), "--save-intermediates"], None);
+    let status = qc(
+        &["run", model.to_str().unwrap(), "--input", &x_arg, "-o", out.to_str().unwrap(), "--save-intermediates"],
+        None,
+    );
     assert_eq!(status.status.code(), Some(0), "{}", text(&status.stderr));
     let arrays = read_npz(std::fs::File::open(&out).unwrap()).unwrap();
     assert_eq!(arrays[0].0, "fc");

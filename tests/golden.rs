@@ -28,12 +28,21 @@ fn tolerance(first_line: &str) -> Tolerance {
 
 /// Element bits for exact comparison (dtype-aware so -0.0 ≠ 0.0 and NaN payloads count).
 fn bits(t: &Tensor) -> Vec<u64> {
-    qc::interp::io::le_bytes(t).chunks(t.dtype().size_bytes()).map(|c| c.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b))).collect()
+    qc::interp::io::le_bytes(t)
+        .chunks(t.dtype().size_bytes())
+        .map(|c| c.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+        .collect()
 }
 
 fn compare(case: &str, name: &str, actual: &Tensor, expected: &Tensor, tol: &Tolerance) -> Result<(), String> {
     if actual.dtype() != expected.dtype() || actual.shape() != expected.shape() {
-        return Err(format!("{case}/{name}: got {} {:?}, expected {} {:?}", actual.dtype(), actual.shape(), expected.dtype(), expected.shape()));
+        return Err(format!(
+            "{case}/{name}: got {} {:?}, expected {} {:?}",
+            actual.dtype(),
+            actual.shape(),
+            expected.dtype(),
+            expected.shape()
+        ));
     }
     match tol {
         Tolerance::Exact => {
@@ -41,15 +50,26 @@ fn compare(case: &str, name: &str, actual: &Tensor, expected: &Tensor, tol: &Tol
             if let Some(i) = (0..a.len()).find(|&i| a[i] != e[i]) {
                 let (av, ev) = (actual.to_f64_array(), expected.to_f64_array());
                 let (av, ev) = (av.iter().nth(i).copied(), ev.iter().nth(i).copied());
-                return Err(format!("{case}/{name}: element {i} differs: got {av:?}, expected {ev:?} (bits {:#x} vs {:#x})", a[i], e[i]));
+                return Err(format!(
+                    "{case}/{name}: element {i} differs: got {av:?}, expected {ev:?} (bits {:#x} vs {:#x})",
+                    a[i], e[i]
+                ));
             }
         }
         Tolerance::Close { atol, rtol } => {
             let (a, e) = (actual.to_f64_array(), expected.to_f64_array());
             for (i, (&x, &y)) in a.iter().zip(e.iter()).enumerate() {
-                let ok = if y.is_nan() { x.is_nan() } else if y.is_infinite() { x == y } else { (x - y).abs() <= atol + rtol * y.abs() };
+                let ok = if y.is_nan() {
+                    x.is_nan()
+                } else if y.is_infinite() {
+                    x == y
+                } else {
+                    (x - y).abs() <= atol + rtol * y.abs()
+                };
                 if !ok {
-                    return Err(format!("{case}/{name}: element {i}: got {x:e}, expected {y:e} (atol {atol:e}, rtol {rtol:e})"));
+                    return Err(format!(
+                        "{case}/{name}: element {i}: got {x:e}, expected {y:e} (atol {atol:e}, rtol {rtol:e})"
+                    ));
                 }
             }
         }
@@ -60,7 +80,12 @@ fn compare(case: &str, name: &str, actual: &Tensor, expected: &Tensor, tol: &Tol
 #[test]
 fn interpreter_matches_pytorch() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "qir")).collect();
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "qir"))
+        .collect();
     cases.sort();
     assert!(cases.len() >= 60, "expected the golden fixtures to be present");
     let mut failures = Vec::new();
@@ -71,7 +96,11 @@ fn interpreter_matches_pytorch() {
         let module = parse_module(&source, Some(&dir)).unwrap_or_else(|e| panic!("{case}: {e:?}"));
         let data = WeightFile::open(&path.with_extension("safetensors")).unwrap();
         let graph = &module.graphs[0];
-        let inputs = data.keys().into_iter().filter_map(|k| Some((k.strip_prefix("input.")?.to_string(), data.tensor(k).unwrap()))).collect();
+        let inputs = data
+            .keys()
+            .into_iter()
+            .filter_map(|k| Some((k.strip_prefix("input.")?.to_string(), data.tensor(k).unwrap())))
+            .collect();
         let bound = bind_inputs(graph, inputs).unwrap_or_else(|d| panic!("{case}: {}", d.message));
         let result = match run_graph(&module, graph, bound, &RunOptions::default(), None) {
             Ok(r) => r,

@@ -65,7 +65,9 @@ fn every_registered_pass_has_cases() {
     for pass in PASSES {
         let dir = root.join(pass.name);
         let cases = std::fs::read_dir(&dir)
-            .map(|entries| entries.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "qir")).count())
+            .map(|entries| {
+                entries.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "qir")).count()
+            })
             .unwrap_or(0);
         assert!(cases > 0, "pass `{}` has no snapshot cases in {}", pass.name, dir.display());
     }

@@ -42,7 +42,8 @@ fn mutate(source: &str, rng: &mut Rng) -> Vec<u8> {
             2 | 3 => {
                 // Delete or duplicate one whitespace-delimited token.
                 let text = String::from_utf8_lossy(&bytes).into_owned();
-                let tokens: Vec<(usize, &str)> = text.split_whitespace().map(|t| (t.as_ptr() as usize - text.as_ptr() as usize, t)).collect();
+                let tokens: Vec<(usize, &str)> =
+                    text.split_whitespace().map(|t| (t.as_ptr() as usize - text.as_ptr() as usize, t)).collect();
                 if tokens.is_empty() {
                     continue;
                 }
@@ -100,7 +101,8 @@ fn mutations_never_panic() {
             // Non-UTF-8 input is rejected by the driver before the front end sees it.
             let Ok(text) = String::from_utf8(bytes) else { continue };
             total += 1;
-            let outcome = catch_unwind(AssertUnwindSafe(|| compile(&text, Some(dir), &passes, &inst, &mut String::new())));
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| compile(&text, Some(dir), &passes, &inst, &mut String::new())));
             match outcome {
                 Err(_) => panic!("mutant {i} of {} panicked:\n{text}", path.display()),
                 Ok(Ok(_)) => compiled += 1,

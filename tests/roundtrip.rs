@@ -49,8 +49,11 @@ fn printing_is_a_fixed_point() {
 }
 
 #[test]
+// The literals are PT2E-style printed f32 values; their extra digits are the point.
+#[allow(clippy::excessive_precision)]
 fn floats_round_trip_bit_exactly() {
-    let values: [f32; 10] = [0.1, 1e-45, -0.0, 3.4028235e38, 1.17549435e-38, 0.028216300532221794, 7.0, 1e20, 123456.79, -2.5e-7];
+    let values: [f32; 10] =
+        [0.1, 1e-45, -0.0, 3.4028235e38, 1.17549435e-38, 0.028216300532221794, 7.0, 1e20, 123456.79, -2.5e-7];
     let literal = values.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ");
     let source = format!(
         "module {{\n  func @f(%x: f32[10]) -> f32[10] {{\n    %c = const {{value = [{literal}]}} : f32[10]\n    %y = add(%x, %c) : f32[10]\n    return %y\n  }}\n}}\n"

@@ -37,7 +37,12 @@ fn run(module: &Module) -> Vec<(String, Arc<Tensor>)> {
 
 #[test]
 fn every_example_runs() {
-    for name in ["small_cnn.qir", "resnet_basic_block.qir", "mobilenetv2_inverted_residual.qir", "transformer_encoder_block.qir"] {
+    for name in [
+        "small_cnn.qir",
+        "resnet_basic_block.qir",
+        "mobilenetv2_inverted_residual.qir",
+        "transformer_encoder_block.qir",
+    ] {
         let module = example(name);
         let outputs = run(&module);
         let graph = &module.graphs[0];
@@ -68,7 +73,8 @@ fn results_do_not_depend_on_the_thread_count() {
 fn intermediates_are_kept_on_request() {
     let module = example("small_cnn.qir");
     let graph = &module.graphs[0];
-    let result = run_graph(&module, graph, inputs_for(&module), &RunOptions { keep_intermediates: true }, None).unwrap();
+    let result =
+        run_graph(&module, graph, inputs_for(&module), &RunOptions { keep_intermediates: true }, None).unwrap();
     assert_eq!(result.intermediates.len(), graph.num_ops());
     assert!(result.intermediates.iter().any(|(n, _)| n == "bn1"));
 }
@@ -76,9 +82,15 @@ fn intermediates_are_kept_on_request() {
 #[test]
 fn npy_and_npz_round_trip_every_dtype() {
     let tensors = vec![
-        ("f32".to_string(), Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.5, -1.0, f32::NAN, 3.0, -0.0, 1e-30]).unwrap())),
+        (
+            "f32".to_string(),
+            Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.5, -1.0, f32::NAN, 3.0, -0.0, 1e-30]).unwrap()),
+        ),
         ("f64".to_string(), Tensor::F64(ArrayD::from_shape_vec(IxDyn(&[3]), vec![0.1, 0.2, 0.3]).unwrap())),
-        ("f16".to_string(), Tensor::F16(ArrayD::from_shape_vec(IxDyn(&[2]), vec![half::f16::from_f32(0.5), half::f16::MAX]).unwrap())),
+        (
+            "f16".to_string(),
+            Tensor::F16(ArrayD::from_shape_vec(IxDyn(&[2]), vec![half::f16::from_f32(0.5), half::f16::MAX]).unwrap()),
+        ),
         ("i8".to_string(), Tensor::I8(ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![-128, 127]).unwrap())),
         ("u8".to_string(), Tensor::U8(ArrayD::from_shape_vec(IxDyn(&[]), vec![255]).unwrap())),
         ("i64".to_string(), Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![i64::MIN, 7]).unwrap())),
@@ -117,7 +129,9 @@ fn bad_tensor_files_are_errors() {
 fn wrong_inputs_are_diagnostics() {
     let module = example("small_cnn.qir");
     let graph = &module.graphs[0];
-    let bind = |name: &str, t: Tensor| bind_inputs(graph, [(name.to_string(), t)].into_iter().collect()).map(|_| ()).unwrap_err();
+    let bind = |name: &str, t: Tensor| {
+        bind_inputs(graph, [(name.to_string(), t)].into_iter().collect()).map(|_| ()).unwrap_err()
+    };
     let wrong_shape = bind("x", Tensor::F32(ArrayD::zeros(IxDyn(&[1, 3, 32, 31]))));
     assert!(wrong_shape.message.contains("input `%x`") && wrong_shape.primary.is_some(), "{}", wrong_shape.message);
     let wrong_dtype = bind("x", Tensor::F64(ArrayD::zeros(IxDyn(&[1, 3, 32, 32]))));
@@ -128,7 +142,10 @@ fn wrong_inputs_are_diagnostics() {
     // A runtime kernel error (an embedding index out of range) names the op.
     let source = "module {\n  func @f(%w: f32[4,2], %i: i64[2]) -> f32[2,2] {\n    %e = embedding(%w, %i) : f32[2,2]\n    return %e\n  }\n}\n";
     let m = parse_module(source, None).unwrap();
-    let inputs = vec![Tensor::F32(ArrayD::zeros(IxDyn(&[4, 2]))), Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1, 9]).unwrap())];
+    let inputs = vec![
+        Tensor::F32(ArrayD::zeros(IxDyn(&[4, 2]))),
+        Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1, 9]).unwrap()),
+    ];
     let err = run_graph(&m, &m.graphs[0], inputs, &RunOptions::default(), None).err().unwrap();
     assert!(err.message.contains("index 9 is out of range"), "{}", err.message);
 }

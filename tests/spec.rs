@@ -30,7 +30,8 @@ fn spec_examples_compile() {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         for block in blocks(&text, "qir") {
-            let module = parse_module(block, Some(&dir)).unwrap_or_else(|e| panic!("{}: block does not compile: {e:?}\n{block}", path.display()));
+            let module = parse_module(block, Some(&dir))
+                .unwrap_or_else(|e| panic!("{}: block does not compile: {e:?}\n{block}", path.display()));
             let printed = print_module(&module);
             let again = print_module(&parse_module(&printed, Some(&dir)).unwrap());
             assert_eq!(printed, again, "{}: not a printer fixed point", path.display());

@@ -103,7 +103,13 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
         return Ok(());
     };
     let mut named: Vec<(String, &Tensor)> = result.outputs.iter().map(|(n, t)| (n.clone(), &**t)).collect();
-    named.extend(result.intermediates.iter().filter(|(n, _)| !result.outputs.iter().any(|(o, _)| o == n)).map(|(n, t)| (n.clone(), &**t)));
+    named.extend(
+        result
+            .intermediates
+            .iter()
+            .filter(|(n, _)| !result.outputs.iter().any(|(o, _)| o == n))
+            .map(|(n, t)| (n.clone(), &**t)),
+    );
     let bytes = match path.extension().and_then(|e| e.to_str()) {
         Some("npy") if named.len() == 1 => write_npy(named[0].1),
         Some("npy") => return Err(Failure::Usage(format!("{} values to write: use a .npz file", named.len()))),
@@ -134,11 +140,21 @@ fn load_input(spec: &str) -> Result<Vec<(String, Tensor)>, Failure> {
     };
     let tensors = read_tensors(Path::new(path))?;
     let tensor = match key {
-        Some(k) => tensors.into_iter().find(|(n, _)| n == k).map(|(_, t)| t).ok_or_else(|| format!("{path} has no array `{k}`"))?,
-        None if tensors.len() == 1 => tensors.into_iter().next().map(|(_, t)| t).ok_or_else(|| format!("{path} is empty"))?,
+        Some(k) => tensors
+            .into_iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, t)| t)
+            .ok_or_else(|| format!("{path} has no array `{k}`"))?,
+        None if tensors.len() == 1 => {
+            tensors.into_iter().next().map(|(_, t)| t).ok_or_else(|| format!("{path} is empty"))?
+        }
         None => {
             let names: Vec<String> = tensors.into_iter().map(|(n, _)| n).collect();
-            return Err(Failure::Usage(format!("{path} holds {} arrays ({}): pick one with {name}={path}:ARRAY", names.len(), names.join(", "))));
+            return Err(Failure::Usage(format!(
+                "{path} holds {} arrays ({}): pick one with {name}={path}:ARRAY",
+                names.len(),
+                names.join(", ")
+            )));
         }
     };
     Ok(vec![(name.to_string(), tensor)])

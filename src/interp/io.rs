@@ -67,13 +67,15 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, String> {
         Ok(rest.strip_prefix(':').ok_or("malformed .npy header")?.trim_start())
     };
     let descr_text = field("descr")?;
-    let descr = descr_text.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or("malformed 'descr' in .npy header")?;
+    let descr =
+        descr_text.strip_prefix('\'').and_then(|d| d.split('\'').next()).ok_or("malformed 'descr' in .npy header")?;
     let dtype = dtype_of_descr(descr).ok_or_else(|| format!("unsupported .npy element type '{descr}'"))?;
     if field("fortran_order")?.starts_with("True") {
         return Err("Fortran-ordered .npy arrays are not supported; save with np.ascontiguousarray".into());
     }
     let shape_text = field("shape")?;
-    let inner = shape_text.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape' in .npy header")?;
+    let inner =
+        shape_text.strip_prefix('(').and_then(|s| s.split(')').next()).ok_or("malformed 'shape' in .npy header")?;
     let shape = inner
         .split(',')
         .map(str::trim)
@@ -81,7 +83,8 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, String> {
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension '{s}' in .npy shape")))
         .collect::<Result<Vec<_>, _>>()?;
     let data = &bytes[start + header_len..];
-    let expected = shape.iter().try_fold(dtype.size_bytes(), |acc, &d| acc.checked_mul(d)).ok_or("the .npy shape is too large")?;
+    let expected =
+        shape.iter().try_fold(dtype.size_bytes(), |acc, &d| acc.checked_mul(d)).ok_or("the .npy shape is too large")?;
     if data.len() < expected {
         return Err(format!("truncated .npy data: {} bytes for shape {shape:?}, expected {expected}", data.len()));
     }

@@ -56,7 +56,9 @@ pub fn bind_inputs(graph: &Graph, mut inputs: FxHashMap<String, Tensor>) -> Resu
                 .at(graph.value(v).span, format!("expects {ty}"))
                 .help(format!("pass it with `--input {name}=FILE.npy`")));
         };
-        check_input(ty, &t).map_err(|m| Diag::error(format!("input `%{name}`: {m}")).at(graph.value(v).span, format!("declared {ty}")))?;
+        check_input(ty, &t).map_err(|m| {
+            Diag::error(format!("input `%{name}`: {m}")).at(graph.value(v).span, format!("declared {ty}"))
+        })?;
         bound.push(t);
     }
     Ok(bound)
@@ -117,7 +119,8 @@ pub fn run_graph(
             }
         }
         for (r, (t, ty)) in data.results().zip(results.into_iter().zip(&result_types)) {
-            check_input(ty, &t).map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
+            check_input(ty, &t)
+                .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
             let t = Arc::new(t);
             if options.keep_intermediates {
                 intermediates.push((graph.value_name(r).to_string(), Arc::clone(&t)));

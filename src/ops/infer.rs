@@ -622,7 +622,8 @@ pub fn reshape(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     if let Some(bad) = target.iter().find(|&&d| d < -1) {
         return Err(format!("invalid dimension {bad} in `shape`"));
     }
-    let known = target.iter().filter(|&&d| d >= 0).try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or(OVERFLOW)?;
+    let known =
+        target.iter().filter(|&&d| d >= 0).try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or(OVERFLOW)?;
     let total = x.num_elements();
     let shape = target
         .iter()

@@ -155,7 +155,10 @@ pub trait AttrAccess {
         self.attr(name).and_then(Attr::as_bool).ok_or_else(|| format!("missing bool attribute `{name}`"))
     }
     fn string(&self, name: &str) -> Result<String, String> {
-        self.attr(name).and_then(Attr::as_str).map(str::to_string).ok_or_else(|| format!("missing string attribute `{name}`"))
+        self.attr(name)
+            .and_then(Attr::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| format!("missing string attribute `{name}`"))
     }
 }
 

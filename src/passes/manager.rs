@@ -61,10 +61,10 @@ pub fn run_pipeline(
                 return Err(out);
             }
         }
-        let wanted = inst.print_after_all || inst.print_after.iter().any(|p| p == pass.name);
-        if wanted && (changed || !inst.print_after_change)
-            || (inst.print_after_change && changed && !wanted && inst.print_after.is_empty())
-        {
+        let listed = inst.print_after_all || inst.print_after.iter().any(|p| p == pass.name);
+        // `--print-ir-after-change` alone means: after every pass that changed something.
+        let selected = listed || (inst.print_after_change && !inst.print_after_all && inst.print_after.is_empty());
+        if selected && (changed || !inst.print_after_change) {
             dump_header(dumps, "After", pass.name);
             write_module(dumps, module);
         }

@@ -41,21 +41,24 @@ pub fn float_to_int(v: f32, dtype: DType) -> i64 {
     v as i64
 }
 
+/// What `calculate_qparams` needs to know about the target quantization.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct QRange {
+    pub qmin: i64,
+    pub qmax: i64,
+    pub qscheme: QScheme,
+    pub dtype: DType,
+    /// The smallest scale (PT2E's observers use 2^-12; PyTorch's default is f32 epsilon).
+    pub eps: f32,
+    /// Whether `qmin`/`qmax` were given explicitly (true for every spec a quantizer builds); it
+    /// only changes the uint8 symmetric zero point.
+    pub customized_range: bool,
+}
+
 /// The scale and zero point PyTorch's `_calculate_qparams` derives from an observed range,
 /// in float32 throughout.
-///
-/// `customized_range` says whether `qmin`/`qmax` were given explicitly (true for every spec a
-/// quantizer builds); it only changes the uint8 symmetric zero point.
-pub fn calculate_qparams(
-    min_val: f32,
-    max_val: f32,
-    qmin: i64,
-    qmax: i64,
-    qscheme: QScheme,
-    dtype: DType,
-    eps: f32,
-    customized_range: bool,
-) -> (f32, i64) {
+pub fn calculate_qparams(min_val: f32, max_val: f32, range: &QRange) -> (f32, i64) {
+    let QRange { qmin, qmax, qscheme, dtype, eps, customized_range } = *range;
     if min_val == f32::INFINITY && max_val == f32::NEG_INFINITY {
         return (1.0, 0);
     }
@@ -88,6 +91,10 @@ pub fn calculate_qparams(
 mod tests {
     use super::*;
 
+    fn range(qmin: i64, qmax: i64, qscheme: QScheme, dtype: DType, eps: f32, customized_range: bool) -> QRange {
+        QRange { qmin, qmax, qscheme, dtype, eps, customized_range }
+    }
+
     #[test]
     fn reciprocal_multiply_differs_from_division_at_ties() {
         // pytorch/pytorch#139464: 757.5 / 15 rounds to 50, but x · fl32(1/15) rounds to 51.
@@ -109,23 +116,42 @@ mod tests {
     #[test]
     fn symmetric_divisors_and_uint8_zero_point() {
         // pt2e.md §2.2: [-1, 2.55] int8 [-128,127] symmetric → 2.55/127.5 = 0.02.
-        let (s, zp) = calculate_qparams(-1.0, 2.55, -128, 127, QScheme::PerTensorSymmetric, DType::I8, f32::EPSILON, true);
+        let (s, zp) = calculate_qparams(
+            -1.0,
+            2.55,
+            &range(-128, 127, QScheme::PerTensorSymmetric, DType::I8, f32::EPSILON, true),
+        );
         assert_eq!((s, zp), (2.55f32 / 127.5, 0));
-        let (s, _) = calculate_qparams(-1.0, 2.54, -127, 127, QScheme::PerTensorSymmetric, DType::I8, 2f32.powi(-12), true);
+        let (s, _) = calculate_qparams(
+            -1.0,
+            2.54,
+            &range(-127, 127, QScheme::PerTensorSymmetric, DType::I8, 2f32.powi(-12), true),
+        );
         assert_eq!(s, 2.54f32 / 127.0);
-        let (_, zp) = calculate_qparams(-1.0, 2.55, 0, 255, QScheme::PerTensorSymmetric, DType::U8, f32::EPSILON, false);
+        let (_, zp) =
+            calculate_qparams(-1.0, 2.55, &range(0, 255, QScheme::PerTensorSymmetric, DType::U8, f32::EPSILON, false));
         assert_eq!(zp, 128);
-        let (s, zp) = calculate_qparams(-1.0, 2.55, 0, 127, QScheme::PerTensorSymmetric, DType::U8, f32::EPSILON, true);
+        let (s, zp) =
+            calculate_qparams(-1.0, 2.55, &range(0, 127, QScheme::PerTensorSymmetric, DType::U8, f32::EPSILON, true));
         assert_eq!((s, zp), (2.55f32 / 63.5, 63));
     }
 
     #[test]
     fn affine_zero_point_and_eps() {
-        let (s, zp) = calculate_qparams(-1.0, 3.0, -128, 127, QScheme::PerTensorAffine, DType::I8, 2f32.powi(-12), true);
+        let (s, zp) =
+            calculate_qparams(-1.0, 3.0, &range(-128, 127, QScheme::PerTensorAffine, DType::I8, 2f32.powi(-12), true));
         assert_eq!(s, 4.0f32 / 255.0);
         assert_eq!(zp, -128 - (-1.0f32 / s).round_ties_even() as i64);
-        let (s, zp) = calculate_qparams(0.0, 0.0, -128, 127, QScheme::PerTensorAffine, DType::I8, 2f32.powi(-12), true);
+        let (s, zp) =
+            calculate_qparams(0.0, 0.0, &range(-128, 127, QScheme::PerTensorAffine, DType::I8, 2f32.powi(-12), true));
         assert_eq!((s, zp), (2f32.powi(-12), -128));
-        assert_eq!(calculate_qparams(f32::INFINITY, f32::NEG_INFINITY, 0, 255, QScheme::PerTensorAffine, DType::U8, 1e-5, true), (1.0, 0));
+        assert_eq!(
+            calculate_qparams(
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                &range(0, 255, QScheme::PerTensorAffine, DType::U8, 1e-5, true)
+            ),
+            (1.0, 0)
+        );
     }
 }

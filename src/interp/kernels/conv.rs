@@ -121,7 +121,18 @@ pub fn conv2d_impl<T: GemmScalar>(
 
 /// Unfolds one group's input planes into `[C/g·kh·kw, OH·OW]` columns (zeros for padding).
 #[allow(clippy::too_many_arguments)]
-fn im2col<T: GemmScalar>(x: &[T], c: usize, h: usize, w: usize, kh: usize, kw: usize, oh: usize, ow: usize, g: &Geometry, col: &mut [T]) {
+fn im2col<T: GemmScalar>(
+    x: &[T],
+    c: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    g: &Geometry,
+    col: &mut [T],
+) {
     let plane = oh * ow;
     for ch in 0..c {
         for ki in 0..kh {
@@ -196,7 +207,8 @@ fn conv_transpose2d_impl<T: GemmScalar>(
         for grp in 0..groups {
             // cols[og·kh·kw, H·W] = W_gᵀ [og·kh·kw, cg] · X_g [cg, H·W]
             let wg = Mat::row_major(&ws[grp * cg * kdim..(grp + 1) * cg * kdim], cg, kdim).t();
-            let xg = Mat::row_major(&xs[(b * cin + grp * cg) * h * wd..(b * cin + (grp + 1) * cg) * h * wd], cg, h * wd);
+            let xg =
+                Mat::row_major(&xs[(b * cin + grp * cg) * h * wd..(b * cin + (grp + 1) * cg) * h * wd], cg, h * wd);
             gemm_into(&mut cols, wg, xg, false)?;
             let dst = &mut out[(b * o + grp * og) * oh * ow..(b * o + (grp + 1) * og) * oh * ow];
             for oc in 0..og {
@@ -211,7 +223,8 @@ fn conv_transpose2d_impl<T: GemmScalar>(
                             for ix in 0..wd {
                                 let xo = (ix * g.stride[1] + kj * g.dilation[1]) as isize - g.padding[1] as isize;
                                 if xo >= 0 && xo < ow as isize {
-                                    dst[(oc * oh + y as usize) * ow + xo as usize] = dst[(oc * oh + y as usize) * ow + xo as usize] + row[iy * wd + ix];
+                                    dst[(oc * oh + y as usize) * ow + xo as usize] =
+                                        dst[(oc * oh + y as usize) * ow + xo as usize] + row[iy * wd + ix];
                                 }
                             }
                         }

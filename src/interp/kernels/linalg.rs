@@ -32,11 +32,19 @@ impl<'a, T> Mat<'a, T> {
 
     /// The transpose, as a view of the same data.
     pub fn t(self) -> Self {
-        Mat { data: self.data, rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride }
+        Mat {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
     }
 
     fn fits(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride < self.data.len()
     }
 }
 
@@ -90,13 +98,17 @@ pub fn linear(cx: &KernelCx<'_>) -> KernelResult {
     let bias = cx.opt_input(2);
     let out_dtype = cx.out_dtype(0);
     let result = float_zip!(x, w, out_dtype, |xa, wa: T| {
-        let bias = bias.map(|b| super::float_array_as::<T>(b)).transpose()?;
+        let bias = bias.map(super::float_array_as::<T>).transpose()?;
         linear_impl(xa, wa, bias.as_ref().map(|b| b.view()))?
     })?;
     Ok(vec![result])
 }
 
-fn linear_impl<T: GemmScalar>(x: ArrayViewD<'_, T>, w: ArrayViewD<'_, T>, bias: Option<ArrayViewD<'_, T>>) -> Result<ArrayD<T>, String> {
+fn linear_impl<T: GemmScalar>(
+    x: ArrayViewD<'_, T>,
+    w: ArrayViewD<'_, T>,
+    bias: Option<ArrayViewD<'_, T>>,
+) -> Result<ArrayD<T>, String> {
     let in_features = *x.shape().last().ok_or("linear needs a non-scalar input")?;
     let vector_weight = w.ndim() == 1;
     let out_features = if vector_weight { 1 } else { w.shape()[0] };
@@ -112,7 +124,12 @@ fn linear_impl<T: GemmScalar>(x: ArrayViewD<'_, T>, w: ArrayViewD<'_, T>, bias: 
             row.iter_mut().zip(b.iter()).for_each(|(o, &v)| *o = v);
         }
     }
-    gemm_into(&mut out, Mat::row_major(xs, rows, in_features), Mat::row_major(ws, out_features, in_features).t(), accumulate)?;
+    gemm_into(
+        &mut out,
+        Mat::row_major(xs, rows, in_features),
+        Mat::row_major(ws, out_features, in_features).t(),
+        accumulate,
+    )?;
     let mut shape = x.shape()[..x.ndim() - 1].to_vec();
     if !vector_weight {
         shape.push(out_features);
@@ -176,7 +193,8 @@ pub fn addmm(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![float_zip!(cx.input(1), cx.input(2), out_dtype, |a, b: T| {
         let input = super::float_array_as::<T>(bias)?;
         let product = matmul_impl(a, b)?;
-        let input = input.broadcast(IxDyn(product.shape())).ok_or("`input` does not broadcast to the product")?.to_owned();
+        let input =
+            input.broadcast(IxDyn(product.shape())).ok_or("`input` does not broadcast to the product")?.to_owned();
         let (beta, alpha) = (beta as T, alpha as T);
         let mut out = product;
         out.zip_mut_with(&input, |p, &c| {

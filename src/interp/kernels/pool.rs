@@ -32,15 +32,12 @@ fn window(cx: &KernelCx<'_>, dilation: [usize; 2]) -> Result<Window, String> {
 
 /// Applies `f(planes, h, w, oh, ow)` to the data viewed as `[planes, H, W]` and reshapes the
 /// `[planes, OH, OW]` result back to the input's leading dims.
-fn over_planes<T: Copy>(
+fn over_planes<T: Copy + Default>(
     a: ArrayViewD<'_, T>,
     oh: usize,
     ow: usize,
     f: impl Fn(&[T], usize, usize, &mut [T]),
-) -> Result<ArrayD<T>, String>
-where
-    T: Default,
-{
+) -> Result<ArrayD<T>, String> {
     let shape = a.shape().to_vec();
     let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
     let a = a.as_standard_layout();

@@ -7,7 +7,7 @@ use super::{as_f32, dim, from_f32, round_to, KernelCx, KernelResult};
 use crate::ir::quant::QScheme;
 use crate::ir::DType;
 use crate::ops::AttrAccess;
-use crate::quant::{calculate_qparams, dequantize_value, float_to_int, inv_scale, quantize_value};
+use crate::quant::{calculate_qparams, dequantize_value, float_to_int, inv_scale, quantize_value, QRange};
 use crate::tensor::Tensor;
 
 /// Float32 values (already rounded and clamped) → a tensor of the quantized `dtype`.
@@ -138,8 +138,15 @@ pub fn choose_qparams(cx: &KernelCx<'_>) -> KernelResult {
     }
     let (lo, hi) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let scheme = if cx.boolean("symmetric")? { QScheme::PerTensorSymmetric } else { QScheme::PerTensorAffine };
-    let (scale, zero_point) =
-        calculate_qparams(lo, hi, cx.int("qmin")?, cx.int("qmax")?, scheme, cx.dtype("dtype")?, cx.float("eps")? as f32, false);
+    let range = QRange {
+        qmin: cx.int("qmin")?,
+        qmax: cx.int("qmax")?,
+        qscheme: scheme,
+        dtype: cx.dtype("dtype")?,
+        eps: cx.float("eps")? as f32,
+        customized_range: false,
+    };
+    let (scale, zero_point) = calculate_qparams(lo, hi, &range);
     Ok(vec![
         Tensor::F64(ArrayD::from_elem(IxDyn(&[1]), f64::from(scale))),
         Tensor::I64(ArrayD::from_elem(IxDyn(&[1]), zero_point)),

@@ -46,13 +46,21 @@ pub fn log_softmax(cx: &KernelCx<'_>) -> KernelResult {
 /// remaining indices valid.
 fn reduced_axes(cx: &KernelCx<'_>, rank: usize) -> Result<Vec<usize>, String> {
     let dims = cx.ints("dim")?;
-    let mut axes = if dims.is_empty() { (0..rank).collect() } else { dims.iter().map(|&d| dim(d, rank)).collect::<Result<Vec<_>, _>>()? };
+    let mut axes = if dims.is_empty() {
+        (0..rank).collect()
+    } else {
+        dims.iter().map(|&d| dim(d, rank)).collect::<Result<Vec<_>, _>>()?
+    };
     axes.sort_unstable_by(|a, b| b.cmp(a));
     axes.dedup();
     Ok(axes)
 }
 
-fn sum_axes<T: Clone + num_traits::Zero + std::ops::Add<Output = T>>(a: ArrayViewD<'_, T>, axes: &[usize], keepdim: bool) -> ArrayD<T> {
+fn sum_axes<T: Clone + num_traits::Zero + std::ops::Add<Output = T>>(
+    a: ArrayViewD<'_, T>,
+    axes: &[usize],
+    keepdim: bool,
+) -> ArrayD<T> {
     let mut out = a.to_owned();
     for &axis in axes {
         out = out.sum_axis(Axis(axis));

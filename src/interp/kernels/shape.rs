@@ -27,7 +27,9 @@ struct Reshape(Vec<usize>);
 impl LayoutFn for Reshape {
     fn apply<T: Clone>(&self, a: &ArrayD<T>) -> Result<ArrayD<T>, String> {
         let v = a.as_standard_layout();
-        v.to_shape(IxDyn(&self.0)).map(|c| c.into_owned()).map_err(|e| format!("cannot reshape {:?} to {:?}: {e}", a.shape(), self.0))
+        v.to_shape(IxDyn(&self.0))
+            .map(|c| c.into_owned())
+            .map_err(|e| format!("cannot reshape {:?} to {:?}: {e}", a.shape(), self.0))
     }
 }
 
@@ -133,7 +135,8 @@ pub fn unsqueeze(cx: &KernelCx<'_>) -> KernelResult {
 struct Expand(Vec<usize>);
 impl LayoutFn for Expand {
     fn apply<T: Clone>(&self, a: &ArrayD<T>) -> Result<ArrayD<T>, String> {
-        let view = a.broadcast(IxDyn(&self.0)).ok_or_else(|| format!("cannot expand {:?} to {:?}", a.shape(), self.0))?;
+        let view =
+            a.broadcast(IxDyn(&self.0)).ok_or_else(|| format!("cannot expand {:?} to {:?}", a.shape(), self.0))?;
         Ok(view.as_standard_layout().into_owned())
     }
 }
@@ -200,7 +203,12 @@ pub fn embedding(cx: &KernelCx<'_>) -> KernelResult {
     };
     let rows = indices
         .iter()
-        .map(|&i| usize::try_from(i).ok().filter(|&r| r < vocab).ok_or_else(|| format!("index {i} is out of range for {vocab} rows")))
+        .map(|&i| {
+            usize::try_from(i)
+                .ok()
+                .filter(|&r| r < vocab)
+                .ok_or_else(|| format!("index {i} is out of range for {vocab} rows"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut shape = idx.shape().to_vec();
     shape.push(w.shape()[1]);
