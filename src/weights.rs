@@ -139,3 +139,107 @@ pub fn decode(dtype: DType, shape: &[usize], bytes: &[u8]) -> Option<Tensor> {
         DType::Bool => Tensor::Bool(arr(shape, bytes, |b: [u8; 1]| b[0] != 0)?),
     })
 }
+
+/// What a module's `weight` ops can read: tensors created by passes, then the weights file.
+#[derive(Copy, Clone)]
+pub struct Weights<'a> {
+    pub file: Option<&'a WeightFile>,
+    pub created: &'a std::collections::BTreeMap<String, std::sync::Arc<Tensor>>,
+}
+
+impl Weights<'_> {
+    /// The type stored under `key`: `Ok(None)` when nothing has that key, `Err` with the
+    /// safetensors dtype name when QIR cannot represent it.
+    pub fn tensor_type(&self, key: &str) -> Result<Option<TensorType>, String> {
+        if let Some(t) = self.created.get(key) {
+            let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
+            return Ok(Some(TensorType::fixed(t.dtype(), &shape)));
+        }
+        match self.file.and_then(|f| f.info(key)) {
+            None => Ok(None),
+            Some(info) => info.dtype.clone().map(|_| info.tensor_type()),
+        }
+    }
+
+    pub fn tensor(&self, key: &str) -> Result<Tensor, String> {
+        if let Some(t) = self.created.get(key) {
+            return Ok((**t).clone());
+        }
+        self.file.ok_or("the module has no weights file")?.tensor(key)
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.created.keys().map(String::as_str).collect();
+        if let Some(f) = self.file {
+            keys.extend(f.keys().into_iter().filter(|k| !self.created.contains_key(*k)));
+        }
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The safetensors image holding `keys` (raw bytes are copied for the file's tensors, so
+    /// unchanged weights are bit-identical).
+    pub fn to_safetensors(&self, keys: &[&str]) -> Result<Vec<u8>, String> {
+        let mut header = String::from("{");
+        let mut data: Vec<u8> = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let (dtype, shape, bytes): (DType, Vec<usize>, std::borrow::Cow<'_, [u8]>) = match self.created.get(*key) {
+                Some(t) => (t.dtype(), t.shape().to_vec(), crate::interp::io::le_bytes(t).into()),
+                None => {
+                    let file = self.file.ok_or_else(|| format!("no tensor `{key}`"))?;
+                    let info = file.info(key).ok_or_else(|| format!("no tensor `{key}` in {}", file.path.display()))?;
+                    let dtype = info.dtype.clone().map_err(|d| format!("tensor `{key}` has unsupported dtype {d}"))?;
+                    (dtype, info.shape.clone(), file.bytes(key).unwrap_or(&[]).into())
+                }
+            };
+            let start = data.len();
+            data.extend_from_slice(&bytes);
+            let name = json_escape(key);
+            header.push_str(&format!(
+                "{}\"{name}\":{{\"dtype\":\"{}\",\"shape\":{shape:?},\"data_offsets\":[{start},{}]}}",
+                if i > 0 { "," } else { "" },
+                safetensors_dtype(dtype),
+                data.len()
+            ));
+        }
+        header.push('}');
+        // Pad the header so the data is 8-byte aligned, as the safetensors writer does.
+        while header.len() % 8 != 0 {
+            header.push(' ');
+        }
+        let mut out = (header.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&data);
+        Ok(out)
+    }
+}
+
+fn safetensors_dtype(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "F32",
+        DType::F64 => "F64",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::I8 => "I8",
+        DType::U8 => "U8",
+        DType::I16 => "I16",
+        DType::I32 => "I32",
+        DType::I64 => "I64",
+        DType::Bool => "BOOL",
+    }
+}
+
+/// A JSON string body for a tensor name.
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}

@@ -177,6 +177,7 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     let mut outputs = Vec::with_capacity(cases.len());
     let mut failed = false;
     let mut all_timings: Timings = Vec::new();
+    let mut pending_weights: Option<(PathBuf, Vec<u8>)> = None;
     for case in cases {
         let file = files.add(display_name.clone(), case.clone());
         let mut dumps = String::new();
@@ -204,8 +205,36 @@ fn compile_command(cli: &CompileArgs) -> i32 {
         }
         failed |= to_report.iter().any(Diag::is_error);
         if let Some(mut module) = output {
-            if let Some(path) = &cli.output {
-                relocate_weights(&mut module, &input_dir, path);
+            let new_weights = if module.created_weights.is_empty() {
+                None
+            } else {
+                match (&cli.output, cli.split_input_file) {
+                    (Some(path), false) => match weights_image(&module) {
+                        Ok(bytes) => Some((weights_path_for(path), bytes)),
+                        Err(message) => {
+                            eprintln!("error: {message}");
+                            return 1;
+                        }
+                    },
+                    _ => {
+                        eprintln!(
+                            "error: the pipeline created {} weight tensor(s), which need a file: write the result with -o FILE (not with --split-input-file)",
+                            module.created_weights.len()
+                        );
+                        return 1;
+                    }
+                }
+            };
+            match (&new_weights, &cli.output) {
+                (Some((weights_path, _)), _) => {
+                    let name = weights_path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+                    module.weights = Some(crate::ir::graph::WeightsDecl { path: name, span: crate::diag::Span::NONE });
+                }
+                (None, Some(path)) => relocate_weights(&mut module, &input_dir, path),
+                (None, None) => {}
+            }
+            if new_weights.is_some() {
+                pending_weights = new_weights;
             }
             let mut text = String::new();
             write_module(&mut text, &module);
@@ -230,13 +259,41 @@ fn compile_command(cli: &CompileArgs) -> i32 {
             }
         }
         Some(path) => {
+            // The weights first, so the module never names a file that does not exist yet; a
+            // failure removes what was written.
+            if let Some((weights_path, bytes)) = &pending_weights {
+                if let Err(e) = write_atomically(weights_path, bytes) {
+                    eprintln!("error: cannot write {}: {e}", weights_path.display());
+                    return 1;
+                }
+            }
             if let Err(e) = write_atomically(path, text.as_bytes()) {
                 eprintln!("error: cannot write {}: {e}", path.display());
+                if let Some((weights_path, _)) = &pending_weights {
+                    let _ = std::fs::remove_file(weights_path);
+                }
                 return 1;
             }
         }
     }
     0
+}
+
+/// `out.qir` → `out.safetensors`, beside it.
+fn weights_path_for(output: &Path) -> PathBuf {
+    output.with_extension("safetensors")
+}
+
+/// The safetensors image of every tensor the module's `weight` ops read.
+fn weights_image(module: &Module) -> Result<Vec<u8>, String> {
+    let mut keys: Vec<&str> = module
+        .graphs
+        .iter()
+        .flat_map(|g| g.ops().filter(|&op| g.op(op).def().name == "weight").filter_map(move |op| g.attr(op, "key")?.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    module.weights().to_safetensors(&keys)
 }
 
 /// A successfully compiled module with what the run noticed along the way.

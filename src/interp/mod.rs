@@ -107,7 +107,7 @@ pub fn run_graph(
             inputs: &operands,
             attrs: graph.attrs_of(data.attrs),
             result_types: &result_types,
-            weights: module.weight_file.as_deref(),
+            weights: module.weights(),
         };
         let results = (def.kernel)(&cx).map_err(|m| {
             let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);

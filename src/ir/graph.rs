@@ -524,9 +524,19 @@ pub struct Module {
     pub weights: Option<WeightsDecl>,
     /// The opened weights file, when `weights` was declared and could be read.
     pub weight_file: Option<std::sync::Arc<crate::weights::WeightFile>>,
+    /// Tensors created by passes (folded or quantized weights), by key; they shadow the file's
+    /// and are written to the output's weights file.
+    pub created_weights: std::collections::BTreeMap<String, std::sync::Arc<crate::tensor::Tensor>>,
     /// Named quantization specs (`qspec @name = {...}`) that annotations refer to.
     pub qspecs: Vec<super::quant::NamedQSpec>,
     pub graphs: Vec<Graph>,
+}
+
+impl Module {
+    /// Every tensor a `weight` op can read: created ones first, then the file's.
+    pub fn weights(&self) -> crate::weights::Weights<'_> {
+        crate::weights::Weights { file: self.weight_file.as_deref(), created: &self.created_weights }
+    }
 }
 
 /// `weights "file.safetensors"`.

@@ -287,6 +287,17 @@ fn verify_weight(
 ) {
     let key = g.attr(op, "key").and_then(|a| a.as_str()).unwrap_or_default();
     let key_span = at.attr("key").map_or(at.whole, |(_, v)| v);
+    if let Some(created) = module.created_weights.get(key) {
+        let shape: Vec<u64> = created.shape().iter().map(|&d| d as u64).collect();
+        let actual = TensorType::fixed(created.dtype(), &shape);
+        if let Some(want) = declared.first().filter(|want| !actual.compatible(want)) {
+            errors.push(
+                Diag::error(format!("weight `{key}` is {actual}, but declared {want}"))
+                    .at(at.ty(0), format!("the tensor is {actual}")),
+            );
+        }
+        return;
+    }
     let Some(file) = &module.weight_file else {
         if module.weights.is_none() {
             errors.push(

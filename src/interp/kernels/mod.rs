@@ -20,7 +20,6 @@ use crate::ir::attr::Attr;
 use crate::ir::TensorType;
 use crate::ops::{AttrAccess, OpDef};
 use crate::tensor::Tensor;
-use crate::weights::WeightFile;
 
 /// What a kernel sees: operand tensors, the op's complete attributes, its declared result types.
 pub struct KernelCx<'a> {
@@ -28,7 +27,7 @@ pub struct KernelCx<'a> {
     pub inputs: &'a [&'a Tensor],
     pub attrs: &'a [Option<Attr>],
     pub result_types: &'a [TensorType],
-    pub weights: Option<&'a WeightFile>,
+    pub weights: crate::weights::Weights<'a>,
 }
 
 impl AttrAccess for KernelCx<'_> {

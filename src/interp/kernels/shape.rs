@@ -13,8 +13,7 @@ pub fn constant(cx: &KernelCx<'_>) -> KernelResult {
 
 pub fn weight(cx: &KernelCx<'_>) -> KernelResult {
     let key = cx.string("key")?;
-    let file = cx.weights.ok_or("the module has no weights file")?;
-    Ok(vec![file.tensor(&key)?])
+    Ok(vec![cx.weights.tensor(&key)?])
 }
 
 /// Identity (contiguous, dropout at inference, observers).
