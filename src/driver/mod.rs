@@ -85,6 +85,9 @@ pub struct CompileArgs {
     /// Check diagnostics against `expected-error` comments in the input instead of reporting them.
     #[arg(long)]
     pub verify_diagnostics: bool,
+    /// The quantizer `annotate` runs: `xnnpack` (default) or `xnnpack-per-tensor`.
+    #[arg(long, value_name = "NAME")]
+    pub quantizer: Option<String>,
     /// When to colour diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
@@ -181,7 +184,8 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     for case in cases {
         let file = files.add(display_name.clone(), case.clone());
         let mut dumps = String::new();
-        let result = compile(&case, Some(&input_dir), &passes, &instrumentation, &mut dumps);
+        let cx = PassContext { quantizer: cli.quantizer.clone(), ..PassContext::default() };
+        let result = compile_with(&case, Some(&input_dir), &passes, &instrumentation, cx, &mut dumps);
         if !dumps.is_empty() {
             eprint!("{dumps}");
         }
@@ -289,7 +293,9 @@ fn weights_image(module: &Module) -> Result<Vec<u8>, String> {
     let mut keys: Vec<&str> = module
         .graphs
         .iter()
-        .flat_map(|g| g.ops().filter(|&op| g.op(op).def().name == "weight").filter_map(move |op| g.attr(op, "key")?.as_str()))
+        .flat_map(|g| {
+            g.ops().filter(|&op| g.op(op).def().name == "weight").filter_map(move |op| g.attr(op, "key")?.as_str())
+        })
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -312,8 +318,19 @@ pub fn compile(
     instrumentation: &Instrumentation,
     dumps: &mut String,
 ) -> Result<Compiled, Diagnostics> {
+    compile_with(source, weights_dir, passes, instrumentation, PassContext::default(), dumps)
+}
+
+/// [`compile`] with pass options (quantizer, calibration data, …).
+pub fn compile_with(
+    source: &str,
+    weights_dir: Option<&Path>,
+    passes: &[&'static crate::passes::PassDef],
+    instrumentation: &Instrumentation,
+    mut cx: PassContext,
+    dumps: &mut String,
+) -> Result<Compiled, Diagnostics> {
     let mut module = crate::syntax::parse_module(source, weights_dir)?;
-    let mut cx = PassContext::default();
     let timings = run_pipeline(&mut module, passes, instrumentation, &mut cx, dumps)?;
     Ok(Compiled { module, warnings: cx.warnings, timings })
 }

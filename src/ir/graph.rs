@@ -484,6 +484,22 @@ impl Graph {
         self.ops[op].operands[index] = v;
     }
 
+    /// Rewrites `op` in place as another kind with new operands and attributes; its results
+    /// (names and types), location, metadata and position stay.
+    pub fn rewrite_op(&mut self, op: OpId, kind: OpKind, operands: &[ValueId], attrs: AttrsId) {
+        let old = std::mem::take(&mut self.ops[op].operands);
+        for (i, &v) in old.iter().enumerate() {
+            self.remove_use(v, Use { user: User::Op(op), index: i as u32 });
+        }
+        for (i, &v) in operands.iter().enumerate() {
+            self.values[v].uses.push(Use { user: User::Op(op), index: i as u32 });
+        }
+        let data = &mut self.ops[op];
+        data.operands = operands.into();
+        data.kind = kind;
+        data.attrs = attrs;
+    }
+
     /// Redirects every use of `from` to `to`.
     pub fn replace_all_uses(&mut self, from: ValueId, to: ValueId) {
         if from == to {

@@ -495,7 +495,7 @@ fn verify_spec_ref(module: &Module, g: &Graph, name: &str, op: OpId, spec: &Spec
             }
         }
         EdgeOrValue::Edge { value, consumer } => {
-            if !g.value(value).alive || !g.op(consumer).alive || !g.op(consumer).operands.contains(&value) {
+            if !g.value(value).alive || !g.op(consumer).alive || !reads_through_quant_ops(g, consumer, value) {
                 errors.push(
                     Diag::error(format!("the annotation of `{name}` refers to an edge that no longer exists"))
                         .at(span, "here"),
@@ -519,4 +519,33 @@ fn verify_spec_ref(module: &Module, g: &Graph, name: &str, op: OpId, spec: &Spec
             verify_spec_ref(module, g, name, op, spec, errors);
         }
     }
+}
+
+/// Whether `consumer` reads `value` directly or through the observer and quantize/dequantize
+/// ops that `prepare` and `convert` put on the edge (an annotated edge survives them).
+pub fn reads_through_quant_ops(g: &Graph, consumer: OpId, value: ValueId) -> bool {
+    const ON_EDGE: &[&str] = &[
+        "observer",
+        "quantize_per_tensor",
+        "dequantize_per_tensor",
+        "quantize_per_tensor.tensor",
+        "dequantize_per_tensor.tensor",
+        "quantize_per_channel",
+        "dequantize_per_channel",
+        "fake_quantize_per_tensor",
+        "fake_quantize_per_channel",
+    ];
+    g.op(consumer).operands.iter().any(|&operand| {
+        let mut v = operand;
+        // Each step moves to an earlier op, so the walk ends.
+        loop {
+            if v == value {
+                return true;
+            }
+            match g.producer(v) {
+                Some(p) if ON_EDGE.contains(&g.op(p).def().name) => v = g.op(p).operands[0],
+                _ => return false,
+            }
+        }
+    })
 }

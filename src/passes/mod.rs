@@ -1,8 +1,10 @@
 //! Passes: module → module rewrites, one per file, all listed in [`registry`].
 
+pub mod annotate;
 pub mod cse;
 pub mod dce;
 pub mod manager;
+pub mod prepare;
 pub mod registry;
 
 use crate::diag::Diagnostics;
@@ -13,6 +15,8 @@ use crate::ir::Module;
 pub struct PassContext {
     /// Non-fatal diagnostics (warnings) a pass wants the user to see.
     pub warnings: Diagnostics,
+    /// The quantizer `annotate` runs (`--quantizer`); `None` means the default, `xnnpack`.
+    pub quantizer: Option<String>,
 }
 
 /// A registered pass. `run` returns whether it changed the module.

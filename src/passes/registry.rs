@@ -1,9 +1,9 @@
 //! The one list of passes and named pipelines.
 
-use super::{cse, dce, PassDef};
+use super::{annotate, cse, dce, prepare, PassDef};
 
 /// Every pass, in the order `--list-passes` shows them.
-pub static PASSES: &[PassDef] = &[cse::PASS, dce::PASS];
+pub static PASSES: &[PassDef] = &[annotate::PASS, prepare::PASS, cse::PASS, dce::PASS];
 
 /// Named pipelines usable wherever a pass name is: `-p cleanup`.
 pub static PIPELINES: &[(&str, &str, &[&str])] = &[

@@ -2,6 +2,8 @@
 //! `../shared/reference/pt2e.md` §2.2 and §3): reciprocal-multiply quantization with
 //! round-half-to-even, and `calculate_qparams` from a min/max range.
 
+pub mod quantizer;
+
 use crate::ir::quant::QScheme;
 use crate::ir::DType;
 

@@ -1,0 +1,50 @@
+//! `annotate`: run a quantizer over the graph and record its decisions as annotations.
+//!
+//! The quantizer (`--quantizer`, default `xnnpack`) decides, per op, how each input edge and
+//! the output are to be quantized; the decisions become `quant[...] -> ...` clauses that
+//! `prepare` turns into observers. Specs are added to the module as named `qspec`s (`@act`,
+//! `@weight`), so the output reads like a hand-written annotation and can be edited.
+//!
+//! Quantizers: `xnnpack` (XNNPACKQuantizer, per-channel symmetric int8 weights, int8 affine
+//! activations with histogram observers) and `xnnpack-per-tensor`.
+//!
+//! Requires: a verified module. Leaves: a verified module in which the quantizer's patterns
+//! carry annotations; ops already annotated (by hand or an earlier run) are left as they are,
+//! so the pass is idempotent. Before annotating, XNNPACK's `transform_for_annotation` turns
+//! `add.scalar`/`mul.scalar` of f32 tensors into `add`/`mul` of an f32 constant.
+//!
+//! ```text
+//! %fc = linear(%x, %w) : f32[1,10]
+//! %act = relu(%fc) : f32[1,10]
+//! ```
+//! becomes
+//! ```text
+//! qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "histogram", eps = 0.000244140625}
+//! qspec @weight = {dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, observer = "per_channel_minmax", eps = 0.000244140625}
+//! %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight]
+//! %act = relu(%fc) : f32[1,10] quant[] -> @act
+//! ```
+
+use super::{PassContext, PassDef};
+use crate::diag::Diagnostics;
+use crate::ir::Module;
+use crate::quant::quantizer::{unknown_quantizer, Quantizer, SymmetricOptions};
+
+pub const PASS: PassDef =
+    PassDef { name: "annotate", description: "Record a quantizer's decisions (--quantizer) as annotations.", run };
+
+/// The quantizer named on the command line.
+pub fn quantizer_by_name(name: &str) -> Result<Quantizer, Diagnostics> {
+    match name {
+        "xnnpack" => Ok(Quantizer::xnnpack(SymmetricOptions::default())),
+        "xnnpack-per-tensor" => {
+            Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }))
+        }
+        other => Err(vec![unknown_quantizer(other)]),
+    }
+}
+
+fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
+    let quantizer = quantizer_by_name(cx.quantizer.as_deref().unwrap_or("xnnpack"))?;
+    quantizer.annotate(module)
+}

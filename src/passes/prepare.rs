@@ -1,0 +1,493 @@
+//! `prepare`: turn quantization annotations into `observer` ops, with PT2E's rules.
+//!
+//! Follows `prepare()` of PT2E (`../shared/reference/pt2e.md` §1.6):
+//! 1. Every annotated edge and output, in program order (an op's inputs in operand order, then
+//!    its output), gets its spec.
+//! 2. Specs are grouped with union-find: `shared(...)` joins its target; an input edge joins the
+//!    other users' edges and the producer's output when their specs agree on dtype, range,
+//!    qscheme, channel axis, dynamism and fixed qparams (implicit sharing; the observer kind is
+//!    not compared, as in PT2E).
+//! 3. Each group gets one observer instance, made from the spec of its first member in program
+//!    order that is not itself `shared(...)`. PT2E instead takes the very first member and
+//!    crashes when that one shares with something later (pytorch/ao#4421); qc gives the same
+//!    result wherever PT2E works and a result, not a crash, where it does not.
+//! 4. Observers are inserted: after a producer for an output spec (all users read the observer),
+//!    and before a consumer for an input edge unless the producer's output observer is the
+//!    same instance, or another consumer already observes that value with it. Two instances
+//!    meeting on one edge give two observers in a row: a requantization.
+//!
+//! Observers are `observer` ops named `activation_post_process_N` in insertion order, as PT2E
+//! names its observer modules; `instance` identifies the shared instance (ops with the same
+//! instance pool their statistics). Derived specs become `kind = "derived"` observers listing
+//! the instances they derive from; fixed specs `kind = "fixed_qparams"`.
+//!
+//! Requires: a verified, annotated module (`annotate`, or annotations written by hand).
+//! Leaves: observers on every annotated edge and output; annotations stay (convert reads
+//! them). Errors: a `shared(...)` target with no spec, a sharing cycle, a derived spec whose
+//! sources are unobserved, an observer kind that cannot do the spec's qscheme. Not idempotent:
+//! run it once.
+//!
+//! ```text
+//! %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight] -> @act
+//! ```
+//! becomes
+//! ```text
+//! %activation_post_process_0 = observer(%x) {kind = "histogram", dtype = i8, qmin = -128, qmax = 127, options = {eps = 0.000244140625}} : f32[1,16]
+//! %activation_post_process_1 = observer(%w) {kind = "per_channel_minmax", ..., instance = 1} : f32[10,16]
+//! %fc = linear(%activation_post_process_0, %activation_post_process_1) : f32[1,10] quant[@act, @weight] -> @act
+//! %activation_post_process_2 = observer(%fc) {kind = "histogram", ..., instance = 2} : f32[1,10]
+//! ```
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::{PassContext, PassDef};
+use crate::diag::{Diag, Diagnostics};
+use crate::ir::attr::{Attr, Dict};
+use crate::ir::graph::{Graph, OpId, ResultSpec, Use, User, ValueId};
+use crate::ir::quant::{EdgeOrValue, QSpec, SpecRef};
+use crate::ir::{DType, Module};
+use crate::ops::OpKind;
+
+pub const PASS: PassDef =
+    PassDef { name: "prepare", description: "Insert observers for the annotations, sharing them as PT2E does.", run };
+
+fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
+    let mut changed = false;
+    let qspecs: Vec<QSpec> = module.qspecs.iter().map(|q| q.spec.clone()).collect();
+    for graph in &mut module.graphs {
+        changed |= prepare_graph(graph, &qspecs)?;
+    }
+    Ok(changed)
+}
+
+/// A spec with named references resolved.
+#[derive(Clone, Debug, PartialEq)]
+enum Resolved {
+    None,
+    Spec(QSpec),
+    Shared(EdgeOrValue),
+    Derived { from: Vec<EdgeOrValue>, spec: QSpec },
+}
+
+fn resolve(spec: &SpecRef, qspecs: &[QSpec]) -> Resolved {
+    let plain = |s: &SpecRef| match s {
+        SpecRef::Named(i) => qspecs.get(*i).cloned(),
+        SpecRef::Inline(q) => Some(q.clone()),
+        _ => None,
+    };
+    match spec {
+        SpecRef::None => Resolved::None,
+        SpecRef::Named(_) | SpecRef::Inline(_) => plain(spec).map_or(Resolved::None, Resolved::Spec),
+        SpecRef::Shared(t) => Resolved::Shared(*t),
+        SpecRef::Derived { from, spec } => match plain(spec) {
+            Some(s) => Resolved::Derived { from: from.clone(), spec: s },
+            None => Resolved::None,
+        },
+    }
+}
+
+/// The fields implicit sharing compares (PT2E's `_has_same_attr` over dtype, is_dynamic,
+/// quant_min, quant_max, qscheme, ch_axis, scale, zero_point): a fixed spec has no `ch_axis`
+/// field and the others no `scale`, so those never match each other.
+#[derive(PartialEq)]
+struct SharingFields {
+    dtype: DType,
+    dynamic: bool,
+    qmin: i64,
+    qmax: i64,
+    qscheme: crate::ir::quant::QScheme,
+    ch_axis: Option<Option<i64>>,
+    fixed: Option<(u64, i64)>,
+}
+
+fn sharing_fields(spec: &Resolved) -> Option<SharingFields> {
+    let (s, derived) = match spec {
+        Resolved::Spec(s) => (s, false),
+        Resolved::Derived { spec, .. } => (spec, true),
+        _ => return None,
+    };
+    let fixed = if derived { None } else { s.fixed.map(|(scale, zp)| (scale.to_bits(), zp)) };
+    Some(SharingFields {
+        dtype: s.dtype,
+        dynamic: s.dynamic,
+        qmin: s.qmin,
+        qmax: s.qmax,
+        qscheme: s.qscheme,
+        ch_axis: if fixed.is_some() { None } else { Some(s.ch_axis) },
+        fixed,
+    })
+}
+
+/// Keys (edges and values) in program order with their specs, plus union-find over them.
+struct Groups {
+    keys: Vec<EdgeOrValue>,
+    specs: Vec<Resolved>,
+    index: FxHashMap<EdgeOrValue, usize>,
+    parent: Vec<usize>,
+}
+
+impl Groups {
+    fn insert(&mut self, key: EdgeOrValue, spec: Resolved) {
+        match self.index.get(&key) {
+            // A value read twice by one op: the later entry wins, in the earlier position.
+            Some(&i) => self.specs[i] = spec,
+            None => {
+                self.index.insert(key, self.keys.len());
+                self.parent.push(self.keys.len());
+                self.keys.push(key);
+                self.specs.push(spec);
+            }
+        }
+    }
+
+    fn find(&mut self, mut i: usize) -> usize {
+        let mut root = i;
+        while self.parent[root] != root {
+            root = self.parent[root];
+        }
+        while self.parent[i] != root {
+            let next = self.parent[i];
+            self.parent[i] = root;
+            i = next;
+        }
+        root
+    }
+
+    /// PT2E's `_union`: reversed when the parent's root shares exactly with the child's root.
+    fn union(&mut self, parent: usize, child: usize) {
+        let (rp, rc) = (self.find(parent), self.find(child));
+        if rp == rc {
+            return;
+        }
+        if matches!(self.specs[rp], Resolved::Shared(t) if self.index.get(&t) == Some(&rc)) {
+            self.parent[rp] = rc;
+        } else {
+            self.parent[rc] = rp;
+        }
+    }
+
+    /// The concrete spec a (possibly shared) spec stands for, following current roots.
+    fn unwrap(&mut self, mut i: usize) -> Option<Resolved> {
+        for _ in 0..=self.keys.len() {
+            match self.specs[i].clone() {
+                Resolved::Shared(t) => i = self.find(*self.index.get(&t)?),
+                other => return Some(other),
+            }
+        }
+        None
+    }
+}
+
+fn describe(g: &Graph, key: EdgeOrValue) -> String {
+    match key {
+        EdgeOrValue::Value(v) => format!("`%{}`", g.value_name(v)),
+        EdgeOrValue::Edge { value, consumer } => {
+            let op = g.op(consumer).result(0).map_or("?", |r| g.value_name(r));
+            format!("the edge `%{} -> %{op}`", g.value_name(value))
+        }
+    }
+}
+
+fn key_span(g: &Graph, key: EdgeOrValue) -> crate::diag::Span {
+    match key {
+        EdgeOrValue::Value(v) => g.producer(v).map_or(g.value(v).span, |op| g.op(op).span),
+        EdgeOrValue::Edge { consumer, .. } => g.op(consumer).span,
+    }
+}
+
+fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
+    let original: Vec<OpId> = g.op_ids();
+    // 1. Specs by edge and value, in program order.
+    let mut groups = Groups { keys: Vec::new(), specs: Vec::new(), index: FxHashMap::default(), parent: Vec::new() };
+    for &op in &original {
+        let Some(annotation) = g.annotation(op).cloned() else { continue };
+        for (i, spec) in annotation.inputs.iter().enumerate() {
+            let value = g.op(op).operands[i];
+            groups.insert(EdgeOrValue::Edge { value, consumer: op }, resolve(spec, qspecs));
+        }
+        if let (Some(out), Some(result)) = (&annotation.output, g.op(op).result(0)) {
+            let resolved = resolve(out, qspecs);
+            if resolved != Resolved::None {
+                groups.insert(EdgeOrValue::Value(result), resolved);
+            }
+        }
+    }
+    if groups.keys.is_empty() {
+        return Ok(false);
+    }
+    let mut errors = Vec::new();
+    let missing_target = |g: &Graph, key: EdgeOrValue, target: EdgeOrValue| {
+        Diag::error(format!(
+            "{} shares the observer of {}, which has no quantization spec",
+            describe(g, key),
+            describe(g, target)
+        ))
+        .at(key_span(g, key), "annotated here")
+        .help("annotate the target too (or share with something that is annotated)")
+    };
+
+    // 2. Union-find, in dict order, as PT2E's `_get_edge_or_node_to_group_id`.
+    for i in 0..groups.keys.len() {
+        let key = groups.keys[i];
+        match key {
+            EdgeOrValue::Value(_) => {
+                if let Resolved::Shared(target) = groups.specs[i].clone() {
+                    match groups.index.get(&target) {
+                        Some(&t) => groups.union(t, i),
+                        None => errors.push(missing_target(g, key, target)),
+                    }
+                }
+            }
+            EdgeOrValue::Edge { value, consumer } => {
+                let root_spec = groups.unwrap(i);
+                let fields = root_spec.as_ref().and_then(sharing_fields);
+                if let Some(fields) = fields {
+                    // Implicit sharing: other users of the value first, then its producer.
+                    let others: Vec<EdgeOrValue> = g
+                        .uses(value)
+                        .iter()
+                        .filter_map(|u| match u.user {
+                            User::Op(user) if user != consumer => Some(EdgeOrValue::Edge { value, consumer: user }),
+                            _ => None,
+                        })
+                        .chain(std::iter::once(EdgeOrValue::Value(value)))
+                        .collect();
+                    let mut seen = FxHashSet::default();
+                    for other in others {
+                        let Some(&j) = groups.index.get(&other) else { continue };
+                        if !seen.insert(j) {
+                            continue;
+                        }
+                        let other_fields = groups.unwrap(j).as_ref().and_then(sharing_fields);
+                        if other_fields.as_ref() == Some(&fields) {
+                            groups.union(j, i);
+                        }
+                    }
+                }
+                if let Resolved::Shared(target) = groups.specs[i].clone() {
+                    match groups.index.get(&target) {
+                        Some(&t) => groups.union(t, i),
+                        None => errors.push(missing_target(g, key, target)),
+                    }
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+
+    // 3. One instance per group, from its first concrete member in program order.
+    let n = groups.keys.len();
+    let roots: Vec<usize> = (0..n).map(|i| groups.find(i)).collect();
+    let mut creator: FxHashMap<usize, usize> = FxHashMap::default();
+    for (i, &root) in roots.iter().enumerate() {
+        if !matches!(groups.specs[i], Resolved::Shared(_)) {
+            creator.entry(root).or_insert(i);
+        }
+    }
+    // Instance ids follow the order in which PT2E would create them: first member order.
+    let mut instance_of_root: FxHashMap<usize, Option<u32>> = FxHashMap::default();
+    let mut instances: Vec<usize> = Vec::new();
+    for (i, &root) in roots.iter().enumerate() {
+        if instance_of_root.contains_key(&root) {
+            continue;
+        }
+        let Some(&c) = creator.get(&root) else {
+            return Err(vec![Diag::error(format!(
+                "{} is in a cycle of shared specs with no concrete spec",
+                describe(g, groups.keys[i])
+            ))
+            .at(key_span(g, groups.keys[i]), "part of the cycle")
+            .help("one member of a sharing group must have a spec of its own")]);
+        };
+        let id = match groups.specs[c] {
+            Resolved::None => None,
+            _ => {
+                instances.push(c);
+                Some(instances.len() as u32 - 1)
+            }
+        };
+        instance_of_root.insert(root, id);
+    }
+    let instance = |i: usize| instance_of_root.get(&roots[i]).copied().flatten();
+    let instance_of_key = |key: &EdgeOrValue| groups.index.get(key).and_then(|&i| instance(i));
+
+    // Observer attributes per instance.
+    let mut observer_attrs: Vec<Vec<(&'static str, Attr)>> = Vec::with_capacity(instances.len());
+    for (id, &c) in instances.iter().enumerate() {
+        let attrs = match &groups.specs[c] {
+            Resolved::Spec(spec) => observer_fields(spec, id as u32).map_err(|m| {
+                vec![Diag::error(format!("cannot observe {}: {m}", describe(g, groups.keys[c])))
+                    .at(key_span(g, groups.keys[c]), "annotated here")]
+            })?,
+            Resolved::Derived { from, spec } => {
+                let mut sources = Vec::new();
+                for f in from {
+                    match instance_of_key(f) {
+                        Some(s) => sources.push(Attr::Int(i64::from(s))),
+                        None => {
+                            return Err(vec![Diag::error(format!(
+                                "{} derives its qparams from {}, which is not observed",
+                                describe(g, groups.keys[c]),
+                                describe(g, *f)
+                            ))
+                            .at(key_span(g, groups.keys[c]), "derived spec here")])
+                        }
+                    }
+                }
+                let mut fields = observer_fields(spec, id as u32).unwrap_or_default();
+                set_field(&mut fields, "kind", Attr::Str("derived".into()));
+                let mut options = Dict::new();
+                options.insert("derived_from", Attr::List(sources));
+                set_field(&mut fields, "options", Attr::Dict(options));
+                fields.retain(|(k, _)| *k != "ch_axis" || spec.qscheme.is_per_channel());
+                fields
+            }
+            Resolved::None | Resolved::Shared(_) => Vec::new(),
+        };
+        observer_attrs.push(attrs);
+    }
+
+    // 4. Insertion, over the original ops in order.
+    let Some(observer_kind) = OpKind::from_name("observer") else { return Ok(false) };
+    let mut inserted: FxHashMap<ValueId, u32> = FxHashMap::default(); // observer result → instance
+    let mut counter = 0usize;
+    // The last observer placed after each graph input, to keep input order at the top.
+    let mut input_anchors: FxHashMap<u32, OpId> = FxHashMap::default();
+    let mut make_observer = |g: &mut Graph, input: ValueId, id: u32, loc| -> Result<ValueId, Diagnostics> {
+        let def = observer_kind.def();
+        let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
+        for (name, value) in &observer_attrs[id as usize] {
+            if let Some(i) = def.attr_index(name) {
+                slots[i] = Some(value.clone());
+            }
+        }
+        let attrs = g.intern_attrs(def.complete_attrs(slots));
+        let name = loop {
+            let candidate = format!("activation_post_process_{counter}");
+            counter += 1;
+            if g.value_by_name(&candidate).is_none() {
+                break candidate;
+            }
+        };
+        let span = g.producer(input).map_or(g.value(input).span, |p| g.op(p).span);
+        let ty = g.value_type(input).clone();
+        let op = g
+            .create_op(observer_kind, &[input], attrs, vec![ResultSpec { name: &name, ty, span }], span)
+            .map_err(|_| vec![Diag::error("internal: observer name clash").note("this is a bug in qc")])?;
+        link_after(g, op, input, &mut input_anchors);
+        g.op_mut(op).loc = loc;
+        g.op(op).result(0).ok_or_else(|| vec![Diag::error("internal: observer without result")])
+    };
+
+    for &op in &original {
+        if g.annotation(op).is_none() {
+            continue;
+        }
+        let loc = g.op(op).loc;
+        for i in 0..g.op(op).operands.len() {
+            let arg = g.op(op).operands[i];
+            let mut original_arg = arg;
+            while let Some(p) = g.producer(original_arg).filter(|_| inserted.contains_key(&original_arg)) {
+                original_arg = g.op(p).operands[0];
+            }
+            let Some(id) = instance_of_key(&EdgeOrValue::Edge { value: original_arg, consumer: op }) else { continue };
+            if instance_of_key(&EdgeOrValue::Value(original_arg)) == Some(id) {
+                continue;
+            }
+            let existing = g.uses(arg).iter().find_map(|u| match u.user {
+                User::Op(user) => g.op(user).result(0).filter(|r| inserted.get(r) == Some(&id)),
+                User::Output => None,
+            });
+            let observed = match existing {
+                Some(r) => r,
+                None => {
+                    let r = make_observer(g, arg, id, loc)?;
+                    inserted.insert(r, id);
+                    r
+                }
+            };
+            g.set_operand(op, i, observed);
+        }
+        let Some(result) = g.op(op).result(0) else { continue };
+        let Some(id) = instance_of_key(&EdgeOrValue::Value(result)) else { continue };
+        let observed = make_observer(g, result, id, loc)?;
+        inserted.insert(observed, id);
+        let observer_op = g.producer(observed);
+        let uses: Vec<Use> =
+            g.uses(result).iter().copied().filter(|u| u.user != User::Op(observer_op.unwrap_or(op))).collect();
+        for u in uses {
+            match u.user {
+                User::Op(user) => g.set_operand(user, u.index as usize, observed),
+                User::Output => {
+                    let mut outputs = g.outputs().to_vec();
+                    outputs[u.index as usize] = observed;
+                    g.set_outputs(outputs);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Links a new observer right after the definition of `input`. Observers of graph inputs go
+/// at the top in input order, as PT2E places them after each placeholder.
+fn link_after(g: &mut Graph, op: OpId, input: ValueId, anchors: &mut FxHashMap<u32, OpId>) {
+    match g.value(input).def {
+        crate::ir::graph::ValueDef::Result(producer, _) => g.insert_after(producer, op),
+        crate::ir::graph::ValueDef::Input(index) => {
+            let anchor = anchors.iter().filter(|(&i, _)| i <= index).max_by_key(|(&i, _)| i).map(|(_, &a)| a);
+            match (anchor, g.ops().next()) {
+                (Some(a), _) => g.insert_after(a, op),
+                (None, Some(first)) => g.insert_before(first, op),
+                (None, None) => g.append(op),
+            }
+            anchors.insert(index, op);
+        }
+    }
+}
+
+fn set_field(fields: &mut Vec<(&'static str, Attr)>, key: &'static str, value: Attr) {
+    match fields.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => fields.push((key, value)),
+    }
+}
+
+/// The `observer` op attributes for a spec: its kind, range, qscheme, channel axis (kept only
+/// for per-channel observer kinds, as PT2E drops `ch_axis` for every other class) and options.
+fn observer_fields(spec: &QSpec, instance: u32) -> Result<Vec<(&'static str, Attr)>, String> {
+    let kind = match (spec.fixed, spec.dynamic) {
+        (Some(_), _) => "fixed_qparams",
+        (None, true) if spec.observer == "minmax" => "placeholder",
+        _ => spec.observer.as_str(),
+    };
+    let per_channel_kind = kind.contains("per_channel");
+    if spec.qscheme.is_per_channel() && !per_channel_kind && !matches!(kind, "fixed_qparams" | "placeholder") {
+        return Err(format!(
+            "the `{kind}` observer cannot compute {} qparams; use a per-channel observer",
+            spec.qscheme
+        ));
+    }
+    let mut fields: Vec<(&'static str, Attr)> = vec![
+        ("kind", Attr::Str(kind.into())),
+        ("dtype", Attr::DType(spec.dtype)),
+        ("qmin", Attr::Int(spec.qmin)),
+        ("qmax", Attr::Int(spec.qmax)),
+        ("qscheme", Attr::Str(spec.qscheme.name().into())),
+        ("instance", Attr::Int(i64::from(instance))),
+    ];
+    if let (Some(axis), true) = (spec.ch_axis, per_channel_kind) {
+        fields.push(("ch_axis", Attr::Int(axis)));
+    }
+    let mut options = spec.options.clone();
+    if let Some((scale, zp)) = spec.fixed {
+        options.insert("scale", Attr::Float(scale));
+        options.insert("zero_point", Attr::Int(zp));
+    }
+    if !options.is_empty() {
+        fields.push(("options", Attr::Dict(options)));
+    }
+    Ok(fields)
+}

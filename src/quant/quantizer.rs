@@ -1,0 +1,498 @@
+//! Quantizers: which ops get quantized and how, recorded as annotations on the IR.
+//!
+//! [`Quantizer::xnnpack`] mirrors ExecuTorch's `XNNPACKQuantizer` with
+//! `get_symmetric_quantization_config` (see `../shared/reference/pt2e.md` §4.1): the same
+//! pattern order, the same "first config to claim an op wins" rule, the same priority of
+//! per-module-name, per-operator-type and global configs, and the share-observer propagation.
+
+use std::sync::Arc;
+
+use crate::diag::{Diag, Diagnostics};
+use crate::ir::attr::Attr;
+use crate::ir::graph::{Graph, Module, OpId, ResultSpec, ValueId};
+use crate::ir::quant::{Annotation, EdgeOrValue, NamedQSpec, QScheme, QSpec, SpecRef};
+use crate::ir::{DType, TensorType};
+use crate::ops::OpKind;
+use crate::tensor::Tensor;
+
+/// PT2E's `QuantizationConfig`: the specs one configuration gives to an op's pieces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizationConfig {
+    pub input_activation: Option<QSpec>,
+    pub output_activation: Option<QSpec>,
+    pub weight: Option<QSpec>,
+    pub bias: Option<QSpec>,
+}
+
+/// Options of `get_symmetric_quantization_config`.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct SymmetricOptions {
+    pub per_channel: bool,
+    pub dynamic: bool,
+    pub act_qmin: i64,
+    pub act_qmax: i64,
+    pub weight_qmin: i64,
+    pub weight_qmax: i64,
+}
+
+impl Default for SymmetricOptions {
+    fn default() -> Self {
+        SymmetricOptions {
+            per_channel: true,
+            dynamic: false,
+            act_qmin: -128,
+            act_qmax: 127,
+            weight_qmin: -127,
+            weight_qmax: 127,
+        }
+    }
+}
+
+/// The observer eps every stock config passes.
+pub const EPS: f64 = 1.0 / 4096.0;
+
+fn spec(
+    dtype: DType,
+    qmin: i64,
+    qmax: i64,
+    qscheme: QScheme,
+    ch_axis: Option<i64>,
+    dynamic: bool,
+    observer: &str,
+) -> QSpec {
+    let mut options = crate::ir::attr::Dict::new();
+    options.insert("eps", Attr::Float(EPS));
+    QSpec { dtype, qmin, qmax, qscheme, ch_axis, dynamic, observer: observer.to_string(), options, fixed: None }
+}
+
+impl QuantizationConfig {
+    /// `get_symmetric_quantization_config(...)` for post-training quantization.
+    pub fn xnnpack_symmetric(o: SymmetricOptions) -> QuantizationConfig {
+        let act_observer = if o.dynamic { "placeholder" } else { "histogram" };
+        let act = spec(DType::I8, o.act_qmin, o.act_qmax, QScheme::PerTensorAffine, None, o.dynamic, act_observer);
+        let weight = if o.per_channel {
+            spec(
+                DType::I8,
+                o.weight_qmin,
+                o.weight_qmax,
+                QScheme::PerChannelSymmetric,
+                Some(0),
+                false,
+                "per_channel_minmax",
+            )
+        } else {
+            spec(DType::I8, o.weight_qmin, o.weight_qmax, QScheme::PerTensorSymmetric, None, false, "minmax")
+        };
+        QuantizationConfig {
+            input_activation: Some(act.clone()),
+            output_activation: (!o.dynamic).then_some(act),
+            weight: Some(weight),
+            bias: None,
+        }
+    }
+}
+
+/// Which ops a configuration applies to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scope {
+    /// Ops whose location is this module path or inside it.
+    ModuleName(String),
+    /// Ops of this kind, outside every module-name scope.
+    OperatorType(String),
+    /// Everything outside every module-name scope.
+    Global,
+}
+
+/// A quantizer: configurations in priority order (module names, then operator types, then
+/// global). A `None` config keeps matching ops in float.
+#[derive(Clone, Debug)]
+pub struct Quantizer {
+    pub name: String,
+    pub configs: Vec<(Scope, Option<QuantizationConfig>)>,
+}
+
+impl Quantizer {
+    /// XNNPACKQuantizer with a global `get_symmetric_quantization_config`.
+    pub fn xnnpack(options: SymmetricOptions) -> Quantizer {
+        Quantizer {
+            name: "xnnpack".into(),
+            configs: vec![(Scope::Global, Some(QuantizationConfig::xnnpack_symmetric(options)))],
+        }
+    }
+
+    /// Annotates every graph of `module`; returns whether anything was annotated.
+    pub fn annotate(&self, module: &mut Module) -> Result<bool, Diagnostics> {
+        let mut specs = SpecTable::new(&module.qspecs);
+        let mut changed = false;
+        for graph in &mut module.graphs {
+            changed |= convert_scalars_to_constants(graph);
+            let annotated_before = graph.ops().filter(|&op| graph.annotation(op).is_some()).count();
+            let mut cx = Annotator { graph, specs: &mut specs };
+            for (scope, config) in &self.configs {
+                let filter = |g: &Graph, op: OpId| in_scope(g, op, scope, &self.configs);
+                cx.run_patterns(config.as_ref(), &filter);
+            }
+            cx.propagate();
+            changed |= cx.graph.ops().filter(|&op| cx.graph.annotation(op).is_some()).count() != annotated_before;
+        }
+        module.qspecs = specs.into_named();
+        Ok(changed)
+    }
+}
+
+/// Whether `op` falls under `scope`, given every scope of the quantizer (operator-type and
+/// global configs exclude ops inside any module-name scope, as PT2E's filters do).
+fn in_scope(g: &Graph, op: OpId, scope: &Scope, all: &[(Scope, Option<QuantizationConfig>)]) -> bool {
+    let loc = g.loc(op).unwrap_or_default();
+    let inside = |module: &str| loc == module || loc.strip_prefix(module).is_some_and(|rest| rest.starts_with('.'));
+    let in_named_module = || all.iter().any(|(s, _)| matches!(s, Scope::ModuleName(m) if inside(m)));
+    match scope {
+        Scope::ModuleName(m) => inside(m),
+        Scope::OperatorType(t) => g.op(op).def().name == t && !in_named_module(),
+        Scope::Global => !in_named_module(),
+    }
+}
+
+/// Named specs of the module plus the ones annotation adds, deduplicated by content.
+struct SpecTable {
+    named: Vec<NamedQSpec>,
+}
+
+impl SpecTable {
+    fn new(existing: &[NamedQSpec]) -> Self {
+        SpecTable { named: existing.to_vec() }
+    }
+
+    /// The index of a named spec equal to `spec`, adding one called `base` (or `base_N`).
+    fn intern(&mut self, spec: &QSpec, base: &str) -> SpecRef {
+        if let Some(i) = self.named.iter().position(|n| &n.spec == spec) {
+            return SpecRef::Named(i);
+        }
+        let taken = |n: &str| self.named.iter().any(|q| q.name == n);
+        let name = if taken(base) {
+            (1..).map(|i| format!("{base}_{i}")).find(|n| !taken(n)).unwrap_or_default()
+        } else {
+            base.to_string()
+        };
+        self.named.push(NamedQSpec { name, spec: spec.clone(), span: crate::diag::Span::NONE });
+        SpecRef::Named(self.named.len() - 1)
+    }
+
+    fn into_named(self) -> Vec<NamedQSpec> {
+        self.named
+    }
+}
+
+/// XNNPACK's `transform_for_annotation`: a scalar operand of `add`/`mul` becomes an f32
+/// constant so it can be observed and quantized (`x * 2` gets an int8 constant).
+fn convert_scalars_to_constants(g: &mut Graph) -> bool {
+    let kinds = ["add", "mul", "add.scalar", "mul.scalar", "const"].map(OpKind::from_name);
+    let [Some(add), Some(mul), Some(add_scalar), Some(mul_scalar), Some(constant)] = kinds else {
+        return false;
+    };
+    let mut changed = false;
+    for op in g.op_ids() {
+        let kind = g.op(op).kind;
+        let tensor_kind = match kind {
+            k if k == add_scalar => add,
+            k if k == mul_scalar => mul,
+            _ => continue,
+        };
+        let x = g.op(op).operands[0];
+        let alpha = g.attr(op, "alpha").and_then(Attr::as_float).unwrap_or(1.0);
+        let Some(other) = g.attr(op, "other").and_then(Attr::as_float) else { continue };
+        // `alpha` has no equivalent in the tensor form here, and only float32 is rewritten.
+        if alpha != 1.0 || g.value_type(x).dtype != DType::F32 {
+            continue;
+        }
+        let value = Tensor::F32(ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), other as f32));
+        let const_attrs = g.intern_attrs(constant.def().complete_attrs(vec![Some(Attr::Tensor(Arc::new(value)))]));
+        let span = g.op(op).span;
+        let name = g.fresh_name("_tensor_constant");
+        let result = ResultSpec { name: &name, ty: TensorType::fixed(DType::F32, &[]), span };
+        let Ok(c) = g.create_op(constant, &[], const_attrs, vec![result], span) else { continue };
+        g.insert_before(op, c);
+        let Some(c_value) = g.op(c).result(0) else { continue };
+        let attrs = g.intern_attrs(tensor_kind.def().complete_attrs(vec![]));
+        g.rewrite_op(op, tensor_kind, &[x, c_value], attrs);
+        changed = true;
+    }
+    changed
+}
+
+/// The op kinds that share their input's observer (PT2E's `_is_share_obs_or_fq_op`).
+pub const SHARE_OBSERVER_OPS: &[&str] = &[
+    "relu",
+    "relu6",
+    "hardtanh",
+    "max_pool2d",
+    "mean",
+    "permute",
+    "transpose",
+    "squeeze",
+    "adaptive_avg_pool2d",
+    "view",
+    "reshape",
+    "slice",
+    "flatten",
+];
+
+struct Annotator<'a> {
+    graph: &'a mut Graph,
+    specs: &'a mut SpecTable,
+}
+
+type Filter<'f> = dyn Fn(&Graph, OpId) -> bool + 'f;
+
+impl Annotator<'_> {
+    fn name_of(&self, op: OpId) -> &'static str {
+        self.graph.op(op).def().name
+    }
+
+    fn annotated(&self, op: OpId) -> bool {
+        self.graph.annotation(op).is_some()
+    }
+
+    /// The single user op of `op`'s result, if it has exactly one use.
+    fn single_user(&self, op: OpId) -> Option<OpId> {
+        let r = self.graph.op(op).result(0)?;
+        match self.graph.uses(r) {
+            [u] => match u.user {
+                crate::ir::graph::User::Op(user) => Some(user),
+                crate::ir::graph::User::Output => None,
+            },
+            _ => None,
+        }
+    }
+
+    fn named(&mut self, spec: &Option<QSpec>, base: &str) -> SpecRef {
+        match spec {
+            Some(s) => self.specs.intern(s, base),
+            None => SpecRef::None,
+        }
+    }
+
+    fn set(&mut self, op: OpId, inputs: Vec<SpecRef>, output: Option<SpecRef>) {
+        self.graph.extra_mut(op).annotation = Some(Annotation { inputs, output });
+    }
+
+    /// Input, weight and bias specs of a linear or conv.
+    fn weighted_inputs(&mut self, op: OpId, config: &QuantizationConfig, weight_axis: i64) -> Vec<SpecRef> {
+        let mut weight = config.weight.clone();
+        if let Some(w) = weight.as_mut().filter(|w| w.qscheme.is_per_channel()) {
+            w.ch_axis = Some(weight_axis);
+        }
+        let base = if weight_axis == 0 { "weight".to_string() } else { format!("weight_axis{weight_axis}") };
+        let mut inputs = vec![self.named(&config.input_activation, "act"), self.named(&weight, &base)];
+        if self.graph.op(op).operands.len() > 2 {
+            inputs.push(self.named(&config.bias, "bias"));
+        }
+        inputs
+    }
+
+    fn run_patterns(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        let none = QuantizationConfig { input_activation: None, output_activation: None, weight: None, bias: None };
+        let config = config.unwrap_or(&none);
+        let quantized = config.input_activation.is_some() || config.weight.is_some();
+        // In PT2E's pattern order, each pattern over the whole graph.
+        for pattern in [
+            Pattern::LinearRelu,
+            Pattern::Linear,
+            Pattern::ConvRelu,
+            Pattern::Conv,
+            Pattern::AdaptiveAvgPool,
+            Pattern::AddRelu,
+            Pattern::Add,
+            Pattern::MulRelu,
+            Pattern::Mul,
+            Pattern::Cat,
+        ] {
+            for op in self.graph.op_ids() {
+                if !filter(self.graph, op) || self.annotated(op) {
+                    continue;
+                }
+                if quantized {
+                    self.apply(pattern, op, config, filter);
+                } else if pattern.anchors(self.name_of(op)) {
+                    // A `None` config claims the op so later configs leave it in float.
+                    self.set(op, vec![], None);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, pattern: Pattern, op: OpId, config: &QuantizationConfig, filter: &Filter<'_>) {
+        let name = self.name_of(op);
+        let out = |this: &mut Self| this.named(&config.output_activation, "act");
+        match pattern {
+            Pattern::LinearRelu | Pattern::ConvRelu => {
+                let anchor_ok = match pattern {
+                    Pattern::LinearRelu => name == "linear",
+                    _ => matches!(name, "conv1d" | "conv2d") || (name == "conv_transpose2d" && self.groups(op) == 1),
+                };
+                let Some(relu) = self.single_user(op).filter(|&u| self.name_of(u) == "relu") else { return };
+                if !anchor_ok || self.annotated(relu) || !filter(self.graph, relu) {
+                    return;
+                }
+                let axis = if name == "conv_transpose2d" { 1 } else { 0 };
+                let inputs = self.weighted_inputs(op, config, axis);
+                self.set(op, inputs, None);
+                let o = out(self);
+                self.set(relu, vec![], Some(o));
+            }
+            Pattern::Linear if name == "linear" => {
+                let inputs = self.weighted_inputs(op, config, 0);
+                let o = out(self);
+                self.set(op, inputs, Some(o));
+            }
+            Pattern::Conv if matches!(name, "conv1d" | "conv2d" | "conv_transpose2d") => {
+                if name == "conv_transpose2d" && self.groups(op) != 1 {
+                    return;
+                }
+                // A conv followed only by relu is left to the conv-relu pattern.
+                if self.single_user(op).is_some_and(|u| self.name_of(u) == "relu") {
+                    return;
+                }
+                let inputs = self.weighted_inputs(op, config, if name == "conv_transpose2d" { 1 } else { 0 });
+                let o = out(self);
+                self.set(op, inputs, Some(o));
+            }
+            Pattern::AdaptiveAvgPool if name == "adaptive_avg_pool2d" => {
+                let x = self.graph.op(op).operands[0];
+                let input = if self.has_output_spec(x) {
+                    SpecRef::Shared(EdgeOrValue::Value(x))
+                } else {
+                    self.named(&config.input_activation, "act")
+                };
+                self.set(op, vec![input], Some(SpecRef::Shared(EdgeOrValue::Edge { value: x, consumer: op })));
+            }
+            Pattern::AddRelu | Pattern::MulRelu | Pattern::Add | Pattern::Mul => {
+                let want = if matches!(pattern, Pattern::AddRelu | Pattern::Add) { "add" } else { "mul" };
+                if name != want || !self.binary_operands_ok(op) {
+                    return;
+                }
+                let fused_relu = if matches!(pattern, Pattern::AddRelu | Pattern::MulRelu) {
+                    match self
+                        .single_user(op)
+                        .filter(|&u| self.name_of(u) == "relu" && !self.annotated(u) && filter(self.graph, u))
+                    {
+                        Some(relu) => Some(relu),
+                        None => return,
+                    }
+                } else {
+                    None
+                };
+                let n = self.graph.op(op).operands.len();
+                let inputs = (0..n).map(|_| self.named(&config.input_activation, "act")).collect();
+                let o = out(self);
+                match fused_relu {
+                    Some(relu) => {
+                        self.set(op, inputs, None);
+                        self.set(relu, vec![], Some(o));
+                    }
+                    None => self.set(op, inputs, Some(o)),
+                }
+            }
+            Pattern::Cat if name == "cat" => {
+                let operands = self.graph.op(op).operands.to_vec();
+                let Some(&first) = operands.first() else { return };
+                let source = operands.iter().copied().find(|&v| self.traces_to_output_spec(v)).unwrap_or(first);
+                let shared = SpecRef::Shared(EdgeOrValue::Edge { value: source, consumer: op });
+                let inputs = operands
+                    .iter()
+                    .map(|&v| if v == source { self.named(&config.input_activation, "act") } else { shared.clone() })
+                    .collect();
+                self.set(op, inputs, Some(shared));
+            }
+            _ => {}
+        }
+    }
+
+    fn groups(&self, op: OpId) -> i64 {
+        self.graph.attr(op, "groups").and_then(Attr::as_int).unwrap_or(1)
+    }
+
+    /// `add`/`mul` operands must be float32, and a constant scalar operand must fit histc's range.
+    fn binary_operands_ok(&self, op: OpId) -> bool {
+        self.graph.op(op).operands.iter().all(|&v| {
+            if self.graph.value_type(v).dtype != DType::F32 {
+                return false;
+            }
+            let Some(producer) = self.graph.producer(v) else { return true };
+            match self.graph.attr(producer, "value").and_then(Attr::as_tensor) {
+                Some(t) if t.len() == 1 => t.to_f64_array().iter().all(|x| x.abs() <= 3.402_823_5e15),
+                _ => true,
+            }
+        })
+    }
+
+    /// Whether `v` is produced by an op whose annotation has an output spec.
+    fn has_output_spec(&self, v: ValueId) -> bool {
+        self.graph
+            .producer(v)
+            .and_then(|p| self.graph.annotation(p))
+            .is_some_and(|a| a.output.as_ref().is_some_and(|o| *o != SpecRef::None))
+    }
+
+    /// Through share-observer ops back to an annotated output (executorch's cat source rule).
+    fn traces_to_output_spec(&self, mut v: ValueId) -> bool {
+        loop {
+            if self.has_output_spec(v) {
+                return true;
+            }
+            match self.graph.producer(v) {
+                Some(p) if SHARE_OBSERVER_OPS.contains(&self.name_of(p)) => v = self.graph.op(p).operands[0],
+                _ => return false,
+            }
+        }
+    }
+
+    /// `propagate_annotation`: share-observer ops inherit their input's output spec.
+    fn propagate(&mut self) {
+        for op in self.graph.op_ids() {
+            if !SHARE_OBSERVER_OPS.contains(&self.name_of(op)) || self.annotated(op) {
+                continue;
+            }
+            let prev = self.graph.op(op).operands[0];
+            if !self.has_output_spec(prev) {
+                continue;
+            }
+            let shared = SpecRef::Shared(EdgeOrValue::Value(prev));
+            self.set(op, vec![shared.clone()], Some(shared));
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum Pattern {
+    LinearRelu,
+    Linear,
+    ConvRelu,
+    Conv,
+    AdaptiveAvgPool,
+    AddRelu,
+    Add,
+    MulRelu,
+    Mul,
+    Cat,
+}
+
+impl Pattern {
+    /// The op a pattern is anchored on (what a `None` config claims).
+    fn anchors(self, op: &str) -> bool {
+        match self {
+            Pattern::LinearRelu | Pattern::Linear => op == "linear",
+            Pattern::ConvRelu | Pattern::Conv => matches!(op, "conv1d" | "conv2d" | "conv_transpose2d"),
+            Pattern::AdaptiveAvgPool => op == "adaptive_avg_pool2d",
+            Pattern::AddRelu | Pattern::Add => op == "add",
+            Pattern::MulRelu | Pattern::Mul => op == "mul",
+            Pattern::Cat => op == "cat",
+        }
+    }
+}
+
+/// A diagnostic for an unknown quantizer name.
+pub fn unknown_quantizer(name: &str) -> Diag {
+    Diag::error(format!("unknown quantizer `{name}`"))
+        .help(crate::diag::suggest(name, ["xnnpack", "xnnpack-per-tensor"].into_iter()))
+}
