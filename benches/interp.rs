@@ -43,12 +43,30 @@ impl Builder {
         value
     }
 
-    fn conv_bn(&mut self, name: &str, x: &str, shape: &[usize], out_c: usize, k: usize, stride: usize, relu: bool) -> (String, Vec<usize>) {
+    fn conv_bn(
+        &mut self,
+        name: &str,
+        x: &str,
+        shape: &[usize],
+        out_c: usize,
+        k: usize,
+        stride: usize,
+        relu: bool,
+    ) -> (String, Vec<usize>) {
         let w = self.weight(&format!("{name}.conv.weight"), &[out_c, shape[1], k, k]);
         let pad = k / 2;
         let out = vec![shape[0], out_c, (shape[2] + 2 * pad - k) / stride + 1, (shape[3] + 2 * pad - k) / stride + 1];
-        let c = self.op(&format!("{name}.conv"), "conv2d", &[x, &w], &format!("stride = [{stride}, {stride}], padding = [{pad}, {pad}]"), &out);
-        let stats: Vec<String> = ["weight", "bias", "running_mean", "running_var"].iter().map(|s| self.weight(&format!("{name}.bn.{s}"), &[out_c])).collect();
+        let c = self.op(
+            &format!("{name}.conv"),
+            "conv2d",
+            &[x, &w],
+            &format!("stride = [{stride}, {stride}], padding = [{pad}, {pad}]"),
+            &out,
+        );
+        let stats: Vec<String> = ["weight", "bias", "running_mean", "running_var"]
+            .iter()
+            .map(|s| self.weight(&format!("{name}.bn.{s}"), &[out_c]))
+            .collect();
         let refs: Vec<&str> = std::iter::once(c.as_str()).chain(stats.iter().map(String::as_str)).collect();
         let mut y = self.op(&format!("{name}.bn"), "batch_norm", &refs, "", &out);
         if relu {
@@ -73,7 +91,11 @@ fn resnet18() -> (String, Vec<(String, Vec<usize>)>) {
             let stride = if stage > 0 && block == 0 { 2 } else { 1 };
             let (h, s1) = b.conv_bn(&format!("{name}.1"), &x, &shape, *channels, 3, stride, true);
             let (h, s2) = b.conv_bn(&format!("{name}.2"), &h, &s1, *channels, 3, 1, false);
-            let shortcut = if stride != 1 || shape[1] != *channels { b.conv_bn(&format!("{name}.down"), &x, &shape, *channels, 1, stride, false).0 } else { x.clone() };
+            let shortcut = if stride != 1 || shape[1] != *channels {
+                b.conv_bn(&format!("{name}.down"), &x, &shape, *channels, 1, stride, false).0
+            } else {
+                x.clone()
+            };
             let sum = b.op(&name, "add", &[&h, &shortcut], "", &s2);
             x = b.op(&format!("{name}.relu"), "relu", &[&sum], "", &s2);
             shape = s2;
@@ -122,7 +144,8 @@ fn bert_layer() -> (String, Vec<(String, Vec<usize>)>) {
     let res2 = b.op("ffn", "add", &[&down, &n1], "", &[1, s, d]);
     let g2 = b.weight("ln2.weight", &[d]);
     let be2 = b.weight("ln2.bias", &[d]);
-    let n2 = b.op("ln2", "layer_norm", &[&res2, &g2, &be2], &format!("normalized_shape = [{d}], eps = 1e-12"), &[1, s, d]);
+    let n2 =
+        b.op("ln2", "layer_norm", &[&res2, &g2, &be2], &format!("normalized_shape = [{d}], eps = 1e-12"), &[1, s, d]);
     b.finish(&format!("%x: f32[1,{s},{d}]) -> f32[1,{s},{d}]"), &n2)
 }
 
@@ -144,7 +167,12 @@ fn write_weights(path: &Path, weights: &[(String, Vec<usize>)]) {
             let v = if name.ends_with("running_var") { 0.5 + u } else { (2.0 * u - 1.0) * bound };
             data.extend_from_slice(&v.to_le_bytes());
         }
-        let _ = write!(header, "{}\"{name}\":{{\"dtype\":\"F32\",\"shape\":{shape:?},\"data_offsets\":[{start},{}]}}", if i > 0 { "," } else { "" }, data.len());
+        let _ = write!(
+            header,
+            "{}\"{name}\":{{\"dtype\":\"F32\",\"shape\":{shape:?},\"data_offsets\":[{start},{}]}}",
+            if i > 0 { "," } else { "" },
+            data.len()
+        );
     }
     header.push('}');
     while header.len() % 8 != 0 {
@@ -161,7 +189,8 @@ fn load(name: &str, (text, weights): (String, Vec<(String, Vec<usize>)>)) -> Mod
     std::fs::create_dir_all(&dir).unwrap();
     write_weights(&dir.join("w.safetensors"), &weights);
     std::fs::write(dir.join("model.qir"), &text).unwrap();
-    qc::syntax::parse_module(&text, Some(&dir)).unwrap_or_else(|e| panic!("{name}: {:?}", e.first().map(|d| &d.message)))
+    qc::syntax::parse_module(&text, Some(&dir))
+        .unwrap_or_else(|e| panic!("{name}: {:?}", e.first().map(|d| &d.message)))
 }
 
 fn input(shape: &[usize]) -> Tensor {
@@ -173,7 +202,10 @@ fn input(shape: &[usize]) -> Tensor {
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("interp");
     group.sample_size(10);
-    for (name, model, shape) in [("resnet18_224", load("resnet18", resnet18()), vec![1, 3, 224, 224]), ("bert_layer_128", load("bert", bert_layer()), vec![1, 128, 768])] {
+    for (name, model, shape) in [
+        ("resnet18_224", load("resnet18", resnet18()), vec![1, 3, 224, 224]),
+        ("bert_layer_128", load("bert", bert_layer()), vec![1, 128, 768]),
+    ] {
         let x = input(&shape);
         group.bench_function(name, |b| {
             b.iter(|| run_graph(&model, &model.graphs[0], vec![x.clone()], &RunOptions::default(), None).unwrap())

@@ -48,18 +48,26 @@ fn dtype_of_descr(descr: &str) -> Option<DType> {
     })
 }
 
-/// Reads one `.npy` image.
-pub fn read_npy(bytes: &[u8]) -> Result<Tensor, String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+/// The length of the `.npy` preamble plus header, from its first 12 bytes.
+pub fn npy_header_end(prefix: &[u8]) -> Result<usize, String> {
+    if prefix.len() < 10 || &prefix[..6] != b"\x93NUMPY" {
         return Err("not a .npy file (bad magic)".into());
     }
-    let major = bytes[6];
-    let (header_len, start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        _ => return Err(format!("unsupported .npy version {major}")),
-    };
-    let header = bytes.get(start..start + header_len).ok_or("truncated .npy header")?;
+    match prefix[6] {
+        1 => Ok(10 + u16::from_le_bytes([prefix[8], prefix[9]]) as usize),
+        2 | 3 if prefix.len() >= 12 => {
+            Ok(12 + u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize)
+        }
+        v => Err(format!("unsupported .npy version {v}")),
+    }
+}
+
+/// The element type and shape from a `.npy` preamble and header (`bytes` holds at least
+/// [`npy_header_end`] bytes).
+pub fn parse_npy_header(bytes: &[u8]) -> Result<(DType, Vec<usize>), String> {
+    let end = npy_header_end(bytes)?;
+    let start = if bytes[6] == 1 { 10 } else { 12 };
+    let header = bytes.get(start..end).ok_or("truncated .npy header")?;
     let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
     let field = |key: &str| -> Result<&str, String> {
         let at = header.find(&format!("'{key}'")).ok_or_else(|| format!("the .npy header has no '{key}'"))?;
@@ -82,7 +90,13 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, String> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension '{s}' in .npy shape")))
         .collect::<Result<Vec<_>, _>>()?;
-    let data = &bytes[start + header_len..];
+    Ok((dtype, shape))
+}
+
+/// Reads one `.npy` image.
+pub fn read_npy(bytes: &[u8]) -> Result<Tensor, String> {
+    let (dtype, shape) = parse_npy_header(bytes)?;
+    let data = &bytes[npy_header_end(bytes)?..];
     let expected =
         shape.iter().try_fold(dtype.size_bytes(), |acc, &d| acc.checked_mul(d)).ok_or("the .npy shape is too large")?;
     if data.len() < expected {

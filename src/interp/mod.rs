@@ -5,6 +5,7 @@
 //! (weights are read from the memory-mapped file when their `weight` op runs). Results are
 //! deterministic: every output element is computed by one thread in a fixed order.
 
+pub mod dataset;
 pub mod io;
 pub mod kernels;
 
