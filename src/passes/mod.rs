@@ -3,6 +3,7 @@
 pub mod annotate;
 pub mod cse;
 pub mod dce;
+pub mod fuse_conv_bn;
 pub mod manager;
 pub mod prepare;
 pub mod registry;
