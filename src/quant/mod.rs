@@ -2,6 +2,7 @@
 //! `../shared/reference/pt2e.md` §2.2 and §3): reciprocal-multiply quantization with
 //! round-half-to-even, and `calculate_qparams` from a min/max range.
 
+pub mod observer;
 pub mod quantizer;
 
 use crate::ir::quant::QScheme;
@@ -57,20 +58,55 @@ pub struct QRange {
     pub customized_range: bool,
 }
 
+/// `torch.max(a, b)` / `torch.min(a, b)` on floats: NaN propagates (unlike `f32::max`), and on
+/// a tie the first operand is returned (`std::max`/`std::min` in the scalar kernel).
+pub(crate) fn torch_maximum(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if a < b {
+        b
+    } else {
+        a
+    }
+}
+
+pub(crate) fn torch_minimum(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        f32::NAN
+    } else if b < a {
+        b
+    } else {
+        a
+    }
+}
+
+/// `float32 → int32` as x86's `cvttss2si` does it (PyTorch's `.to(torch.int)` on CPU): NaN and
+/// out-of-range values become `i32::MIN`.
+fn f32_to_i32_x86(v: f32) -> i32 {
+    if v.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&v) {
+        i32::MIN
+    } else {
+        v as i32
+    }
+}
+
 /// The scale and zero point PyTorch's `_calculate_qparams` derives from an observed range,
 /// in float32 throughout.
+///
+/// For `per_channel_affine_float_qparams` the zero point returned here is 0; use
+/// [`calculate_float_qparams`] for the float zero point.
 pub fn calculate_qparams(min_val: f32, max_val: f32, range: &QRange) -> (f32, i64) {
     let QRange { qmin, qmax, qscheme, dtype, eps, customized_range } = *range;
     if min_val == f32::INFINITY && max_val == f32::NEG_INFINITY {
         return (1.0, 0);
     }
-    let min_neg = min_val.min(0.0);
-    let max_pos = max_val.max(0.0);
+    let min_neg = torch_minimum(min_val, 0.0);
+    let max_pos = torch_maximum(max_val, 0.0);
     if qscheme.is_symmetric() {
-        let amax = (-min_neg).max(max_pos);
+        let amax = torch_maximum(-min_neg, max_pos);
         // The divisor is a Python float: 127.0 for [-127, 127], 127.5 for [-128, 127].
         let divisor = ((qmax - qmin) as f64 / 2.0) as f32;
-        let scale = (amax / divisor).max(eps);
+        let scale = torch_maximum(amax / divisor, eps);
         let zero_point = match dtype {
             DType::U8 if customized_range => (qmin + qmax).div_euclid(2),
             DType::U8 => 128,
@@ -79,14 +115,25 @@ pub fn calculate_qparams(min_val: f32, max_val: f32, range: &QRange) -> (f32, i6
         return (scale, zero_point);
     }
     if qscheme == QScheme::PerChannelAffineFloatQParams {
-        let scale = (max_val - min_val) / (qmax - qmin) as f32;
-        let scale = if scale <= eps { 1.0 } else { scale };
-        // The zero point is a float here; callers that need it use `-min/scale` themselves.
-        return (scale, 0);
+        return (calculate_float_qparams(min_val, max_val, range).0, 0);
     }
-    let scale = ((max_pos - min_neg) / (qmax - qmin) as f32).max(eps);
-    let zero_point = qmin - (min_neg / scale).round_ties_even() as i64;
+    let scale = torch_maximum((max_pos - min_neg) / (qmax - qmin) as f32, eps);
+    // `quant_min - round(min_neg / scale).to(int32)` is int32 arithmetic (wrapping), then clamped.
+    let rounded = f32_to_i32_x86((min_neg / scale).round_ties_even());
+    let zero_point = match i32::try_from(qmin) {
+        Ok(qmin) => i64::from(qmin.wrapping_sub(rounded)),
+        Err(_) => qmin - i64::from(rounded),
+    };
     (scale, zero_point.clamp(qmin, qmax))
+}
+
+/// `per_channel_affine_float_qparams` (pt2e.md §2.2 step 4): `scale = (max - min) / (qmax - qmin)`,
+/// replaced by 1.0 unless it is greater than `eps`, and the float zero point `-min / scale`.
+pub fn calculate_float_qparams(min_val: f32, max_val: f32, range: &QRange) -> (f32, f32) {
+    let scale = (max_val - min_val) / (range.qmax - range.qmin) as f32;
+    // `torch.where(scale > eps, scale, 1.0)`: a NaN scale becomes 1.0 too.
+    let scale = if scale > range.eps { scale } else { 1.0 };
+    (scale, -min_val / scale)
 }
 
 #[cfg(test)]

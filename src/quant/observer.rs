@@ -1,0 +1,1623 @@
+//! PT2E observers: the statistics calibration collects and the qparams derived from them, with
+//! PyTorch's exact float32 arithmetic (`../shared/reference/pt2e.md` §2; the traps of §8 items
+//! 2, 3, 4 and 8 are the ones that matter here).
+//!
+//! An observer is an [`ObserverConfig`] (what to compute: the kind, the target integer range and
+//! scheme, and options) plus an [`ObserverState`] (what has been seen so far). The calibration
+//! pass calls [`ObserverState::observe`] with every tensor that flows through an `observer` op,
+//! then [`ObserverState::qparams`]; statistics travel in the IR as the op's `stats` dictionary
+//! ([`ObserverState::to_dict`] / [`ObserverState::from_dict`]).
+//!
+//! # The kinds
+//!
+//! * `minmax` — `MinMaxObserver` (§2.3): the input is cast to float32 (`x.detach().to(float32)`:
+//!   float64 rounds, float16/bfloat16 widen exactly), empty inputs are skipped, and the running
+//!   `min = torch.min(aminmax(x).min, min)` (likewise max) starts at (+inf, -inf). Per-tensor
+//!   schemes only.
+//! * `moving_average_minmax` — `MovingAverageMinMaxObserver` (§2.3): the first non-empty batch
+//!   (state still (+inf, -inf)) sets min/max; later ones do `min + c·(cur − min)` in float32 with
+//!   `c = averaging_constant` rounded to float32 (default 0.01).
+//! * `per_channel_minmax` — `PerChannelMinMaxObserver` (§2.3): dimensions `ch_axis` and 0 are
+//!   swapped (a swap, not a move), the rest flattened, and each channel's running min/max kept.
+//!   Per-channel schemes only; a later batch must have the same channel count.
+//! * `moving_average_per_channel_minmax` — the per-channel EMA.
+//! * `histogram` — `HistogramObserver` (§2.4): `bins` (2048) float32 counts over the running
+//!   [min, max]. ±inf elements are dropped (a batch of only infinities is skipped). The first batch
+//!   is binned with `torch.histc` over its own range; a later batch is binned over the union
+//!   range, and when that range grew the old histogram is mapped into it by 16× upsampling
+//!   (`_combine_histograms`: `repeat_interleave(16)/16`, sub-bin midpoints from `linspace`,
+//!   `bucketize(right=True) − 1`, float32 `bincount`), or, when the old range was a single value,
+//!   by binning that value with the old total as its weight. qparams run `_non_linear_param_search`
+//!   (the L2 search over `2^bits` destination bins — 256 for every 8-bit dtype whatever qmin/qmax
+//!   — with its drifting 1e-5 steps in float64 and its early stop on the first increase) and then
+//!   the ordinary `_calculate_qparams` on the range it returns.
+//! * `fixed_qparams` — `FixedQParamsObserver`: observes nothing; qparams are its fixed scale
+//!   (rounded to float32 as `torch.tensor([scale])` does) and zero point.
+//! * `placeholder` — `PlaceholderObserver` (dynamic quantization): observes nothing; asking it for
+//!   qparams is an error, they are computed at run time.
+//! * `percentile` (qc, no PyTorch counterpart) — keeps exactly the `histogram` state. qparams clip
+//!   each tail of the histogram at `(100 − percentile)/2` percent of the mass: with `total` the
+//!   float64 sum of the counts and `tail = total·(100 − p)/200`, the kept bins are `lo..=hi` where
+//!   `lo` is the first bin whose running sum from the left exceeds `tail` and `hi` the last bin
+//!   whose running sum from the right exceeds `tail` (sums in float64, in bin order). The range is
+//!   `[min + w·lo, min + w·(hi + 1)]` with `w = (max − min)/bins` in float32 (`max` itself when
+//!   `hi` is the last bin), then `_calculate_qparams` (a symmetric scheme then takes the larger
+//!   side). `percentile = 100` keeps the full observed range.
+//! * `entropy` (qc; TensorRT's KL-divergence calibration) — keeps the signed running min/max (as
+//!   `minmax`, ±inf dropped) and a `bins`-bin float32 histogram of |x| over `[0, A]`,
+//!   `A = max(−min, max)`, built and merged with the same `histc`/upsampling machinery as
+//!   `histogram` (lower edge pinned at 0; while `A = 0` every element counts in bin 0). qparams
+//!   try every cut `i` in `nq..=bins`, `nq = clamp((qmax − qmin + 1)/2, 1, bins)` quantized
+//!   levels (128 for 8-bit ranges; `bins = 2048` gives 1921 candidates, unlike ONNX Runtime's
+//!   degenerate 128-bin default): the reference `P` is bins `0..i` with the mass of bins `i..`
+//!   added to bin `i − 1`; `Q` merges bins `0..i` into `nq` groups of `i / nq` bins (the last group
+//!   takes the remainder) and spreads each group's sum evenly over the group's bins where `P` is
+//!   non-zero; `KL(P‖Q) = Σ_{P_k>0} p_k ln(p_k/q_k)` on the normalised distributions, +∞ when some
+//!   `P_k > 0` has `Q_k = 0` (no ε-smoothing: MXNet's smoothing goes negative on the fractional
+//!   counts upsampling produces). All sums are float64 in index order. The first `i` with the
+//!   smallest divergence gives the threshold `T = (A/bins)·i` in float32 (`A` itself for
+//!   `i = bins`), and qparams are `_calculate_qparams(max(min, −T), min(max, T))`.
+//!
+//! Never-observed statistics give scale 1.0 and zero point 0, as PyTorch does (for per-channel
+//! observers a single such pair, the channel count being unknown). Statistics PyTorch would
+//! reject in `calculate_qparams` (min > max, NaN) are errors.
+//!
+//! # NaN policy
+//!
+//! PyTorch's `aminmax` propagates NaN into the statistics and `histc` skips NaN silently, so a
+//! single NaN either poisons the range or vanishes without a trace. qc refuses instead:
+//! [`ObserverState::observe`] returns an error naming how many NaN values the batch had, and
+//! leaves the state unchanged.
+//!
+//! # Bit-exactness
+//!
+//! Every float32 operation is done in the order PyTorch's CPU kernels do it, which for three
+//! kernels is not the obvious one:
+//! * float32 `torch.sum` (the histogram total and the search's error norm) is ATen's cascade sum
+//!   over [`F32_LANES`]-wide vectors (`SumKernel.cpp`). The kernel has no AVX-512 variant
+//!   (`REGISTER_DISPATCH`), so AVX-512 machines run the AVX2 one: 8 lanes (measured: 8 lanes match
+//!   torch 2.15 on an AVX-512 machine, 16 do not; `ATEN_CPU_CAPABILITY=avx2` gives the same).
+//! * `linspace` (the upsampling midpoints and edges) computes `start + step·i` and
+//!   `end − step·(n − 1 − i)` with one rounding: the AVX2 build contracts them into FMAs. (A
+//!   PyTorch forced to `ATEN_CPU_CAPABILITY=default`, or built for another architecture, rounds
+//!   twice, and a few upsampled histogram bins then differ.)
+//! * `torch.div(rounding_mode="floor")` is `c10::div_floor_floating` (fmod, then a floor with a
+//!   half-correction), not `floor(a / b)`.
+//!
+//! The sign of a zero minimum or maximum can differ from PyTorch's when one batch holds both
+//! `+0.0` and `-0.0`: which one `aminmax` returns depends on their positions and the vector width.
+//! Scales and integer zero points do not depend on it (only the sign of the float zero point of
+//! an all-zero channel does).
+//!
+//! Histogram counts are float32 and exact while every bin holds fewer than 2^24 elements per batch
+//! (beyond that PyTorch's per-thread float32 counters saturate in a thread-count-dependent way).
+//! Non-float32 inputs to the histogram kinds are converted to float32 first (PyTorch bins them in
+//! their own dtype; the PT2E flow observes float32 activations). Where PyTorch's `histc` has
+//! undefined behaviour — a constant batch so large that `value ± 1` rounds back to `value` in
+//! float32 — qc counts the batch in the middle bin, where smaller constants land.
+
+use std::borrow::Cow;
+
+use ndarray::{ArrayD, Axis};
+
+use super::{calculate_float_qparams, calculate_qparams, torch_maximum, torch_minimum, QRange};
+use crate::ir::attr::{Attr, Dict};
+use crate::ir::quant::{QScheme, QSpec};
+use crate::ir::DType;
+use crate::tensor::Tensor;
+
+/// Float32 lanes of the ATen vector kernels being matched (x86-64 AVX2 dispatch; see the module
+/// doc).
+pub const F32_LANES: usize = 8;
+/// `HistogramObserver.upsample_rate`.
+pub const UPSAMPLE_RATE: usize = 16;
+/// `HistogramObserver`'s default bin count.
+pub const DEFAULT_BINS: usize = 2048;
+/// The largest accepted bin count.
+pub const MAX_BINS: usize = 1 << 16;
+/// PyTorch's default `averaging_constant`.
+pub const DEFAULT_AVERAGING_CONSTANT: f32 = 0.01;
+/// The default clipping percentile of the `percentile` observer.
+pub const DEFAULT_PERCENTILE: f64 = 99.99;
+
+/// Which observer collects the statistics.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ObserverKind {
+    MinMax,
+    MovingAverageMinMax,
+    PerChannelMinMax,
+    MovingAveragePerChannelMinMax,
+    Histogram,
+    FixedQParams,
+    Placeholder,
+    Percentile,
+    Entropy,
+}
+
+impl ObserverKind {
+    pub const ALL: [ObserverKind; 9] = [
+        ObserverKind::MinMax,
+        ObserverKind::MovingAverageMinMax,
+        ObserverKind::PerChannelMinMax,
+        ObserverKind::MovingAveragePerChannelMinMax,
+        ObserverKind::Histogram,
+        ObserverKind::FixedQParams,
+        ObserverKind::Placeholder,
+        ObserverKind::Percentile,
+        ObserverKind::Entropy,
+    ];
+
+    /// The name used in specs and `observer` ops.
+    pub fn name(self) -> &'static str {
+        match self {
+            ObserverKind::MinMax => "minmax",
+            ObserverKind::MovingAverageMinMax => "moving_average_minmax",
+            ObserverKind::PerChannelMinMax => "per_channel_minmax",
+            ObserverKind::MovingAveragePerChannelMinMax => "moving_average_per_channel_minmax",
+            ObserverKind::Histogram => "histogram",
+            ObserverKind::FixedQParams => "fixed_qparams",
+            ObserverKind::Placeholder => "placeholder",
+            ObserverKind::Percentile => "percentile",
+            ObserverKind::Entropy => "entropy",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ObserverKind> {
+        ObserverKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether the kind keeps one range per channel.
+    pub fn is_per_channel(self) -> bool {
+        matches!(self, ObserverKind::PerChannelMinMax | ObserverKind::MovingAveragePerChannelMinMax)
+    }
+
+    /// Whether the kind computes qparams from observed statistics (a `UniformQuantizationObserverBase`).
+    fn is_uniform(self) -> bool {
+        !matches!(self, ObserverKind::FixedQParams | ObserverKind::Placeholder)
+    }
+
+    fn has_bins(self) -> bool {
+        matches!(self, ObserverKind::Histogram | ObserverKind::Percentile | ObserverKind::Entropy)
+    }
+
+    fn has_averaging_constant(self) -> bool {
+        matches!(self, ObserverKind::MovingAverageMinMax | ObserverKind::MovingAveragePerChannelMinMax)
+    }
+}
+
+impl std::fmt::Display for ObserverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything an observer needs to know besides what it has seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObserverConfig {
+    pub kind: ObserverKind,
+    pub dtype: DType,
+    /// The quantized range, after `reduce_range` (which halves it, rounding down).
+    pub qmin: i64,
+    pub qmax: i64,
+    pub qscheme: QScheme,
+    /// The channel dimension of per-channel kinds (PyTorch's default is 0).
+    pub ch_axis: Option<usize>,
+    /// The smallest scale: PyTorch's default is `f32::EPSILON`; every stock quantizer spec passes
+    /// 2^-12 explicitly.
+    pub eps: f32,
+    /// The EMA weight of the moving-average kinds, as the float32 PyTorch multiplies by.
+    pub averaging_constant: f32,
+    /// Histogram bins of `histogram`, `percentile` and `entropy`.
+    pub bins: usize,
+    /// The kept percentage of the `percentile` observer, in (0, 100].
+    pub percentile: f64,
+    /// `(scale, zero_point)` of `fixed_qparams`.
+    pub fixed: Option<(f64, i64)>,
+    /// Whether qmin/qmax were given explicitly (always, for quantizer specs); only the uint8
+    /// symmetric zero point depends on it (128 when not).
+    pub customized_range: bool,
+}
+
+/// Options an `observer` op's `options` dictionary may carry.
+pub const OPTION_KEYS: &[&str] =
+    &["eps", "averaging_constant", "bins", "percentile", "reduce_range", "customized_range", "scale", "zero_point"];
+
+/// Top-level keys [`ObserverConfig::from_dict`] reads (besides `instance` and `stats`, which
+/// belong to the op and are ignored).
+const CONFIG_KEYS: &[&str] = &["kind", "dtype", "qmin", "qmax", "qscheme", "ch_axis", "options"];
+
+fn get_float(d: &Dict, key: &str, what: &str) -> Result<Option<f64>, String> {
+    d.get(key)
+        .map(|a| a.as_float().ok_or_else(|| format!("{what} `{key}` must be a number, found {}", a.kind_name())))
+        .transpose()
+}
+
+fn get_int(d: &Dict, key: &str, what: &str) -> Result<Option<i64>, String> {
+    d.get(key)
+        .map(|a| a.as_int().ok_or_else(|| format!("{what} `{key}` must be an integer, found {}", a.kind_name())))
+        .transpose()
+}
+
+fn get_bool(d: &Dict, key: &str, what: &str) -> Result<Option<bool>, String> {
+    d.get(key)
+        .map(|a| a.as_bool().ok_or_else(|| format!("{what} `{key}` must be true or false, found {}", a.kind_name())))
+        .transpose()
+}
+
+impl ObserverConfig {
+    /// A config with PyTorch's defaults for everything but the target range.
+    pub fn new(
+        kind: ObserverKind,
+        dtype: DType,
+        qmin: i64,
+        qmax: i64,
+        qscheme: QScheme,
+    ) -> Result<ObserverConfig, String> {
+        let cfg = ObserverConfig {
+            kind,
+            dtype,
+            qmin,
+            qmax,
+            qscheme,
+            ch_axis: kind.is_per_channel().then_some(0),
+            eps: f32::EPSILON,
+            averaging_constant: DEFAULT_AVERAGING_CONSTANT,
+            bins: DEFAULT_BINS,
+            percentile: DEFAULT_PERCENTILE,
+            fixed: None,
+            customized_range: true,
+        };
+        if kind == ObserverKind::FixedQParams {
+            return Err("a `fixed_qparams` observer needs its `scale` and `zero_point`".into());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads a config from an `observer` op's attributes: `kind`, `dtype`, `qmin`, `qmax`,
+    /// `qscheme` (default `per_tensor_affine`), `ch_axis`, and `options` — a dictionary of
+    /// [`OPTION_KEYS`] (`eps`, `averaging_constant`, `bins`, `percentile`, `reduce_range`,
+    /// `customized_range`, and `scale`/`zero_point` of a fixed-qparams observer). The op's
+    /// `instance` and `stats` entries are ignored; anything else is an error.
+    pub fn from_dict(attrs: &Dict) -> Result<ObserverConfig, String> {
+        for (key, _) in attrs.iter() {
+            if !CONFIG_KEYS.contains(&key) && key != "instance" && key != "stats" {
+                return Err(format!("unknown observer attribute `{key}`"));
+            }
+        }
+        let what = "observer attribute";
+        let kind_name = match attrs.get("kind") {
+            Some(a) => a
+                .as_str()
+                .ok_or_else(|| format!("observer attribute `kind` must be a string, found {}", a.kind_name()))?,
+            None => return Err("an observer needs a `kind`".into()),
+        };
+        let kind = ObserverKind::from_name(kind_name).ok_or_else(|| {
+            let names: Vec<String> = ObserverKind::ALL.iter().map(|k| format!("\"{k}\"")).collect();
+            format!("unknown observer kind \"{kind_name}\" (expected one of {})", names.join(", "))
+        })?;
+        let dtype = match attrs.get("dtype") {
+            Some(a) => a
+                .as_dtype()
+                .ok_or_else(|| format!("observer attribute `dtype` must be a dtype, found {}", a.kind_name()))?,
+            None => return Err("an observer needs a `dtype`".into()),
+        };
+        let qmin = get_int(attrs, "qmin", what)?.ok_or("an observer needs `qmin`")?;
+        let qmax = get_int(attrs, "qmax", what)?.ok_or("an observer needs `qmax`")?;
+        let qscheme = match attrs.get("qscheme") {
+            None => QScheme::PerTensorAffine,
+            Some(a) => a
+                .as_str()
+                .and_then(QScheme::from_name)
+                .ok_or_else(|| format!("observer attribute `qscheme` is not a quantization scheme: {a:?}"))?,
+        };
+        let ch_axis = match get_int(attrs, "ch_axis", what)? {
+            None => None,
+            Some(axis) => {
+                Some(usize::try_from(axis).map_err(|_| format!("`ch_axis` must be non-negative, got {axis}"))?)
+            }
+        };
+        let empty = Dict::new();
+        let options = match attrs.get("options") {
+            None => &empty,
+            Some(a) => a
+                .as_dict()
+                .ok_or_else(|| format!("observer attribute `options` must be a dictionary, found {}", a.kind_name()))?,
+        };
+        let mut cfg = ObserverConfig {
+            kind,
+            dtype,
+            qmin,
+            qmax,
+            qscheme,
+            ch_axis,
+            eps: f32::EPSILON,
+            averaging_constant: DEFAULT_AVERAGING_CONSTANT,
+            bins: DEFAULT_BINS,
+            percentile: DEFAULT_PERCENTILE,
+            fixed: None,
+            customized_range: true,
+        };
+        cfg.apply_options(options)?;
+        if cfg.kind.is_per_channel() && cfg.ch_axis.is_none() {
+            cfg.ch_axis = Some(0);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config of the observer a quantization spec asks for (`fixed` specs get a
+    /// `fixed_qparams` observer whatever their `observer` says, as in PT2E).
+    pub fn from_qspec(spec: &QSpec) -> Result<ObserverConfig, String> {
+        let mut attrs = Dict::new();
+        let kind = if spec.fixed.is_some() { ObserverKind::FixedQParams.name() } else { spec.observer.as_str() };
+        attrs.insert("kind", Attr::Str(kind.into()));
+        attrs.insert("dtype", Attr::DType(spec.dtype));
+        attrs.insert("qmin", Attr::Int(spec.qmin));
+        attrs.insert("qmax", Attr::Int(spec.qmax));
+        attrs.insert("qscheme", Attr::Str(spec.qscheme.name().into()));
+        if let Some(axis) = spec.ch_axis {
+            attrs.insert("ch_axis", Attr::Int(axis));
+        }
+        let mut options = spec.options.clone();
+        if let Some((scale, zp)) = spec.fixed {
+            options.insert("scale", Attr::Float(scale));
+            options.insert("zero_point", Attr::Int(zp));
+        }
+        attrs.insert("options", Attr::Dict(options));
+        ObserverConfig::from_dict(&attrs)
+    }
+
+    fn apply_options(&mut self, options: &Dict) -> Result<(), String> {
+        let what = "observer option";
+        for (key, _) in options.iter() {
+            if !OPTION_KEYS.contains(&key) {
+                return Err(format!("unknown observer option `{key}` (known: {})", OPTION_KEYS.join(", ")));
+            }
+        }
+        if let Some(eps) = get_float(options, "eps", what)? {
+            if !(eps.is_finite() && eps >= 0.0) {
+                return Err(format!("observer option `eps` must be finite and non-negative, got {eps:?}"));
+            }
+            // PyTorch stores eps as a float32 buffer.
+            self.eps = eps as f32;
+        }
+        if let Some(c) = get_float(options, "averaging_constant", what)? {
+            if !self.kind.has_averaging_constant() {
+                return Err(format!("a `{}` observer takes no `averaging_constant`", self.kind));
+            }
+            if !(c > 0.0 && c <= 1.0) {
+                return Err(format!("`averaging_constant` must be in (0, 1], got {c:?}"));
+            }
+            self.averaging_constant = c as f32;
+        }
+        if let Some(bins) = get_int(options, "bins", what)? {
+            if !self.kind.has_bins() {
+                return Err(format!("a `{}` observer takes no `bins`", self.kind));
+            }
+            self.bins = usize::try_from(bins)
+                .ok()
+                .filter(|b| (1..=MAX_BINS).contains(b))
+                .ok_or_else(|| format!("`bins` must be between 1 and {MAX_BINS}, got {bins}"))?;
+        }
+        if let Some(p) = get_float(options, "percentile", what)? {
+            if self.kind != ObserverKind::Percentile {
+                return Err(format!("a `{}` observer takes no `percentile`", self.kind));
+            }
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!("`percentile` must be in (0, 100], got {p:?}"));
+            }
+            self.percentile = p;
+        }
+        if let Some(customized) = get_bool(options, "customized_range", what)? {
+            self.customized_range = customized;
+        }
+        if get_bool(options, "reduce_range", what)? == Some(true) {
+            // `calculate_qmin_qmax`: quant_min // 2, quant_max // 2 (floor division).
+            self.qmin = self.qmin.div_euclid(2);
+            self.qmax = self.qmax.div_euclid(2);
+        }
+        match (get_float(options, "scale", what)?, get_int(options, "zero_point", what)?) {
+            (Some(scale), Some(zp)) => {
+                if self.kind != ObserverKind::FixedQParams {
+                    return Err(format!("a `{}` observer takes no fixed `scale`/`zero_point`", self.kind));
+                }
+                if !(scale.is_finite() && scale > 0.0) {
+                    return Err(format!("the fixed `scale` must be positive and finite, got {scale:?}"));
+                }
+                self.fixed = Some((scale, zp));
+            }
+            (None, None) => {}
+            _ => return Err("a fixed-qparams observer needs both `scale` and `zero_point`".into()),
+        }
+        Ok(())
+    }
+
+    /// Checks the combination of kind, dtype, range and scheme as PyTorch's constructors do.
+    pub fn validate(&self) -> Result<(), String> {
+        let kind = self.kind;
+        if self.qmin > self.qmax {
+            return Err(format!("`qmin` ({}) is greater than `qmax` ({})", self.qmin, self.qmax));
+        }
+        if kind == ObserverKind::FixedQParams && self.fixed.is_none() {
+            return Err("a `fixed_qparams` observer needs its `scale` and `zero_point`".into());
+        }
+        if !kind.is_uniform() {
+            return Ok(());
+        }
+        if !matches!(self.dtype, DType::I8 | DType::U8 | DType::I16 | DType::I32) {
+            return Err(format!("a `{kind}` observer quantizes to i8, u8, i16 or i32, not {}", self.dtype));
+        }
+        if let Some((lo, hi)) = self.dtype.int_range() {
+            if self.qmin < lo || self.qmax > hi {
+                return Err(format!(
+                    "the range [{}, {}] does not fit in {} [{lo}, {hi}]",
+                    self.qmin, self.qmax, self.dtype
+                ));
+            }
+        }
+        // `validate_qmin_qmax`.
+        if !(self.qmin <= 0 && 0 <= self.qmax && self.qmin < self.qmax) {
+            return Err(format!("the range [{}, {}] must include 0 and have qmin < qmax", self.qmin, self.qmax));
+        }
+        match (kind.is_per_channel(), self.qscheme.is_per_channel()) {
+            (true, false) => {
+                return Err(format!("a `{kind}` observer needs a per-channel scheme, not {}", self.qscheme))
+            }
+            (false, true) => {
+                return Err(format!("a `{kind}` observer supports per-tensor schemes only, not {}", self.qscheme))
+            }
+            _ => {}
+        }
+        if !kind.is_per_channel() && self.ch_axis.is_some() {
+            return Err(format!("`ch_axis` only applies to per-channel observers, not `{kind}`"));
+        }
+        Ok(())
+    }
+
+    /// What `calculate_qparams` needs to know about the target range.
+    pub fn qrange(&self) -> QRange {
+        QRange {
+            qmin: self.qmin,
+            qmax: self.qmax,
+            qscheme: self.qscheme,
+            dtype: self.dtype,
+            eps: self.eps,
+            customized_range: self.customized_range,
+        }
+    }
+
+    /// `2 ** torch.iinfo(dtype).bits`: the histogram search's destination bins.
+    fn dst_nbins(&self) -> f64 {
+        let bits = match self.dtype {
+            DType::I8 | DType::U8 => 8,
+            DType::I16 => 16,
+            _ => 32,
+        };
+        2f64.powi(bits)
+    }
+}
+
+/// Quantization parameters: one entry per channel (one in all for per-tensor schemes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QParams {
+    pub scale: Vec<f32>,
+    /// Integer zero points. For `per_channel_affine_float_qparams` these are the float zero points
+    /// rounded half-to-even; the exact values are in `float_zero_point`.
+    pub zero_point: Vec<i64>,
+    /// The float zero points of `per_channel_affine_float_qparams`.
+    pub float_zero_point: Option<Vec<f32>>,
+}
+
+impl QParams {
+    fn per_tensor(scale: f32, zero_point: i64) -> QParams {
+        QParams { scale: vec![scale], zero_point: vec![zero_point], float_zero_point: None }
+    }
+}
+
+/// A float32 histogram over `[lo, hi]` plus the observed signed range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramStats {
+    /// The running minimum and maximum (+inf/-inf until the first batch).
+    pub min_val: f32,
+    pub max_val: f32,
+    /// `bins` float32 counts: over `[min_val, max_val]` for `histogram`/`percentile`, over
+    /// `[0, max(-min_val, max_val)]` of |x| for `entropy`.
+    pub counts: Vec<f32>,
+}
+
+impl HistogramStats {
+    fn new(bins: usize) -> Self {
+        HistogramStats { min_val: f32::INFINITY, max_val: f32::NEG_INFINITY, counts: vec![0.0; bins] }
+    }
+
+    fn is_initialized(&self) -> bool {
+        !(self.min_val == f32::INFINITY && self.max_val == f32::NEG_INFINITY)
+    }
+
+    /// The entropy histogram's upper edge.
+    fn abs_max(&self) -> f32 {
+        torch_maximum(-self.min_val, self.max_val)
+    }
+}
+
+/// What an observer has seen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ObserverState {
+    /// `minmax` and `moving_average_minmax`: (+inf, -inf) until the first non-empty batch.
+    MinMax { min_val: f32, max_val: f32 },
+    /// The per-channel kinds: empty until the first non-empty batch.
+    PerChannel { min_val: Vec<f32>, max_val: Vec<f32> },
+    /// `histogram` and `percentile`.
+    Histogram(HistogramStats),
+    /// `entropy`: the signed range and the histogram of |x|.
+    AbsHistogram(HistogramStats),
+    /// `fixed_qparams` and `placeholder` observe nothing.
+    Stateless,
+}
+
+/// The input as float32, the way PyTorch's observers convert it.
+fn float32_data(x: &Tensor) -> Result<Cow<'_, ArrayD<f32>>, String> {
+    Ok(match x {
+        Tensor::F32(a) => Cow::Borrowed(a),
+        Tensor::F64(a) => Cow::Owned(a.mapv(|v| v as f32)),
+        Tensor::F16(a) => Cow::Owned(a.mapv(|v| v.to_f32())),
+        Tensor::BF16(a) => Cow::Owned(a.mapv(|v| v.to_f32())),
+        other => return Err(format!("observers take float tensors, not {}", other.dtype())),
+    })
+}
+
+fn check_nan(kind: ObserverKind, data: &ArrayD<f32>) -> Result<(), String> {
+    let nans = data.iter().filter(|v| v.is_nan()).count();
+    if nans > 0 {
+        return Err(format!(
+            "the `{kind}` observer got {nans} NaN value{} (of {} elements): NaN has no place in a quantization \
+             range (PyTorch would record NaN statistics or drop them silently)",
+            if nans == 1 { "" } else { "s" },
+            data.len()
+        ));
+    }
+    Ok(())
+}
+
+/// `torch.aminmax` of NaN-free, non-empty data. Between `+0.0` and `-0.0` the later element wins,
+/// as in PyTorch's scalar loop (its vectorised loop picks by lane; see the module doc).
+fn aminmax<'a>(values: impl IntoIterator<Item = &'a f32>) -> (f32, f32) {
+    values.into_iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+        (if v <= lo { v } else { lo }, if v >= hi { v } else { hi })
+    })
+}
+
+/// One moving-average step in float32: `running + c·(current − running)`.
+fn ema(running: f32, current: f32, c: f32) -> f32 {
+    running + c * (current - running)
+}
+
+impl ObserverState {
+    /// The empty state of `cfg`'s kind.
+    pub fn new(cfg: &ObserverConfig) -> ObserverState {
+        match cfg.kind {
+            ObserverKind::MinMax | ObserverKind::MovingAverageMinMax => {
+                ObserverState::MinMax { min_val: f32::INFINITY, max_val: f32::NEG_INFINITY }
+            }
+            ObserverKind::PerChannelMinMax | ObserverKind::MovingAveragePerChannelMinMax => {
+                ObserverState::PerChannel { min_val: Vec::new(), max_val: Vec::new() }
+            }
+            ObserverKind::Histogram | ObserverKind::Percentile => {
+                ObserverState::Histogram(HistogramStats::new(cfg.bins))
+            }
+            ObserverKind::Entropy => ObserverState::AbsHistogram(HistogramStats::new(cfg.bins)),
+            ObserverKind::FixedQParams | ObserverKind::Placeholder => ObserverState::Stateless,
+        }
+    }
+
+    fn matches(&self, cfg: &ObserverConfig) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(&ObserverState::new(cfg))
+            && match self {
+                ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) => h.counts.len() == cfg.bins,
+                _ => true,
+            }
+    }
+
+    fn check_matches(&self, cfg: &ObserverConfig) -> Result<(), String> {
+        if self.matches(cfg) {
+            Ok(())
+        } else {
+            Err(format!("these observer statistics do not belong to a `{}` observer with {} bins", cfg.kind, cfg.bins))
+        }
+    }
+
+    /// Whether any non-empty batch has been recorded (always true for stateless kinds).
+    pub fn is_initialized(&self) -> bool {
+        match self {
+            ObserverState::MinMax { min_val, max_val } => !(*min_val == f32::INFINITY && *max_val == f32::NEG_INFINITY),
+            ObserverState::PerChannel { min_val, .. } => !min_val.is_empty(),
+            ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) => h.is_initialized(),
+            ObserverState::Stateless => true,
+        }
+    }
+
+    /// Records one tensor (the observer's `forward`). Errors leave the state unchanged.
+    pub fn observe(&mut self, cfg: &ObserverConfig, x: &Tensor) -> Result<(), String> {
+        self.check_matches(cfg)?;
+        if matches!(self, ObserverState::Stateless) {
+            return Ok(());
+        }
+        if x.is_empty() {
+            return Ok(());
+        }
+        let data = float32_data(x)?;
+        check_nan(cfg.kind, &data)?;
+        match self {
+            ObserverState::MinMax { min_val, max_val } => {
+                let (lo, hi) = aminmax(data.iter());
+                if cfg.kind == ObserverKind::MovingAverageMinMax
+                    && !(*min_val == f32::INFINITY && *max_val == f32::NEG_INFINITY)
+                {
+                    *min_val = ema(*min_val, lo, cfg.averaging_constant);
+                    *max_val = ema(*max_val, hi, cfg.averaging_constant);
+                } else if cfg.kind == ObserverKind::MovingAverageMinMax {
+                    (*min_val, *max_val) = (lo, hi);
+                } else {
+                    *min_val = torch_minimum(lo, *min_val);
+                    *max_val = torch_maximum(hi, *max_val);
+                }
+            }
+            ObserverState::PerChannel { min_val, max_val } => {
+                let axis = cfg.ch_axis.unwrap_or(0);
+                if axis >= data.ndim() {
+                    return Err(format!(
+                        "`ch_axis` {axis} is out of range for a {}-d input of the `{}` observer",
+                        data.ndim(),
+                        cfg.kind
+                    ));
+                }
+                let (lo, hi): (Vec<f32>, Vec<f32>) = data.axis_iter(Axis(axis)).map(|c| aminmax(c.iter())).unzip();
+                if min_val.is_empty() {
+                    (*min_val, *max_val) = (lo, hi);
+                } else if min_val.len() != lo.len() {
+                    return Err(format!(
+                        "the `{}` observer has seen {} channels, but this input has {} on axis {axis}",
+                        cfg.kind,
+                        min_val.len(),
+                        lo.len()
+                    ));
+                } else if cfg.kind == ObserverKind::MovingAveragePerChannelMinMax {
+                    let c = cfg.averaging_constant;
+                    min_val.iter_mut().zip(&lo).for_each(|(m, &v)| *m = ema(*m, v, c));
+                    max_val.iter_mut().zip(&hi).for_each(|(m, &v)| *m = ema(*m, v, c));
+                } else {
+                    min_val.iter_mut().zip(&lo).for_each(|(m, &v)| *m = torch_minimum(v, *m));
+                    max_val.iter_mut().zip(&hi).for_each(|(m, &v)| *m = torch_maximum(v, *m));
+                }
+            }
+            ObserverState::Histogram(h) => {
+                let finite = finite_values(&data);
+                if !finite.is_empty() {
+                    histogram_observe(h, &finite);
+                }
+            }
+            ObserverState::AbsHistogram(h) => {
+                let finite = finite_values(&data);
+                if !finite.is_empty() {
+                    abs_histogram_observe(h, &finite);
+                }
+            }
+            ObserverState::Stateless => {}
+        }
+        Ok(())
+    }
+
+    /// `calculate_qparams()`.
+    pub fn qparams(&self, cfg: &ObserverConfig) -> Result<QParams, String> {
+        self.check_matches(cfg)?;
+        let range = cfg.qrange();
+        match self {
+            ObserverState::Stateless => match (cfg.kind, cfg.fixed) {
+                // `torch.tensor([scale], dtype=torch.float)`, `torch.tensor([zero_point], dtype=torch.int)`.
+                (ObserverKind::FixedQParams, Some((scale, zp))) => Ok(QParams::per_tensor(scale as f32, zp)),
+                (ObserverKind::FixedQParams, None) => Err("the `fixed_qparams` observer has no fixed qparams".into()),
+                _ => Err(format!(
+                    "a `{}` observer has no qparams of its own: they are computed at run time (dynamic quantization)",
+                    cfg.kind
+                )),
+            },
+            ObserverState::MinMax { min_val, max_val } => per_tensor_qparams(*min_val, *max_val, &range),
+            ObserverState::PerChannel { min_val, max_val } => per_channel_qparams(min_val, max_val, &range),
+            ObserverState::Histogram(h) => {
+                if !h.is_initialized() {
+                    return Ok(QParams::per_tensor(1.0, 0));
+                }
+                let (lo, hi) = if cfg.kind == ObserverKind::Percentile {
+                    percentile_range(h, cfg.percentile)
+                } else {
+                    non_linear_param_search(h, cfg.dst_nbins())
+                };
+                per_tensor_qparams(lo, hi, &range)
+            }
+            ObserverState::AbsHistogram(h) => {
+                if !h.is_initialized() {
+                    return Ok(QParams::per_tensor(1.0, 0));
+                }
+                let levels = usize::try_from((cfg.qmax - cfg.qmin + 1) / 2).unwrap_or(1).clamp(1, h.counts.len());
+                let kept = entropy_bins_kept(&h.counts, levels);
+                let amax = h.abs_max();
+                let bins = h.counts.len();
+                let threshold = if kept == bins { amax } else { amax / bins as f32 * kept as f32 };
+                let lo = torch_maximum(h.min_val, -threshold);
+                let hi = torch_minimum(h.max_val, threshold);
+                per_tensor_qparams(lo, hi, &range)
+            }
+        }
+    }
+
+    /// The statistics as attributes: `min_val`/`max_val` floats (lists for per-channel kinds),
+    /// plus `histogram` (a list of `bins` floats) for the histogram kinds. Every float is a
+    /// float32 widened exactly. Stateless kinds give an empty dictionary.
+    pub fn to_dict(&self) -> Dict {
+        let floats = |v: &[f32]| Attr::List(v.iter().map(|&x| Attr::Float(f64::from(x))).collect());
+        let mut d = Dict::new();
+        match self {
+            ObserverState::MinMax { min_val, max_val } => {
+                d.insert("min_val", Attr::Float(f64::from(*min_val)));
+                d.insert("max_val", Attr::Float(f64::from(*max_val)));
+            }
+            ObserverState::PerChannel { min_val, max_val } => {
+                d.insert("min_val", floats(min_val));
+                d.insert("max_val", floats(max_val));
+            }
+            ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) => {
+                d.insert("min_val", Attr::Float(f64::from(h.min_val)));
+                d.insert("max_val", Attr::Float(f64::from(h.max_val)));
+                d.insert("histogram", floats(&h.counts));
+            }
+            ObserverState::Stateless => {}
+        }
+        d
+    }
+
+    /// Reads statistics written by [`ObserverState::to_dict`] (or by hand): every key must be
+    /// present and known, floats may be written as integers and are rounded to float32, and the
+    /// values must be consistent (min ≤ max or the never-observed (+inf, -inf); equal channel
+    /// counts; `bins` finite non-negative counts, all zero when never observed).
+    pub fn from_dict(cfg: &ObserverConfig, d: &Dict) -> Result<ObserverState, String> {
+        let expected: &[&str] = match cfg.kind {
+            ObserverKind::FixedQParams | ObserverKind::Placeholder => &[],
+            k if k.has_bins() => &["min_val", "max_val", "histogram"],
+            _ => &["min_val", "max_val"],
+        };
+        for (key, _) in d.iter() {
+            if !expected.contains(&key) {
+                return Err(format!("unknown `{}` observer statistic `{key}`", cfg.kind));
+            }
+        }
+        for key in expected {
+            if d.get(key).is_none() {
+                return Err(format!("the `{}` observer statistics lack `{key}`", cfg.kind));
+            }
+        }
+        let state = match ObserverState::new(cfg) {
+            ObserverState::Stateless => ObserverState::Stateless,
+            ObserverState::MinMax { .. } => {
+                let (min_val, max_val) = (stat_float(d, "min_val")?, stat_float(d, "max_val")?);
+                check_range(min_val, max_val, "")?;
+                ObserverState::MinMax { min_val, max_val }
+            }
+            ObserverState::PerChannel { .. } => {
+                let (min_val, max_val) = (stat_floats(d, "min_val")?, stat_floats(d, "max_val")?);
+                if min_val.len() != max_val.len() {
+                    return Err(format!(
+                        "`min_val` has {} channels but `max_val` has {}",
+                        min_val.len(),
+                        max_val.len()
+                    ));
+                }
+                for (c, (&lo, &hi)) in min_val.iter().zip(&max_val).enumerate() {
+                    if !is_ordered(lo, hi) {
+                        return Err(format!("channel {c}: `min_val` {lo:?} is greater than `max_val` {hi:?}"));
+                    }
+                }
+                ObserverState::PerChannel { min_val, max_val }
+            }
+            ObserverState::Histogram(_) | ObserverState::AbsHistogram(_) => {
+                let (min_val, max_val) = (stat_float(d, "min_val")?, stat_float(d, "max_val")?);
+                let counts = stat_floats(d, "histogram")?;
+                let h = HistogramStats { min_val, max_val, counts };
+                check_histogram(&h, cfg.bins)?;
+                if cfg.kind == ObserverKind::Entropy {
+                    ObserverState::AbsHistogram(h)
+                } else {
+                    ObserverState::Histogram(h)
+                }
+            }
+        };
+        Ok(state)
+    }
+}
+
+fn to_f32_stat(v: f64, key: &str) -> Result<f32, String> {
+    if v.is_nan() {
+        return Err(format!("`{key}` is NaN"));
+    }
+    let f = v as f32;
+    if f.is_infinite() && v.is_finite() {
+        return Err(format!("`{key}` {v:e} does not fit in float32"));
+    }
+    Ok(f)
+}
+
+fn stat_float(d: &Dict, key: &str) -> Result<f32, String> {
+    let a = d.get(key).ok_or_else(|| format!("missing `{key}`"))?;
+    let v = a.as_float().ok_or_else(|| format!("`{key}` must be a float, found {}", a.kind_name()))?;
+    to_f32_stat(v, key)
+}
+
+fn stat_floats(d: &Dict, key: &str) -> Result<Vec<f32>, String> {
+    let a = d.get(key).ok_or_else(|| format!("missing `{key}`"))?;
+    let Attr::List(items) = a else {
+        return Err(format!("`{key}` must be a list of floats, found {}", a.kind_name()));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let v = item
+                .as_float()
+                .ok_or_else(|| format!("`{key}` element {i} must be a float, found {}", item.kind_name()))?;
+            to_f32_stat(v, &format!("{key}[{i}]"))
+        })
+        .collect()
+}
+
+/// `min ≤ max`, false when either is NaN (PyTorch's `assert min_val <= max_val`).
+fn is_ordered(min_val: f32, max_val: f32) -> bool {
+    matches!(min_val.partial_cmp(&max_val), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal))
+}
+
+/// A per-tensor range is valid when never observed (+inf, -inf) or min ≤ max.
+fn check_range(min_val: f32, max_val: f32, what: &str) -> Result<(), String> {
+    if (min_val == f32::INFINITY && max_val == f32::NEG_INFINITY) || min_val <= max_val {
+        Ok(())
+    } else {
+        Err(format!("{what}`min_val` {min_val:?} is greater than `max_val` {max_val:?}"))
+    }
+}
+
+fn check_histogram(h: &HistogramStats, bins: usize) -> Result<(), String> {
+    if h.counts.len() != bins {
+        return Err(format!("`histogram` has {} bins but the observer has {bins}", h.counts.len()));
+    }
+    if let Some((i, v)) = h.counts.iter().enumerate().find(|(_, v)| !(v.is_finite() && **v >= 0.0)) {
+        return Err(format!("`histogram` bin {i} is {v:?}: counts must be finite and non-negative"));
+    }
+    if !h.is_initialized() {
+        if h.counts.iter().any(|&v| v != 0.0) {
+            return Err("a never-observed histogram (min +inf, max -inf) must have all counts zero".into());
+        }
+        return Ok(());
+    }
+    if !(h.min_val.is_finite() && h.max_val.is_finite()) {
+        return Err(format!(
+            "a histogram range must be finite (or +inf/-inf before any batch), got [{:?}, {:?}]",
+            h.min_val, h.max_val
+        ));
+    }
+    check_range(h.min_val, h.max_val, "histogram: ")
+}
+
+/// `_calculate_qparams` of a 0-dim range, with `check_min_max_valid`'s assertion as an error.
+fn per_tensor_qparams(min_val: f32, max_val: f32, range: &QRange) -> Result<QParams, String> {
+    if min_val == f32::INFINITY && max_val == f32::NEG_INFINITY {
+        return Ok(QParams::per_tensor(1.0, 0));
+    }
+    if !is_ordered(min_val, max_val) {
+        return Err(format!("invalid observer range: min {min_val:?} is not ≤ max {max_val:?}"));
+    }
+    let (scale, zero_point) = calculate_qparams(min_val, max_val, range);
+    Ok(QParams::per_tensor(scale, zero_point))
+}
+
+/// `_calculate_qparams` of per-channel ranges.
+fn per_channel_qparams(min_val: &[f32], max_val: &[f32], range: &QRange) -> Result<QParams, String> {
+    if min_val.is_empty() || max_val.is_empty() {
+        return Ok(QParams::per_tensor(1.0, 0));
+    }
+    if let Some(c) = (0..min_val.len()).find(|&c| !is_ordered(min_val[c], max_val[c])) {
+        return Err(format!(
+            "invalid observer range in channel {c}: min {:?} is not ≤ max {:?}",
+            min_val[c], max_val[c]
+        ));
+    }
+    if range.qscheme == QScheme::PerChannelAffineFloatQParams {
+        let (scale, zp): (Vec<f32>, Vec<f32>) =
+            min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_float_qparams(lo, hi, range)).unzip();
+        let rounded = zp.iter().map(|&z| z.round_ties_even() as i64).collect();
+        return Ok(QParams { scale, zero_point: rounded, float_zero_point: Some(zp) });
+    }
+    let (scale, zero_point) = min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_qparams(lo, hi, range)).unzip();
+    Ok(QParams { scale, zero_point, float_zero_point: None })
+}
+
+// ---------------------------------------------------------------------------------------------
+// PyTorch CPU kernels, float32, in their exact evaluation order.
+
+/// The input without ±inf (`x[x.abs() != inf]`), flattened. Callers have rejected NaN.
+fn finite_values(data: &ArrayD<f32>) -> Vec<f32> {
+    data.iter().copied().filter(|v| v.is_finite()).collect()
+}
+
+/// `torch.sum` of a contiguous float32 vector: ATen's cascade sum (`SumKernel.cpp`,
+/// `vectorized_inner_sum`) over `F32_LANES`-wide vectors, in float32.
+pub(crate) fn torch_sum_f32(x: &[f32]) -> f32 {
+    let lanes = F32_LANES;
+    if x.len() < lanes {
+        return row_sum(x.len(), |i| x[i]);
+    }
+    let vectors = x.len() / lanes;
+    let mut total = 0.0f32;
+    for &v in &x[vectors * lanes..] {
+        total += v;
+    }
+    // Every lane runs the same cascade over its own elements.
+    for lane in 0..lanes {
+        total += row_sum(vectors, |m| x[m * lanes + lane]);
+    }
+    total
+}
+
+/// `row_sum`: four interleaved accumulators (`ilp_factor`), each a `multi_row_sum` cascade, then
+/// the leftovers into the first, then the four summed in order.
+fn row_sum(n: usize, load: impl Fn(usize) -> f32) -> f32 {
+    const ILP: usize = 4;
+    const LEVELS: usize = 4;
+    let rows = n / ILP;
+    let ceil_log2 = |x: usize| if x <= 2 { 1 } else { usize::BITS - (x - 1).leading_zeros() } as usize;
+    let level_power = (ceil_log2(rows) / LEVELS).max(4);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[0.0f32; ILP]; LEVELS];
+    let mut i = 0;
+    while i + level_step <= rows {
+        for _ in 0..level_step {
+            for (k, a) in acc[0].iter_mut().enumerate() {
+                *a += load(i * ILP + k);
+            }
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            let (lower, upper) = acc.split_at_mut(j);
+            for (a, b) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                *a += *b;
+                *b = 0.0;
+            }
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < rows {
+        for (k, a) in acc[0].iter_mut().enumerate() {
+            *a += load(i * ILP + k);
+        }
+        i += 1;
+    }
+    let (first, rest) = acc.split_at_mut(1);
+    for level in rest.iter() {
+        for (a, b) in first[0].iter_mut().zip(level) {
+            *a += *b;
+        }
+    }
+    let mut partial = acc[0];
+    for i in rows * ILP..n {
+        partial[0] += load(i);
+    }
+    partial[0] + partial[1] + partial[2] + partial[3]
+}
+
+/// `torch.cumsum` of float32 on CPU: accumulated in float64, stored as float32.
+fn torch_cumsum_f32(x: &[f32]) -> Vec<f32> {
+    let mut acc = 0.0f64;
+    x.iter()
+        .map(|&v| {
+            acc += f64::from(v);
+            acc as f32
+        })
+        .collect()
+}
+
+/// `torch.linspace(start, end, steps)` in float32 (`steps ≥ 2`): the first half counts up from
+/// `start`, the second half down from `end`, each element one fused multiply-add.
+fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    let step = (end - start) / (steps - 1) as f32;
+    let halfway = steps / 2;
+    (0..steps)
+        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) })
+        .collect()
+}
+
+/// `c10::div_floor_floating`: Python's `//` on floats.
+fn div_floor(a: f32, b: f32) -> f32 {
+    if b == 0.0 {
+        return a / b;
+    }
+    let m = a % b;
+    let mut div = (a - m) / b;
+    if m != 0.0 && (b < 0.0) != (m < 0.0) {
+        div -= 1.0;
+    }
+    if div != 0.0 {
+        let mut floor = div.floor();
+        if div - floor > 0.5 {
+            floor += 1.0;
+        }
+        floor
+    } else {
+        0.0f32.copysign(a / b)
+    }
+}
+
+/// `torch.histc(x, bins, min=lo, max=hi)` on CPU (`histogramdd` with linear-interpolation bins):
+/// an equal `lo`/`hi` falls back to the data's range, and to `lo − 1, hi + 1` (in float64) if that
+/// is a single value too; elements outside the float32 edges are skipped; the bin is
+/// `int((x − left)·bins / (right − left))` in float32, the last bin closed.
+fn torch_histc(x: &[f32], bins: usize, lo: f32, hi: f32) -> Vec<f32> {
+    let (mut left, mut right) = (f64::from(lo), f64::from(hi));
+    if left == right && !x.is_empty() {
+        let (a, b) = aminmax(x);
+        (left, right) = (f64::from(a), f64::from(b));
+    }
+    if left == right {
+        left -= 1.0;
+        right += 1.0;
+    }
+    // The edges are float32 `linspace` endpoints, which are exact.
+    let (left, right) = (left as f32, right as f32);
+    let mut hist = vec![0.0f32; bins];
+    let n = bins as f32;
+    for &v in x {
+        if !(v >= left && v <= right) {
+            continue;
+        }
+        let pos = if right == left {
+            // PyTorch divides 0 by 0 here (undefined behaviour); see the module doc.
+            bins / 2
+        } else {
+            (((v - left) * n / (right - left)) as usize).min(bins - 1)
+        };
+        hist[pos] += 1.0;
+    }
+    hist
+}
+
+/// `HistogramObserver._upscale_histogram`: the old histogram (over `[orig_min, orig_max]`) in the
+/// bins of `[new_min, new_max]`.
+fn upscale_histogram(hist: &[f32], orig_min: f32, orig_max: f32, new_min: f32, new_max: f32) -> Vec<f32> {
+    let bins = hist.len();
+    let fine = bins * UPSAMPLE_RATE;
+    let bin_size = (orig_max - orig_min) / fine as f32;
+    let half = 0.5 * bin_size;
+    let mids = torch_linspace_f32(orig_min, orig_max, fine + 1);
+    let edges = torch_linspace_f32(new_min, new_max, bins + 1);
+    let mut out = vec![0.0f32; bins];
+    for (i, &m) in mids[..fine].iter().enumerate() {
+        let mid = m + half;
+        // bucketize(right=True) − 1, clamped to the bins.
+        let bucket = edges.partition_point(|&e| e <= mid).saturating_sub(1).min(bins - 1);
+        out[bucket] += hist[i / UPSAMPLE_RATE] / UPSAMPLE_RATE as f32;
+    }
+    out
+}
+
+/// `HistogramObserver._combine_histograms` (the equal-range case is handled by the caller).
+fn combine_histograms(
+    orig: &[f32],
+    orig_min: f32,
+    orig_max: f32,
+    update: &[f32],
+    new_min: f32,
+    new_max: f32,
+) -> Vec<f32> {
+    let bins = orig.len();
+    if orig_min == orig_max {
+        let weight = torch_sum_f32(orig);
+        let single = torch_histc(&[orig_min], bins, new_min, new_max);
+        return single.iter().zip(update).map(|(&s, &u)| s * weight + u).collect();
+    }
+    let upscaled = upscale_histogram(orig, orig_min, orig_max, new_min, new_max);
+    update.iter().zip(&upscaled).map(|(&u, &t)| u + t).collect()
+}
+
+/// `HistogramObserver.forward` on finite, non-empty data.
+fn histogram_observe(h: &mut HistogramStats, x: &[f32]) {
+    let bins = h.counts.len();
+    let (xmin, xmax) = aminmax(x);
+    if !h.is_initialized() {
+        h.min_val = xmin;
+        h.max_val = xmax;
+        h.counts = torch_histc(x, bins, xmin, xmax);
+        return;
+    }
+    let new_min = torch_minimum(h.min_val, xmin);
+    let new_max = torch_maximum(h.max_val, xmax);
+    let update = torch_histc(x, bins, new_min, new_max);
+    if new_min == h.min_val && new_max == h.max_val {
+        h.counts.iter_mut().zip(&update).for_each(|(c, &u)| *c += u);
+    } else {
+        h.counts = combine_histograms(&h.counts, h.min_val, h.max_val, &update, new_min, new_max);
+        h.min_val = new_min;
+        h.max_val = new_max;
+    }
+}
+
+/// The entropy observer's histogram of |x| over `[0, hi]` (all in bin 0 while `hi` is 0).
+fn abs_histc(abs: &[f32], bins: usize, hi: f32) -> Vec<f32> {
+    if hi == 0.0 {
+        let mut out = vec![0.0f32; bins];
+        out[0] = abs.len() as f32;
+        return out;
+    }
+    torch_histc(abs, bins, 0.0, hi)
+}
+
+/// The entropy observer's `forward` on finite, non-empty data.
+fn abs_histogram_observe(h: &mut HistogramStats, x: &[f32]) {
+    let bins = h.counts.len();
+    let (xmin, xmax) = aminmax(x);
+    let abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let first = !h.is_initialized();
+    let old_hi = h.abs_max();
+    h.min_val = torch_minimum(xmin, h.min_val);
+    h.max_val = torch_maximum(xmax, h.max_val);
+    let hi = h.abs_max();
+    let update = abs_histc(&abs, bins, hi);
+    if first {
+        h.counts = update;
+    } else if hi == old_hi {
+        h.counts.iter_mut().zip(&update).for_each(|(c, &u)| *c += u);
+    } else {
+        h.counts = combine_histograms(&h.counts, 0.0, old_hi, &update, 0.0, hi);
+    }
+}
+
+/// `HistogramObserver._compute_quantization_error(next_start_bin, next_end_bin)`.
+fn quantization_error(h: &HistogramStats, start: usize, end: usize, dst_nbins: f64) -> f64 {
+    let bins = h.counts.len();
+    // Python floats.
+    let bin_width = (f64::from(h.max_val) - f64::from(h.min_val)) / bins as f64;
+    let dst_bin_width = bin_width * (end - start + 1) as f64 / dst_nbins;
+    if dst_bin_width == 0.0 {
+        return 0.0;
+    }
+    // Python scalars entering float32 tensor ops become float32.
+    let bw = bin_width as f32;
+    let dbw = dst_bin_width as f32;
+    let half = (dst_bin_width / 2.0) as f32;
+    let neg_half = (-dst_bin_width / 2.0) as f32;
+    let last_dst = (dst_nbins - 1.0) as f32;
+    let clamp = |v: f32| v.max(0.0).min(last_dst);
+    // `_get_norm(tensor(-dbw/2), tensor(dbw/2), density)` before the density factor.
+    let mid_norm = (half * half * half - neg_half * neg_half * neg_half) / 3.0;
+    let neg_half_cubed = neg_half * neg_half * neg_half;
+    let norm: Vec<f32> = h
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, &count)| {
+            let src_begin = (i as i64 - start as i64) as f32 * bw;
+            let src_end = src_begin + bw;
+            let dst_begin = clamp(div_floor(src_begin, dbw));
+            let dst_begin_center = (dst_begin + 0.5) * dbw;
+            let dst_end = clamp(div_floor(src_end, dbw));
+            let density = count / bw;
+            let delta_begin = src_begin - dst_begin_center;
+            let mut norm = 0.0f32;
+            norm += density * ((half * half * half - delta_begin * delta_begin * delta_begin) / 3.0);
+            norm += (dst_end - dst_begin - 1.0) * (density * mid_norm);
+            let dst_end_center = dst_end * dbw + half;
+            let delta_end = src_end - dst_end_center;
+            norm += density * ((delta_end * delta_end * delta_end - neg_half_cubed) / 3.0);
+            norm
+        })
+        .collect();
+    f64::from(torch_sum_f32(&norm))
+}
+
+/// `HistogramObserver._non_linear_param_search`: the (min, max) that minimise the L2
+/// quantization error, found by shrinking the histogram's quantile bounds in 1e-5 steps.
+fn non_linear_param_search(h: &HistogramStats, dst_nbins: f64) -> (f32, f32) {
+    let bins = h.counts.len();
+    let bin_width = (h.max_val - h.min_val) / bins as f32;
+    let total = f64::from(torch_sum_f32(&h.counts));
+    let csum = torch_cumsum_f32(&h.counts);
+    let stepsize = 1e-5;
+    let (mut alpha, mut beta) = (0.0f64, 1.0f64);
+    let (mut start, mut end) = (0usize, bins - 1);
+    let mut norm_min = f64::INFINITY;
+    while alpha < beta {
+        let next_alpha = alpha + stepsize;
+        let next_beta = beta - stepsize;
+        // `cSum[l] < next_alpha * total`: the Python float is rounded to float32.
+        let (lower, upper) = ((next_alpha * total) as f32, (next_beta * total) as f32);
+        let mut l = start;
+        while l < end && csum[l] < lower {
+            l += 1;
+        }
+        let mut r = end;
+        while r > start && csum[r] > upper {
+            r -= 1;
+        }
+        let (mut next_start, mut next_end) = (start, end);
+        if l - start > end - r {
+            next_start = l;
+            alpha = next_alpha;
+        } else {
+            next_end = r;
+            beta = next_beta;
+        }
+        if next_start == start && next_end == end {
+            continue;
+        }
+        let norm = quantization_error(h, next_start, next_end, dst_nbins);
+        if norm > norm_min {
+            break;
+        }
+        norm_min = norm;
+        start = next_start;
+        end = next_end;
+    }
+    (h.min_val + bin_width * start as f32, h.min_val + bin_width * (end + 1) as f32)
+}
+
+/// The `percentile` observer's clipping range (see the module doc).
+fn percentile_range(h: &HistogramStats, percentile: f64) -> (f32, f32) {
+    let bins = h.counts.len();
+    let total: f64 = h.counts.iter().fold(0.0, |acc, &c| acc + f64::from(c));
+    let tail = total * (100.0 - percentile) / 200.0;
+    let mut cum = 0.0f64;
+    let lo = h
+        .counts
+        .iter()
+        .position(|&c| {
+            cum += f64::from(c);
+            cum > tail
+        })
+        .unwrap_or(0);
+    cum = 0.0;
+    let hi = h
+        .counts
+        .iter()
+        .rposition(|&c| {
+            cum += f64::from(c);
+            cum > tail
+        })
+        .unwrap_or(bins - 1)
+        .max(lo);
+    let bin_width = (h.max_val - h.min_val) / bins as f32;
+    let new_min = h.min_val + bin_width * lo as f32;
+    let new_max = if hi == bins - 1 { h.max_val } else { h.min_val + bin_width * (hi + 1) as f32 };
+    (new_min, new_max)
+}
+
+/// The entropy observer's cut: how many |x| bins to keep (see the module doc).
+fn entropy_bins_kept(counts: &[f32], levels: usize) -> usize {
+    let bins = counts.len();
+    let h: Vec<f64> = counts.iter().map(|&c| f64::from(c)).collect();
+    if h.iter().fold(0.0, |acc, &v| acc + v) == 0.0 {
+        return bins;
+    }
+    let (mut best, mut best_kl) = (bins, f64::INFINITY);
+    let mut p = Vec::with_capacity(bins);
+    let mut q = Vec::with_capacity(bins);
+    for i in levels..=bins {
+        p.clear();
+        p.extend_from_slice(&h[..i]);
+        let outliers = h[i..].iter().fold(0.0, |acc, &v| acc + v);
+        p[i - 1] += outliers;
+        q.clear();
+        q.resize(i, 0.0);
+        let merged = i / levels;
+        for g in 0..levels {
+            let begin = g * merged;
+            let stop = if g + 1 < levels { begin + merged } else { i };
+            let sum = h[begin..stop].iter().fold(0.0, |acc, &v| acc + v);
+            let nonzero = p[begin..stop].iter().filter(|&&v| v != 0.0).count();
+            if nonzero > 0 {
+                let share = sum / nonzero as f64;
+                for k in begin..stop {
+                    if p[k] != 0.0 {
+                        q[k] = share;
+                    }
+                }
+            }
+        }
+        let sp = p.iter().fold(0.0, |acc, &v| acc + v);
+        let sq = q.iter().fold(0.0, |acc, &v| acc + v);
+        let mut kl = 0.0f64;
+        for (&pk, &qk) in p.iter().zip(&q) {
+            if pk != 0.0 {
+                if qk == 0.0 {
+                    kl = f64::INFINITY;
+                    break;
+                }
+                let (pk, qk) = (pk / sp, qk / sq);
+                kl += pk * (pk / qk).ln();
+            }
+        }
+        if kl < best_kl {
+            best_kl = kl;
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::IxDyn;
+
+    fn t(values: &[f32]) -> Tensor {
+        Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[values.len()]), values.to_vec()).unwrap())
+    }
+
+    fn cfg(kind: ObserverKind, qscheme: QScheme) -> ObserverConfig {
+        let mut c = ObserverConfig::new(kind, DType::I8, -128, 127, qscheme).unwrap();
+        c.eps = 2f32.powi(-12);
+        c
+    }
+
+    fn base_attrs(kind: &str) -> Dict {
+        let mut d = Dict::new();
+        d.insert("kind", Attr::Str(kind.into()));
+        d.insert("dtype", Attr::DType(DType::I8));
+        d.insert("qmin", Attr::Int(-128));
+        d.insert("qmax", Attr::Int(127));
+        d
+    }
+
+    fn observed_states() -> Vec<(ObserverConfig, ObserverState)> {
+        let mut out = Vec::new();
+        for kind in ObserverKind::ALL {
+            let qscheme = if kind.is_per_channel() { QScheme::PerChannelSymmetric } else { QScheme::PerTensorAffine };
+            let c = if kind == ObserverKind::FixedQParams {
+                let mut d = base_attrs("fixed_qparams");
+                let mut o = Dict::new();
+                o.insert("scale", Attr::Float(0.5));
+                o.insert("zero_point", Attr::Int(3));
+                d.insert("options", Attr::Dict(o));
+                ObserverConfig::from_dict(&d).unwrap()
+            } else {
+                cfg(kind, qscheme)
+            };
+            let mut s = ObserverState::new(&c);
+            out.push((c.clone(), s.clone()));
+            let x = Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.1, -0.7, 2.5, 3.25, -1.0, 0.0]).unwrap());
+            s.observe(&c, &x).unwrap();
+            s.observe(&c, &Tensor::F32(x.to_f64_array().mapv(|v| (v * 3.0) as f32))).unwrap();
+            out.push((c, s));
+        }
+        out
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in ObserverKind::ALL {
+            assert_eq!(ObserverKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(ObserverKind::from_name("kl"), None);
+    }
+
+    #[test]
+    fn stats_round_trip_through_dicts() {
+        for (c, s) in observed_states() {
+            let d = s.to_dict();
+            let back = ObserverState::from_dict(&c, &d).unwrap_or_else(|e| panic!("{}: {e}", c.kind));
+            assert_eq!(back, s, "{}", c.kind);
+            assert_eq!(back.to_dict(), d);
+            match (s.qparams(&c), back.qparams(&c)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b),
+                (Err(a), Err(b)) => assert_eq!(a, b),
+                other => panic!("{}: {other:?}", c.kind),
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_stats_are_rejected() {
+        let minmax = cfg(ObserverKind::MinMax, QScheme::PerTensorAffine);
+        let reject = |c: &ObserverConfig, d: Dict, needle: &str| {
+            let err = ObserverState::from_dict(c, &d).expect_err(needle);
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        };
+        let mut d = Dict::new();
+        d.insert("min_val", Attr::Float(1.0));
+        reject(&minmax, d.clone(), "lack `max_val`");
+        d.insert("max_val", Attr::Float(0.5));
+        reject(&minmax, d.clone(), "greater than");
+        d.insert("max_val", Attr::Float(f64::NAN));
+        reject(&minmax, d.clone(), "NaN");
+        d.insert("max_val", Attr::Str("big".into()));
+        reject(&minmax, d.clone(), "must be a float");
+        d.insert("max_val", Attr::Float(1e300));
+        reject(&minmax, d.clone(), "does not fit");
+        d.insert("max_val", Attr::Int(2));
+        assert_eq!(
+            ObserverState::from_dict(&minmax, &d).unwrap(),
+            ObserverState::MinMax { min_val: 1.0, max_val: 2.0 }
+        );
+        d.insert("histogram", Attr::List(vec![]));
+        reject(&minmax, d, "unknown");
+
+        let pc = cfg(ObserverKind::PerChannelMinMax, QScheme::PerChannelSymmetric);
+        let mut d = Dict::new();
+        d.insert("min_val", Attr::List(vec![Attr::Float(0.0), Attr::Float(1.0)]));
+        d.insert("max_val", Attr::List(vec![Attr::Float(1.0)]));
+        reject(&pc, d.clone(), "channels");
+        d.insert("max_val", Attr::List(vec![Attr::Float(1.0), Attr::Float(0.5)]));
+        reject(&pc, d.clone(), "channel 1");
+        d.insert("max_val", Attr::Float(1.0));
+        reject(&pc, d, "list of floats");
+
+        let hist = cfg(ObserverKind::Histogram, QScheme::PerTensorAffine);
+        let mut d = Dict::new();
+        d.insert("min_val", Attr::Float(-1.0));
+        d.insert("max_val", Attr::Float(1.0));
+        d.insert("histogram", Attr::List(vec![Attr::Float(1.0); 10]));
+        reject(&hist, d.clone(), "has 10 bins");
+        let mut counts = vec![Attr::Float(0.0); DEFAULT_BINS];
+        counts[7] = Attr::Float(-1.0);
+        d.insert("histogram", Attr::List(counts.clone()));
+        reject(&hist, d.clone(), "bin 7");
+        counts[7] = Attr::Float(3.0);
+        d.insert("histogram", Attr::List(counts.clone()));
+        assert!(ObserverState::from_dict(&hist, &d).is_ok());
+        d.insert("min_val", Attr::Float(f64::INFINITY));
+        d.insert("max_val", Attr::Float(f64::NEG_INFINITY));
+        reject(&hist, d.clone(), "all counts zero");
+        d.insert("max_val", Attr::Float(f64::INFINITY));
+        reject(&hist, d, "finite");
+
+        let fixed = observed_states().into_iter().find(|(c, _)| c.kind == ObserverKind::FixedQParams).unwrap().0;
+        let mut d = Dict::new();
+        d.insert("min_val", Attr::Float(0.0));
+        reject(&fixed, d, "unknown");
+    }
+
+    #[test]
+    fn state_of_another_kind_is_rejected() {
+        let minmax = cfg(ObserverKind::MinMax, QScheme::PerTensorAffine);
+        let hist = cfg(ObserverKind::Histogram, QScheme::PerTensorAffine);
+        let mut s = ObserverState::new(&hist);
+        assert!(s.observe(&minmax, &t(&[1.0])).is_err());
+        assert!(s.qparams(&minmax).is_err());
+    }
+
+    #[test]
+    fn malformed_configs_are_rejected() {
+        let reject = |d: &Dict, needle: &str| {
+            let err = ObserverConfig::from_dict(d).expect_err(needle);
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        };
+        let mut d = base_attrs("minmaxx");
+        reject(&d, "unknown observer kind");
+        d.insert("kind", Attr::Str("minmax".into()));
+        assert!(ObserverConfig::from_dict(&d).is_ok());
+        d.insert("qscheme", Attr::Str("per_channel_symmetric".into()));
+        reject(&d, "per-tensor schemes only");
+        let mut d = base_attrs("per_channel_minmax");
+        reject(&d, "needs a per-channel scheme");
+        d.insert("qscheme", Attr::Str("per_channel_symmetric".into()));
+        let c = ObserverConfig::from_dict(&d).unwrap();
+        assert_eq!(c.ch_axis, Some(0));
+        d.insert("ch_axis", Attr::Int(-1));
+        reject(&d, "non-negative");
+        let mut d = base_attrs("histogram");
+        d.insert("qmin", Attr::Int(1));
+        reject(&d, "include 0");
+        let mut d = base_attrs("histogram");
+        d.insert("qmax", Attr::Int(300));
+        reject(&d, "does not fit");
+        let mut d = base_attrs("histogram");
+        d.insert("dtype", Attr::DType(DType::F32));
+        reject(&d, "quantizes to");
+        let mut d = base_attrs("histogram");
+        let mut o = Dict::new();
+        o.insert("bins", Attr::Int(0));
+        d.insert("options", Attr::Dict(o.clone()));
+        reject(&d, "`bins` must be");
+        o.insert("bins", Attr::Int(64));
+        o.insert("averaging_constant", Attr::Float(0.1));
+        d.insert("options", Attr::Dict(o.clone()));
+        reject(&d, "takes no `averaging_constant`");
+        o.remove("averaging_constant");
+        o.insert("colour", Attr::Int(1));
+        d.insert("options", Attr::Dict(o.clone()));
+        reject(&d, "unknown observer option");
+        let mut d = base_attrs("fixed_qparams");
+        reject(&d, "needs its `scale`");
+        let mut o = Dict::new();
+        o.insert("scale", Attr::Float(-1.0));
+        o.insert("zero_point", Attr::Int(0));
+        d.insert("options", Attr::Dict(o));
+        reject(&d, "positive");
+        let mut d = base_attrs("percentile");
+        let mut o = Dict::new();
+        o.insert("percentile", Attr::Float(0.0));
+        d.insert("options", Attr::Dict(o));
+        reject(&d, "(0, 100]");
+        let mut d = base_attrs("minmax");
+        d.insert("colour", Attr::Int(1));
+        reject(&d, "unknown observer attribute");
+    }
+
+    #[test]
+    fn reduce_range_halves_the_range() {
+        let mut d = base_attrs("minmax");
+        let mut o = Dict::new();
+        o.insert("reduce_range", Attr::Bool(true));
+        d.insert("options", Attr::Dict(o));
+        let c = ObserverConfig::from_dict(&d).unwrap();
+        assert_eq!((c.qmin, c.qmax), (-64, 63));
+    }
+
+    #[test]
+    fn nan_inputs_are_errors_that_leave_the_state_alone() {
+        for kind in [ObserverKind::MinMax, ObserverKind::Histogram, ObserverKind::Entropy] {
+            let c = cfg(kind, QScheme::PerTensorAffine);
+            let mut s = ObserverState::new(&c);
+            s.observe(&c, &t(&[1.0, 2.0])).unwrap();
+            let before = s.clone();
+            let err = s.observe(&c, &t(&[1.0, f32::NAN, 3.0, f32::NAN])).unwrap_err();
+            assert!(err.contains("2 NaN values"), "{err}");
+            assert_eq!(s, before);
+        }
+    }
+
+    #[test]
+    fn never_observed_and_dynamic() {
+        for kind in ObserverKind::ALL {
+            if !kind.is_uniform() {
+                continue;
+            }
+            let qscheme = if kind.is_per_channel() { QScheme::PerChannelAffine } else { QScheme::PerTensorAffine };
+            let c = cfg(kind, qscheme);
+            assert_eq!(ObserverState::new(&c).qparams(&c).unwrap(), QParams::per_tensor(1.0, 0), "{kind}");
+        }
+        let c = ObserverConfig::new(ObserverKind::Placeholder, DType::I8, -128, 127, QScheme::PerTensorAffine).unwrap();
+        let mut s = ObserverState::new(&c);
+        s.observe(&c, &t(&[1.0])).unwrap();
+        assert!(s.qparams(&c).unwrap_err().contains("run time"));
+    }
+
+    #[test]
+    fn histc_matches_pytorch_rules() {
+        // The last bin is closed; a constant input spans [c - 1, c + 1].
+        assert_eq!(torch_histc(&[0.0, 1.0, 0.5], 4, 0.0, 1.0), vec![1.0, 0.0, 1.0, 1.0]);
+        let h = torch_histc(&[2.0, 2.0], 4, 2.0, 2.0);
+        assert_eq!(h, vec![0.0, 0.0, 2.0, 0.0]);
+        // Python's floor division: -0.5 // 0.25 = -2, 0.7 // 0.1 = 6 (0.7 - fmod is 0.6000001).
+        assert_eq!(div_floor(-0.5, 0.25), -2.0);
+        assert_eq!(div_floor(0.7, 0.1), 6.0);
+        assert_eq!((0.7f32 / 0.1).floor(), 7.0);
+        assert_eq!(div_floor(0.0, -1.0).to_bits(), (-0.0f32).to_bits());
+    }
+
+    #[test]
+    fn cascade_sum_differs_from_a_running_sum() {
+        let x: Vec<f32> = (0..2048).map(|i| 1.0 + (i as f32) * 1e-3).collect();
+        let sequential = x.iter().fold(0.0f32, |a, &v| a + v);
+        let exact: f64 = x.iter().map(|&v| f64::from(v)).sum();
+        let cascade = torch_sum_f32(&x);
+        assert!((f64::from(cascade) - exact).abs() <= (f64::from(sequential) - exact).abs());
+        assert_eq!(torch_sum_f32(&[1.0, 2.0, 3.0]), 6.0);
+        // torch 2.15 `torch.sum` of this vector on an AVX-512 machine (the 8-lane AVX2 kernel);
+        // a 16-lane cascade gives 1249554349.
+        let x: Vec<f32> = (0..2048)
+            .map(|i| {
+                let v = ((i * 7919) % 1009) as f32 / 13.0;
+                v * v
+            })
+            .collect();
+        assert_eq!(torch_sum_f32(&x).to_bits(), 1249554348);
+    }
+}
