@@ -5,6 +5,10 @@
 mod defs;
 pub mod infer;
 
+use std::sync::OnceLock;
+
+use rustc_hash::FxHashMap;
+
 use crate::ir::attr::{Attr, Attrs};
 use crate::ir::types::{DType, TensorType};
 
@@ -24,9 +28,11 @@ impl OpKind {
         self.def().name
     }
 
-    /// Looks an op up by its QIR name.
+    /// Looks an op up by its QIR name (a hash lookup: lowering does it once per op).
     pub fn from_name(name: &str) -> Option<OpKind> {
-        OPS.iter().position(|d| d.name == name).map(|i| OpKind(i as u16))
+        static BY_NAME: OnceLock<FxHashMap<&'static str, OpKind>> = OnceLock::new();
+        let by_name = BY_NAME.get_or_init(|| OpKind::all().map(|k| (k.name(), k)).collect());
+        by_name.get(name).copied()
     }
 
     pub fn all() -> impl Iterator<Item = OpKind> {
@@ -105,6 +111,21 @@ impl DefaultValue {
             DefaultValue::DType(v) => Attr::DType(v),
         }
     }
+
+    /// `self.to_attr() == *attr`, without building the attribute.
+    pub fn matches(self, attr: &Attr) -> bool {
+        match (self, attr) {
+            (DefaultValue::Int(a), Attr::Int(b)) => a == *b,
+            (DefaultValue::Float(a), Attr::Float(b)) => a.to_bits() == b.to_bits(),
+            (DefaultValue::Bool(a), Attr::Bool(b)) => a == *b,
+            (DefaultValue::Str(a), Attr::Str(b)) => a == &**b,
+            (DefaultValue::Ints(a), Attr::List(items)) => {
+                a.len() == items.len() && a.iter().zip(items).all(|(&x, y)| matches!(y, Attr::Int(v) if *v == x))
+            }
+            (DefaultValue::DType(a), Attr::DType(b)) => a == *b,
+            _ => false,
+        }
+    }
 }
 
 /// Whether an attribute must be written, may be absent, or has a default.
@@ -181,6 +202,20 @@ impl OpDef {
         self.attrs.iter().position(|a| a.name == name)
     }
 
+    /// The operand list as `--list-ops` and diagnostics show it: `%input, %weight, [%bias]`.
+    pub fn signature(&self) -> String {
+        let parts: Vec<String> = self
+            .operands
+            .iter()
+            .map(|o| match o.arity {
+                Arity::One => format!("%{}", o.name),
+                Arity::Optional => format!("[%{}]", o.name),
+                Arity::Variadic => format!("%{}...", o.name),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
     /// The smallest and largest operand counts the op accepts (`None` = unbounded).
     pub fn operand_count_range(&self) -> (usize, Option<usize>) {
         let required = self.operands.iter().filter(|o| o.arity == Arity::One).count();
@@ -204,7 +239,7 @@ impl OpDef {
 
     /// Whether `value` is the attribute's default (the printer leaves defaults out).
     pub fn is_default(&self, index: usize, value: &Attr) -> bool {
-        matches!(self.attrs[index].presence, Presence::Default(d) if d.to_attr() == *value)
+        matches!(self.attrs[index].presence, Presence::Default(d) if d.matches(value))
     }
 
     /// Infers result types from operand types and the complete attribute set.
@@ -221,28 +256,33 @@ impl OpDef {
 /// Checks that `value` is of `kind`, converting where the text is lenient (an integer where a
 /// float is expected). Returns the attribute to store or a message.
 pub fn check_attr_kind(kind: AttrKind, value: Attr) -> Result<Attr, String> {
-    let mismatch = |v: &Attr| Err(format!("expected {}, found {}", kind.describe(), v.kind_name()));
+    validate_attr_kind(kind, &value)?;
+    Ok(match (kind, value) {
+        (AttrKind::Float, Attr::Int(i)) => Attr::Float(i as f64),
+        (_, v) => v,
+    })
+}
+
+/// Whether [`check_attr_kind`] accepts `value` for `kind`, without taking (or copying) it.
+pub fn validate_attr_kind(kind: AttrKind, value: &Attr) -> Result<(), String> {
     match (kind, value) {
-        (AttrKind::Int, v @ Attr::Int(_)) => Ok(v),
-        (AttrKind::Float, Attr::Int(i)) => Ok(Attr::Float(i as f64)),
-        (AttrKind::Float, v @ Attr::Float(_)) => Ok(v),
-        (AttrKind::Bool, v @ Attr::Bool(_)) => Ok(v),
+        (AttrKind::Int, Attr::Int(_))
+        | (AttrKind::Float, Attr::Int(_) | Attr::Float(_))
+        | (AttrKind::Bool, Attr::Bool(_))
+        | (AttrKind::DType, Attr::DType(_))
+        | (AttrKind::Dict, Attr::Dict(_))
+        | (AttrKind::Tensor, Attr::Tensor(_)) => Ok(()),
         (AttrKind::Str(choices), Attr::Str(s)) => {
-            if choices.is_empty() || choices.contains(&&*s) {
-                Ok(Attr::Str(s))
+            if choices.is_empty() || choices.contains(&&**s) {
+                Ok(())
             } else {
                 Err(format!("expected {}, found \"{s}\"", kind.describe()))
             }
         }
-        (AttrKind::Ints, Attr::List(items)) => {
-            if let Some(bad) = items.iter().find(|i| !matches!(i, Attr::Int(_))) {
-                return Err(format!("expected a list of integers, but an element is {}", bad.kind_name()));
-            }
-            Ok(Attr::List(items))
-        }
-        (AttrKind::DType, v @ Attr::DType(_)) => Ok(v),
-        (AttrKind::Dict, v @ Attr::Dict(_)) => Ok(v),
-        (AttrKind::Tensor, v @ Attr::Tensor(_)) => Ok(v),
-        (_, v) => mismatch(&v),
+        (AttrKind::Ints, Attr::List(items)) => match items.iter().find(|i| !matches!(i, Attr::Int(_))) {
+            Some(bad) => Err(format!("expected a list of integers, but an element is {}", bad.kind_name())),
+            None => Ok(()),
+        },
+        (_, v) => Err(format!("expected {}, found {}", kind.describe(), v.kind_name())),
     }
 }

@@ -292,15 +292,7 @@ impl<'s> Lowerer<'s> {
                 Some(m) => format!("{min} to {m}"),
                 None => format!("at least {min}"),
             };
-            let signature: Vec<String> = def
-                .operands
-                .iter()
-                .map(|o| match o.arity {
-                    Arity::One => format!("%{}", o.name),
-                    Arity::Optional => format!("[%{}]", o.name),
-                    Arity::Variadic => format!("%{}...", o.name),
-                })
-                .collect();
+            let signature = def.signature();
             // Point at the surplus operands, or at the op when some are missing.
             let (span, label) = match max {
                 Some(m) if n > m => {
@@ -328,7 +320,7 @@ impl<'s> Lowerer<'s> {
                     if want == "1" { "" } else { "s" }
                 ))
                 .at(span, label)
-                .note(format!("signature: {}({})", def.name, signature.join(", "))),
+                .note(format!("signature: {}({signature})", def.name)),
             );
         }
 
