@@ -151,36 +151,30 @@ fn bert_layer() -> (String, Vec<(String, Vec<usize>)>) {
 
 /// Writes seeded uniform weights as safetensors (running_var kept positive).
 fn write_weights(path: &Path, weights: &[(String, Vec<usize>)]) {
-    let mut header = String::from("{");
-    let mut data = Vec::new();
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    for (i, (name, shape)) in weights.iter().enumerate() {
+    let mut created = std::collections::BTreeMap::new();
+    for (name, shape) in weights {
         let n: usize = shape.iter().product();
         let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
         let bound = 1.0 / (fan_in as f32).sqrt();
-        let start = data.len();
-        for _ in 0..n {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let u = (state >> 40) as f32 / (1u64 << 24) as f32;
-            let v = if name.ends_with("running_var") { 0.5 + u } else { (2.0 * u - 1.0) * bound };
-            data.extend_from_slice(&v.to_le_bytes());
-        }
-        let _ = write!(
-            header,
-            "{}\"{name}\":{{\"dtype\":\"F32\",\"shape\":{shape:?},\"data_offsets\":[{start},{}]}}",
-            if i > 0 { "," } else { "" },
-            data.len()
-        );
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let u = (state >> 40) as f32 / (1u64 << 24) as f32;
+                if name.ends_with("running_var") {
+                    0.5 + u
+                } else {
+                    (2.0 * u - 1.0) * bound
+                }
+            })
+            .collect();
+        let tensor = Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data).unwrap());
+        created.insert(name.clone(), std::sync::Arc::new(tensor));
     }
-    header.push('}');
-    while header.len() % 8 != 0 {
-        header.push(' ');
-    }
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(&data);
+    let keys: Vec<&str> = created.keys().map(String::as_str).collect();
+    let bytes = qc::weights::Weights { file: None, created: &created }.to_safetensors(&keys).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
 

@@ -5,24 +5,43 @@
 use std::path::Path;
 
 use qc::diag::{render, Files};
-use qc::driver::compile;
+use qc::driver::compile_with;
+use qc::passes::PassContext;
 use qc::ir::printer::write_module;
 use qc::passes::manager::{dump_header, Instrumentation};
 use qc::passes::registry::{expand, PASSES};
 
-/// The passes named by the case's first line.
-fn run_line(source: &str, path: &Path) -> Vec<String> {
+/// The passes and options named by the case's first line:
+/// `// RUN: -p a,b [--calib FILE] [--quantizer NAME]` (FILE relative to the case).
+fn run_line(source: &str, path: &Path) -> (Vec<String>, PassContext) {
     let first = source.lines().next().unwrap_or_default();
     let Some(spec) = first.strip_prefix("// RUN: -p ") else {
-        panic!("{}: the first line must be `// RUN: -p <passes>`", path.display());
+        panic!("{}: the first line must be `// RUN: -p <passes> [options]`", path.display());
     };
-    spec.split(',').map(|s| s.trim().to_string()).collect()
+    let mut words = spec.split_whitespace();
+    let passes = words.next().unwrap_or_default().split(',').map(|s| s.trim().to_string()).collect();
+    let mut cx = PassContext::default();
+    while let Some(flag) = words.next() {
+        let value = words.next().unwrap_or_else(|| panic!("{}: `{flag}` needs a value", path.display()));
+        match flag {
+            // Relative to the package root (the tests' working directory), so messages that
+            // name the file are the same on every machine.
+            "--calib" => {
+                let dir = path.parent().unwrap();
+                let dir = dir.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(dir);
+                cx.calibration = Some(dir.join(value));
+            }
+            "--quantizer" => cx.quantizer = Some(value.to_string()),
+            other => panic!("{}: unknown RUN option `{other}`", path.display()),
+        }
+    }
+    (passes, cx)
 }
 
 /// Input IR, then the IR after each pass (or the diagnostics).
 fn snapshot_of(path: &Path) -> (String, String) {
     let source = std::fs::read_to_string(path).unwrap();
-    let names = run_line(&source, path);
+    let (names, cx) = run_line(&source, path);
     let passes = expand(&names).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let dir = path.parent().unwrap();
     let relative = path.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap_or(path).display().to_string();
@@ -36,7 +55,7 @@ fn snapshot_of(path: &Path) -> (String, String) {
     }
     let inst = Instrumentation { print_after_all: true, verify_each: true, ..Default::default() };
     let mut dumps = String::new();
-    match compile(&source, Some(dir), &passes, &inst, &mut dumps) {
+    match compile_with(&source, Some(dir), &passes, &inst, cx, &mut dumps) {
         Ok(_) => out.push_str(&dumps),
         Err(diags) => {
             out.push_str(&dumps);

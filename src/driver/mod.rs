@@ -13,7 +13,7 @@ use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
 use crate::diag::{self, Diag, Diagnostics, Files};
 use crate::ir::printer::write_module;
 use crate::ir::Module;
-use crate::ops::{Arity, OpKind, Presence};
+use crate::ops::{OpKind, Presence};
 use crate::passes::manager::{run_pipeline, Instrumentation, Timings};
 use crate::passes::registry::{self, PASSES, PIPELINES};
 use crate::passes::PassContext;
@@ -88,6 +88,10 @@ pub struct CompileArgs {
     /// The quantizer `annotate` runs: `xnnpack` (default) or `xnnpack-per-tensor`.
     #[arg(long, value_name = "NAME")]
     pub quantizer: Option<String>,
+    /// Calibration data for `calibrate`: an .npz with one array per graph input (samples along
+    /// the first axis), or a directory of them.
+    #[arg(long, value_name = "DATA")]
+    pub calib: Option<PathBuf>,
     /// When to colour diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
@@ -184,7 +188,7 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     for case in cases {
         let file = files.add(display_name.clone(), case.clone());
         let mut dumps = String::new();
-        let cx = PassContext { quantizer: cli.quantizer.clone(), ..PassContext::default() };
+        let cx = PassContext { quantizer: cli.quantizer.clone(), calibration: cli.calib.clone(), ..PassContext::default() };
         let result = compile_with(&case, Some(&input_dir), &passes, &instrumentation, cx, &mut dumps);
         if !dumps.is_empty() {
             eprint!("{dumps}");
@@ -428,15 +432,7 @@ pub fn list_ops() -> String {
     let mut out = String::new();
     for kind in OpKind::all() {
         let def = kind.def();
-        let operands: Vec<String> = def
-            .operands
-            .iter()
-            .map(|o| match o.arity {
-                Arity::One => format!("%{}", o.name),
-                Arity::Optional => format!("[%{}]", o.name),
-                Arity::Variadic => format!("%{}...", o.name),
-            })
-            .collect();
+        let operands = def.signature();
         let attrs: Vec<String> = def
             .attrs
             .iter()
@@ -452,7 +448,7 @@ pub fn list_ops() -> String {
             .collect();
         out.push_str(def.name);
         if !operands.is_empty() {
-            out.push_str(&format!("({})", operands.join(", ")));
+            out.push_str(&format!("({operands})"));
         }
         if !attrs.is_empty() {
             out.push_str(&format!(" {{{}}}", attrs.join(", ")));

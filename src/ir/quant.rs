@@ -58,7 +58,8 @@ impl QScheme {
 }
 
 /// Observer options a spec may carry beside its core fields.
-pub const OBSERVER_OPTIONS: &[&str] = &["eps", "averaging_constant", "bins", "reduce_range"];
+pub const OBSERVER_OPTIONS: &[&str] =
+    &["eps", "averaging_constant", "bins", "percentile", "reduce_range", "customized_range"];
 
 /// A quantization spec: how one edge or value is to be quantized and observed.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,6 +1,7 @@
 //! Passes: module → module rewrites, one per file, all listed in [`registry`].
 
 pub mod annotate;
+pub mod calibrate;
 pub mod cse;
 pub mod dce;
 pub mod fuse_conv_bn;
@@ -18,6 +19,8 @@ pub struct PassContext {
     pub warnings: Diagnostics,
     /// The quantizer `annotate` runs (`--quantizer`); `None` means the default, `xnnpack`.
     pub quantizer: Option<String>,
+    /// The data `calibrate` runs (`--calib`): an `.npz`/`.npy` file or a directory of them.
+    pub calibration: Option<std::path::PathBuf>,
 }
 
 /// A registered pass. `run` returns whether it changed the module.
