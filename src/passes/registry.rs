@@ -9,6 +9,11 @@ pub static PASSES: &[PassDef] = &[fuse_conv_bn::PASS, annotate::PASS, prepare::P
 pub static PIPELINES: &[(&str, &str, &[&str])] = &[
     ("default", "The pipeline `qc model.qir` runs (verification only, until the quantization passes land).", &[]),
     ("cleanup", "Merge duplicate pure ops, then delete unused ones.", &["cse", "dce"]),
+    (
+        "prepare-pt2e",
+        "What PT2E's prepare_pt2e does: fold batch norms, annotate, insert observers.",
+        &["fuse-conv-bn", "annotate", "prepare"],
+    ),
 ];
 
 pub fn find(name: &str) -> Option<&'static PassDef> {
