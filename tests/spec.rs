@@ -61,3 +61,14 @@ fn spec_lists_match_the_registries() {
     assert_generated_block("spec/ops.md", &qc::driver::list_ops());
     assert_generated_block("spec/passes.md", &qc::driver::list_passes());
 }
+
+#[test]
+fn spec_quantizer_files_parse() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("spec/quantizers.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let files = blocks(&text, "toml");
+    assert!(!files.is_empty());
+    for file in files {
+        qc::quant::declarative::parse(file).unwrap_or_else(|e| panic!("spec/quantizers.md: {e}\n{file}"));
+    }
+}

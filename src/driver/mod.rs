@@ -85,7 +85,8 @@ pub struct CompileArgs {
     /// Check diagnostics against `expected-error` comments in the input instead of reporting them.
     #[arg(long)]
     pub verify_diagnostics: bool,
-    /// The quantizer `annotate` runs: `xnnpack` (default) or `xnnpack-per-tensor`.
+    /// The quantizer `annotate` runs: `xnnpack` (default), `xnnpack-per-tensor`, or a quantizer
+    /// file (`recipe.toml`, see spec/quantizers.md).
     #[arg(long, value_name = "NAME")]
     pub quantizer: Option<String>,
     /// Calibration data for `calibrate`: an .npz with one array per graph input (samples along

@@ -6,7 +6,8 @@
 //! `@weight`), so the output reads like a hand-written annotation and can be edited.
 //!
 //! Quantizers: `xnnpack` (XNNPACKQuantizer, per-channel symmetric int8 weights, int8 affine
-//! activations with histogram observers) and `xnnpack-per-tensor`.
+//! activations with histogram observers), `xnnpack-per-tensor`, and declarative quantizer
+//! files (`--quantizer recipe.toml`, `spec/quantizers.md`).
 //!
 //! Requires: a verified module. Leaves: a verified module in which the quantizer's patterns
 //! carry annotations; ops already annotated (by hand or an earlier run) are left as they are,
@@ -39,6 +40,9 @@ pub fn quantizer_by_name(name: &str) -> Result<Quantizer, Diagnostics> {
         "xnnpack" => Ok(Quantizer::xnnpack(SymmetricOptions::default())),
         "xnnpack-per-tensor" => {
             Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }))
+        }
+        path if path.ends_with(".toml") => {
+            crate::quant::declarative::load(std::path::Path::new(path)).map_err(|m| vec![crate::diag::Diag::error(m)])
         }
         other => Err(vec![unknown_quantizer(other)]),
     }

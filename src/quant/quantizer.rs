@@ -92,11 +92,23 @@ impl QuantizationConfig {
     }
 }
 
+/// How a module rule matches op locations.
+#[derive(Clone, Debug)]
+pub enum ModuleMatch {
+    /// The module and everything inside it (`features` matches `features` and `features.0.conv`):
+    /// PT2E's `set_module_name`.
+    Prefix,
+    /// Exactly this location.
+    Exact,
+    /// A full match of the location.
+    Regex(regex_lite::Regex),
+}
+
 /// Which ops a configuration applies to.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Scope {
-    /// Ops whose location is this module path or inside it.
-    ModuleName(String),
+    /// Ops in a module, by location.
+    Module { name: String, matching: ModuleMatch },
     /// Ops of this kind, outside every module-name scope.
     OperatorType(String),
     /// Everything outside every module-name scope.
@@ -109,6 +121,9 @@ pub enum Scope {
 pub struct Quantizer {
     pub name: String,
     pub configs: Vec<(Scope, Option<QuantizationConfig>)>,
+    /// Names for the specs the configs use (a quantizer file's `[specs.NAME]`); specs without
+    /// one are named after their role (`act`, `weight`).
+    pub spec_names: Vec<(String, QSpec)>,
 }
 
 impl Quantizer {
@@ -117,12 +132,13 @@ impl Quantizer {
         Quantizer {
             name: "xnnpack".into(),
             configs: vec![(Scope::Global, Some(QuantizationConfig::xnnpack_symmetric(options)))],
+            spec_names: Vec::new(),
         }
     }
 
     /// Annotates every graph of `module`; returns whether anything was annotated.
     pub fn annotate(&self, module: &mut Module) -> Result<bool, Diagnostics> {
-        let mut specs = SpecTable::new(&module.qspecs);
+        let mut specs = SpecTable::new(&module.qspecs, &self.spec_names);
         let mut changed = false;
         for graph in &mut module.graphs {
             changed |= convert_scalars_to_constants(graph);
@@ -144,30 +160,38 @@ impl Quantizer {
 /// global configs exclude ops inside any module-name scope, as PT2E's filters do).
 fn in_scope(g: &Graph, op: OpId, scope: &Scope, all: &[(Scope, Option<QuantizationConfig>)]) -> bool {
     let loc = g.loc(op).unwrap_or_default();
-    let inside = |module: &str| loc == module || loc.strip_prefix(module).is_some_and(|rest| rest.starts_with('.'));
-    let in_named_module = || all.iter().any(|(s, _)| matches!(s, Scope::ModuleName(m) if inside(m)));
+    let inside = |name: &str, matching: &ModuleMatch| match matching {
+        ModuleMatch::Prefix => loc == name || loc.strip_prefix(name).is_some_and(|rest| rest.starts_with('.')),
+        ModuleMatch::Exact => loc == name,
+        ModuleMatch::Regex(re) => re.is_match(loc),
+    };
+    let in_named_module =
+        || all.iter().any(|(s, _)| matches!(s, Scope::Module { name, matching } if inside(name, matching)));
     match scope {
-        Scope::ModuleName(m) => inside(m),
+        Scope::Module { name, matching } => inside(name, matching),
         Scope::OperatorType(t) => g.op(op).def().name == t && !in_named_module(),
         Scope::Global => !in_named_module(),
     }
 }
 
 /// Named specs of the module plus the ones annotation adds, deduplicated by content.
-struct SpecTable {
+struct SpecTable<'q> {
     named: Vec<NamedQSpec>,
+    preferred: &'q [(String, QSpec)],
 }
 
-impl SpecTable {
-    fn new(existing: &[NamedQSpec]) -> Self {
-        SpecTable { named: existing.to_vec() }
+impl<'q> SpecTable<'q> {
+    fn new(existing: &[NamedQSpec], preferred: &'q [(String, QSpec)]) -> Self {
+        SpecTable { named: existing.to_vec(), preferred }
     }
 
-    /// The index of a named spec equal to `spec`, adding one called `base` (or `base_N`).
+    /// The index of a named spec equal to `spec`, adding one called by its preferred name, or
+    /// `base` (then `base_N`).
     fn intern(&mut self, spec: &QSpec, base: &str) -> SpecRef {
         if let Some(i) = self.named.iter().position(|n| &n.spec == spec) {
             return SpecRef::Named(i);
         }
+        let base = self.preferred.iter().find(|(_, s)| s == spec).map_or(base, |(n, _)| n.as_str());
         let taken = |n: &str| self.named.iter().any(|q| q.name == n);
         let name = if taken(base) {
             (1..).map(|i| format!("{base}_{i}")).find(|n| !taken(n)).unwrap_or_default()
@@ -237,14 +261,14 @@ pub const SHARE_OBSERVER_OPS: &[&str] = &[
     "flatten",
 ];
 
-struct Annotator<'a> {
+struct Annotator<'a, 'q> {
     graph: &'a mut Graph,
-    specs: &'a mut SpecTable,
+    specs: &'a mut SpecTable<'q>,
 }
 
 type Filter<'f> = dyn Fn(&Graph, OpId) -> bool + 'f;
 
-impl Annotator<'_> {
+impl Annotator<'_, '_> {
     fn name_of(&self, op: OpId) -> &'static str {
         self.graph.op(op).def().name
     }
