@@ -85,3 +85,42 @@ def bench(name, model, x, runs=30):
 
 bench("resnet18_224", ResNet18(), torch.randn(1, 3, 224, 224))
 bench("bert_layer_128", BertLayer(), torch.randn(1, 128, 768))
+
+
+def bench_pt2e():
+    """PT2E's prepare on 1600 linear+relu blocks and one calibration batch of ResNet-18 with the
+    XNNPACK quantizer's histogram observers (the figures `benches/quant.rs` compares with)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+    class Chain(nn.Module):
+        def __init__(self, blocks=1600):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(64, 64) for _ in range(blocks))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = F.relu(layer(x))
+            return x
+
+    x = torch.randn(1, 64)
+    exported = torch.export.export(Chain().eval(), (x,)).module()
+    t = time.perf_counter()
+    prepare_pt2e(exported, quantizer)
+    print(f"{'pt2e prepare 1600 linear+relu':34s} {time.perf_counter() - t:8.2f} s")
+
+    img = torch.randn(1, 3, 224, 224)
+    prepared = prepare_pt2e(torch.export.export(ResNet18().eval(), (img,)).module(), quantizer)
+    times = []
+    with torch.no_grad():
+        for _ in range(10):
+            t = time.perf_counter()
+            prepared(torch.randn(1, 3, 224, 224))
+            times.append(time.perf_counter() - t)
+    print(f"{'pt2e calibration batch resnet18':34s} {statistics.median(times) * 1e3:8.2f} ms (median of 10)")
+
+
+if __name__ == "__main__" and os.environ.get("QC_BENCH_PT2E", "1") == "1":
+    bench_pt2e()
