@@ -6,13 +6,16 @@
 //! `@weight`), so the output reads like a hand-written annotation and can be edited.
 //!
 //! Quantizers: `xnnpack` (XNNPACKQuantizer, per-channel symmetric int8 weights, int8 affine
-//! activations with histogram observers), `xnnpack-per-tensor`, and declarative quantizer
-//! files (`--quantizer recipe.toml`, `spec/quantizers.md`).
+//! activations with histogram observers), `xnnpack-per-tensor`, `x86` (torchao's
+//! X86InductorQuantizer: uint8 activations, int8 weights in [-128, 127], conv/linear inputs
+//! only; see [`crate::quant::x86`]), and declarative quantizer files (`--quantizer
+//! recipe.toml`, `spec/quantizers.md`).
 //!
 //! Requires: a verified module. Leaves: a verified module in which the quantizer's patterns
 //! carry annotations; ops already annotated (by hand or an earlier run) are left as they are,
 //! so the pass is idempotent. Before annotating, XNNPACK's `transform_for_annotation` turns
-//! `add.scalar`/`mul.scalar` of f32 tensors into `add`/`mul` of an f32 constant.
+//! `add.scalar`/`mul.scalar` of f32 tensors into `add`/`mul` of an f32 constant (not with
+//! `x86`, whose transform is the identity).
 //!
 //! ```text
 //! %fc = linear(%x, %w) : f32[1,10]
@@ -30,20 +33,51 @@ use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::ir::Module;
 use crate::quant::quantizer::{unknown_quantizer, Quantizer, SymmetricOptions};
+use crate::quant::x86::X86InductorQuantizer;
 
 pub const PASS: PassDef =
     PassDef { name: "annotate", description: "Record a quantizer's decisions (--quantizer) as annotations.", run };
 
+/// A quantizer `--quantizer` can name: XNNPACK's patterns (`xnnpack`, `xnnpack-per-tensor`
+/// and quantizer files) or the x86 Inductor recipe (`x86`).
+pub enum NamedQuantizer {
+    Xnnpack(Quantizer),
+    X86(X86InductorQuantizer),
+}
+
+impl NamedQuantizer {
+    /// Annotates every graph of `module`; returns whether anything was annotated.
+    pub fn annotate(&self, module: &mut Module) -> Result<bool, Diagnostics> {
+        match self {
+            NamedQuantizer::Xnnpack(q) => q.annotate(module),
+            NamedQuantizer::X86(q) => q.annotate(module),
+        }
+    }
+}
+
+impl From<Quantizer> for NamedQuantizer {
+    fn from(q: Quantizer) -> Self {
+        NamedQuantizer::Xnnpack(q)
+    }
+}
+
+impl From<X86InductorQuantizer> for NamedQuantizer {
+    fn from(q: X86InductorQuantizer) -> Self {
+        NamedQuantizer::X86(q)
+    }
+}
+
 /// The quantizer named on the command line.
-pub fn quantizer_by_name(name: &str) -> Result<Quantizer, Diagnostics> {
+pub fn quantizer_by_name(name: &str) -> Result<NamedQuantizer, Diagnostics> {
     match name {
-        "xnnpack" => Ok(Quantizer::xnnpack(SymmetricOptions::default())),
+        "xnnpack" => Ok(Quantizer::xnnpack(SymmetricOptions::default()).into()),
         "xnnpack-per-tensor" => {
-            Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }))
+            Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }).into())
         }
-        path if path.ends_with(".toml") => {
-            crate::quant::declarative::load(std::path::Path::new(path)).map_err(|m| vec![crate::diag::Diag::error(m)])
-        }
+        "x86" => Ok(X86InductorQuantizer::with_default_config().into()),
+        path if path.ends_with(".toml") => crate::quant::declarative::load(std::path::Path::new(path))
+            .map(Into::into)
+            .map_err(|m| vec![crate::diag::Diag::error(m)]),
         other => Err(vec![unknown_quantizer(other)]),
     }
 }

@@ -5,6 +5,7 @@
 pub mod declarative;
 pub mod observer;
 pub mod quantizer;
+pub mod x86;
 
 use crate::ir::quant::QScheme;
 use crate::ir::DType;

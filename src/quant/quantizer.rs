@@ -175,19 +175,19 @@ fn in_scope(g: &Graph, op: OpId, scope: &Scope, all: &[(Scope, Option<Quantizati
 }
 
 /// Named specs of the module plus the ones annotation adds, deduplicated by content.
-struct SpecTable<'q> {
+pub(crate) struct SpecTable<'q> {
     named: Vec<NamedQSpec>,
     preferred: &'q [(String, QSpec)],
 }
 
 impl<'q> SpecTable<'q> {
-    fn new(existing: &[NamedQSpec], preferred: &'q [(String, QSpec)]) -> Self {
+    pub(crate) fn new(existing: &[NamedQSpec], preferred: &'q [(String, QSpec)]) -> Self {
         SpecTable { named: existing.to_vec(), preferred }
     }
 
     /// The index of a named spec equal to `spec`, adding one called by its preferred name, or
     /// `base` (then `base_N`).
-    fn intern(&mut self, spec: &QSpec, base: &str) -> SpecRef {
+    pub(crate) fn intern(&mut self, spec: &QSpec, base: &str) -> SpecRef {
         if let Some(i) = self.named.iter().position(|n| &n.spec == spec) {
             return SpecRef::Named(i);
         }
@@ -202,7 +202,7 @@ impl<'q> SpecTable<'q> {
         SpecRef::Named(self.named.len() - 1)
     }
 
-    fn into_named(self) -> Vec<NamedQSpec> {
+    pub(crate) fn into_named(self) -> Vec<NamedQSpec> {
         self.named
     }
 }
@@ -518,5 +518,5 @@ impl Pattern {
 /// A diagnostic for an unknown quantizer name.
 pub fn unknown_quantizer(name: &str) -> Diag {
     Diag::error(format!("unknown quantizer `{name}`"))
-        .help(crate::diag::suggest(name, ["xnnpack", "xnnpack-per-tensor"].into_iter()))
+        .help(crate::diag::suggest(name, ["xnnpack", "xnnpack-per-tensor", "x86"].into_iter()))
 }

@@ -1,0 +1,739 @@
+//! The `x86` quantizer: torchao 0.18's `X86InductorQuantizer` with
+//! `get_default_x86_inductor_quantization_config()` — post-training, static (reference
+//! `../shared/reference/pt2e.md` §4.2; source
+//! `torchao/quantization/pt2e/quantizer/x86_inductor_quantizer.py`).
+//!
+//! **Specs.** Activations uint8 in [0, 255] (or [0, 127] with `reduce_range`), per-tensor
+//! affine, histogram observer; weights int8 in [-128, 127], per-channel symmetric on axis 0
+//! (scale = amax / 127.5), per-channel min/max observer; both with eps 2^-12; bias in float.
+//!
+//! **Recipe** (Intel's IPEX recipe): conv and linear get *input* annotations only (activation,
+//! weight, `none` for a bias) and no output spec — their outputs are quantized only where a
+//! quantized consumer annotates its input edge. Per configuration, in this order, each pattern
+//! over the whole graph, an op claimed by an earlier pattern or configuration being left alone:
+//! 1. conv2d + add + relu; conv2d + add (the conv must have a single user; the add's other
+//!    operand gets the activation spec);
+//! 2. conv + unary: conv2d with relu, hardtanh, hardswish, relu6, silu; conv1d with relu;
+//! 3. conv2d alone (conv1d alone is not quantized);
+//! 4. linear + add + relu; linear + add (single-user linear; the add is claimed but nothing
+//!    on it is quantized); linear + relu, tanh or gelu; linear alone;
+//! 5. matmul (every operand gets the activation spec) — not a default-quantizable op, so the
+//!    global configuration never claims it (an operator-type or module-name one does);
+//! 6. mul of two tensors of the same shape (both operands quantized);
+//! 7. propagation over the int8-in-int8-out ops max_pool2d, cat, avg_pool2d,
+//!    adaptive_avg_pool2d and flatten: an op's input is annotated only if every input comes
+//!    from a quantized pattern (cat: first operand gets the activation spec, the others
+//!    `shared(%in0 -> %cat)`); flatten only when it has no users or some user is a
+//!    quantizable op.
+//!
+//! After all configurations, each int8-in-int8-out op annotated by step 7 gets the output
+//! `shared(%in0 -> %op)`: one observer for its input and its output.
+//!
+//! **Priority and filters.** Module-name configurations (in the order set), then operator-type
+//! ones, then the global one — PT2E's three dictionaries. A pattern (the list of ops it
+//! claims) passes a module-name filter if every op is inside the module (by `loc`), an
+//! operator-type filter if exactly one op is of that type, and the global filter if exactly one
+//! op is in `default_quantizable_ops` (conv1d, conv2d, linear, mul and the five propagation
+//! ops). Unlike XNNPACK's filters, the later filters do not exclude ops inside configured
+//! modules: an op a module's configuration left unclaimed can be claimed by the global one. A
+//! `None` configuration claims its patterns with an empty annotation (`quant[]`), which keeps
+//! them in float.
+//!
+//! **Which ops are "quantized pattern outputs"** (PT2E's `_is_output_of_quantized_pattern`) is
+//! tracked while annotating; an op annotated before the pass (by hand or an earlier run) counts
+//! as one when its annotation has a non-`none` output spec. That keeps the pass idempotent.
+//!
+//! **Not mirrored.** QAT (`is_qat`: conv–batch_norm patterns, fake-quant observers — PT2E also
+//! runs those conv-bn patterns for a `None` configuration) and dynamic quantization
+//! (`is_dynamic`) are left out, and so is `get_x86_inductor_linear_dynamic_fp16_config`. PT2E
+//! finds patterns through `source_fn_stack`/`nn_module_stack` (module types and functions); qc
+//! matches op kinds, which is what a strict export of `nn` modules gives. So qc also matches
+//! where PT2E does not: `torch.relu(conv(x))` (PT2E matches `nn.ReLU` and `F.relu`, not
+//! `torch.relu`) and, with non-strict export, functional activations. `add.scalar` and
+//! `mul.scalar` never match (PT2E fails on a conv/linear + scalar add, and skips a scalar mul).
+//! A module called twice (one partition with two outputs in PT2E) is two independent ops here.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::quantizer::{ModuleMatch, QuantizationConfig, Scope, SpecTable, EPS};
+use crate::diag::Diagnostics;
+use crate::ir::attr::{Attr, Dict};
+use crate::ir::graph::{Graph, Module, OpId, User, ValueId};
+use crate::ir::quant::{Annotation, EdgeOrValue, QScheme, QSpec, SpecRef};
+use crate::ir::DType;
+
+/// The int8-in-int8-out ops (PT2E's `int8_in_int8_out_ops` = `propagation_quantizable_ops`).
+pub const INT8_IN_INT8_OUT_OPS: &[&str] = &["max_pool2d", "cat", "avg_pool2d", "adaptive_avg_pool2d", "flatten"];
+
+/// Ops the default recipe quantizes (`default_quantizable_ops`): the global filter.
+pub const DEFAULT_QUANTIZABLE_OPS: &[&str] =
+    &["max_pool2d", "cat", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "conv1d", "conv2d", "linear", "mul"];
+
+/// Ops an operator-type configuration may name (`quantizable_ops`).
+pub const QUANTIZABLE_OPS: &[&str] = &[
+    "max_pool2d",
+    "cat",
+    "avg_pool2d",
+    "adaptive_avg_pool2d",
+    "flatten",
+    "conv1d",
+    "conv2d",
+    "linear",
+    "mul",
+    "matmul",
+];
+
+/// Conv + unary fusions, in PT2E's order.
+const CONV_UNARY: &[(&str, &str)] = &[
+    ("conv2d", "relu"),
+    ("conv2d", "hardtanh"),
+    ("conv2d", "hardswish"),
+    ("conv2d", "relu6"),
+    ("conv2d", "silu"),
+    ("conv1d", "relu"),
+];
+
+/// Linear + unary fusions, in PT2E's order (its `LeakyReLU` has no qc op).
+const LINEAR_UNARY: &[&str] = &["relu", "tanh", "gelu"];
+
+/// The PT2E operator a qc op kind is: `mul.scalar` is `aten.mul.Tensor` with a scalar operand.
+fn target(op: &str) -> &str {
+    match op {
+        "mul.scalar" => "mul",
+        other => other,
+    }
+}
+
+fn x86_spec(dtype: DType, qmin: i64, qmax: i64, qscheme: QScheme, ch_axis: Option<i64>, observer: &str) -> QSpec {
+    let mut options = Dict::new();
+    options.insert("eps", Attr::Float(EPS));
+    QSpec { dtype, qmin, qmax, qscheme, ch_axis, dynamic: false, observer: observer.to_string(), options, fixed: None }
+}
+
+impl QuantizationConfig {
+    /// `get_default_x86_inductor_quantization_config(is_qat=False, is_dynamic=False,
+    /// reduce_range)`: uint8 affine activations in [0, 255] ([0, 127] with `reduce_range`),
+    /// histogram observer; int8 per-channel symmetric weights in [-128, 127] on axis 0; float
+    /// bias.
+    pub fn x86_inductor(reduce_range: bool) -> QuantizationConfig {
+        let qmax = if reduce_range { 127 } else { 255 };
+        let act = x86_spec(DType::U8, 0, qmax, QScheme::PerTensorAffine, None, "histogram");
+        let weight = x86_spec(DType::I8, -128, 127, QScheme::PerChannelSymmetric, Some(0), "per_channel_minmax");
+        QuantizationConfig {
+            input_activation: Some(act.clone()),
+            output_activation: Some(act),
+            weight: Some(weight),
+            bias: None,
+        }
+    }
+}
+
+/// `X86InductorQuantizer`: configurations by module name, operator type and globally.
+#[derive(Clone, Debug, Default)]
+pub struct X86InductorQuantizer {
+    /// In the order set. [`annotate`](Self::annotate) runs the module scopes, then the operator
+    /// types, then the global configuration, whatever their order here.
+    pub configs: Vec<(Scope, Option<QuantizationConfig>)>,
+}
+
+impl X86InductorQuantizer {
+    /// A quantizer without configurations (annotates nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())`:
+    /// what `--quantizer x86` runs.
+    pub fn with_default_config() -> Self {
+        Self::new().set_global(Some(QuantizationConfig::x86_inductor(false)))
+    }
+
+    /// `set_global`; `None` removes the global configuration.
+    pub fn set_global(mut self, config: Option<QuantizationConfig>) -> Self {
+        self.set(Scope::Global, config);
+        self
+    }
+
+    /// `set_module_name_qconfig`: ops whose location is `name` or inside it; `None` keeps them
+    /// in float.
+    pub fn set_module_name(mut self, name: &str, config: Option<QuantizationConfig>) -> Self {
+        self.set(Scope::Module { name: name.to_string(), matching: ModuleMatch::Prefix }, config);
+        self
+    }
+
+    /// `set_module_type_qconfig`/`set_function_type_qconfig`, which map to one of
+    /// [`QUANTIZABLE_OPS`] (PT2E warns and ignores other types; this is an error).
+    pub fn set_operator_type(mut self, op: &str, config: Option<QuantizationConfig>) -> Result<Self, String> {
+        if !QUANTIZABLE_OPS.contains(&target(op)) {
+            return Err(format!(
+                "the x86 quantizer cannot configure `{op}`; operator types are {}",
+                QUANTIZABLE_OPS.join(", ")
+            ));
+        }
+        self.set(Scope::OperatorType(target(op).to_string()), config);
+        Ok(self)
+    }
+
+    /// Setting a scope again replaces its configuration in place (PT2E's dictionaries).
+    fn set(&mut self, scope: Scope, config: Option<QuantizationConfig>) {
+        let same = |s: &Scope| match (s, &scope) {
+            (Scope::Global, Scope::Global) => true,
+            (Scope::OperatorType(a), Scope::OperatorType(b)) => a == b,
+            (Scope::Module { name: a, .. }, Scope::Module { name: b, .. }) => a == b,
+            _ => false,
+        };
+        match self.configs.iter_mut().find(|(s, _)| same(s)) {
+            Some(slot) => *slot = (scope, config),
+            None => self.configs.push((scope, config)),
+        }
+    }
+
+    /// The configurations in the order PT2E applies them. A `None` global configuration is
+    /// skipped (`if self.global_config:`); `None` module and operator ones claim their ops.
+    fn stages(&self) -> Vec<(&Scope, Option<&QuantizationConfig>)> {
+        let rank = |s: &Scope| match s {
+            Scope::Module { .. } => 0,
+            Scope::OperatorType(_) => 1,
+            Scope::Global => 2,
+        };
+        let mut stages: Vec<_> = self
+            .configs
+            .iter()
+            .filter(|(s, c)| !matches!(s, Scope::Global) || c.is_some())
+            .map(|(s, c)| (s, c.as_ref()))
+            .collect();
+        stages.sort_by_key(|(s, _)| rank(s));
+        stages
+    }
+
+    /// Annotates every graph of `module`; returns whether anything was annotated.
+    pub fn annotate(&self, module: &mut Module) -> Result<bool, Diagnostics> {
+        let mut specs = SpecTable::new(&module.qspecs, &[]);
+        let stages = self.stages();
+        let mut changed = false;
+        for graph in &mut module.graphs {
+            let mut cx = X86Annotator::new(graph, &mut specs);
+            for &(scope, config) in &stages {
+                let filter = |g: &Graph, ops: &[OpId]| passes_filter(g, ops, scope);
+                cx.annotate_with_config(config, &filter);
+            }
+            cx.annotate_outputs();
+            changed |= cx.changed;
+        }
+        module.qspecs = specs.into_named();
+        Ok(changed)
+    }
+}
+
+/// PT2E's filter functions over the ops of one pattern.
+fn passes_filter(g: &Graph, ops: &[OpId], scope: &Scope) -> bool {
+    let kind = |op: OpId| target(g.op(op).def().name);
+    match scope {
+        Scope::Module { name, matching } => ops.iter().all(|&op| {
+            g.loc(op).is_some_and(|loc| match matching {
+                ModuleMatch::Prefix => {
+                    loc == name || loc.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with('.'))
+                }
+                ModuleMatch::Exact => loc == name,
+                ModuleMatch::Regex(re) => re.is_match(loc),
+            })
+        }),
+        Scope::OperatorType(t) => ops.iter().filter(|&&op| kind(op) == target(t)).count() == 1,
+        Scope::Global => ops.iter().filter(|&&op| DEFAULT_QUANTIZABLE_OPS.contains(&kind(op))).count() == 1,
+    }
+}
+
+type Filter<'f> = dyn Fn(&Graph, &[OpId]) -> bool + 'f;
+
+struct X86Annotator<'a, 'q> {
+    graph: &'a mut Graph,
+    specs: &'a mut SpecTable<'q>,
+    /// Program position of every op (the graph does not change while annotating).
+    position: FxHashMap<OpId, usize>,
+    /// Ops annotated before this run.
+    preexisting: FxHashSet<OpId>,
+    /// Ops this run annotated as the output of a quantized pattern.
+    quantized_output: FxHashSet<OpId>,
+    changed: bool,
+}
+
+impl<'a, 'q> X86Annotator<'a, 'q> {
+    fn new(graph: &'a mut Graph, specs: &'a mut SpecTable<'q>) -> Self {
+        let ops = graph.op_ids();
+        let position = ops.iter().enumerate().map(|(i, &op)| (op, i)).collect();
+        let preexisting = ops.iter().copied().filter(|&op| graph.annotation(op).is_some()).collect();
+        X86Annotator { graph, specs, position, preexisting, quantized_output: FxHashSet::default(), changed: false }
+    }
+
+    fn name_of(&self, op: OpId) -> &'static str {
+        self.graph.op(op).def().name
+    }
+
+    fn annotated(&self, op: OpId) -> bool {
+        self.graph.annotation(op).is_some()
+    }
+
+    /// `_skip_annotate`: some op already claimed, or the pattern fails the filter.
+    fn skip(&self, ops: &[OpId], filter: &Filter<'_>) -> bool {
+        ops.iter().any(|&op| self.annotated(op)) || !filter(self.graph, ops)
+    }
+
+    /// Ops of the given kinds, in program order.
+    fn ops_named(&self, names: &[&str]) -> Vec<OpId> {
+        self.graph.op_ids().into_iter().filter(|&op| names.contains(&self.name_of(op))).collect()
+    }
+
+    fn result(&self, op: OpId) -> Option<ValueId> {
+        self.graph.op(op).result(0)
+    }
+
+    /// The distinct ops reading `v` with kind `name`, in program order.
+    fn users_named(&self, v: ValueId, name: &str) -> Vec<OpId> {
+        let mut users: Vec<OpId> = self
+            .graph
+            .uses(v)
+            .iter()
+            .filter_map(|u| match u.user {
+                User::Op(op) if self.name_of(op) == name => Some(op),
+                _ => None,
+            })
+            .collect();
+        users.sort_by_key(|op| self.position.get(op).copied().unwrap_or(usize::MAX));
+        users.dedup();
+        users
+    }
+
+    /// `len(node.users)`: distinct readers, the function's return counting as one.
+    fn user_count(&self, v: ValueId) -> usize {
+        let mut users: Vec<User> = self.graph.uses(v).iter().map(|u| u.user).collect();
+        users.sort_by_key(|u| match u {
+            User::Op(op) => self.position.get(op).copied().unwrap_or(usize::MAX),
+            User::Output => usize::MAX,
+        });
+        users.dedup();
+        users.len()
+    }
+
+    fn named(&mut self, spec: &Option<QSpec>, base: &str) -> SpecRef {
+        match spec {
+            Some(s) => self.specs.intern(s, base),
+            None => SpecRef::None,
+        }
+    }
+
+    /// Sets an annotation from PT2E's `input_qspec_map` (value → spec; a later entry for the
+    /// same value replaces the earlier one). Operands not in the map are `none`, or left out
+    /// at the end.
+    fn set(&mut self, op: OpId, map: Vec<(ValueId, SpecRef)>, output: Option<SpecRef>, quantized_output: bool) {
+        let mut inputs: Vec<Option<SpecRef>> = self
+            .graph
+            .op(op)
+            .operands
+            .iter()
+            .map(|v| map.iter().rev().find(|(m, _)| m == v).map(|(_, s)| s.clone()))
+            .collect();
+        while matches!(inputs.last(), Some(None)) {
+            inputs.pop();
+        }
+        let inputs = inputs.into_iter().map(|s| s.unwrap_or(SpecRef::None)).collect();
+        self.graph.extra_mut(op).annotation = Some(Annotation { inputs, output });
+        if quantized_output {
+            self.quantized_output.insert(op);
+        } else {
+            self.quantized_output.remove(&op);
+        }
+        self.changed = true;
+    }
+
+    /// `_annotate_nodes_not_quantize`: claimed, nothing quantized.
+    fn not_quantized(&mut self, ops: &[OpId]) {
+        for &op in ops {
+            self.set(op, Vec::new(), None, false);
+        }
+    }
+
+    /// `_annotate_conv_node_helper` / `_annotate_linear_node_helper`: activation, weight and
+    /// bias specs, no output spec.
+    fn weighted(&mut self, op: OpId, config: &QuantizationConfig, quantized_output: bool) {
+        let operands = self.graph.op(op).operands.to_vec();
+        let mut map = vec![
+            (operands[0], self.named(&config.input_activation, "act")),
+            (operands[1], self.named(&config.weight, "weight")),
+        ];
+        if let Some(&bias) = operands.get(2) {
+            map.push((bias, self.named(&config.bias, "bias")));
+        }
+        self.set(op, map, None, quantized_output);
+    }
+
+    /// Whether `v` comes from a quantized pattern (`_is_quantized_op_pt2e` of its producer).
+    fn is_quantized(&self, v: ValueId) -> bool {
+        let Some(p) = self.graph.producer(v) else { return false };
+        if self.quantized_output.contains(&p) {
+            return true;
+        }
+        self.preexisting.contains(&p)
+            && self.graph.annotation(p).is_some_and(|a| a.output.as_ref().is_some_and(|o| *o != SpecRef::None))
+    }
+
+    /// `_annotate_with_config`: the fusion recipes, then propagation.
+    fn annotate_with_config(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        self.conv2d_binary(config, filter, true);
+        self.conv2d_binary(config, filter, false);
+        self.conv_unary(config, filter);
+        self.conv2d(config, filter);
+        self.linear_binary(config, filter, true);
+        self.linear_binary(config, filter, false);
+        self.linear_unary(config, filter);
+        self.linear(config, filter);
+        self.matmul(config, filter);
+        self.mul(config, filter);
+        self.propagate(config, filter);
+    }
+
+    /// `_annotate_conv2d_binary_unary` (with `relu`) and `_annotate_conv2d_binary`.
+    fn conv2d_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
+        for conv in self.ops_named(&["conv2d"]) {
+            let Some(conv_out) = self.result(conv) else { continue };
+            for add in self.users_named(conv_out, "add") {
+                let Some(add_out) = self.result(add) else { continue };
+                let unaries: Vec<Option<OpId>> = if with_relu {
+                    self.users_named(add_out, "relu").into_iter().map(Some).collect()
+                } else {
+                    vec![None]
+                };
+                for unary in unaries {
+                    if self.user_count(conv_out) != 1 {
+                        continue;
+                    }
+                    let operands = self.graph.op(add).operands.to_vec();
+                    let extra = if operands[0] == conv_out { operands[1] } else { operands[0] };
+                    let ops: Vec<OpId> = unary.into_iter().chain([add, conv]).collect();
+                    if self.skip(&ops, filter) {
+                        continue;
+                    }
+                    let Some(config) = config else {
+                        self.not_quantized(&ops);
+                        continue;
+                    };
+                    self.weighted(conv, config, false);
+                    let act = self.named(&config.input_activation, "act");
+                    self.set(add, vec![(extra, act)], None, unary.is_none());
+                    if let Some(unary) = unary {
+                        self.set(unary, Vec::new(), None, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `_annotate_conv2d_unary`: every fusion kind in turn, convs in program order.
+    fn conv_unary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for &(conv_kind, unary_kind) in CONV_UNARY {
+            for conv in self.ops_named(&[conv_kind]) {
+                let Some(conv_out) = self.result(conv) else { continue };
+                for unary in self.users_named(conv_out, unary_kind) {
+                    let ops = [unary, conv];
+                    if self.skip(&ops, filter) {
+                        continue;
+                    }
+                    let Some(config) = config else {
+                        self.not_quantized(&ops);
+                        continue;
+                    };
+                    self.weighted(conv, config, false);
+                    self.set(unary, Vec::new(), None, true);
+                }
+            }
+        }
+    }
+
+    /// `_annotate_conv2d`: the remaining conv2d ops.
+    fn conv2d(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for conv in self.ops_named(&["conv2d"]) {
+            if self.skip(&[conv], filter) {
+                continue;
+            }
+            match config {
+                Some(config) => self.weighted(conv, config, true),
+                None => self.not_quantized(&[conv]),
+            }
+        }
+    }
+
+    /// `_annotate_linear_binary_unary`: linear + add + relu, then linear + add. The add is
+    /// claimed without quantizing its other operand.
+    fn linear_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
+        for linear in self.ops_named(&["linear"]) {
+            let Some(linear_out) = self.result(linear) else { continue };
+            for add in self.users_named(linear_out, "add") {
+                let Some(add_out) = self.result(add) else { continue };
+                let unaries: Vec<Option<OpId>> = if with_relu {
+                    self.users_named(add_out, "relu").into_iter().map(Some).collect()
+                } else {
+                    vec![None]
+                };
+                for unary in unaries {
+                    if self.user_count(linear_out) != 1 {
+                        continue;
+                    }
+                    let ops: Vec<OpId> = unary.into_iter().chain([add, linear]).collect();
+                    if self.skip(&ops, filter) {
+                        continue;
+                    }
+                    let Some(config) = config else {
+                        self.not_quantized(&ops);
+                        continue;
+                    };
+                    self.weighted(linear, config, false);
+                    self.set(add, Vec::new(), None, unary.is_none());
+                    if let Some(unary) = unary {
+                        self.set(unary, Vec::new(), None, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `_annotate_linear_unary`.
+    fn linear_unary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for &unary_kind in LINEAR_UNARY {
+            for linear in self.ops_named(&["linear"]) {
+                let Some(linear_out) = self.result(linear) else { continue };
+                for unary in self.users_named(linear_out, unary_kind) {
+                    let ops = [unary, linear];
+                    if self.skip(&ops, filter) {
+                        continue;
+                    }
+                    let Some(config) = config else {
+                        self.not_quantized(&ops);
+                        continue;
+                    };
+                    self.weighted(linear, config, false);
+                    self.set(unary, Vec::new(), None, true);
+                }
+            }
+        }
+    }
+
+    /// `_annotate_linear`: the remaining linear ops.
+    fn linear(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for linear in self.ops_named(&["linear"]) {
+            if self.skip(&[linear], filter) {
+                continue;
+            }
+            match config {
+                Some(config) => self.weighted(linear, config, true),
+                None => self.not_quantized(&[linear]),
+            }
+        }
+    }
+
+    /// `_annotate_matmul`: every operand gets the activation spec.
+    fn matmul(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for op in self.ops_named(&["matmul"]) {
+            if self.skip(&[op], filter) {
+                continue;
+            }
+            let Some(config) = config else {
+                self.not_quantized(&[op]);
+                continue;
+            };
+            let operands = self.graph.op(op).operands.to_vec();
+            let map = operands.into_iter().map(|v| (v, self.named(&config.input_activation, "act"))).collect();
+            self.set(op, map, None, true);
+        }
+    }
+
+    /// `_annotate_mul_tensor`: a mul of two tensors of the same shape (`mul.scalar` is PT2E's
+    /// mul with a scalar operand: claimed by a `None` configuration, else skipped).
+    fn mul(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for op in self.ops_named(&["mul", "mul.scalar"]) {
+            if self.skip(&[op], filter) {
+                continue;
+            }
+            let Some(config) = config else {
+                self.not_quantized(&[op]);
+                continue;
+            };
+            let operands = self.graph.op(op).operands.to_vec();
+            if operands.len() != 2
+                || self.graph.value_type(operands[0]).shape != self.graph.value_type(operands[1]).shape
+            {
+                continue;
+            }
+            let map = operands.into_iter().map(|v| (v, self.named(&config.input_activation, "act"))).collect();
+            self.set(op, map, None, true);
+        }
+    }
+
+    /// `_annotate_propagation_quantizable_pattern` over the program.
+    fn propagate(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for op in self.ops_named(INT8_IN_INT8_OUT_OPS) {
+            if self.skip(&[op], filter) {
+                continue;
+            }
+            let Some(config) = config else {
+                self.not_quantized(&[op]);
+                continue;
+            };
+            let operands = self.graph.op(op).operands.to_vec();
+            let Some(&first) = operands.first() else { continue };
+            let name = self.name_of(op);
+            if name == "cat" {
+                if !operands.iter().all(|&v| self.is_quantized(v)) {
+                    continue;
+                }
+                let mut map = vec![(first, self.named(&config.input_activation, "act"))];
+                let shared = SpecRef::Shared(EdgeOrValue::Edge { value: first, consumer: op });
+                for &v in &operands[1..] {
+                    if !map.iter().any(|(m, _)| *m == v) {
+                        map.push((v, shared.clone()));
+                    }
+                }
+                self.set(op, map, None, true);
+                continue;
+            }
+            if name == "flatten" && !self.flatten_feeds_quantizable(op) {
+                continue;
+            }
+            if !self.is_quantized(first) {
+                continue;
+            }
+            let act = self.named(&config.input_activation, "act");
+            self.set(op, vec![(first, act)], None, true);
+        }
+    }
+
+    /// A flatten is annotated only if it has no users or some user is a quantizable op.
+    fn flatten_feeds_quantizable(&self, op: OpId) -> bool {
+        let Some(out) = self.result(op) else { return true };
+        let uses = self.graph.uses(out);
+        uses.is_empty()
+            || uses
+                .iter()
+                .any(|u| matches!(u.user, User::Op(user) if QUANTIZABLE_OPS.contains(&target(self.name_of(user)))))
+    }
+
+    /// `_annotate_output_for_int8_in_int8_out_pattern`: the int8-in-int8-out ops this run
+    /// quantized share one observer between their first input edge and their output.
+    fn annotate_outputs(&mut self) {
+        for op in self.ops_named(INT8_IN_INT8_OUT_OPS) {
+            if !self.quantized_output.contains(&op) {
+                continue;
+            }
+            let first = self.graph.op(op).operands[0];
+            if let Some(annotation) = self.graph.extra_mut(op).annotation.as_mut() {
+                annotation.output = Some(SpecRef::Shared(EdgeOrValue::Edge { value: first, consumer: op }));
+                self.changed = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn module(body: &str) -> Module {
+        let source = format!("module {{\n{body}\n}}\n");
+        crate::syntax::parse_module(&source, None).unwrap_or_else(|d| panic!("{d:?}"))
+    }
+
+    fn annotation(m: &Module, name: &str) -> Option<String> {
+        let g = &m.graphs[0];
+        let op = g.producer(g.value_by_name(name).unwrap()).unwrap();
+        g.annotation(op).map(|a| {
+            let spec = |s: &SpecRef| match s {
+                SpecRef::None => "none".to_string(),
+                SpecRef::Named(i) => format!("@{}", m.qspecs[*i].name),
+                SpecRef::Shared(_) => "shared".to_string(),
+                other => format!("{other:?}"),
+            };
+            let inputs: Vec<String> = a.inputs.iter().map(spec).collect();
+            match &a.output {
+                Some(o) => format!("[{}] -> {}", inputs.join(", "), spec(o)),
+                None => format!("[{}]", inputs.join(", ")),
+            }
+        })
+    }
+
+    const CONV_RELU_POOL: &str = "
+  func @f(%x: f32[1,4,8,8], %w: f32[4,4,1,1]) -> (f32[1,4,4,4], f32[1,4,4,4]) {
+    %c0 = conv2d(%x, %w) : f32[1,4,8,8] loc(\"a.conv\")
+    %r0 = relu(%c0) : f32[1,4,8,8] loc(\"a.relu\")
+    %p0 = max_pool2d(%r0) {kernel_size = [2, 2]} : f32[1,4,4,4] loc(\"b.pool\")
+    %c1 = conv2d(%x, %w) : f32[1,4,8,8] loc(\"b.conv\")
+    %p1 = max_pool2d(%c1) {kernel_size = [2, 2]} : f32[1,4,4,4] loc(\"b.pool2\")
+    return %p0, %p1
+  }";
+
+    #[test]
+    fn module_name_none_keeps_float_and_leaves_unclaimed_ops_to_global() {
+        let mut m = module(CONV_RELU_POOL);
+        let q = X86InductorQuantizer::with_default_config().set_module_name("a", None).set_module_name("b", None);
+        assert!(q.annotate(&mut m).unwrap());
+        // Module `a`'s conv+relu is claimed in float; so is everything in `b`.
+        assert_eq!(annotation(&m, "c0").as_deref(), Some("[]"));
+        assert_eq!(annotation(&m, "r0").as_deref(), Some("[]"));
+        assert_eq!(annotation(&m, "p0").as_deref(), Some("[]"));
+        assert_eq!(annotation(&m, "c1").as_deref(), Some("[]"));
+
+        // With a config for `b` instead, `b.pool` (reading `a`'s relu, not yet quantized when
+        // `b` is annotated) is left to the global configuration, which quantizes it.
+        let mut m = module(CONV_RELU_POOL);
+        let reduced = QuantizationConfig::x86_inductor(true);
+        let q = X86InductorQuantizer::with_default_config().set_module_name("b", Some(reduced));
+        q.annotate(&mut m).unwrap();
+        assert_eq!(annotation(&m, "c1").as_deref(), Some("[@act, @weight]"));
+        assert_eq!(annotation(&m, "p1").as_deref(), Some("[@act] -> shared"));
+        assert_eq!(annotation(&m, "c0").as_deref(), Some("[@act_1, @weight]"));
+        assert_eq!(annotation(&m, "p0").as_deref(), Some("[@act_1] -> shared"));
+        assert_eq!(m.qspecs.iter().find(|q| q.name == "act").map(|q| q.spec.qmax), Some(127));
+    }
+
+    #[test]
+    fn operator_type_configs_come_before_global() {
+        let mut m = module(CONV_RELU_POOL);
+        let q = X86InductorQuantizer::with_default_config().set_operator_type("conv2d", None).unwrap();
+        q.annotate(&mut m).unwrap();
+        // conv+relu has exactly one conv2d: claimed in float with its relu; the pools' inputs
+        // are then not quantized.
+        assert_eq!(annotation(&m, "c0").as_deref(), Some("[]"));
+        assert_eq!(annotation(&m, "r0").as_deref(), Some("[]"));
+        assert_eq!(annotation(&m, "c1").as_deref(), Some("[]"));
+        assert_eq!(annotation(&m, "p0"), None);
+        assert_eq!(annotation(&m, "p1"), None);
+    }
+
+    #[test]
+    fn operator_types_must_be_quantizable_and_setting_twice_replaces() {
+        assert!(X86InductorQuantizer::new().set_operator_type("relu", None).is_err());
+        let q = X86InductorQuantizer::new()
+            .set_global(None)
+            .set_operator_type("matmul", None)
+            .unwrap()
+            .set_module_name("a", None)
+            .set_operator_type("matmul", Some(QuantizationConfig::x86_inductor(false)))
+            .unwrap();
+        assert_eq!(q.configs.len(), 3);
+        assert!(q.configs[1].1.is_some());
+        let stages: Vec<_> = q.stages().into_iter().map(|(s, _)| format!("{s:?}")).collect();
+        // A `None` global configuration is no stage; module names come first.
+        assert_eq!(stages.len(), 2);
+        assert!(stages[0].starts_with("Module"));
+    }
+
+    #[test]
+    fn annotating_twice_changes_nothing() {
+        let mut m = module(CONV_RELU_POOL);
+        let q = X86InductorQuantizer::with_default_config();
+        assert!(q.annotate(&mut m).unwrap());
+        let first =
+            format!("{:?}", m.graphs[0].ops().map(|op| m.graphs[0].annotation(op).cloned()).collect::<Vec<_>>());
+        assert!(!q.annotate(&mut m).unwrap());
+        let second =
+            format!("{:?}", m.graphs[0].ops().map(|op| m.graphs[0].annotation(op).cloned()).collect::<Vec<_>>());
+        assert_eq!(first, second);
+    }
+}
