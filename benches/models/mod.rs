@@ -40,6 +40,7 @@ impl Builder {
         value
     }
 
+    #[allow(clippy::too_many_arguments)] // the conv's geometry, spelled out at each call
     fn conv_bn(
         &mut self,
         name: &str,
@@ -106,6 +107,7 @@ pub fn resnet18() -> (String, Vec<(String, Vec<usize>)>) {
     b.finish("%x: f32[1,3,224,224]) -> f32[1,1000]", &logits)
 }
 
+#[allow(dead_code)] // used by the interp bench only
 pub fn bert_layer() -> (String, Vec<(String, Vec<usize>)>) {
     let (s, d, h, f) = (128usize, 768usize, 12usize, 3072usize);
     let hd = d / h;
@@ -192,7 +194,7 @@ pub fn input(shape: &[usize]) -> Tensor {
 }
 
 /// PT2E's prepare benchmark: a chain of `blocks` linear(64→64)+relu blocks.
-#[allow(dead_code)]
+#[allow(dead_code)] // used by the quant bench only
 pub fn linear_relu_chain(blocks: usize) -> (String, Vec<(String, Vec<usize>)>) {
     let mut b = Builder::new();
     let mut x = "x".to_string();

@@ -8,6 +8,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use hashbrown::HashTable;
+
 /// A typed index into an [`Arena`].
 pub trait EntityId: Copy + Eq + std::hash::Hash + Ord + fmt::Debug {
     fn from_index(index: usize) -> Self;
@@ -15,28 +17,32 @@ pub trait EntityId: Copy + Eq + std::hash::Hash + Ord + fmt::Debug {
 }
 
 /// Defines a `u32` id newtype implementing [`EntityId`].
+///
+/// The id stores `index + 1` in a `NonZeroU32`, so `Option<Id>` (and enums such as
+/// [`User`](crate::ir::graph::User) that wrap an id) take no more room than the id itself.
 macro_rules! entity_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
         $(#[$doc])*
         #[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(u32);
+        pub struct $name(std::num::NonZeroU32);
 
         impl $crate::ir::entity::EntityId for $name {
             #[inline]
             fn from_index(index: usize) -> Self {
                 // Arenas hold far fewer than 2^32 entities: the text that describes them would
                 // be hundreds of gigabytes.
-                $name(u32::try_from(index).unwrap_or(u32::MAX))
+                let bits = u32::try_from(index).ok().and_then(|i| i.checked_add(1)).unwrap_or(u32::MAX);
+                $name(std::num::NonZeroU32::new(bits).unwrap_or(std::num::NonZeroU32::MAX))
             }
             #[inline]
             fn index(self) -> usize {
-                self.0 as usize
+                (self.0.get() - 1) as usize
             }
         }
 
         impl std::fmt::Debug for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, concat!($prefix, "{}"), self.0)
+                write!(f, concat!($prefix, "{}"), $crate::ir::entity::EntityId::index(*self))
             }
         }
     };
@@ -61,7 +67,17 @@ impl<I: EntityId, T> Arena<I, T> {
         Arena { items: Vec::with_capacity(capacity), _id: PhantomData }
     }
 
+    /// Makes room for `additional` more entities.
+    pub fn reserve(&mut self, additional: usize) {
+        self.items.reserve_exact(additional);
+    }
+
     pub fn push(&mut self, item: T) -> I {
+        if self.items.len() == self.items.capacity() {
+            // Grow by half rather than doubling: the arenas of a big graph hold tens of
+            // megabytes, and doubling would leave up to half of that unused.
+            self.items.reserve_exact((self.items.len() / 2).max(16));
+        }
         let id = I::from_index(self.items.len());
         self.items.push(item);
         id
@@ -133,39 +149,50 @@ impl<I: EntityId, T: Clone + Default> SideTable<I, T> {
     }
 }
 
-/// Interns values of type `T`: equal values get the same id.
+/// Interns values of type `T`: equal values get the same id. Each value is stored once; the
+/// lookup table holds only ids and finds values by their hash.
 #[derive(Clone)]
-pub struct Interner<I: EntityId, T: Eq + std::hash::Hash + Clone> {
+pub struct Interner<I: EntityId, T: Eq + std::hash::Hash> {
     items: Vec<T>,
-    lookup: rustc_hash::FxHashMap<T, I>,
+    table: HashTable<I>,
 }
 
-impl<I: EntityId, T: Eq + std::hash::Hash + Clone> Default for Interner<I, T> {
+impl<I: EntityId, T: Eq + std::hash::Hash> Default for Interner<I, T> {
     fn default() -> Self {
-        Interner { items: Vec::new(), lookup: Default::default() }
+        Interner { items: Vec::new(), table: HashTable::new() }
     }
 }
 
-impl<I: EntityId, T: Eq + std::hash::Hash + Clone> Interner<I, T> {
+impl<I: EntityId, T: Eq + std::hash::Hash> Interner<I, T> {
     pub fn intern(&mut self, value: T) -> I {
-        if let Some(&id) = self.lookup.get(&value) {
+        let hash = fx_hash(&value);
+        let items = &self.items;
+        if let Some(&id) = self.table.find(hash, |&id| items[id.index()] == value) {
             return id;
         }
         let id = I::from_index(self.items.len());
-        self.items.push(value.clone());
-        self.lookup.insert(value, id);
+        self.items.push(value);
+        let items = &self.items;
+        self.table.insert_unique(hash, id, |&id| fx_hash(&items[id.index()]));
         id
     }
 
     pub fn lookup(&self, value: &T) -> Option<I> {
-        self.lookup.get(value).copied()
+        self.table.find(fx_hash(value), |&id| self.items[id.index()] == *value).copied()
     }
 }
 
-impl<I: EntityId, T: Eq + std::hash::Hash + Clone> std::ops::Index<I> for Interner<I, T> {
+impl<I: EntityId, T: Eq + std::hash::Hash> std::ops::Index<I> for Interner<I, T> {
     type Output = T;
     #[inline]
     fn index(&self, id: I) -> &T {
         &self.items[id.index()]
     }
+}
+
+/// The hash every interning table uses.
+#[inline]
+pub(crate) fn fx_hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(value)
 }

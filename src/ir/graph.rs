@@ -11,11 +11,13 @@
 //! Ops and values are never moved: erasing marks them dead and unlinks them from the order, so
 //! ids held by a pass stay meaningful. Def→use is O(1) (`uses`), replace-all-uses is O(uses).
 
-use rustc_hash::FxHashMap;
+use std::borrow::Cow;
+
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::attr::{Attr, Attrs, Dict};
-use super::entity::{entity_id, Arena, EntityId, Interner};
+use super::entity::{entity_id, fx_hash, Arena, EntityId, Interner};
 use super::quant::Annotation;
 use super::types::TensorType;
 use crate::diag::Span;
@@ -47,31 +49,67 @@ entity_id!(
     "attrs"
 );
 
-/// Interns strings; each distinct string is stored once per map key and once for lookup by id.
+/// Interns strings (locations, value names). All strings live back to back in one buffer and a
+/// hash table of ids finds them by content, so a string costs its bytes plus about a dozen bytes
+/// of bookkeeping and no allocation of its own.
 #[derive(Clone, Default)]
 pub struct StrInterner {
-    strings: Vec<Box<str>>,
-    lookup: FxHashMap<Box<str>, Sym>,
+    /// Every string, back to back.
+    text: String,
+    /// `ends[i]` is where string `i` ends in `text`; it starts where string `i - 1` ends.
+    ends: Vec<u32>,
+    /// The interned (deduplicated) strings, by the hash of their text.
+    table: HashTable<Sym>,
 }
 
 impl StrInterner {
+    /// The id of `s`; equal strings get equal ids.
     pub fn intern(&mut self, s: &str) -> Sym {
-        if let Some(&sym) = self.lookup.get(s) {
+        let hash = fx_hash(s);
+        if let Some(&sym) = self.table.find(hash, |&sym| self.resolve(sym) == s) {
             return sym;
         }
-        let sym = Sym::from_index(self.strings.len());
-        self.strings.push(s.into());
-        self.lookup.insert(s.into(), sym);
+        let sym = self.push(s);
+        let (text, ends) = (&self.text, &self.ends);
+        self.table.insert_unique(hash, sym, |&sym| fx_hash(slice(text, ends, sym)));
         sym
     }
 
+    /// The id of `s` if it was interned. Value names are stored without interning (the graph
+    /// finds values by name itself), so this does not find them.
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.lookup.get(s).copied()
+        self.table.find(fx_hash(s), |&sym| self.resolve(sym) == s).copied()
     }
 
     pub fn resolve(&self, sym: Sym) -> &str {
-        &self.strings[sym.index()]
+        slice(&self.text, &self.ends, sym)
     }
+
+    /// Stores `s` under a new id, without looking for an equal string.
+    fn push(&mut self, s: &str) -> Sym {
+        // Grow by a quarter rather than doubling: for a big graph this buffer is tens of
+        // megabytes, and doubling would leave up to half of it unused.
+        if self.text.capacity() - self.text.len() < s.len() {
+            self.text.reserve_exact(s.len().max(self.text.len() / 4).max(4096));
+        }
+        self.text.push_str(s);
+        self.ends.push(u32::try_from(self.text.len()).expect("the strings of one graph exceed 4 GiB"));
+        Sym::from_index(self.ends.len() - 1)
+    }
+
+    /// Makes room for `additional` more interned strings.
+    pub fn reserve(&mut self, additional: usize) {
+        self.ends.reserve(additional);
+        let (text, ends) = (&self.text, &self.ends);
+        self.table.reserve(additional, |&sym| fx_hash(slice(text, ends, sym)));
+    }
+}
+
+#[inline]
+fn slice<'a>(text: &'a str, ends: &[u32], sym: Sym) -> &'a str {
+    let i = sym.index();
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    &text[start..ends[i] as usize]
 }
 
 /// Who reads a value: an op operand, or the graph's return list.
@@ -97,13 +135,16 @@ pub enum ValueDef {
     Result(OpId, u32),
 }
 
+/// The readers of a value; most values have one or two, which are stored inline.
+pub type UseList = SmallVec<[Use; 2]>;
+
 /// An SSA value.
 #[derive(Clone, Debug)]
 pub struct ValueData {
     pub name: Sym,
     pub ty: TypeId,
     pub def: ValueDef,
-    pub uses: Vec<Use>,
+    pub uses: UseList,
     pub span: Span,
     pub alive: bool,
 }
@@ -124,7 +165,8 @@ pub struct OpData {
     pub operands: SmallVec<[ValueId; 3]>,
     /// Results are allocated contiguously: `first_result .. first_result + num_results`.
     first_result: ValueId,
-    num_results: u32,
+    /// At most 255 (the registry's ops have one or two); a byte keeps `OpData` at 64 bytes.
+    num_results: u8,
     pub attrs: AttrsId,
     /// The module path this op came from (`loc("layer1.0.conv1")`).
     pub loc: Option<Sym>,
@@ -177,7 +219,8 @@ pub struct Graph {
     /// Declared output types of the signature.
     pub output_types: Vec<TypeId>,
     pub output_span: Span,
-    names: FxHashMap<Sym, ValueId>,
+    /// Live values, found by the hash of their name.
+    names: HashTable<ValueId>,
     pub strings: StrInterner,
     types: Interner<TypeId, TensorType>,
     attr_sets: Interner<AttrsId, Attrs>,
@@ -186,6 +229,18 @@ pub struct Graph {
 impl Graph {
     pub fn new(name: &str) -> Graph {
         Graph { name: name.to_string(), ..Graph::default() }
+    }
+
+    /// Makes room for `ops` more ops and `values` more values (inputs and results). A builder
+    /// that knows the size up front, as lowering does, avoids regrowing the arenas and tables
+    /// and leaves them tight.
+    pub fn reserve(&mut self, ops: usize, values: usize) {
+        self.ops.reserve(ops);
+        self.values.reserve(values);
+        let (arena, strings) = (&self.values, &self.strings);
+        self.names.reserve(values, |&v| fx_hash(strings.resolve(arena[v].name)));
+        // Value names are stored without interning; locations are interned, about one per op.
+        self.strings.reserve(ops);
     }
 
     // ---- interning -------------------------------------------------------------------------
@@ -229,7 +284,11 @@ impl Graph {
     }
 
     pub fn value_by_name(&self, name: &str) -> Option<ValueId> {
-        self.names.get(&self.strings.get(name)?).copied()
+        self.find_name(fx_hash(name), name)
+    }
+
+    fn find_name(&self, hash: u64, name: &str) -> Option<ValueId> {
+        self.names.find(hash, |&v| self.strings.resolve(self.values[v].name) == name).copied()
     }
 
     /// The op that defines `v`, if it is not a graph input.
@@ -255,14 +314,21 @@ impl Graph {
 
     /// Declares a value name; `Err` with the existing value if it is already taken.
     fn new_value(&mut self, name: &str, ty: TensorType, def: ValueDef, span: Span) -> Result<ValueId, ValueId> {
-        let sym = self.strings.intern(name);
-        if let Some(&existing) = self.names.get(&sym) {
+        let hash = fx_hash(name);
+        if let Some(existing) = self.find_name(hash, name) {
             return Err(existing);
         }
+        Ok(self.insert_value(hash, name, ty, def, span))
+    }
+
+    /// Adds a value whose name (with hash `hash`) is known to be free.
+    fn insert_value(&mut self, hash: u64, name: &str, ty: TensorType, def: ValueDef, span: Span) -> ValueId {
+        let name = self.strings.push(name);
         let ty = self.types.intern(ty);
-        let id = self.values.push(ValueData { name: sym, ty, def, uses: Vec::new(), span, alive: true });
-        self.names.insert(sym, id);
-        Ok(id)
+        let id = self.values.push(ValueData { name, ty, def, uses: UseList::new(), span, alive: true });
+        let (values, strings) = (&self.values, &self.strings);
+        self.names.insert_unique(hash, id, |&v| fx_hash(strings.resolve(values[v].name)));
+        id
     }
 
     pub fn add_input(&mut self, name: &str, ty: TensorType, span: Span) -> Result<ValueId, ValueId> {
@@ -331,6 +397,12 @@ impl Graph {
         self.live_ops
     }
 
+    /// How many op ids have been handed out, erased ops included: every `OpId::index()` is below
+    /// it, so it sizes dense side tables ([`super::entity::SideTable`]).
+    pub fn num_op_ids(&self) -> usize {
+        self.ops.len()
+    }
+
     /// Live ops in program order.
     pub fn ops(&self) -> OpIter<'_> {
         OpIter { graph: self, next: self.first }
@@ -351,6 +423,9 @@ impl Graph {
 
     /// Creates an op (unlinked), registering its uses and results. Fails with the clashing value
     /// if a result name is taken.
+    ///
+    /// # Panics
+    /// With more than 255 results.
     pub fn create_op(
         &mut self,
         kind: OpKind,
@@ -359,19 +434,28 @@ impl Graph {
         results: Vec<ResultSpec<'_>>,
         span: Span,
     ) -> Result<OpId, ValueId> {
+        let mut hashes: SmallVec<[u64; 2]> = SmallVec::with_capacity(results.len());
         for r in &results {
-            if let Some(existing) = self.value_by_name(r.name) {
+            let hash = fx_hash(r.name);
+            if let Some(existing) = self.find_name(hash, r.name) {
                 return Err(existing);
             }
+            hashes.push(hash);
         }
         let op = OpId::from_index(self.ops.len());
         let first_result = ValueId::from_index(self.values.len());
-        let num_results = results.len() as u32;
-        for (i, r) in results.into_iter().enumerate() {
+        let num_results = u8::try_from(results.len()).expect("an op has at most 255 results");
+        for (i, (r, hash)) in results.into_iter().zip(hashes).enumerate() {
+            let def = ValueDef::Result(op, i as u32);
             // Names were checked above and result names within one op are distinct by the
             // caller's contract; a clash here falls back to a fresh name rather than panicking.
-            let name = if self.value_by_name(r.name).is_some() { self.fresh_name(r.name) } else { r.name.to_string() };
-            let _ = self.new_value(&name, r.ty, ValueDef::Result(op, i as u32), r.span);
+            let (hash, name) = if i > 0 && self.find_name(hash, r.name).is_some() {
+                let fresh = self.fresh_name(r.name);
+                (fx_hash(fresh.as_str()), Cow::Owned(fresh))
+            } else {
+                (hash, Cow::Borrowed(r.name))
+            };
+            self.insert_value(hash, &name, r.ty, def, r.span);
         }
         for (i, &v) in operands.iter().enumerate() {
             self.values[v].uses.push(Use { user: User::Op(op), index: i as u32 });
@@ -452,7 +536,9 @@ impl Graph {
 
     fn remove_use(&mut self, v: ValueId, u: Use) {
         let uses = &mut self.values[v].uses;
-        if let Some(pos) = uses.iter().position(|x| *x == u) {
+        // From the back: the readers erased most often (by DCE's backward sweep) are the latest
+        // ones, whose uses were recorded last.
+        if let Some(pos) = uses.iter().rposition(|x| *x == u) {
             uses.swap_remove(pos);
         }
     }
@@ -467,8 +553,10 @@ impl Graph {
         }
         self.unlink(op);
         for r in self.ops[op].results() {
-            let name = self.values[r].name;
-            self.names.remove(&name);
+            let hash = fx_hash(self.strings.resolve(self.values[r].name));
+            if let Ok(entry) = self.names.find_entry(hash, |&v| v == r) {
+                entry.remove();
+            }
             self.values[r].alive = false;
         }
         self.ops[op].alive = false;
@@ -516,6 +604,63 @@ impl Graph {
     }
 }
 
+/// Which uses are recorded: see [`Graph::recorded_uses`].
+pub struct RecordedUses {
+    /// Per op (by id), the index of its first operand slot in `recorded`, then the number of
+    /// operand slots (so op `i`'s slots are `first_slot[i]..first_slot[i + 1]`).
+    first_slot: Vec<usize>,
+    /// Per operand slot of every op, then per graph output: whether the value there lists it.
+    recorded: Vec<bool>,
+}
+
+impl RecordedUses {
+    /// Whether `u` appears in the use list of the value it reads (false for a slot that does
+    /// not exist).
+    pub fn contains(&self, u: Use) -> bool {
+        let index = u.index as usize;
+        let slot = match u.user {
+            User::Op(op) => match self.first_slot.get(op.index()..op.index() + 2) {
+                Some(&[first, end]) if first + index < end => first + index,
+                _ => return false,
+            },
+            User::Output => self.first_slot[self.first_slot.len() - 1] + index,
+        };
+        self.recorded.get(slot).copied().unwrap_or(false)
+    }
+}
+
+impl Graph {
+    /// Checks every use list against the operands and outputs in one pass over both (linear in
+    /// the size of the graph), for the verifier: searching a value's use list for each of its
+    /// readers would be quadratic for a value read by many ops, such as a shared weight.
+    pub fn recorded_uses(&self) -> RecordedUses {
+        let mut first_slot = Vec::with_capacity(self.ops.len() + 1);
+        let mut slots = 0;
+        for (_, data) in self.ops.iter() {
+            first_slot.push(slots);
+            slots += data.operands.len();
+        }
+        first_slot.push(slots);
+        let mut recorded = vec![false; slots + self.outputs.len()];
+        for (v, data) in self.values.iter() {
+            for u in &data.uses {
+                let slot = match u.user {
+                    User::Op(op) => match self.ops.get(op) {
+                        Some(reader) if reader.operands.get(u.index as usize) == Some(&v) => {
+                            first_slot[op.index()] + u.index as usize
+                        }
+                        _ => continue,
+                    },
+                    User::Output if self.outputs.get(u.index as usize) == Some(&v) => slots + u.index as usize,
+                    User::Output => continue,
+                };
+                recorded[slot] = true;
+            }
+        }
+        RecordedUses { first_slot, recorded }
+    }
+}
+
 /// Iterator over live ops in program order.
 pub struct OpIter<'g> {
     graph: &'g Graph,
@@ -560,4 +705,78 @@ impl Module {
 pub struct WeightsDecl {
     pub path: String,
     pub span: Span,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::types::DType;
+
+    fn vector(n: u64) -> TensorType {
+        TensorType::fixed(DType::F32, &[n])
+    }
+
+    /// `%name = relu(%input)`, appended.
+    fn relu(g: &mut Graph, input: ValueId, name: &str) -> OpId {
+        let kind = OpKind::from_name("relu").expect("relu is registered");
+        let attrs = g.intern_attrs(kind.def().complete_attrs(Vec::new()));
+        let result = ResultSpec { name, ty: vector(4), span: Span::NONE };
+        let op = g.create_op(kind, &[input], attrs, vec![result], Span::NONE).expect("the name is free");
+        g.append(op);
+        op
+    }
+
+    #[test]
+    fn interning_deduplicates_and_resolves() {
+        let mut s = StrInterner::default();
+        let a = s.intern("layers.0.fc");
+        let b = s.intern("layers.1.fc");
+        let empty = s.intern("");
+        assert_ne!(a, b);
+        assert_eq!(s.intern("layers.0.fc"), a);
+        assert_eq!(s.get("layers.1.fc"), Some(b));
+        assert_eq!(s.get("layers.2.fc"), None);
+        assert_eq!([s.resolve(a), s.resolve(b), s.resolve(empty)], ["layers.0.fc", "layers.1.fc", ""]);
+    }
+
+    #[test]
+    fn names_and_uses_follow_erasure() {
+        let mut g = Graph::new("main");
+        g.reserve(2, 3);
+        let x = g.add_input("x", vector(4), Span::NONE).expect("the name is free");
+        assert_eq!(g.add_input("x", vector(4), Span::NONE), Err(x));
+        let op = relu(&mut g, x, "y");
+        let y = g.op(op).result(0);
+        assert_eq!(g.value_by_name("y"), y);
+        assert_eq!(g.uses(x), &[Use { user: User::Op(op), index: 0 }]);
+        g.erase_op(op);
+        assert_eq!(g.value_by_name("y"), None);
+        assert!(g.uses(x).is_empty());
+        // The name is free again.
+        let again = relu(&mut g, x, "y");
+        assert_eq!(g.value_by_name("y"), g.op(again).result(0));
+        assert_eq!(g.value_by_name("x"), Some(x));
+    }
+
+    #[test]
+    fn recorded_uses_find_exactly_the_listed_readers() {
+        let mut g = Graph::new("main");
+        let x = g.add_input("x", vector(4), Span::NONE).expect("the name is free");
+        let a = relu(&mut g, x, "a");
+        let b = relu(&mut g, x, "b");
+        let out = g.op(b).result(0).expect("relu has a result");
+        g.set_outputs(vec![out]);
+        let recorded = g.recorded_uses();
+        for u in [Use { user: User::Op(a), index: 0 }, Use { user: User::Op(b), index: 0 }] {
+            assert!(recorded.contains(u));
+        }
+        assert!(recorded.contains(Use { user: User::Output, index: 0 }));
+        assert!(!recorded.contains(Use { user: User::Op(a), index: 1 }), "relu has one operand");
+        assert!(!recorded.contains(Use { user: User::Output, index: 1 }));
+
+        g.values[x].uses.retain(|u| u.user != User::Op(a));
+        let recorded = g.recorded_uses();
+        assert!(!recorded.contains(Use { user: User::Op(a), index: 0 }));
+        assert!(recorded.contains(Use { user: User::Op(b), index: 0 }));
+    }
 }

@@ -9,7 +9,7 @@ use half::{bf16, f16};
 use super::attr::{Attr, Dict};
 use super::graph::{Graph, Module, OpId};
 use super::quant::{EdgeOrValue, SpecRef};
-use super::types::DType;
+use super::types::{DType, Dim, TensorType};
 use crate::tensor::{Scalar, Tensor};
 
 /// Prints a whole module.
@@ -54,18 +54,21 @@ fn write_graph(out: &mut String, module: &Module, g: &Graph) {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "%{}: {}", g.value_name(v), g.value_type(v));
+        out.push('%');
+        out.push_str(g.value_name(v));
+        out.push_str(": ");
+        write_type(out, g.value_type(v));
     }
     out.push_str(") -> ");
     if g.output_types.len() == 1 {
-        let _ = write!(out, "{}", g.type_of(g.output_types[0]));
+        write_type(out, g.type_of(g.output_types[0]));
     } else {
         out.push('(');
         for (i, &t) in g.output_types.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
             }
-            let _ = write!(out, "{}", g.type_of(t));
+            write_type(out, g.type_of(t));
         }
         out.push(')');
     }
@@ -122,7 +125,7 @@ pub fn write_op(out: &mut String, module: &Module, g: &Graph, op: OpId) {
         if i > 0 {
             out.push_str(", ");
         }
-        let _ = write!(out, "{}", g.value_type(r));
+        write_type(out, g.value_type(r));
     }
     if let Some(loc) = g.loc(op) {
         out.push_str(" loc(");
@@ -208,9 +211,7 @@ pub fn write_dict(out: &mut String, dict: &Dict) {
 
 pub fn write_attr(out: &mut String, attr: &Attr) {
     match attr {
-        Attr::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
+        Attr::Int(v) => write_i64(out, *v),
         Attr::Float(v) => write_f64(out, *v),
         Attr::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
         Attr::Str(s) => write_str_literal(out, s),
@@ -259,9 +260,7 @@ pub fn write_tensor(out: &mut String, t: &Tensor) {
 
 fn write_scalar(out: &mut String, s: Scalar) {
     match s {
-        Scalar::Int(v) => {
-            let _ = write!(out, "{v}");
-        }
+        Scalar::Int(v) => write_i64(out, v),
         Scalar::Bool(b) => out.push_str(if b { "true" } else { "false" }),
         Scalar::Float { value, bits, dtype } => {
             let canonical_nan = match dtype {
@@ -280,7 +279,9 @@ fn write_scalar(out: &mut String, s: Scalar) {
                 write_f64(out, value);
             } else {
                 // f16/bf16/f32 values are exact in f32, whose shortest form reads back exactly.
-                write_finite(out, format!("{:?}", value as f32));
+                // Rust's shortest form always has `.` or `e` (or is `inf`/`-inf`), which QIR
+                // needs to tell floats from ints.
+                let _ = write!(out, "{:?}", value as f32);
             }
         }
     }
@@ -296,32 +297,67 @@ pub fn write_f64(out: &mut String, v: f64) {
             let _ = write!(out, "nan(0x{:x})", v.to_bits());
         }
     } else {
-        write_finite(out, format!("{v:?}"));
+        // Rust's shortest form always has `.` or `e` (or is `inf`/`-inf`), which QIR needs to
+        // tell floats from ints.
+        let _ = write!(out, "{v:?}");
     }
 }
 
-fn write_finite(out: &mut String, repr: String) {
-    match repr.as_str() {
-        "inf" => out.push_str("inf"),
-        "-inf" => out.push_str("-inf"),
-        // Rust's shortest form always has `.` or `e`, which QIR needs to tell floats from ints.
-        _ => out.push_str(&repr),
+/// `f32[1,3,?,224]`: what `TensorType`'s `Display` writes, without the formatting machinery.
+pub fn write_type(out: &mut String, t: &TensorType) {
+    out.push_str(t.dtype.name());
+    out.push('[');
+    for (i, d) in t.shape.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        match *d {
+            Dim::Known(n) => write_u64(out, n),
+            Dim::Dynamic => out.push('?'),
+        }
     }
+    out.push(']');
+}
+
+fn write_i64(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    write_u64(out, v.unsigned_abs());
+}
+
+/// Decimal digits of `n`; dims are printed for every op, and `write!` costs more than they do.
+fn write_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&b| char::from(b)));
 }
 
 pub fn write_str_literal(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
+    let mut rest = s;
+    // Copy runs of plain characters whole; only quotes, backslashes and controls are escaped.
+    while let Some((i, c)) = rest.char_indices().find(|&(_, c)| c == '"' || c == '\\' || c.is_control()) {
+        out.push_str(&rest[..i]);
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
-            c if c.is_control() => {
+            c => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
-            c => out.push(c),
         }
+        rest = &rest[i + c.len_utf8()..];
     }
+    out.push_str(rest);
     out.push('"');
 }

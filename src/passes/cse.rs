@@ -21,14 +21,16 @@
 //! %c = add(%a, %a) : f32[4]
 //! ```
 
-use rustc_hash::FxHashMap;
+use std::hash::{Hash, Hasher};
+
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
-use crate::ir::graph::{AttrsId, OpId, Sym, TypeId};
+use crate::ir::graph::OpId;
 use crate::ir::{Graph, Module, ValueId};
-use crate::ops::OpKind;
 
 pub const PASS: PassDef =
     PassDef { name: "cse", description: "Merge pure ops that compute the same value from the same operands.", run };
@@ -41,33 +43,49 @@ fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> 
     Ok(changed)
 }
 
-#[derive(PartialEq, Eq, Hash)]
-struct OpKey {
-    kind: OpKind,
-    operands: SmallVec<[ValueId; 3]>,
-    attrs: AttrsId,
-    types: SmallVec<[TypeId; 1]>,
-    loc: Option<Sym>,
+/// Hashes what makes two ops interchangeable: kind, operands, attributes, result types and
+/// location.
+fn key_hash(graph: &Graph, op: OpId) -> u64 {
+    let data = graph.op(op);
+    let mut h = FxHasher::default();
+    data.kind.hash(&mut h);
+    data.operands.hash(&mut h);
+    data.attrs.hash(&mut h);
+    data.loc.hash(&mut h);
+    for r in data.results() {
+        graph.value(r).ty.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Whether `a` and `b` have equal keys (see [`key_hash`]).
+fn same_key(graph: &Graph, a: OpId, b: OpId) -> bool {
+    let (x, y) = (graph.op(a), graph.op(b));
+    x.kind == y.kind
+        && x.operands == y.operands
+        && x.attrs == y.attrs
+        && x.loc == y.loc
+        && x.num_results() == y.num_results()
+        && x.results().zip(y.results()).all(|(r, s)| graph.value(r).ty == graph.value(s).ty)
 }
 
 /// Returns whether any op was merged.
 pub fn eliminate_common_subexpressions(graph: &mut Graph) -> bool {
-    let mut seen: FxHashMap<OpKey, OpId> = FxHashMap::default();
+    // The ops seen so far, found by the hash of their key; the key is read from the graph, so a
+    // table entry is just an id. An op's key never changes once it is in the table: merging
+    // rewrites only the readers of the merged op, which come after it.
+    let mut seen: HashTable<OpId> = HashTable::with_capacity(graph.num_ops());
     let mut changed = false;
-    for op in graph.op_ids() {
+    let mut cursor = graph.ops().next();
+    while let Some(op) = cursor {
+        cursor = graph.next_op(op);
         let data = graph.op(op);
         if !data.def().pure || data.extra.is_some() {
             continue;
         }
-        let key = OpKey {
-            kind: data.kind,
-            operands: data.operands.clone(),
-            attrs: data.attrs,
-            types: data.results().map(|r| graph.value(r).ty).collect(),
-            loc: data.loc,
-        };
-        match seen.get(&key) {
-            Some(&earlier) => {
+        let hash = key_hash(graph, op);
+        match seen.find(hash, |&earlier| same_key(graph, earlier, op)).copied() {
+            Some(earlier) => {
                 let pairs: SmallVec<[(ValueId, ValueId); 2]> =
                     graph.op(op).results().zip(graph.op(earlier).results()).collect();
                 for (from, to) in pairs {
@@ -77,7 +95,7 @@ pub fn eliminate_common_subexpressions(graph: &mut Graph) -> bool {
                 changed = true;
             }
             None => {
-                seen.insert(key, op);
+                seen.insert_unique(hash, op, |&e| key_hash(graph, e));
             }
         }
     }

@@ -1,5 +1,14 @@
 //! The syntax tree: what the text says, with a span on every node. Names are borrowed from the
 //! source; lowering resolves them.
+//!
+//! The parser keeps partial nodes on its stack in an enum as large as the largest node, and
+//! moves that enum on every token, so the large, once-per-statement nodes (`OpStmt`, `Func`,
+//! `QuantClause`) are boxed: it keeps the stack entries small. A statement's results, operands
+//! and types are stored inline, so that most statements are one or two allocations.
+
+use std::borrow::Cow;
+
+use smallvec::SmallVec;
 
 use crate::diag::Span;
 
@@ -18,6 +27,11 @@ impl<T> Spanned<T> {
 
 pub type Name<'s> = Spanned<&'s str>;
 
+/// A list that usually has one element, stored inline.
+pub type List1<T> = SmallVec<[T; 1]>;
+/// A list that usually has up to three elements, stored inline.
+pub type List3<T> = SmallVec<[T; 3]>;
+
 #[derive(Clone, Debug)]
 pub struct Module<'s> {
     pub name: Option<Name<'s>>,
@@ -29,7 +43,7 @@ pub struct Module<'s> {
 pub enum Item<'s> {
     Weights(Spanned<String>),
     QSpec { name: Name<'s>, dict: Spanned<Dict<'s>> },
-    Func(Func<'s>),
+    Func(Box<Func<'s>>),
 }
 
 #[derive(Clone, Debug)]
@@ -38,7 +52,7 @@ pub struct Func<'s> {
     pub params: Vec<(Name<'s>, Type<'s>)>,
     pub results: Vec<Type<'s>>,
     pub results_span: Span,
-    pub body: Vec<OpStmt<'s>>,
+    pub body: Vec<Box<OpStmt<'s>>>,
     /// `return %a, %b`: always the last statement.
     pub ret: Spanned<Vec<Name<'s>>>,
     pub span: Span,
@@ -46,14 +60,15 @@ pub struct Func<'s> {
 
 #[derive(Clone, Debug)]
 pub struct OpStmt<'s> {
-    pub results: Vec<Name<'s>>,
+    pub results: List1<Name<'s>>,
     pub op: Name<'s>,
-    pub operands: Vec<Name<'s>>,
+    pub operands: List3<Name<'s>>,
     pub attrs: Option<Spanned<Dict<'s>>>,
-    pub types: Vec<Type<'s>>,
-    pub loc: Option<Spanned<String>>,
-    pub quant: Option<QuantClause<'s>>,
-    pub meta: Option<Spanned<Dict<'s>>>,
+    pub types: List1<Type<'s>>,
+    /// Borrowed from the source unless the string has escapes.
+    pub loc: Option<Spanned<Cow<'s, str>>>,
+    pub quant: Option<Box<QuantClause<'s>>>,
+    pub meta: Option<Box<Spanned<Dict<'s>>>>,
     pub span: Span,
 }
 

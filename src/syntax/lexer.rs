@@ -1,5 +1,7 @@
 //! The QIR lexer (logos), adapted to lalrpop's `(start, token, end)` protocol.
 
+use std::borrow::Cow;
+
 use logos::Logos;
 
 /// Why a piece of text is not a token.
@@ -70,8 +72,9 @@ pub enum Token<'s> {
     #[regex(r"-?[0-9]+\.[0-9]+([eE][+-]?[0-9]+)?")]
     #[regex(r"-?[0-9]+[eE][+-]?[0-9]+")]
     Float(&'s str),
+    /// Borrowed from the source unless it has escapes.
     #[regex(r#""([^"\\\n]|\\.)*""#, |lex| unescape(lex.slice()))]
-    Str(String),
+    Str(Cow<'s, str>),
     #[regex(r#""([^"\\\n]|\\.)*"#, unterminated)]
     UnterminatedStr,
 
@@ -110,9 +113,12 @@ fn nan_bits(slice: &str) -> Result<u64, LexError> {
     u64::from_str_radix(hex, 16).map_err(|_| LexError::IntOutOfRange)
 }
 
-/// Decodes `\"`, `\\`, `\n`, `\t` and `\u{XXXX}`.
-fn unescape(slice: &str) -> Result<String, LexError> {
+/// Decodes `\"`, `\\`, `\n`, `\t` and `\u{XXXX}`; borrows when there is nothing to decode.
+fn unescape(slice: &str) -> Result<Cow<'_, str>, LexError> {
     let body = &slice[1..slice.len() - 1];
+    if !body.contains('\\') {
+        return Ok(Cow::Borrowed(body));
+    }
     let mut out = String::with_capacity(body.len());
     let mut chars = body.chars();
     while let Some(c) = chars.next() {
@@ -136,7 +142,7 @@ fn unescape(slice: &str) -> Result<String, LexError> {
             _ => return Err(LexError::BadEscape),
         }
     }
-    Ok(out)
+    Ok(Cow::Owned(out))
 }
 
 /// A lexing failure with its byte range.
