@@ -189,7 +189,8 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     for case in cases {
         let file = files.add(display_name.clone(), case.clone());
         let mut dumps = String::new();
-        let cx = PassContext { quantizer: cli.quantizer.clone(), calibration: cli.calib.clone(), ..PassContext::default() };
+        let cx =
+            PassContext { quantizer: cli.quantizer.clone(), calibration: cli.calib.clone(), ..PassContext::default() };
         let result = compile_with(&case, Some(&input_dir), &passes, &instrumentation, cx, &mut dumps);
         if !dumps.is_empty() {
             eprint!("{dumps}");

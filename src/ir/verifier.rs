@@ -16,11 +16,12 @@
 
 use rustc_hash::FxHashMap;
 
+use super::entity::SideTable;
 use super::graph::{Graph, Module, OpData, OpId, Use, User, ValueDef, ValueId};
 use super::quant::{EdgeOrValue, SpecRef};
 use super::types::TensorType;
 use crate::diag::{Diag, Diagnostics, Span};
-use crate::ops::{check_attr_kind, Arity, OpDef, Presence};
+use crate::ops::{validate_attr_kind, Arity, OpDef, Presence};
 
 /// Where the parts of each op were written: a side table that lowering fills so that verifier
 /// diagnostics can label an operand, attribute or type rather than the whole statement. Ops
@@ -96,18 +97,21 @@ impl Locator<'_> {
 
 fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Diagnostics) {
     // Position of each defining op in program order; inputs come before everything.
-    let mut position: FxHashMap<OpId, usize> = FxHashMap::default();
-    position.reserve(g.num_ops());
+    // A dense table (0: not a live op), since every op is looked up.
+    let mut position: SideTable<OpId, usize> = SideTable::with_capacity(g.num_op_ids());
     for (i, op) in g.ops().enumerate() {
-        position.insert(op, i + 1);
+        position.set(op, i + 1);
     }
+    // Searching each operand's use list would be quadratic for a value read by many ops (a
+    // shared weight); this checks every use list in one pass.
+    let recorded = g.recorded_uses();
     let def_position = |v: ValueId| -> Option<usize> {
         if !g.value(v).alive {
             return None;
         }
         match g.value(v).def {
             ValueDef::Input(_) => Some(0),
-            ValueDef::Result(op, _) => position.get(&op).copied(),
+            ValueDef::Result(op, _) => Some(*position.get(op)).filter(|&p| p > 0),
         }
     };
 
@@ -116,8 +120,8 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
         let data = g.op(op);
         let def = data.def();
         let at = Locator { whole: data.span, parts: spans.ops.get(&op) };
-        let here = position[&op];
-        let name = data.result(0).map_or_else(|| def.name.to_string(), |r| format!("%{}", g.value_name(r)));
+        let here = *position.get(op);
+        let name = OpLabel(g, data);
         let mut bad_operands = false;
         for (i, &v) in data.operands.iter().enumerate() {
             match def_position(v) {
@@ -138,7 +142,7 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
                     );
                 }
             }
-            if !g.uses(v).contains(&Use { user: User::Op(op), index: i as u32 }) {
+            if !recorded.contains(Use { user: User::Op(op), index: i as u32 }) {
                 errors.push(
                     Diag::error(format!("internal: the use of `%{}` by `{name}` is not recorded", g.value_name(v)))
                         .at(data.span, "in this op"),
@@ -172,7 +176,7 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
                         .push(Diag::error(format!("`{name}` lacks attribute `{}`", schema.name)).at(data.span, "here"));
                 }
                 Some(v) => {
-                    if let Err(message) = check_attr_kind(schema.kind, v.clone()) {
+                    if let Err(message) = validate_attr_kind(schema.kind, v) {
                         attrs_ok = false;
                         errors.push(
                             Diag::error(format!("invalid attribute `{}` on `{name}`", schema.name))
@@ -223,6 +227,7 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
                         .at(data.span, "here"),
                 );
             }
+            let name = name.to_string();
             let specs = annotation.inputs.iter().chain(&annotation.output);
             for spec in specs {
                 verify_spec_ref(module, g, &name, op, spec, errors);
@@ -235,7 +240,7 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
             errors.push(Diag::error(format!("`@{}` returns an erased value", g.name)).at(g.output_span, "here"));
             continue;
         }
-        if !g.uses(v).contains(&Use { user: User::Output, index: i as u32 }) {
+        if !recorded.contains(Use { user: User::Output, index: i as u32 }) {
             errors.push(
                 Diag::error(format!("internal: output {i} of `@{}` is not recorded as a use", g.name))
                     .at(g.output_span, "here"),
@@ -273,6 +278,19 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
                         .with(g.value(v).span, "defined here"),
                 );
             }
+        }
+    }
+}
+
+/// How messages name an op: `%` and its first result, or the op name when it has none. It is
+/// formatted only when a message needs it.
+struct OpLabel<'a>(&'a Graph, &'a OpData);
+
+impl std::fmt::Display for OpLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.1.result(0) {
+            Some(r) => write!(f, "%{}", self.0.value_name(r)),
+            None => f.write_str(self.1.def().name),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::weights::WeightFile;
 /// Lowers a parsed module. `weights_dir` is where a relative `weights` path is resolved (the
 /// `.qir` file's directory); `None` skips opening the weights file.
 pub fn lower_module(ast: &ast::Module<'_>, weights_dir: Option<&Path>) -> Result<Module, Diagnostics> {
-    lower_module_with_spans(ast, weights_dir).map(|(module, _)| module)
+    lower(ast, weights_dir, false).map(|(module, _)| module)
 }
 
 /// [`lower_module`], also returning where each op's parts were written, for the verifier's
@@ -30,11 +30,22 @@ pub fn lower_module_with_spans(
     ast: &ast::Module<'_>,
     weights_dir: Option<&Path>,
 ) -> Result<(Module, SourceSpans), Diagnostics> {
+    lower(ast, weights_dir, true)
+}
+
+/// Recording op spans costs a hash-map entry and three vectors per op, so only the lowering done
+/// to explain verifier errors records them.
+fn lower(
+    ast: &ast::Module<'_>,
+    weights_dir: Option<&Path>,
+    record_spans: bool,
+) -> Result<(Module, SourceSpans), Diagnostics> {
     let mut cx = Lowerer {
         errors: Vec::new(),
         qspec_index: FxHashMap::default(),
         poisoned: FxHashSet::default(),
         spans: SourceSpans::default(),
+        record_spans,
     };
     let mut module =
         Module { name: ast.name.as_ref().map(|n| n.node.to_string()), span: ast.span, ..Module::default() };
@@ -130,11 +141,29 @@ struct Lowerer<'s> {
     /// reported again, so one mistake gives one error.
     poisoned: FxHashSet<&'s str>,
     spans: SourceSpans,
+    record_spans: bool,
 }
 
 /// Where a name is defined in the function being lowered, for forward-reference diagnostics.
-struct FuncScope<'s> {
-    defined_at: FxHashMap<&'s str, Span>,
+/// Built on the first undefined name, so that input without errors never pays for it.
+struct FuncScope<'a, 's> {
+    body: &'a [Box<ast::OpStmt<'s>>],
+    defined_at: std::cell::OnceCell<FxHashMap<&'s str, Span>>,
+}
+
+impl<'s> FuncScope<'_, 's> {
+    fn defined_at(&self, name: &str) -> Option<Span> {
+        let map = self.defined_at.get_or_init(|| {
+            let mut map = FxHashMap::default();
+            for op in self.body {
+                for r in &op.results {
+                    map.entry(r.node).or_insert(r.span);
+                }
+            }
+            map
+        });
+        map.get(name).copied()
+    }
 }
 
 impl<'s> Lowerer<'s> {
@@ -169,6 +198,7 @@ impl<'s> Lowerer<'s> {
 
     fn func(&mut self, func: &ast::Func<'s>) -> (Graph, GraphSpans) {
         let mut graph = Graph::new(func.name.node);
+        graph.reserve(func.body.len(), func.params.len() + func.body.len());
         graph.span = func.span;
         graph.output_span = func.results_span;
         self.poisoned.clear();
@@ -179,12 +209,7 @@ impl<'s> Lowerer<'s> {
         };
 
         // Every name the body defines, so a use before its definition can say where it is.
-        let mut scope = FuncScope { defined_at: FxHashMap::default() };
-        for op in &func.body {
-            for r in &op.results {
-                scope.defined_at.entry(r.node).or_insert(r.span);
-            }
-        }
+        let scope = FuncScope { body: &func.body, defined_at: Default::default() };
 
         for (name, ty) in &func.params {
             let Some(t) = self.ty(ty) else {
@@ -202,7 +227,9 @@ impl<'s> Lowerer<'s> {
         for stmt in &func.body {
             match self.op(&mut graph, stmt, &scope) {
                 Some(id) => {
-                    spans.ops.insert(id, op_spans(stmt));
+                    if self.record_spans {
+                        spans.ops.insert(id, op_spans(stmt));
+                    }
                     if let Some(q) = &stmt.quant {
                         pending_quant.push((id, q));
                     }
@@ -233,7 +260,7 @@ impl<'s> Lowerer<'s> {
         );
     }
 
-    fn use_value(&mut self, graph: &Graph, name: &ast::Name<'_>, scope: &FuncScope<'_>) -> Option<ValueId> {
+    fn use_value(&mut self, graph: &Graph, name: &ast::Name<'_>, scope: &FuncScope<'_, '_>) -> Option<ValueId> {
         if let Some(v) = graph.value_by_name(name.node) {
             return Some(v);
         }
@@ -243,15 +270,15 @@ impl<'s> Lowerer<'s> {
         }
         let mut d = Diag::error(format!("use of undefined value `%{}`", name.node))
             .at(name.span, "not defined before this use");
-        match scope.defined_at.get(name.node) {
-            Some(&later) => d = d.with(later, "defined later here").help("ops must come after the values they read"),
+        match scope.defined_at(name.node) {
+            Some(later) => d = d.with(later, "defined later here").help("ops must come after the values they read"),
             None => d = undefined_help(d, name.node, graph),
         }
         self.errors.push(d);
         None
     }
 
-    fn op(&mut self, graph: &mut Graph, stmt: &ast::OpStmt<'s>, scope: &FuncScope<'_>) -> Option<OpId> {
+    fn op(&mut self, graph: &mut Graph, stmt: &ast::OpStmt<'s>, scope: &FuncScope<'_, '_>) -> Option<OpId> {
         let Some(kind) = OpKind::from_name(stmt.op.node) else {
             let mut d = Diag::error(format!("unknown op `{}`", stmt.op.node))
                 .at(stmt.op.span, "not in the op registry")

@@ -27,10 +27,12 @@ pub fn parse(source: &str) -> Result<ast::Module<'_>, Diagnostics> {
 /// Parses, lowers and verifies QIR text: the whole front end.
 pub fn parse_module(source: &str, weights_dir: Option<&std::path::Path>) -> Result<Module, Diagnostics> {
     let ast = parse(source)?;
-    let (module, spans) = lower_module_with_spans(&ast, weights_dir)?;
-    let errors = crate::ir::verifier::verify_with_spans(&module, &spans);
-    if errors.iter().any(Diag::is_error) {
-        return Err(errors);
+    let module = lower_module(&ast, weights_dir)?;
+    if crate::ir::verifier::verify(&module).iter().any(Diag::is_error) {
+        // Rare: lower again recording where each op's parts were written, so that the errors
+        // point at the exact operand, attribute or type.
+        let (module, spans) = lower_module_with_spans(&ast, weights_dir)?;
+        return Err(crate::ir::verifier::verify_with_spans(&module, &spans));
     }
     Ok(module)
 }
