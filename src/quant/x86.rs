@@ -94,7 +94,7 @@ const CONV_UNARY: &[(&str, &str)] = &[
 ];
 
 /// Linear + unary fusions, in PT2E's order (its `LeakyReLU` has no qc op).
-const LINEAR_UNARY: &[&str] = &["relu", "tanh", "gelu"];
+const LINEAR_UNARY: &[(&str, &str)] = &[("linear", "relu"), ("linear", "tanh"), ("linear", "gelu")];
 
 /// The PT2E operator a qc op kind is: `mul.scalar` is `aten.mul.Tensor` with a scalar operand.
 fn target(op: &str) -> &str {
@@ -380,12 +380,12 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     fn annotate_with_config(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
         self.conv2d_binary(config, filter, true);
         self.conv2d_binary(config, filter, false);
-        self.conv_unary(config, filter);
-        self.conv2d(config, filter);
+        self.weighted_unary(CONV_UNARY, config, filter);
+        self.weighted_alone("conv2d", config, filter);
         self.linear_binary(config, filter, true);
         self.linear_binary(config, filter, false);
-        self.linear_unary(config, filter);
-        self.linear(config, filter);
+        self.weighted_unary(LINEAR_UNARY, config, filter);
+        self.weighted_alone("linear", config, filter);
         self.matmul(config, filter);
         self.mul(config, filter);
         self.propagate(config, filter);
@@ -427,13 +427,15 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
         }
     }
 
-    /// `_annotate_conv2d_unary`: every fusion kind in turn, convs in program order.
-    fn conv_unary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for &(conv_kind, unary_kind) in CONV_UNARY {
-            for conv in self.ops_named(&[conv_kind]) {
-                let Some(conv_out) = self.result(conv) else { continue };
-                for unary in self.users_named(conv_out, unary_kind) {
-                    let ops = [unary, conv];
+    /// A weighted op followed by a unary op (`_annotate_conv2d_unary`, `_annotate_linear_unary`):
+    /// each (anchor, unary) kind pair in turn, anchors in program order. The anchor gets its
+    /// input specs, the unary op closes the pattern.
+    fn weighted_unary(&mut self, pairs: &[(&str, &str)], config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for &(anchor_kind, unary_kind) in pairs {
+            for anchor in self.ops_named(&[anchor_kind]) {
+                let Some(anchor_out) = self.result(anchor) else { continue };
+                for unary in self.users_named(anchor_out, unary_kind) {
+                    let ops = [unary, anchor];
                     if self.skip(&ops, filter) {
                         continue;
                     }
@@ -441,22 +443,22 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
                         self.not_quantized(&ops);
                         continue;
                     };
-                    self.weighted(conv, config, false);
+                    self.weighted(anchor, config, false);
                     self.set(unary, Vec::new(), None, true);
                 }
             }
         }
     }
 
-    /// `_annotate_conv2d`: the remaining conv2d ops.
-    fn conv2d(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for conv in self.ops_named(&["conv2d"]) {
-            if self.skip(&[conv], filter) {
+    /// The remaining ops of one weighted kind (`_annotate_conv2d`, `_annotate_linear`).
+    fn weighted_alone(&mut self, kind: &str, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for op in self.ops_named(&[kind]) {
+            if self.skip(&[op], filter) {
                 continue;
             }
             match config {
-                Some(config) => self.weighted(conv, config, true),
-                None => self.not_quantized(&[conv]),
+                Some(config) => self.weighted(op, config, true),
+                None => self.not_quantized(&[op]),
             }
         }
     }
@@ -491,40 +493,6 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
                         self.set(unary, Vec::new(), None, true);
                     }
                 }
-            }
-        }
-    }
-
-    /// `_annotate_linear_unary`.
-    fn linear_unary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for &unary_kind in LINEAR_UNARY {
-            for linear in self.ops_named(&["linear"]) {
-                let Some(linear_out) = self.result(linear) else { continue };
-                for unary in self.users_named(linear_out, unary_kind) {
-                    let ops = [unary, linear];
-                    if self.skip(&ops, filter) {
-                        continue;
-                    }
-                    let Some(config) = config else {
-                        self.not_quantized(&ops);
-                        continue;
-                    };
-                    self.weighted(linear, config, false);
-                    self.set(unary, Vec::new(), None, true);
-                }
-            }
-        }
-    }
-
-    /// `_annotate_linear`: the remaining linear ops.
-    fn linear(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for linear in self.ops_named(&["linear"]) {
-            if self.skip(&[linear], filter) {
-                continue;
-            }
-            match config {
-                Some(config) => self.weighted(linear, config, true),
-                None => self.not_quantized(&[linear]),
             }
         }
     }
