@@ -6,10 +6,10 @@ use std::path::Path;
 
 use qc::diag::{render, Files};
 use qc::driver::compile_with;
-use qc::passes::PassContext;
 use qc::ir::printer::write_module;
 use qc::passes::manager::{dump_header, Instrumentation};
 use qc::passes::registry::{expand, PASSES};
+use qc::passes::PassContext;
 
 /// The passes and options named by the case's first line:
 /// `// RUN: -p a,b [--calib FILE] [--quantizer NAME]` (FILE relative to the case).

@@ -3,7 +3,8 @@
 use super::{annotate, calibrate, cse, dce, fuse_conv_bn, prepare, PassDef};
 
 /// Every pass, in the order `--list-passes` shows them.
-pub static PASSES: &[PassDef] = &[fuse_conv_bn::PASS, annotate::PASS, prepare::PASS, calibrate::PASS, cse::PASS, dce::PASS];
+pub static PASSES: &[PassDef] =
+    &[fuse_conv_bn::PASS, annotate::PASS, prepare::PASS, calibrate::PASS, cse::PASS, dce::PASS];
 
 /// Named pipelines usable wherever a pass name is: `-p cleanup`.
 pub static PIPELINES: &[(&str, &str, &[&str])] = &[
