@@ -68,11 +68,13 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     if instances.is_empty() {
         return Ok(false);
     }
-    let inputs = graph.inputs().iter().map(|&v| (graph.value_name(v).to_string(), graph.value_type(v).clone())).collect();
+    let inputs =
+        graph.inputs().iter().map(|&v| (graph.value_name(v).to_string(), graph.value_type(v).clone())).collect();
     let mut data = Dataset::open(&path, inputs).map_err(|m| vec![Diag::error(format!("calibration data: {m}"))])?;
     let progress = indicatif::ProgressBar::new(data.batches_hint().unwrap_or(0) as u64);
     progress.set_style(
-        indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} batches {elapsed}").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("calibrating {bar:30} {pos}/{len} batches {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut batches = 0usize;
     while let Some(batch) = data.next_batch() {
@@ -142,7 +144,9 @@ fn collect_instances(g: &Graph) -> Result<(Vec<Instance>, FxHashMap<OpId, usize>
                     Some(d) => match ObserverState::from_dict(&config, d) {
                         Ok(s) => s,
                         Err(m) => {
-                            errors.push(Diag::error(format!("invalid observer statistics: {m}")).at(data.span, "this observer"));
+                            errors.push(
+                                Diag::error(format!("invalid observer statistics: {m}")).at(data.span, "this observer"),
+                            );
                             continue;
                         }
                     },
