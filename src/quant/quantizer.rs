@@ -245,9 +245,11 @@ fn convert_scalars_to_constants(g: &mut Graph) -> bool {
 }
 
 /// The op kinds that share their input's observer (PT2E's `_is_share_obs_or_fq_op`).
+/// `relu6` is not among them (`F.relu6` exports as `aten.relu6`, which ExecuTorch does not list;
+/// `nn.ReLU6` exports as `hardtanh`, which it does), and `squeeze` shares only in its one-dim
+/// form (`aten.squeeze.dim`): see [`shares_observer`].
 pub const SHARE_OBSERVER_OPS: &[&str] = &[
     "relu",
-    "relu6",
     "hardtanh",
     "max_pool2d",
     "mean",
@@ -259,7 +261,17 @@ pub const SHARE_OBSERVER_OPS: &[&str] = &[
     "reshape",
     "slice",
     "flatten",
+    "dropout",
 ];
+
+/// Whether `op` shares its input's observer under XNNPACK's propagation.
+fn shares_observer(g: &Graph, op: OpId) -> bool {
+    let name = g.op(op).def().name;
+    match name {
+        "squeeze" => g.attr(op, "dims").and_then(Attr::as_ints).is_some_and(|d| d.len() == 1),
+        _ => SHARE_OBSERVER_OPS.contains(&name),
+    }
+}
 
 struct Annotator<'a, 'q> {
     graph: &'a mut Graph,
@@ -465,7 +477,7 @@ impl Annotator<'_, '_> {
                 return true;
             }
             match self.graph.producer(v) {
-                Some(p) if SHARE_OBSERVER_OPS.contains(&self.name_of(p)) => v = self.graph.op(p).operands[0],
+                Some(p) if shares_observer(self.graph, p) => v = self.graph.op(p).operands[0],
                 _ => return false,
             }
         }
@@ -474,7 +486,7 @@ impl Annotator<'_, '_> {
     /// `propagate_annotation`: share-observer ops inherit their input's output spec.
     fn propagate(&mut self) {
         for op in self.graph.op_ids() {
-            if !SHARE_OBSERVER_OPS.contains(&self.name_of(op)) || self.annotated(op) {
+            if !shares_observer(self.graph, op) || self.annotated(op) {
                 continue;
             }
             let prev = self.graph.op(op).operands[0];
