@@ -90,15 +90,15 @@
 //! an all-zero channel does).
 //!
 //! Histogram counts are float32 and exact while every bin holds fewer than 2^24 elements per batch
-//! (beyond that PyTorch's per-thread float32 counters saturate in a thread-count-dependent way).
+//! (beyond that PyTorch's per-thread float32 counters saturate in a thread-count-dependent way;
+//! qc counts in integers, on several threads for large batches, and stores `min(count, 2^24)`,
+//! what a single float32 counter incremented by 1.0 ends with).
 //! Non-float32 inputs to the histogram kinds are converted to float32 first (PyTorch bins them in
 //! their own dtype; the PT2E flow observes float32 activations). Where PyTorch's `histc` has
 //! undefined behaviour — a constant batch so large that `value ± 1` rounds back to `value` in
 //! float32 — qc counts the batch in the middle bin, where smaller constants land.
 
 use std::borrow::Cow;
-
-use ndarray::{ArrayD, Axis};
 
 use super::{calculate_float_qparams, calculate_qparams, torch_maximum, torch_minimum, QRange};
 use crate::ir::attr::{Attr, Dict};
@@ -556,25 +556,34 @@ pub enum ObserverState {
     Stateless,
 }
 
-/// The input as float32, the way PyTorch's observers convert it.
-fn float32_data(x: &Tensor) -> Result<Cow<'_, ArrayD<f32>>, String> {
+/// The input as float32 values in logical (row-major) order, the way PyTorch's observers convert
+/// it (`x.detach().to(float32)`): borrowed when it already is a contiguous float32 tensor.
+fn float32_values(x: &Tensor) -> Result<Cow<'_, [f32]>, String> {
+    use half::slice::HalfFloatSliceExt;
     Ok(match x {
-        Tensor::F32(a) => Cow::Borrowed(a),
-        Tensor::F64(a) => Cow::Owned(a.mapv(|v| v as f32)),
-        Tensor::F16(a) => Cow::Owned(a.mapv(|v| v.to_f32())),
-        Tensor::BF16(a) => Cow::Owned(a.mapv(|v| v.to_f32())),
+        Tensor::F32(a) => match a.as_slice() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(a.iter().copied().collect()),
+        },
+        Tensor::F64(a) => Cow::Owned(a.iter().map(|&v| v as f32).collect()),
+        Tensor::F16(a) => Cow::Owned(match a.as_slice() {
+            Some(s) => s.to_f32_vec(),
+            None => a.iter().map(|v| v.to_f32()).collect(),
+        }),
+        Tensor::BF16(a) => Cow::Owned(match a.as_slice() {
+            Some(s) => s.to_f32_vec(),
+            None => a.iter().map(|v| v.to_f32()).collect(),
+        }),
         other => return Err(format!("observers take float tensors, not {}", other.dtype())),
     })
 }
 
-fn check_nan(kind: ObserverKind, data: &ArrayD<f32>) -> Result<(), String> {
-    let nans = data.iter().filter(|v| v.is_nan()).count();
+fn nan_error(kind: ObserverKind, nans: usize, len: usize) -> Result<(), String> {
     if nans > 0 {
         return Err(format!(
-            "the `{kind}` observer got {nans} NaN value{} (of {} elements): NaN has no place in a quantization \
+            "the `{kind}` observer got {nans} NaN value{} (of {len} elements): NaN has no place in a quantization \
              range (PyTorch would record NaN statistics or drop them silently)",
             if nans == 1 { "" } else { "s" },
-            data.len()
         ));
     }
     Ok(())
@@ -582,6 +591,9 @@ fn check_nan(kind: ObserverKind, data: &ArrayD<f32>) -> Result<(), String> {
 
 /// `torch.aminmax` of NaN-free, non-empty data. Between `+0.0` and `-0.0` the later element wins,
 /// as in PyTorch's scalar loop (its vectorised loop picks by lane; see the module doc).
+///
+/// This is the reference definition; [`scan`] plus [`Scan::fix_zeros`] compute the same thing
+/// faster.
 fn aminmax<'a>(values: impl IntoIterator<Item = &'a f32>) -> (f32, f32) {
     values.into_iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
         (if v <= lo { v } else { lo }, if v >= hi { v } else { hi })
@@ -612,11 +624,15 @@ impl ObserverState {
     }
 
     fn matches(&self, cfg: &ObserverConfig) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(&ObserverState::new(cfg))
-            && match self {
-                ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) => h.counts.len() == cfg.bins,
-                _ => true,
-            }
+        use ObserverKind as K;
+        match (self, cfg.kind) {
+            (ObserverState::MinMax { .. }, K::MinMax | K::MovingAverageMinMax)
+            | (ObserverState::PerChannel { .. }, K::PerChannelMinMax | K::MovingAveragePerChannelMinMax)
+            | (ObserverState::Stateless, K::FixedQParams | K::Placeholder) => true,
+            (ObserverState::Histogram(h), K::Histogram | K::Percentile)
+            | (ObserverState::AbsHistogram(h), K::Entropy) => h.counts.len() == cfg.bins,
+            _ => false,
+        }
     }
 
     fn check_matches(&self, cfg: &ObserverConfig) -> Result<(), String> {
@@ -646,11 +662,45 @@ impl ObserverState {
         if x.is_empty() {
             return Ok(());
         }
-        let data = float32_data(x)?;
-        check_nan(cfg.kind, &data)?;
+        let data = float32_values(x)?;
+        let data: &[f32] = &data;
+        if let ObserverState::PerChannel { min_val, max_val } = self {
+            let axis = cfg.ch_axis.unwrap_or(0);
+            let shape = x.shape();
+            if axis >= shape.len() {
+                nan_error(cfg.kind, scan(data).nans, data.len())?;
+                return Err(format!(
+                    "`ch_axis` {axis} is out of range for a {}-d input of the `{}` observer",
+                    shape.len(),
+                    cfg.kind
+                ));
+            }
+            let (lo, hi, nans) = per_channel_aminmax(data, shape, axis);
+            nan_error(cfg.kind, nans, data.len())?;
+            if min_val.is_empty() {
+                (*min_val, *max_val) = (lo, hi);
+            } else if min_val.len() != lo.len() {
+                return Err(format!(
+                    "the `{}` observer has seen {} channels, but this input has {} on axis {axis}",
+                    cfg.kind,
+                    min_val.len(),
+                    lo.len()
+                ));
+            } else if cfg.kind == ObserverKind::MovingAveragePerChannelMinMax {
+                let c = cfg.averaging_constant;
+                min_val.iter_mut().zip(&lo).for_each(|(m, &v)| *m = ema(*m, v, c));
+                max_val.iter_mut().zip(&hi).for_each(|(m, &v)| *m = ema(*m, v, c));
+            } else {
+                min_val.iter_mut().zip(&lo).for_each(|(m, &v)| *m = torch_minimum(v, *m));
+                max_val.iter_mut().zip(&hi).for_each(|(m, &v)| *m = torch_maximum(v, *m));
+            }
+            return Ok(());
+        }
+        let summary = scan(data);
+        nan_error(cfg.kind, summary.nans, data.len())?;
         match self {
             ObserverState::MinMax { min_val, max_val } => {
-                let (lo, hi) = aminmax(data.iter());
+                let (lo, hi) = summary.fix_zeros(data);
                 if cfg.kind == ObserverKind::MovingAverageMinMax
                     && !(*min_val == f32::INFINITY && *max_val == f32::NEG_INFINITY)
                 {
@@ -663,47 +713,25 @@ impl ObserverState {
                     *max_val = torch_maximum(hi, *max_val);
                 }
             }
-            ObserverState::PerChannel { min_val, max_val } => {
-                let axis = cfg.ch_axis.unwrap_or(0);
-                if axis >= data.ndim() {
-                    return Err(format!(
-                        "`ch_axis` {axis} is out of range for a {}-d input of the `{}` observer",
-                        data.ndim(),
-                        cfg.kind
-                    ));
-                }
-                let (lo, hi): (Vec<f32>, Vec<f32>) = data.axis_iter(Axis(axis)).map(|c| aminmax(c.iter())).unzip();
-                if min_val.is_empty() {
-                    (*min_val, *max_val) = (lo, hi);
-                } else if min_val.len() != lo.len() {
-                    return Err(format!(
-                        "the `{}` observer has seen {} channels, but this input has {} on axis {axis}",
-                        cfg.kind,
-                        min_val.len(),
-                        lo.len()
-                    ));
-                } else if cfg.kind == ObserverKind::MovingAveragePerChannelMinMax {
-                    let c = cfg.averaging_constant;
-                    min_val.iter_mut().zip(&lo).for_each(|(m, &v)| *m = ema(*m, v, c));
-                    max_val.iter_mut().zip(&hi).for_each(|(m, &v)| *m = ema(*m, v, c));
+            ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) => {
+                // `x[x.abs() != inf]`: the data itself when it has no infinities.
+                let finite: Cow<'_, [f32]> = if summary.nonfinite == 0 {
+                    Cow::Borrowed(data)
                 } else {
-                    min_val.iter_mut().zip(&lo).for_each(|(m, &v)| *m = torch_minimum(v, *m));
-                    max_val.iter_mut().zip(&hi).for_each(|(m, &v)| *m = torch_maximum(v, *m));
+                    Cow::Owned(data.iter().copied().filter(|v| v.is_finite()).collect())
+                };
+                if finite.is_empty() {
+                    return Ok(());
+                }
+                let range = if summary.nonfinite == 0 { summary } else { scan(&finite) };
+                let (xmin, xmax) = range.fix_zeros(&finite);
+                if cfg.kind == ObserverKind::Entropy {
+                    abs_histogram_observe(h, &finite, xmin, xmax);
+                } else {
+                    histogram_observe(h, &finite, xmin, xmax);
                 }
             }
-            ObserverState::Histogram(h) => {
-                let finite = finite_values(&data);
-                if !finite.is_empty() {
-                    histogram_observe(h, &finite);
-                }
-            }
-            ObserverState::AbsHistogram(h) => {
-                let finite = finite_values(&data);
-                if !finite.is_empty() {
-                    abs_histogram_observe(h, &finite);
-                }
-            }
-            ObserverState::Stateless => {}
+            ObserverState::PerChannel { .. } | ObserverState::Stateless => {}
         }
         Ok(())
     }
@@ -941,9 +969,158 @@ fn per_channel_qparams(min_val: &[f32], max_val: &[f32], range: &QRange) -> Resu
 // ---------------------------------------------------------------------------------------------
 // PyTorch CPU kernels, float32, in their exact evaluation order.
 
-/// The input without ±inf (`x[x.abs() != inf]`), flattened. Callers have rejected NaN.
-fn finite_values(data: &ArrayD<f32>) -> Vec<f32> {
-    data.iter().copied().filter(|v| v.is_finite()).collect()
+/// Inputs at least this long are split across rayon threads. Only order-independent work is
+/// split — min/max (the sign of a zero extreme is fixed afterwards, in element order) and integer
+/// counts — so results do not depend on the thread count.
+const PAR_MIN_LEN: usize = 1 << 17;
+/// The elements one rayon task takes.
+const PAR_CHUNK: usize = 1 << 16;
+/// Lanes of the min/max scan (wide enough for the compiler to vectorise it).
+const SCAN_LANES: usize = 8;
+/// Per-channel runs shorter than this are folded in one pass over the data instead of being
+/// scanned channel by channel.
+const SMALL_INNER: usize = 64;
+
+/// What one pass over a batch finds: its minimum and maximum (ignoring NaN; the sign of a zero
+/// extreme is arbitrary until [`Scan::fix_zeros`]), how many elements are NaN, and how many are
+/// not finite (NaN or ±inf).
+#[derive(Copy, Clone, Debug)]
+struct Scan {
+    min: f32,
+    max: f32,
+    nans: usize,
+    nonfinite: usize,
+}
+
+impl Scan {
+    const EMPTY: Scan = Scan { min: f32::INFINITY, max: f32::NEG_INFINITY, nans: 0, nonfinite: 0 };
+
+    fn merge(self, other: Scan) -> Scan {
+        Scan {
+            min: if other.min < self.min { other.min } else { self.min },
+            max: if other.max > self.max { other.max } else { self.max },
+            nans: self.nans + other.nans,
+            nonfinite: self.nonfinite + other.nonfinite,
+        }
+    }
+
+    /// [`aminmax`] of the scanned NaN-free data `x`: a zero minimum or maximum takes the sign of
+    /// the last zero in `x` (where [`aminmax`]'s fold ends up; no element is below a zero minimum,
+    /// so every zero after the first replaces it).
+    fn fix_zeros(self, x: &[f32]) -> (f32, f32) {
+        self.fix_zeros_with(|| x.iter().rev().copied().find(|&v| v == 0.0))
+    }
+
+    fn fix_zeros_with(self, last_zero: impl FnOnce() -> Option<f32>) -> (f32, f32) {
+        let (mut lo, mut hi) = (self.min, self.max);
+        if lo == 0.0 || hi == 0.0 {
+            let zero = last_zero().unwrap_or(0.0);
+            if lo == 0.0 {
+                lo = zero;
+            }
+            if hi == 0.0 {
+                hi = zero;
+            }
+        }
+        (lo, hi)
+    }
+}
+
+/// [`Scan`] of `x`, split across threads when long.
+fn scan(x: &[f32]) -> Scan {
+    if x.len() >= PAR_MIN_LEN {
+        use rayon::prelude::*;
+        x.par_chunks(PAR_CHUNK).map(scan_serial).reduce(|| Scan::EMPTY, Scan::merge)
+    } else {
+        scan_serial(x)
+    }
+}
+
+/// Zero for a finite `v` (`v − v` is +0.0), non-zero (NaN's bits) for NaN and ±inf: or-ing these
+/// flags non-finite elements without counting them in the hot loop.
+#[allow(clippy::eq_op)]
+fn nonfinite_bits(v: f32) -> u32 {
+    (v - v).to_bits()
+}
+
+fn scan_serial(x: &[f32]) -> Scan {
+    let mut lo = [f32::INFINITY; SCAN_LANES];
+    let mut hi = [f32::NEG_INFINITY; SCAN_LANES];
+    let mut bad = [0u32; SCAN_LANES];
+    let mut chunks = x.chunks_exact(SCAN_LANES);
+    for c in &mut chunks {
+        let c: &[f32; SCAN_LANES] = c.try_into().expect("exact chunk");
+        for k in 0..SCAN_LANES {
+            let v = c[k];
+            lo[k] = if v < lo[k] { v } else { lo[k] };
+            hi[k] = if v > hi[k] { v } else { hi[k] };
+            bad[k] |= nonfinite_bits(v);
+        }
+    }
+    for &v in chunks.remainder() {
+        lo[0] = if v < lo[0] { v } else { lo[0] };
+        hi[0] = if v > hi[0] { v } else { hi[0] };
+        bad[0] |= nonfinite_bits(v);
+    }
+    let mut total = Scan::EMPTY;
+    for k in 0..SCAN_LANES {
+        total = total.merge(Scan { min: lo[k], max: hi[k], nans: 0, nonfinite: 0 });
+    }
+    if bad.iter().any(|&b| b != 0) {
+        total.nans = x.iter().filter(|v| v.is_nan()).count();
+        total.nonfinite = x.iter().filter(|v| !v.is_finite()).count();
+    }
+    total
+}
+
+/// Per-channel [`aminmax`] of row-major `data` of `shape` along `axis` (PyTorch swaps `axis` with
+/// dimension 0 and flattens the rest, so each channel's elements are taken in row-major order of
+/// the other dimensions), and the number of NaN values (the extremes are meaningless when there
+/// are any). Channels are split across threads for large inputs.
+fn per_channel_aminmax(data: &[f32], shape: &[usize], axis: usize) -> (Vec<f32>, Vec<f32>, usize) {
+    let channels = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let outer: usize = shape[..axis].iter().product();
+    if inner < SMALL_INNER {
+        // Short runs per channel: one pass in memory order updating every channel's fold (each
+        // channel still sees its elements in order, so this is `aminmax` itself).
+        let mut lo = vec![f32::INFINITY; channels];
+        let mut hi = vec![f32::NEG_INFINITY; channels];
+        let mut nans = 0;
+        let fold = |l: &mut f32, h: &mut f32, v: f32| {
+            *l = if v <= *l { v } else { *l };
+            *h = if v >= *h { v } else { *h };
+        };
+        for row in data.chunks_exact(channels * inner) {
+            if inner == 1 {
+                lo.iter_mut().zip(&mut hi).zip(row).for_each(|((l, h), &v)| fold(l, h, v));
+            } else {
+                for ((l, h), run) in lo.iter_mut().zip(&mut hi).zip(row.chunks_exact(inner)) {
+                    run.iter().for_each(|&v| fold(l, h, v));
+                }
+            }
+            nans += row.iter().filter(|v| v.is_nan()).count();
+        }
+        return (lo, hi, nans);
+    }
+    // Channel `c` is the segments `data[(o·channels + c)·inner ..][..inner]` for `o` in order.
+    let segment = |o: usize, c: usize| &data[(o * channels + c) * inner..][..inner];
+    let channel = |c: usize| -> (f32, f32, usize) {
+        let s = (0..outer).map(|o| scan_serial(segment(o, c))).fold(Scan::EMPTY, Scan::merge);
+        let (lo, hi) =
+            s.fix_zeros_with(|| (0..outer).rev().find_map(|o| segment(o, c).iter().rev().copied().find(|&v| v == 0.0)));
+        (lo, hi, s.nans)
+    };
+    let per_channel: Vec<(f32, f32, usize)> = if data.len() >= PAR_MIN_LEN && channels > 1 {
+        use rayon::prelude::*;
+        let min_len = (PAR_CHUNK / inner.max(1) / outer.max(1)).max(1);
+        (0..channels).into_par_iter().with_min_len(min_len).map(channel).collect()
+    } else {
+        (0..channels).map(channel).collect()
+    };
+    let nans = per_channel.iter().map(|c| c.2).sum();
+    let (lo, hi) = per_channel.into_iter().map(|(lo, hi, _)| (lo, hi)).unzip();
+    (lo, hi, nans)
 }
 
 /// `torch.sum` of a contiguous float32 vector: ATen's cascade sum (`SumKernel.cpp`,
@@ -1028,11 +1205,34 @@ fn torch_cumsum_f32(x: &[f32]) -> Vec<f32> {
 /// `torch.linspace(start, end, steps)` in float32 (`steps ≥ 2`): the first half counts up from
 /// `start`, the second half down from `end`, each element one fused multiply-add.
 fn torch_linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    // `mul_add` is a call to libm's `fmaf` unless the code is compiled for FMA hardware; the
+    // upsampling merge needs 2^15 of them per histogram. Both give the one correctly rounded
+    // result.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports FMA, checked just above.
+        return unsafe { linspace_fma(start, end, steps) };
+    }
+    linspace(start, end, steps)
+}
+
+/// [`linspace`] compiled with FMA instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn linspace_fma(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    linspace(start, end, steps)
+}
+
+#[inline(always)]
+fn linspace(start: f32, end: f32, steps: usize) -> Vec<f32> {
     let step = (end - start) / (steps - 1) as f32;
     let halfway = steps / 2;
-    (0..steps)
-        .map(|i| if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) })
-        .collect()
+    // A plain loop (not an iterator adapter, which may be compiled out of line, without FMA).
+    let mut out = vec![0.0f32; steps];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = if i < halfway { step.mul_add(i as f32, start) } else { (-step).mul_add((steps - i - 1) as f32, end) };
+    }
+    out
 }
 
 /// `c10::div_floor_floating`: Python's `//` on floats.
@@ -1071,22 +1271,111 @@ fn torch_histc(x: &[f32], bins: usize, lo: f32, hi: f32) -> Vec<f32> {
         right += 1.0;
     }
     // The edges are float32 `linspace` endpoints, which are exact.
-    let (left, right) = (left as f32, right as f32);
-    let mut hist = vec![0.0f32; bins];
-    let n = bins as f32;
-    for &v in x {
-        if !(v >= left && v <= right) {
-            continue;
-        }
-        let pos = if right == left {
-            // PyTorch divides 0 by 0 here (undefined behaviour); see the module doc.
-            bins / 2
-        } else {
-            (((v - left) * n / (right - left)) as usize).min(bins - 1)
-        };
-        hist[pos] += 1.0;
+    counts_to_f32(&histc_counts(x, false, bins, left as f32, right as f32))
+}
+
+/// Float32 histogram counts from exact integer ones. PyTorch's kernel (and this module's
+/// definition) adds 1.0 per element to a float32 bin, which is exact up to 2^24 and then stays
+/// at 2^24 (2^24 + 1 rounds back to even), so a count `n` is `min(n, 2^24)`.
+fn counts_to_f32(counts: &[u64]) -> Vec<f32> {
+    counts.iter().map(|&n| n.min(1 << 24) as f32).collect()
+}
+
+/// The integer bin counts of `torch.histc` with float32 edges `left`, `right` (of `|x|` when
+/// `abs`): counting is order-independent, so long inputs are split across threads.
+fn histc_counts(x: &[f32], abs: bool, bins: usize, left: f32, right: f32) -> Vec<u64> {
+    if x.len() >= PAR_MIN_LEN {
+        use rayon::prelude::*;
+        // Each task allocates its own sub-histograms: give it enough elements to fill them.
+        let chunk = PAR_CHUNK.max(8 * bins);
+        x.par_chunks(chunk).map(|c| histc_counts_serial(c, abs, bins, left, right)).reduce(
+            || vec![0; bins],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        )
+    } else {
+        histc_counts_serial(x, abs, bins, left, right)
     }
-    hist
+}
+
+/// Interleaved sub-histograms of [`histc_counts_serial`]: consecutive elements landing in the
+/// same bin (the zeros after a ReLU) do not wait on each other's increments.
+const SUB_HISTOGRAMS: usize = 4;
+/// Elements whose bins are computed together (a vectorised loop) before they are counted.
+const HISTC_BLOCK: usize = 256;
+/// 2^23: adding and subtracting it rounds a float32 in [0, 2^23) to an integer.
+const ROUNDING_MAGIC: f32 = 8_388_608.0;
+
+fn histc_counts_serial(x: &[f32], abs: bool, bins: usize, left: f32, right: f32) -> Vec<u64> {
+    if abs {
+        histc_counts_impl::<true>(x, bins, left, right)
+    } else {
+        histc_counts_impl::<false>(x, bins, left, right)
+    }
+}
+
+/// The bins of `x` (of `|x|` when `ABS`) over float32 edges `left < right`, written to `out`:
+/// `int((v − left)·bins / (right − left))` (truncated, NaN to 0) limited to the last bin, and
+/// `bins` — a slot that is thrown away — for values outside `[left, right]`.
+///
+/// The quotient is clamped to `[0, bins − 1]` in float32 first (NaN to 0, as `as usize` does) and
+/// then truncated with float32 arithmetic that the compiler vectorises (a saturating `as` cast is
+/// not): `r = (q + 2^23) − 2^23` rounds `q` to an integer, `r − 1` when that rounded up, and the
+/// low mantissa bits of `floor(q) + 2^23` are `floor(q)`; all exact for `0 ≤ q < 2^23`.
+fn bin_indices<const ABS: bool>(x: &[f32], out: &mut [u32], bins: usize, left: f32, right: f32) {
+    let n = bins as f32;
+    let width = right - left;
+    let last = (bins - 1) as f32;
+    for (o, &v) in out.iter_mut().zip(x) {
+        let v = if ABS { v.abs() } else { v };
+        let q = (v - left) * n / width;
+        let inside = (v >= left) & (v <= right);
+        let q = if q > last { last } else { q };
+        let q = if q >= 0.0 { q } else { 0.0 };
+        let q = if inside { q } else { n };
+        let r = (q + ROUNDING_MAGIC) - ROUNDING_MAGIC;
+        let floor = if r > q { r - 1.0 } else { r };
+        *o = (floor + ROUNDING_MAGIC).to_bits() - ROUNDING_MAGIC.to_bits();
+    }
+}
+
+fn histc_counts_impl<const ABS: bool>(x: &[f32], bins: usize, left: f32, right: f32) -> Vec<u64> {
+    let mut out = vec![0u64; bins];
+    if right == left {
+        // PyTorch divides 0 by 0 here (undefined behaviour); see the module doc.
+        out[bins / 2] = x.iter().filter(|&&v| (if ABS { v.abs() } else { v }) == left).count() as u64;
+        return out;
+    }
+    let stride = bins + 1;
+    let mut sub = vec![0u32; SUB_HISTOGRAMS * stride];
+    let mut idx = [0u32; HISTC_BLOCK];
+    // Groups of blocks keep the u32 sub-counts from overflowing.
+    for group in x.chunks(1 << 30) {
+        for block in group.chunks(HISTC_BLOCK) {
+            let idx = &mut idx[..block.len()];
+            bin_indices::<ABS>(block, idx, bins, left, right);
+            let (s0, rest) = sub.split_at_mut(stride);
+            let (s1, rest) = rest.split_at_mut(stride);
+            let (s2, s3) = rest.split_at_mut(stride);
+            let mut quads = idx.chunks_exact(SUB_HISTOGRAMS);
+            for q in &mut quads {
+                s0[q[0] as usize] += 1;
+                s1[q[1] as usize] += 1;
+                s2[q[2] as usize] += 1;
+                s3[q[3] as usize] += 1;
+            }
+            for &i in quads.remainder() {
+                s0[i as usize] += 1;
+            }
+        }
+        for part in sub.chunks_exact_mut(stride) {
+            out.iter_mut().zip(&*part).for_each(|(o, &p)| *o += u64::from(p));
+            part.fill(0);
+        }
+    }
+    out
 }
 
 /// `HistogramObserver._upscale_histogram`: the old histogram (over `[orig_min, orig_max]`) in the
@@ -1098,11 +1387,26 @@ fn upscale_histogram(hist: &[f32], orig_min: f32, orig_max: f32, new_min: f32, n
     let half = 0.5 * bin_size;
     let mids = torch_linspace_f32(orig_min, orig_max, fine + 1);
     let edges = torch_linspace_f32(new_min, new_max, bins + 1);
+    // bucketize(right=True): the number of edges ≤ the midpoint. The midpoints normally rise, so
+    // over sorted edges a cursor that only moves forward finds it; anything else (NaN, a
+    // midpoint below its predecessor, unsorted edges) takes the binary search.
+    let sorted = edges.windows(2).all(|w| w[0] <= w[1]);
+    let mut cursor: Option<(f32, usize)> = None;
     let mut out = vec![0.0f32; bins];
     for (i, &m) in mids[..fine].iter().enumerate() {
         let mid = m + half;
+        let above = match cursor {
+            Some((prev, mut j)) if sorted && mid >= prev => {
+                while j < edges.len() && edges[j] <= mid {
+                    j += 1;
+                }
+                j
+            }
+            _ => edges.partition_point(|&e| e <= mid),
+        };
+        cursor = (sorted && !mid.is_nan()).then_some((mid, above));
         // bucketize(right=True) − 1, clamped to the bins.
-        let bucket = edges.partition_point(|&e| e <= mid).saturating_sub(1).min(bins - 1);
+        let bucket = above.saturating_sub(1).min(bins - 1);
         out[bucket] += hist[i / UPSAMPLE_RATE] / UPSAMPLE_RATE as f32;
     }
     out
@@ -1127,10 +1431,9 @@ fn combine_histograms(
     update.iter().zip(&upscaled).map(|(&u, &t)| u + t).collect()
 }
 
-/// `HistogramObserver.forward` on finite, non-empty data.
-fn histogram_observe(h: &mut HistogramStats, x: &[f32]) {
+/// `HistogramObserver.forward` on finite, non-empty data whose [`aminmax`] is `(xmin, xmax)`.
+fn histogram_observe(h: &mut HistogramStats, x: &[f32], xmin: f32, xmax: f32) {
     let bins = h.counts.len();
-    let (xmin, xmax) = aminmax(x);
     if !h.is_initialized() {
         h.min_val = xmin;
         h.max_val = xmax;
@@ -1150,26 +1453,26 @@ fn histogram_observe(h: &mut HistogramStats, x: &[f32]) {
 }
 
 /// The entropy observer's histogram of |x| over `[0, hi]` (all in bin 0 while `hi` is 0).
-fn abs_histc(abs: &[f32], bins: usize, hi: f32) -> Vec<f32> {
+fn abs_histc(x: &[f32], bins: usize, hi: f32) -> Vec<f32> {
     if hi == 0.0 {
         let mut out = vec![0.0f32; bins];
-        out[0] = abs.len() as f32;
+        out[0] = x.len() as f32;
         return out;
     }
-    torch_histc(abs, bins, 0.0, hi)
+    // `torch_histc(|x|, bins, 0.0, hi)`: hi > 0, so the edges are 0 and hi.
+    counts_to_f32(&histc_counts(x, true, bins, 0.0, hi))
 }
 
-/// The entropy observer's `forward` on finite, non-empty data.
-fn abs_histogram_observe(h: &mut HistogramStats, x: &[f32]) {
+/// The entropy observer's `forward` on finite, non-empty data whose [`aminmax`] is
+/// `(xmin, xmax)`.
+fn abs_histogram_observe(h: &mut HistogramStats, x: &[f32], xmin: f32, xmax: f32) {
     let bins = h.counts.len();
-    let (xmin, xmax) = aminmax(x);
-    let abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
     let first = !h.is_initialized();
     let old_hi = h.abs_max();
     h.min_val = torch_minimum(xmin, h.min_val);
     h.max_val = torch_maximum(xmax, h.max_val);
     let hi = h.abs_max();
-    let update = abs_histc(&abs, bins, hi);
+    let update = abs_histc(x, bins, hi);
     if first {
         h.counts = update;
     } else if hi == old_hi {
@@ -1354,7 +1657,7 @@ fn entropy_bins_kept(counts: &[f32], levels: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::IxDyn;
+    use ndarray::{ArrayD, IxDyn};
 
     fn t(values: &[f32]) -> Tensor {
         Tensor::F32(ArrayD::from_shape_vec(IxDyn(&[values.len()]), values.to_vec()).unwrap())

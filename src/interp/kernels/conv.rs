@@ -95,8 +95,20 @@ pub fn conv2d_impl<T: GemmScalar>(
     let plane = oh * ow;
     let kdim = cg * kh * kw;
     let pointwise = kh == 1 && kw == 1 && g.stride == [1, 1] && g.padding == [0, 0];
-    let mut out = vec![T::zero(); n * o * plane];
-    let mut col = if pointwise { Vec::new() } else { vec![T::zero(); kdim * plane] };
+    // The output starts as the bias (each channel's plane filled with it), or zeros.
+    let mut out = match &bias {
+        Some(bias) => {
+            let mut out = Vec::with_capacity(n * o * plane);
+            for _ in 0..n {
+                for ch in 0..o {
+                    out.extend(std::iter::repeat_n(bias[[ch]], plane));
+                }
+            }
+            out
+        }
+        None => vec![T::zero(); n * o * plane],
+    };
+    let mut col = Vec::with_capacity(if pointwise { 0 } else { kdim * plane });
     for b in 0..n {
         for grp in 0..groups {
             let x_group = &xs[(b * c + grp * cg) * h * wd..(b * c + (grp + 1) * cg) * h * wd];
@@ -107,11 +119,6 @@ pub fn conv2d_impl<T: GemmScalar>(
                 &col
             };
             let dst = &mut out[(b * o + grp * og) * plane..(b * o + (grp + 1) * og) * plane];
-            if let Some(bias) = &bias {
-                for (ch, row) in dst.chunks_mut(plane).enumerate() {
-                    row.fill(bias[[grp * og + ch]]);
-                }
-            }
             let weights = Mat::row_major(&ws[grp * og * kdim..(grp + 1) * og * kdim], og, kdim);
             gemm_into(dst, weights, Mat::row_major(cols, kdim, plane), bias.is_some())?;
         }
@@ -119,7 +126,21 @@ pub fn conv2d_impl<T: GemmScalar>(
     ArrayD::from_shape_vec(IxDyn(&[n, o, oh, ow]), out).map_err(|e| e.to_string())
 }
 
-/// Unfolds one group's input planes into `[C/g·kh·kw, OH·OW]` columns (zeros for padding).
+/// The positions `o` in `0..count` whose input index `o·step + offset − pad` lies in `0..len`,
+/// as a range (output positions for a kernel tap, or kernel taps for an output position).
+pub(crate) fn valid_range(count: usize, step: usize, offset: usize, pad: usize, len: usize) -> std::ops::Range<usize> {
+    if step == 0 {
+        return if offset >= pad && offset - pad < len { 0..count } else { 0..0 };
+    }
+    // o·step + offset ≥ pad  ⇔  o ≥ ceil((pad − offset) / step)
+    let lo = pad.saturating_sub(offset).div_ceil(step).min(count);
+    // o·step + offset < pad + len  ⇔  o < ceil((pad + len − offset) / step)
+    let hi = (pad + len).saturating_sub(offset).div_ceil(step).clamp(lo, count);
+    lo..hi
+}
+
+/// Unfolds one group's input planes into `[C/g·kh·kw, OH·OW]` columns (zeros for padding),
+/// replacing the contents of `col`.
 #[allow(clippy::too_many_arguments)]
 fn im2col<T: GemmScalar>(
     x: &[T],
@@ -131,26 +152,37 @@ fn im2col<T: GemmScalar>(
     oh: usize,
     ow: usize,
     g: &Geometry,
-    col: &mut [T],
+    col: &mut Vec<T>,
 ) {
-    let plane = oh * ow;
+    col.clear();
+    let (sy, sx) = (g.stride[0], g.stride[1]);
     for ch in 0..c {
+        let plane = &x[ch * h * w..(ch + 1) * h * w];
         for ki in 0..kh {
+            let rows = valid_range(oh, sy, ki * g.dilation[0], g.padding[0], h);
             for kj in 0..kw {
-                let row = &mut col[((ch * kh + ki) * kw + kj) * plane..][..plane];
-                for oy in 0..oh {
-                    let iy = (oy * g.stride[0] + ki * g.dilation[0]) as isize - g.padding[0] as isize;
-                    let dst = &mut row[oy * ow..(oy + 1) * ow];
-                    if iy < 0 || iy >= h as isize {
-                        dst.fill(T::zero());
-                        continue;
+                let offset = kj * g.dilation[1];
+                let cols = valid_range(ow, sx, offset, g.padding[1], w);
+                col.resize(col.len() + rows.start * ow, T::zero());
+                for oy in rows.clone() {
+                    let iy = oy * sy + ki * g.dilation[0] - g.padding[0];
+                    let src = &plane[iy * w..(iy + 1) * w];
+                    col.resize(col.len() + cols.start, T::zero());
+                    if !cols.is_empty() {
+                        // The first input column of the valid run, then every `sx`-th.
+                        let ix0 = cols.start * sx + offset - g.padding[1];
+                        if sx == 1 {
+                            col.extend_from_slice(&src[ix0..ix0 + cols.len()]);
+                        } else if sx == 0 {
+                            col.extend(std::iter::repeat_n(src[ix0], cols.len()));
+                        } else {
+                            // Every `sx`-th input: the first element of each `sx`-long chunk.
+                            col.extend(src[ix0..].chunks(sx).take(cols.len()).map(|c| c[0]));
+                        }
                     }
-                    let src = &x[(ch * h + iy as usize) * w..][..w];
-                    for (ox, d) in dst.iter_mut().enumerate() {
-                        let ix = (ox * g.stride[1] + kj * g.dilation[1]) as isize - g.padding[1] as isize;
-                        *d = if ix < 0 || ix >= w as isize { T::zero() } else { src[ix as usize] };
-                    }
+                    col.resize(col.len() + (ow - cols.end), T::zero());
                 }
+                col.resize(col.len() + (oh - rows.end) * ow, T::zero());
             }
         }
     }

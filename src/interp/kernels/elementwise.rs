@@ -94,6 +94,13 @@ pub fn zip_broadcast<A: Copy, B: Copy, C>(
     b: ArrayViewD<'_, B>,
     f: impl Fn(A, B) -> C,
 ) -> Result<ArrayD<C>, String> {
+    if a.shape() == b.shape() {
+        if let (Some(xs), Some(ys)) = (a.as_slice(), b.as_slice()) {
+            // Same shape, both row-major: a flat loop the compiler can vectorise.
+            let out: Vec<C> = xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect();
+            return ArrayD::from_shape_vec(IxDyn(a.shape()), out).map_err(|e| e.to_string());
+        }
+    }
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let (a, b) = (a.broadcast(IxDyn(&shape)), b.broadcast(IxDyn(&shape)));
     let (Some(a), Some(b)) = (a, b) else { return Err("operands do not broadcast".into()) };
@@ -141,15 +148,16 @@ fn arith(cx: &KernelCx<'_>, op: Arith) -> KernelResult {
     let (x, y) = (promote_to_float(x), promote_to_float(y));
     Ok(vec![float_zip!(&*x, &*y, out, |a, b: T| {
         let alpha = alpha as T;
-        zip_broadcast(a, b, |p: T, q: T| match op {
+        // One closure per operation, so that each loop is a plain (vectorisable) one.
+        match op {
             // PyTorch's vectorised kernel fuses `a + alpha*b` into one FMA.
-            Arith::Add if alpha == 1.0 => p + q,
-            Arith::Add => q.mul_add(alpha, p),
-            Arith::Sub if alpha == 1.0 => p - q,
-            Arith::Sub => (-q).mul_add(alpha, p),
-            Arith::Mul => p * q,
-            Arith::Div => p / q,
-        })?
+            Arith::Add if alpha == 1.0 => zip_broadcast(a, b, |p: T, q: T| p + q)?,
+            Arith::Add => zip_broadcast(a, b, |p: T, q: T| q.mul_add(alpha, p))?,
+            Arith::Sub if alpha == 1.0 => zip_broadcast(a, b, |p: T, q: T| p - q)?,
+            Arith::Sub => zip_broadcast(a, b, |p: T, q: T| (-q).mul_add(alpha, p))?,
+            Arith::Mul => zip_broadcast(a, b, |p: T, q: T| p * q)?,
+            Arith::Div => zip_broadcast(a, b, |p: T, q: T| p / q)?,
+        }
     })?])
 }
 

@@ -17,19 +17,22 @@ pub fn batch_norm(cx: &KernelCx<'_>) -> KernelResult {
         let alpha: Vec<T> = (0..channels).map(|c| weight[[c]] * (1.0 / (var[[c]] + eps as T).sqrt())).collect();
         let beta: Vec<T> = (0..channels).map(|c| bias[[c]] - mean[[c]] * alpha[c]).collect();
         let mut out = a.as_standard_layout().into_owned();
-        per_channel(&mut out, |c, v| *v = *v * alpha[c] + beta[c]);
+        per_channel(&mut out, |c, plane| {
+            let (alpha, beta) = (alpha[c], beta[c]);
+            plane.iter_mut().for_each(|v| *v = *v * alpha + beta);
+        });
         out
     })?])
 }
 
-/// Calls `f(channel, element)` for each element of an `[N, C, ...]` array in standard layout.
-fn per_channel<T>(a: &mut ArrayD<T>, mut f: impl FnMut(usize, &mut T)) {
+/// Calls `f(channel, elements)` for each channel plane of an `[N, C, ...]` array in standard
+/// layout.
+fn per_channel<T>(a: &mut ArrayD<T>, mut f: impl FnMut(usize, &mut [T])) {
     let channels = a.shape()[1];
     let inner: usize = a.shape()[2..].iter().product();
     if let Some(data) = a.as_slice_mut() {
         for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
-            let c = i % channels;
-            chunk.iter_mut().for_each(|v| f(c, v));
+            f(i % channels, chunk);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use super::conv::valid_range;
 use super::{float_map, KernelCx, KernelResult};
 use crate::ops::infer::pool_output_size;
 use crate::ops::AttrAccess;
@@ -66,26 +67,37 @@ pub fn max_pool2d(cx: &KernelCx<'_>) -> KernelResult {
     let win = window(cx, [d[0] as usize, d[1] as usize])?;
     let (oh, ow) = output_dims(cx.input(0).shape(), &win)?;
     Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
-        for y in 0..oh {
-            for x in 0..ow {
-                let mut best = T::NEG_INFINITY;
-                for ki in 0..win.kernel[0] {
-                    let iy = (y * win.stride[0] + ki * win.dilation[0]) as isize - win.padding[0] as isize;
-                    if iy < 0 || iy >= h as isize {
+        // Each output row is swept once per window tap (ki, kj) inside the input, in the window's
+        // row-major order, so every output sees its taps in that order and padding is skipped.
+        let [sy, sx] = win.stride;
+        let [dy, dx] = win.dilation;
+        let [py, px] = win.padding;
+        if ow == 0 {
+            return;
+        }
+        for (y, out) in dst.chunks_mut(ow).enumerate() {
+            out.fill(T::NEG_INFINITY);
+            for ki in valid_range(win.kernel[0], dy, y * sy, py, h) {
+                let iy = y * sy + ki * dy - py;
+                let row = &src[iy * w..(iy + 1) * w];
+                for kj in 0..win.kernel[1] {
+                    let xs = valid_range(ow, sx, kj * dx, px, w);
+                    if xs.is_empty() {
                         continue;
                     }
-                    for kj in 0..win.kernel[1] {
-                        let ix = (x * win.stride[1] + kj * win.dilation[1]) as isize - win.padding[1] as isize;
-                        if ix < 0 || ix >= w as isize {
-                            continue;
-                        }
-                        let v = src[iy as usize * w + ix as usize];
-                        if v > best || v.is_nan() {
-                            best = v;
-                        }
+                    let ix0 = xs.start * sx + kj * dx - px;
+                    let update = |best: &mut T, v: T| {
+                        // NaN propagates: a NaN in the window wins (the last one, if several).
+                        *best = if v > *best || v.is_nan() { v } else { *best };
+                    };
+                    let out = &mut out[xs];
+                    match sx {
+                        0 => out.iter_mut().for_each(|b| update(b, row[ix0])),
+                        1 => out.iter_mut().zip(&row[ix0..]).for_each(|(b, &v)| update(b, v)),
+                        // Every `sx`-th input: the first element of each `sx`-long chunk.
+                        _ => out.iter_mut().zip(row[ix0..].chunks(sx)).for_each(|(b, c)| update(b, c[0])),
                     }
                 }
-                dst[y * ow + x] = best;
             }
         }
     })?)?])
