@@ -257,6 +257,55 @@ impl Tensor {
         }
     }
 
+    /// The elements converted to `dtype` as PyTorch's `.to(dtype)` does on CPU: floats round to
+    /// nearest even, floats to integers truncate toward zero (saturating at the i64 range, NaN
+    /// to 0) and then wrap like integer narrowing, integers wrap, and bool is 0/1.
+    pub fn cast(&self, dtype: DType) -> Tensor {
+        if self.dtype() == dtype {
+            return self.clone();
+        }
+        // Integers go through i64 (exact); floats through f64 (exact for every float type).
+        let ints = match self {
+            Tensor::I8(a) => Some(a.mapv(i64::from)),
+            Tensor::U8(a) => Some(a.mapv(i64::from)),
+            Tensor::I16(a) => Some(a.mapv(i64::from)),
+            Tensor::I32(a) => Some(a.mapv(i64::from)),
+            Tensor::I64(a) => Some(a.clone()),
+            Tensor::Bool(a) => Some(a.mapv(i64::from)),
+            _ => None,
+        };
+        match ints {
+            Some(i) => Tensor::from_i64(i, dtype),
+            None => {
+                let f = self.to_f64_array();
+                match dtype {
+                    DType::F32 => Tensor::F32(f.mapv(|v| v as f32)),
+                    DType::F64 => Tensor::F64(f),
+                    DType::F16 => Tensor::F16(f.mapv(f16::from_f64)),
+                    DType::BF16 => Tensor::BF16(f.mapv(bf16::from_f64)),
+                    DType::Bool => Tensor::Bool(f.mapv(|v| v != 0.0)),
+                    _ => Tensor::from_i64(f.mapv(|v| v as i64), dtype),
+                }
+            }
+        }
+    }
+
+    /// Integers converted to `dtype`: narrowing wraps, floats round to nearest even.
+    fn from_i64(a: ArrayD<i64>, dtype: DType) -> Tensor {
+        match dtype {
+            DType::F32 => Tensor::F32(a.mapv(|v| v as f32)),
+            DType::F64 => Tensor::F64(a.mapv(|v| v as f64)),
+            DType::F16 => Tensor::F16(a.mapv(|v| f16::from_f64(v as f64))),
+            DType::BF16 => Tensor::BF16(a.mapv(|v| bf16::from_f64(v as f64))),
+            DType::I8 => Tensor::I8(a.mapv(|v| v as i8)),
+            DType::U8 => Tensor::U8(a.mapv(|v| v as u8)),
+            DType::I16 => Tensor::I16(a.mapv(|v| v as i16)),
+            DType::I32 => Tensor::I32(a.mapv(|v| v as i32)),
+            DType::I64 => Tensor::I64(a),
+            DType::Bool => Tensor::Bool(a.mapv(|v| v != 0)),
+        }
+    }
+
     /// Applies a shape-only transformation (reshape, permute, slice, …) to the data, whatever
     /// its element type.
     pub fn map_layout(&self, f: impl LayoutFn) -> Result<Tensor, String> {

@@ -36,7 +36,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn stdin_to_stdout() {
-    let out = qc(&["-"], Some(GOOD));
+    let out = qc(&["-", "-p", "none"], Some(GOOD));
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), GOOD);
     assert!(out.stderr.is_empty());
@@ -147,13 +147,13 @@ fn timing_report() {
 #[test]
 fn split_input_file_keeps_line_numbers_and_joins_outputs() {
     let source = format!("{GOOD}// -----\n{BAD}// -----\n{GOOD}");
-    let out = qc(&["-", "--split-input-file"], Some(&source));
+    let out = qc(&["-", "-p", "none", "--split-input-file"], Some(&source));
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     // BAD's line 3 is line 12 of the whole file (8 lines of GOOD, the marker, then 3).
     assert!(err.contains("<stdin>:12:"), "{err}");
     let ok = format!("{GOOD}// -----\n{GOOD}");
-    let out = qc(&["-", "--split-input-file"], Some(&ok));
+    let out = qc(&["-", "-p", "none", "--split-input-file"], Some(&ok));
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout), format!("{GOOD}// -----\n{GOOD}"));
 }

@@ -1,6 +1,7 @@
 //! Per-pass snapshot tests: every `tests/passes/<pass>/<case>.qir` starts with a
 //! `// RUN: -p <passes>` line; its snapshot holds the input IR and the IR after each pass, in
-//! the format of `qc --print-ir-after-all` (or the rendered diagnostics if the run fails).
+//! the format of `qc --print-ir-after-all`, then any warnings (or the rendered diagnostics if
+//! the run fails).
 
 use std::path::Path;
 
@@ -56,7 +57,15 @@ fn snapshot_of(path: &Path) -> (String, String) {
     let inst = Instrumentation { print_after_all: true, verify_each: true, ..Default::default() };
     let mut dumps = String::new();
     match compile_with(&source, Some(dir), &passes, &inst, cx, &mut dumps) {
-        Ok(_) => out.push_str(&dumps),
+        Ok(compiled) => {
+            out.push_str(&dumps);
+            if !compiled.warnings.is_empty() {
+                out.push_str("// -----// Warnings //----- //\n");
+                let mut files = Files::new();
+                let id = files.add(relative, source.clone());
+                out.push_str(&render(&files, id, &compiled.warnings));
+            }
+        }
         Err(diags) => {
             out.push_str(&dumps);
             out.push_str("// -----// Error //----- //\n");

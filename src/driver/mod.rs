@@ -93,9 +93,20 @@ pub struct CompileArgs {
     /// the first axis), or a directory of them.
     #[arg(long, value_name = "DATA")]
     pub calib: Option<PathBuf>,
+    /// What the quantized graph is made of: `qdq` (float ops between quantize/dequantize ops,
+    /// as PT2E's convert_pt2e) or `reference` (explicit integer arithmetic: adds the
+    /// `reference-repr` pass at the end).
+    #[arg(long, value_enum, default_value_t = Emit::Qdq)]
+    pub emit: Emit,
     /// When to colour diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, ValueEnum)]
+pub enum Emit {
+    Qdq,
+    Reference,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -150,10 +161,18 @@ fn compile_command(cli: &CompileArgs) -> i32 {
         2
     };
     let names = cli.passes.clone().unwrap_or_else(|| vec!["default".to_string()]);
-    let passes = match registry::expand(&names) {
+    let mut passes = match registry::expand(&names) {
         Ok(p) => p,
         Err(message) => return usage(message),
     };
+    // Without data there are no statistics to convert: stop where PT2E hands over to the user.
+    let stops_after_prepare = names == ["default"] && cli.calib.is_none();
+    if stops_after_prepare {
+        passes.truncate(passes.iter().position(|p| p.name == "calibrate").unwrap_or(passes.len()));
+    }
+    if cli.emit == Emit::Reference {
+        passes.extend(registry::find("reference-repr"));
+    }
     for name in cli.print_ir_before.iter().chain(&cli.print_ir_after) {
         if registry::find(name).is_none() {
             return usage(format!(
@@ -259,6 +278,11 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     }
     if cli.verify_diagnostics {
         return 0;
+    }
+    if stops_after_prepare {
+        eprintln!(
+            "note: no calibration data: stopped after `prepare`, so the output holds observers, not quantized ops\n  = help: pass `--calib data.npz` (one array per graph input, samples along the first axis) to calibrate and convert"
+        );
     }
     let text = outputs.join(&format!("{SPLIT_MARKER}\n"));
     match &cli.output {

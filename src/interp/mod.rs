@@ -102,26 +102,13 @@ pub fn run_graph(
             operand_refs.push(Arc::clone(t));
         }
         let operands: Vec<&Tensor> = operand_refs.iter().map(|t| &**t).collect();
-        let result_types: Vec<TensorType> = data.results().map(|r| graph.value_type(r).clone()).collect();
-        let cx = KernelCx {
-            def,
-            inputs: &operands,
-            attrs: graph.attrs_of(data.attrs),
-            result_types: &result_types,
-            weights: module.weights(),
-        };
-        let results = (def.kernel)(&cx).map_err(|m| {
-            let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);
-            Diag::error(format!("`%{name} = {}` failed: {m}", def.name)).at(data.span, "while running this op")
-        })?;
+        let results = eval_op(module, graph, op, &operands)?;
         if def.name == "observer" {
             if let Some(hook) = hook.as_mut() {
                 hook(op, operands[0]).map_err(|m| Diag::error(m).at(data.span, "in this observer"))?;
             }
         }
-        for (r, (t, ty)) in data.results().zip(results.into_iter().zip(&result_types)) {
-            check_input(ty, &t)
-                .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
+        for (r, t) in data.results().zip(results) {
             let t = Arc::new(t);
             if options.keep_intermediates {
                 intermediates.push((graph.value_name(r).to_string(), Arc::clone(&t)));
@@ -145,6 +132,29 @@ pub fn run_graph(
         })
         .collect::<Result<_, Diag>>()?;
     Ok(RunResult { outputs, intermediates })
+}
+
+/// Runs one op's kernel on `operands`, checking its results against the declared types.
+pub fn eval_op(module: &Module, graph: &Graph, op: OpId, operands: &[&Tensor]) -> Result<Vec<Tensor>, Diag> {
+    let data = graph.op(op);
+    let def = data.def();
+    let result_types: Vec<TensorType> = data.results().map(|r| graph.value_type(r).clone()).collect();
+    let cx = KernelCx {
+        def,
+        inputs: operands,
+        attrs: graph.attrs_of(data.attrs),
+        result_types: &result_types,
+        weights: module.weights(),
+    };
+    let results = (def.kernel)(&cx).map_err(|m| {
+        let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);
+        Diag::error(format!("`%{name} = {}` failed: {m}", def.name)).at(data.span, "while running this op")
+    })?;
+    for (t, ty) in results.iter().zip(&result_types) {
+        check_input(ty, t)
+            .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
+    }
+    Ok(results)
 }
 
 /// For each value read by an op, the program position of its last reader (graph outputs are

@@ -115,6 +115,14 @@ pub struct Annotation {
     pub output: Option<SpecRef>,
 }
 
+impl Annotation {
+    /// Whether it quantizes anything: an input spec or an output spec that is not `none`
+    /// (PT2E's `_is_valid_annotation`, which the passes after convert key on).
+    pub fn quantizes_anything(&self) -> bool {
+        self.inputs.iter().any(|s| *s != SpecRef::None) || self.output.as_ref().is_some_and(|s| *s != SpecRef::None)
+    }
+}
+
 /// Why a dictionary is not a valid [`QSpec`]; `key` names the offending entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QSpecError {

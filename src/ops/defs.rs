@@ -323,6 +323,14 @@ pub static OPS: &[OpDef] = &[
     op!("expand", "Broadcast to `size` (-1 keeps a dim).", X, &[req("size", Ints)], rule::expand, k::shape::expand),
     op!("contiguous", "Identity on values (memory layout only).", X, NONE, rule::identity, k::shape::identity),
     op!(
+        "convert_element_type",
+        "Elements converted to `dtype` as `.to(dtype)`: floats round, float to int truncates.",
+        X,
+        &[req("dtype", AttrKind::DType)],
+        rule::convert_element_type,
+        k::shape::convert_element_type
+    ),
+    op!(
         "dropout",
         "Identity at inference.",
         X,

@@ -134,6 +134,10 @@ pub fn identity(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     one(cx.operand(0).clone())
 }
 
+pub fn convert_element_type(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    one(cx.operand(0).with_dtype(cx.dtype("dtype")?))
+}
+
 /// Broadcasting binary op of one dtype.
 pub fn binary(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     require_same_dtype(cx, 0, 1)?;
@@ -946,7 +950,11 @@ pub fn fake_quantize_per_channel(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 
 pub fn observer(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     require_float(cx, 0)?;
-    quant_range(cx)?;
+    // A float `dtype` is a spec that quantizes nothing (f32) or casts (f16, bf16): PT2E's
+    // float `PlaceholderObserver`s.
+    if !matches!(cx.dtype("dtype")?, DType::F32 | DType::F16 | DType::BF16) {
+        quant_range(cx)?;
+    }
     let x = cx.operand(0);
     if let Some(axis) = cx.opt_int("ch_axis") {
         norm_dim(axis, x.rank())?;

@@ -25,14 +25,14 @@
 
 use rustc_hash::FxHashMap;
 
+use super::observer_instances::{self, Instance, Instances};
 use super::{PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
 use crate::interp::dataset::Dataset;
 use crate::interp::{bind_inputs, run_graph, RunOptions};
-use crate::ir::attr::{Attr, Dict};
+use crate::ir::attr::Attr;
 use crate::ir::graph::{Graph, OpId};
 use crate::ir::Module;
-use crate::quant::observer::{ObserverConfig, ObserverState};
 
 pub const PASS: PassDef = PassDef {
     name: "calibrate",
@@ -40,31 +40,13 @@ pub const PASS: PassDef = PassDef {
     run,
 };
 
-/// The observer attributes [`ObserverConfig::from_dict`] reads, as a dictionary.
-pub fn observer_attrs(g: &Graph, op: OpId) -> Dict {
-    let mut d = Dict::new();
-    for name in ["kind", "dtype", "qmin", "qmax", "qscheme", "ch_axis", "options"] {
-        if let Some(value) = g.attr(op, name) {
-            d.insert(name, value.clone());
-        }
-    }
-    d
-}
-
-/// One shared observer instance: its config, its state, and the op that holds its statistics.
-struct Instance {
-    config: ObserverConfig,
-    state: ObserverState,
-    first: OpId,
-}
-
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let Some(path) = cx.calibration.clone() else {
         return Err(vec![Diag::error("`calibrate` needs calibration data")
             .help("pass `--calib data.npz` (one array per graph input, samples along the first axis) or a directory of .npz files")]);
     };
     let Some(graph) = module.graphs.first() else { return Ok(false) };
-    let (mut instances, op_instance) = collect_instances(graph)?;
+    let Instances { list: mut instances, by_op: op_instance, .. } = observer_instances::collect(graph)?;
     if instances.is_empty() {
         return Ok(false);
     }
@@ -96,74 +78,6 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     cx.warnings.extend(unobserved_warnings(module, &instances));
     write_stats(&mut module.graphs[0], &instances, &op_instance);
     Ok(true)
-}
-
-/// Observer instances in first-op order, with any statistics already in the IR.
-fn collect_instances(g: &Graph) -> Result<(Vec<Instance>, FxHashMap<OpId, usize>), Diagnostics> {
-    let mut instances: Vec<Instance> = Vec::new();
-    let mut by_id: FxHashMap<i64, usize> = FxHashMap::default();
-    let mut op_instance = FxHashMap::default();
-    let mut errors = Vec::new();
-    for op in g.ops() {
-        let data = g.op(op);
-        if data.def().name != "observer" || g.attr(op, "kind").and_then(Attr::as_str) == Some("derived") {
-            continue;
-        }
-        let config = match ObserverConfig::from_dict(&observer_attrs(g, op)) {
-            Ok(c) => c,
-            Err(m) => {
-                errors.push(Diag::error(format!("invalid observer: {m}")).at(data.span, "this observer"));
-                continue;
-            }
-        };
-        let id = g.attr(op, "instance").and_then(Attr::as_int).unwrap_or(0);
-        let stats = g.attr(op, "stats").and_then(Attr::as_dict);
-        let index = match by_id.get(&id) {
-            Some(&i) => {
-                if instances[i].config != config {
-                    errors.push(
-                        Diag::error(format!("observers of instance {id} are configured differently"))
-                            .at(data.span, "this one")
-                            .with(g.op(instances[i].first).span, "differs from this one")
-                            .help("ops sharing an instance share one observer: give them equal attributes"),
-                    );
-                    continue;
-                }
-                if stats.is_some() {
-                    errors.push(
-                        Diag::error(format!("instance {id} has statistics on more than one observer"))
-                            .at(data.span, "statistics here")
-                            .with(g.op(instances[i].first).span, "and on the instance's first observer")
-                            .help("keep them on the first observer of the instance"),
-                    );
-                }
-                i
-            }
-            None => {
-                let state = match stats {
-                    Some(d) => match ObserverState::from_dict(&config, d) {
-                        Ok(s) => s,
-                        Err(m) => {
-                            errors.push(
-                                Diag::error(format!("invalid observer statistics: {m}")).at(data.span, "this observer"),
-                            );
-                            continue;
-                        }
-                    },
-                    None => ObserverState::new(&config),
-                };
-                by_id.insert(id, instances.len());
-                instances.push(Instance { config, state, first: op });
-                instances.len() - 1
-            }
-        };
-        op_instance.insert(op, index);
-    }
-    if errors.is_empty() {
-        Ok((instances, op_instance))
-    } else {
-        Err(errors)
-    }
 }
 
 fn unobserved_warnings(module: &Module, instances: &[Instance]) -> Diagnostics {

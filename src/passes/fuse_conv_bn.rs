@@ -97,6 +97,7 @@ use ndarray::{ArrayD, IxDyn};
 use num_traits::Float;
 use rustc_hash::FxHashMap;
 
+use super::rewrite::INLINE_LIMIT;
 use super::{dce, PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::attr::Attr;
@@ -110,9 +111,6 @@ pub const PASS: PassDef = PassDef {
     description: "Fold batch_norm into the conv or linear before it (PT2E's PTQ BN folding).",
     run,
 };
-
-/// A folded `const` parameter with more elements than this is stored as a weight instead.
-pub const INLINE_LIMIT: usize = 256;
 
 /// Every `weight` op of the module by key: (graph index, op). Entries may be dead ops.
 type Readers = FxHashMap<String, Vec<(usize, OpId)>>;

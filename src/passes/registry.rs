@@ -1,19 +1,50 @@
 //! The one list of passes and named pipelines.
 
-use super::{annotate, calibrate, cse, dce, fuse_conv_bn, prepare, PassDef};
+use super::{
+    annotate, calibrate, convert, cse, dce, duplicate_dq, fold_quantize, fuse_conv_bn, port_metadata, prepare, PassDef,
+};
 
 /// Every pass, in the order `--list-passes` shows them.
-pub static PASSES: &[PassDef] =
-    &[fuse_conv_bn::PASS, annotate::PASS, prepare::PASS, calibrate::PASS, cse::PASS, dce::PASS];
+pub static PASSES: &[PassDef] = &[
+    fuse_conv_bn::PASS,
+    annotate::PASS,
+    prepare::PASS,
+    calibrate::PASS,
+    convert::PASS,
+    duplicate_dq::PASS,
+    port_metadata::PASS,
+    fold_quantize::PASS,
+    cse::PASS,
+    dce::PASS,
+];
 
 /// Named pipelines usable wherever a pass name is: `-p cleanup`.
 pub static PIPELINES: &[(&str, &str, &[&str])] = &[
-    ("default", "The pipeline `qc model.qir` runs (verification only, until the quantization passes land).", &[]),
+    (
+        "default",
+        "The pipeline `qc model.qir` runs: prepare-pt2e, calibrate (--calib), convert-pt2e.",
+        &[
+            "fuse-conv-bn",
+            "annotate",
+            "prepare",
+            "calibrate",
+            "convert",
+            "duplicate-dq",
+            "port-metadata",
+            "fold-quantize",
+        ],
+    ),
+    ("none", "No passes: parse, verify and print the module.", &[]),
     ("cleanup", "Merge duplicate pure ops, then delete unused ones.", &["cse", "dce"]),
     (
         "prepare-pt2e",
         "What PT2E's prepare_pt2e does: fold batch norms, annotate, insert observers.",
         &["fuse-conv-bn", "annotate", "prepare"],
+    ),
+    (
+        "convert-pt2e",
+        "What PT2E's convert_pt2e does: q/dq ops, one dequantize per consumer, ported locations, folded weights.",
+        &["convert", "duplicate-dq", "port-metadata", "fold-quantize"],
     ),
 ];
 

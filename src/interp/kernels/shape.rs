@@ -21,6 +21,11 @@ pub fn identity(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![cx.input(0).clone()])
 }
 
+/// `.to(dtype)`; see [`Tensor::cast`].
+pub fn convert_element_type(cx: &KernelCx<'_>) -> KernelResult {
+    Ok(vec![cx.input(0).cast(cx.dtype("dtype")?)])
+}
+
 /// Row-major reshape to a fully known shape.
 struct Reshape(Vec<usize>);
 impl LayoutFn for Reshape {

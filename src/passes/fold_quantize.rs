@@ -1,0 +1,131 @@
+//! `fold-quantize`: evaluate every quantize op whose input is constant and store the integer
+//! result — PT2E's `constant_fold(model, _quant_node_constraint)`, the last step of
+//! `convert_pt2e` (`../shared/reference/pt2e.md` §1.10).
+//!
+//! A value is constant when it is computed from `weight` and `const` ops through pure ops only
+//! (the view/permute chains between a weight and its quantize, for example); dequantize ops
+//! never count, as PT2E marks them impure. Each quantize op (`quantize_per_tensor`,
+//! `quantize_per_tensor.tensor`, `quantize_per_channel`) of constant operands is run once by the
+//! interpreter's own kernel, so the integers are exactly what the q/dq graph computes at run
+//! time, and the op becomes, in place (same name, type and location), a `const` holding them
+//! or, above 256 elements, a `weight` of a new key named like the value (written to the output
+//! weights file by `qc -o`). Then dead code goes: float weights no longer read vanish from the
+//! graph and so from the written weights file.
+//!
+//! Requires: a converted module. Leaves: no quantize op with constant operands. Idempotent.
+//!
+//! ```text
+//! %w = weight {key = "fc.weight"} : f32[2,4]
+//! %w_q = quantize_per_tensor(%w) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : i8[2,4]
+//! %w_dq = dequantize_per_tensor(%w_q) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
+//! ```
+//! becomes
+//! ```text
+//! %w_q = const {value = [[2, -1, 0, 4], [1, 1, -3, 0]]} : i8[2,4]
+//! %w_dq = dequantize_per_tensor(%w_q) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
+//! ```
+
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use super::dce::eliminate_dead_ops;
+use super::rewrite::{constant_source, internal, is_op, op_kind, result, DEQUANTIZE_OPS, QUANTIZE_OPS};
+use super::{PassContext, PassDef};
+use crate::diag::Diagnostics;
+use crate::interp::eval_op;
+use crate::ir::{Graph, Module, OpId, ValueId};
+use crate::tensor::Tensor;
+
+pub const PASS: PassDef = PassDef {
+    name: "fold-quantize",
+    description: "Constant-fold the quantize ops of weights into integer constants (PT2E's constant_fold).",
+    run,
+};
+
+fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
+    let mut changed = false;
+    for gi in 0..module.graphs.len() {
+        changed |= fold_graph(module, gi)?;
+    }
+    Ok(changed)
+}
+
+fn fold_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {
+    let g = &module.graphs[gi];
+    let constant = constant_values(g);
+    let targets: Vec<OpId> = g
+        .ops()
+        .filter(|&op| is_op(g, op, QUANTIZE_OPS) && g.op(op).operands.iter().all(|v| constant.contains(v)))
+        .collect();
+    if targets.is_empty() {
+        return Ok(false);
+    }
+    let folded = evaluate(module, &module.graphs[gi], &targets)?;
+    for (q, value) in targets.into_iter().zip(folded) {
+        let g = &module.graphs[gi];
+        let name = g.value_name(result(g, q, 0)?).to_string();
+        let (kind_name, field) = constant_source(module, &name, value);
+        let kind = op_kind(kind_name)?;
+        let g = &mut module.graphs[gi];
+        let attrs = g.intern_attrs(kind.def().complete_attrs(vec![Some(field.1)]));
+        g.rewrite_op(q, kind, &[], attrs);
+    }
+    eliminate_dead_ops(&mut module.graphs[gi]);
+    Ok(true)
+}
+
+/// Values computable from constants alone.
+fn constant_values(g: &Graph) -> FxHashSet<ValueId> {
+    let mut constant = FxHashSet::default();
+    for op in g.ops() {
+        let data = g.op(op);
+        let def = data.def();
+        let is_source = matches!(def.name, "weight" | "const");
+        let derived = def.pure
+            && !data.operands.is_empty()
+            && !is_op(g, op, DEQUANTIZE_OPS)
+            && data.operands.iter().all(|v| constant.contains(v));
+        if is_source || derived {
+            constant.extend(data.results());
+        }
+    }
+    constant
+}
+
+/// The first result of each of `targets`, evaluating in program order only the ops they
+/// depend on (no recursion: a long chain of constant ops cannot exhaust the stack).
+fn evaluate(module: &Module, g: &Graph, targets: &[OpId]) -> Result<Vec<Tensor>, Diagnostics> {
+    let mut needed: FxHashSet<OpId> = targets.iter().copied().collect();
+    let mut work: Vec<OpId> = targets.to_vec();
+    while let Some(op) = work.pop() {
+        for &v in &g.op(op).operands {
+            if let Some(p) = g.producer(v) {
+                if needed.insert(p) {
+                    work.push(p);
+                }
+            }
+        }
+    }
+    let mut values: FxHashMap<ValueId, Arc<Tensor>> = FxHashMap::default();
+    for op in g.ops().filter(|op| needed.contains(op)) {
+        let operands: Vec<Arc<Tensor>> = g
+            .op(op)
+            .operands
+            .iter()
+            .map(|v| values.get(v).cloned().ok_or_else(|| internal("a constant operand was not evaluated")))
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Tensor> = operands.iter().map(|t| &**t).collect();
+        let results = eval_op(module, g, op, &refs).map_err(|d| vec![d])?;
+        for (r, t) in g.op(op).results().zip(results) {
+            values.insert(r, Arc::new(t));
+        }
+    }
+    targets
+        .iter()
+        .map(|&op| {
+            let t = g.op(op).result(0).and_then(|r| values.remove(&r));
+            t.map(Arc::unwrap_or_clone).ok_or_else(|| internal("a quantize op was not evaluated"))
+        })
+        .collect()
+}
