@@ -210,3 +210,55 @@ fn run_subcommand_writes_outputs() {
     assert_eq!(truncated.status.code(), Some(1));
     assert!(text(&truncated.stderr).starts_with("error: "), "{}", text(&truncated.stderr));
 }
+
+#[test]
+fn default_pipeline_without_data_stops_after_prepare() {
+    let target = scratch("no_data").join("prepared.qir");
+    let out = qc(&["examples/small_cnn.qir", "-o", target.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let qir = std::fs::read_to_string(&target).unwrap();
+    assert!(qir.contains("= observer(") && !qir.contains("quantize_per_tensor"));
+    assert!(text(&out.stderr).contains("stopped after `prepare`"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn quantize_and_evaluate_a_trained_model() {
+    let dir = scratch("eval");
+    let target = dir.join("digits.int8.qir");
+    let out = qc(
+        &[
+            "examples/digits_cnn.qir",
+            "--calib",
+            "examples/digits_calib.npz",
+            "--eval",
+            "examples/digits_test.npz",
+            "-o",
+            target.to_str().unwrap(),
+        ],
+        None,
+    );
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("eval on 500 samples") && err.contains("SQNR") && err.contains("top-1: float"), "{err}");
+    let qir = std::fs::read_to_string(&target).unwrap();
+    assert!(qir.contains("quantize_per_tensor") && !qir.contains("observer("));
+    assert!(dir.join("digits.int8.safetensors").is_file());
+
+    // Evaluation data that does not fit the graph is an error, and nothing is written.
+    let target = dir.join("bad.qir");
+    let out = qc(
+        &[
+            "examples/digits_cnn.qir",
+            "--calib",
+            "examples/digits_calib.npz",
+            "--eval",
+            "examples/small_cnn_calib.npz",
+            "-o",
+            target.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--eval data"), "{}", text(&out.stderr));
+    assert!(!target.exists() && !dir.join("bad.safetensors").exists());
+}

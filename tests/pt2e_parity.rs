@@ -36,9 +36,13 @@
 //!
 //! `cargo test --test pt2e_parity -- --nocapture` prints the per-model table.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use common::json::Json;
+use common::pt2e::{fixture_dirs, pt2e_name, KNOWN};
 use qc::driver::compile_with;
 use qc::interp::dataset::Dataset;
 use qc::interp::io::read_tensors;
@@ -70,227 +74,6 @@ use qc::tensor::Tensor;
 pub const INTERPRETER_ROUNDING: &str = "observed tensors differ from PyTorch's (interpreter float rounding)";
 
 const PASSES: [&str; 4] = ["fuse-conv-bn", "annotate", "prepare", "calibrate"];
-
-/// A fixture whose difference from PT2E is understood. Its failures are reported, not
-/// failed on; but the difference must still be there (a fixed bug fails the test until its
-/// entry is removed). Each of these models is minimal: the difference is all there is.
-struct Known {
-    model: &'static str,
-    /// Why PT2E behaves inconsistently here and what qc does instead.
-    why: &'static str,
-}
-
-const KNOWN: &[Known] = &[Known {
-    model: "reused_modules_exact",
-    why: "a conv or linear module called twice: both calls read one weight `get_attr` node. \
-              ExecuTorch's annotators put that node in each pattern's partition and mark it `_annotated`; \
-              `_do_annotate_conv`, `_do_annotate_conv_relu` and `_annotate_linear_relu` skip a pattern \
-              when any node of its partition is annotated, `_annotate_linear` checks the linear node \
-              only. Here the `conv` pattern, which runs before `conv_relu`, claims the second call \
-              (conv2d_1 -> mean); `conv_relu` then skips the first (conv2d -> relu), which stays in \
-              float: the graph input `x` is not observed at all and `relu` only as conv2d_1's input. \
-              `linear_relu` claims the first linear call; the second fails `linear_relu` (weight \
-              annotated) and is taken by `linear`: an output observer on linear_1, shared by relu_2 \
-              through propagation. So whether a call is quantized depends on the pattern order and on \
-              the other calls of the module. qc annotates each call on its own, as if the module were \
-              called once. Evidence (expected.json vs qc): PT2E observes relu, conv_weight, conv2d_1, \
-              mean, fc_weight, relu_1, linear_1 (+ relu_2, same instance); qc observes x, conv_weight, \
-              relu, conv2d_1 (+ mean, same instance), fc_weight, relu_1, relu_2.",
-}];
-
-/// `tests/pt2e/*`, or the directories under `$QC_PT2E_FIXTURES` (to try fixtures made with
-/// `tools/gen_pt2e_fixtures.py OUT_DIR` without adding them to the suite); and whether these
-/// are the suite's own.
-fn fixture_dirs() -> (Vec<PathBuf>, bool) {
-    let custom = std::env::var_os("QC_PT2E_FIXTURES");
-    let own = custom.is_none();
-    let root = custom.map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pt2e"), PathBuf::from);
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", root.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("expected.json").is_file())
-        .collect();
-    dirs.sort();
-    (dirs, own)
-}
-
-// ---- a minimal JSON reader (expected.json) ----------------------------------------------------
-
-#[derive(Clone, Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Json {
-        let mut p = JsonParser { s: text.as_bytes(), i: 0 };
-        let v = p.value();
-        p.ws();
-        assert_eq!(p.i, p.s.len(), "trailing characters in JSON");
-        v
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(fields) => {
-                fields.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("JSON lacks `{key}`"))
-            }
-            _ => panic!("not a JSON object"),
-        }
-    }
-
-    fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            other => panic!("not a JSON string: {other:?}"),
-        }
-    }
-
-    fn int(&self) -> i64 {
-        match self {
-            Json::Num(n) if n.fract() == 0.0 => *n as i64,
-            other => panic!("not a JSON integer: {other:?}"),
-        }
-    }
-
-    fn opt_int(&self) -> Option<i64> {
-        match self {
-            Json::Null => None,
-            other => Some(other.int()),
-        }
-    }
-
-    fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(v) => v,
-            other => panic!("not a JSON array: {other:?}"),
-        }
-    }
-
-    fn ints(&self) -> Vec<i64> {
-        self.arr().iter().map(Json::int).collect()
-    }
-
-    fn u32s(&self) -> Vec<u32> {
-        self.arr().iter().map(|v| u32::try_from(v.int()).expect("a u32")).collect()
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) -> bool {
-        self.ws();
-        let hit = self.s.get(self.i) == Some(&c);
-        if hit {
-            self.i += 1;
-        }
-        hit
-    }
-
-    fn value(&mut self) -> Json {
-        self.ws();
-        match self.s[self.i] {
-            b'{' => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                if !self.eat(b'}') {
-                    loop {
-                        self.ws();
-                        let key = self.string();
-                        assert!(self.eat(b':'), "expected `:` in JSON");
-                        fields.push((key, self.value()));
-                        if self.eat(b'}') {
-                            break;
-                        }
-                        assert!(self.eat(b','), "expected `,` in JSON object");
-                    }
-                }
-                Json::Obj(fields)
-            }
-            b'[' => {
-                self.i += 1;
-                let mut items = Vec::new();
-                if !self.eat(b']') {
-                    loop {
-                        items.push(self.value());
-                        if self.eat(b']') {
-                            break;
-                        }
-                        assert!(self.eat(b','), "expected `,` in JSON array");
-                    }
-                }
-                Json::Arr(items)
-            }
-            b'"' => Json::Str(self.string()),
-            _ => {
-                let start = self.i;
-                while self.i < self.s.len() && !b",]} \n\r\t".contains(&self.s[self.i]) {
-                    self.i += 1;
-                }
-                match std::str::from_utf8(&self.s[start..self.i]).unwrap() {
-                    "null" => Json::Null,
-                    "true" => Json::Bool(true),
-                    "false" => Json::Bool(false),
-                    n => Json::Num(n.parse().unwrap_or_else(|_| panic!("bad JSON number `{n}`"))),
-                }
-            }
-        }
-    }
-
-    fn string(&mut self) -> String {
-        assert_eq!(self.s[self.i], b'"', "expected a JSON string");
-        self.i += 1;
-        let mut out = String::new();
-        loop {
-            let c = self.s[self.i];
-            self.i += 1;
-            match c {
-                b'"' => return out,
-                b'\\' => {
-                    let e = self.s[self.i];
-                    self.i += 1;
-                    match e {
-                        b'n' => out.push('\n'),
-                        b't' => out.push('\t'),
-                        b'u' => {
-                            let hex = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
-                            out.push(char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap_or('?'));
-                            self.i += 4;
-                        }
-                        other => out.push(other as char),
-                    }
-                }
-                _ => {
-                    // Re-decode multi-byte UTF-8 sequences as a whole.
-                    let start = self.i - 1;
-                    let len = match c {
-                        0..=0x7f => 1,
-                        0xc0..=0xdf => 2,
-                        0xe0..=0xef => 3,
-                        _ => 4,
-                    };
-                    out.push_str(std::str::from_utf8(&self.s[start..start + len]).unwrap());
-                    self.i = start + len;
-                }
-            }
-        }
-    }
-}
 
 // ---- what PT2E recorded -----------------------------------------------------------------------
 
@@ -358,19 +141,6 @@ fn dtype_of(torch: &str) -> &'static str {
         "int32" | "qint32" => "i32",
         "uint16" => "u16",
         other => panic!("unexpected observer dtype {other}"),
-    }
-}
-
-/// The PT2E (FX) name of a qc value. One renaming: XNNPACK's `transform_for_annotation` names
-/// the tensors it makes of `add`/`mul` scalars `_tensor_constant_0`, `_tensor_constant_1`, …
-/// (`get_new_attr_name_with_prefix` starts at 0), while qc's `annotate` calls the first one
-/// `_tensor_constant` (`Graph::fresh_name` appends a suffix only on a clash) and then
-/// `_tensor_constant_1`, …
-fn pt2e_name(qc: &str) -> String {
-    if qc == "_tensor_constant" {
-        "_tensor_constant_0".into()
-    } else {
-        qc.into()
     }
 }
 

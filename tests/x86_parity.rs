@@ -16,9 +16,12 @@
 //!
 //! `cargo test --test x86_parity -- --nocapture` prints a line per model.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use common::json::Json;
 use qc::driver::compile_with;
 use qc::ir::attr::Attr;
 use qc::ir::graph::{Graph, Module, User};
@@ -27,189 +30,6 @@ use qc::passes::manager::Instrumentation;
 use qc::passes::PassContext;
 use qc::quant::quantizer::QuantizationConfig;
 use qc::quant::x86::X86InductorQuantizer;
-
-// ---- a minimal JSON reader ------------------------------------------------------------------
-
-#[derive(Clone, Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Json {
-        let mut p = Parser { s: text.as_bytes(), i: 0 };
-        let v = p.value();
-        p.ws();
-        assert_eq!(p.i, p.s.len(), "trailing characters in JSON");
-        v
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(fields) => {
-                fields.iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("no key `{key}`"))
-            }
-            other => panic!("`{key}` of a non-object {other:?}"),
-        }
-    }
-
-    fn opt(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(fields) => fields.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            other => panic!("not a string: {other:?}"),
-        }
-    }
-
-    fn int(&self) -> Option<i64> {
-        match self {
-            Json::Num(n) => Some(*n as i64),
-            Json::Null => None,
-            other => panic!("not a number: {other:?}"),
-        }
-    }
-
-    fn float(&self) -> Option<f64> {
-        match self {
-            Json::Num(n) => Some(*n),
-            Json::Null => None,
-            other => panic!("not a number: {other:?}"),
-        }
-    }
-
-    fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(v) => v,
-            other => panic!("not an array: {other:?}"),
-        }
-    }
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && self.s[self.i].is_ascii_whitespace() {
-            self.i += 1;
-        }
-    }
-
-    fn eat(&mut self, c: u8) {
-        self.ws();
-        assert_eq!(self.s.get(self.i), Some(&c), "expected `{}` at byte {}", c as char, self.i);
-        self.i += 1;
-    }
-
-    fn value(&mut self) -> Json {
-        self.ws();
-        match self.s[self.i] {
-            b'{' => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                self.ws();
-                if self.s[self.i] == b'}' {
-                    self.i += 1;
-                    return Json::Obj(fields);
-                }
-                loop {
-                    self.ws();
-                    let Json::Str(key) = self.value() else { panic!("object key must be a string") };
-                    self.eat(b':');
-                    fields.push((key, self.value()));
-                    self.ws();
-                    self.i += 1;
-                    if self.s[self.i - 1] == b'}' {
-                        return Json::Obj(fields);
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s[self.i] == b']' {
-                    self.i += 1;
-                    return Json::Arr(items);
-                }
-                loop {
-                    items.push(self.value());
-                    self.ws();
-                    self.i += 1;
-                    if self.s[self.i - 1] == b']' {
-                        return Json::Arr(items);
-                    }
-                }
-            }
-            b'"' => {
-                self.i += 1;
-                let mut out = String::new();
-                loop {
-                    match self.s[self.i] {
-                        b'"' => {
-                            self.i += 1;
-                            return Json::Str(out);
-                        }
-                        b'\\' => {
-                            let c = self.s[self.i + 1];
-                            self.i += 2;
-                            match c {
-                                b'n' => out.push('\n'),
-                                b't' => out.push('\t'),
-                                b'u' => {
-                                    let hex = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
-                                    out.push(char::from_u32(u32::from_str_radix(hex, 16).unwrap()).unwrap_or('?'));
-                                    self.i += 4;
-                                }
-                                other => out.push(other as char),
-                            }
-                        }
-                        _ => {
-                            let start = self.i;
-                            while !matches!(self.s[self.i], b'"' | b'\\') {
-                                self.i += 1;
-                            }
-                            out.push_str(std::str::from_utf8(&self.s[start..self.i]).unwrap());
-                        }
-                    }
-                }
-            }
-            b't' => {
-                self.i += 4;
-                Json::Bool(true)
-            }
-            b'f' => {
-                self.i += 5;
-                Json::Bool(false)
-            }
-            b'n' => {
-                self.i += 4;
-                Json::Null
-            }
-            _ => {
-                let start = self.i;
-                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
-                    self.i += 1;
-                }
-                Json::Num(std::str::from_utf8(&self.s[start..self.i]).unwrap().parse().unwrap())
-            }
-        }
-    }
-}
 
 // ---- running qc -----------------------------------------------------------------------------
 
@@ -311,10 +131,10 @@ fn describe_json_spec(spec: &Json) -> Option<String> {
             assert_eq!(s.get("dynamic"), &Json::Bool(false));
             describe_fields(
                 s.get("dtype").str(),
-                s.get("qmin").int().unwrap(),
-                s.get("qmax").int().unwrap(),
+                s.get("qmin").int(),
+                s.get("qmax").int(),
                 s.get("qscheme").str(),
-                s.get("ch_axis").int(),
+                s.get("ch_axis").opt_int(),
                 s.get("observer").str(),
                 s.get("eps").float(),
             )
@@ -400,10 +220,10 @@ fn pt2e_observers(fixture: &Json) -> BTreeMap<String, ObserverRecord> {
         .map(|o| {
             let config = describe_fields(
                 o.get("dtype").str(),
-                o.get("qmin").int().unwrap(),
-                o.get("qmax").int().unwrap(),
+                o.get("qmin").int(),
+                o.get("qmax").int(),
                 o.get("qscheme").str(),
-                o.get("ch_axis").int(),
+                o.get("ch_axis").opt_int(),
                 o.get("observer").str(),
                 o.get("eps").float(),
             );

@@ -41,6 +41,24 @@ the differences tests/pt2e_parity.rs lists as known. For each variant this:
    `source_fn_stack` is absent. A functional `F.adaptive_avg_pool2d` on an unannotated input
    would still be annotated only with strict export (qc always annotates it).
 
+tools/gen_convert_fixtures.py runs `generate` for every fixture (rewriting the files above
+byte for byte) and then adds what torchao's `convert_pt2e(prepared)` (fold_quantize=True)
+makes of the calibrated module, for tests of qc's convert pass (its docstring has the
+details):
+6. `converted.json`: every quantize op of the converted graph in graph order (the value it
+   quantizes, named as `observes_value` above, the observer it replaced, its consumers
+   through its dequantize ops, qscheme, dtype, range, scales as float32 bits, zero points,
+   and whether constant folding froze it into an int tensor), every dequantize op after
+   DuplicateDQPass (`of_value`, consumers; `num_dq`), and `float_outputs_sqnr`, the SQNR of
+   the converted model's outputs against the float model's on the held-out batches;
+7. `int_weights.npz`: the int8 tensors constant folding computed (`_frozen_param<i>`), keyed
+   by the FX name of the parameter or constant each quantized (e.g. `conv1_weight`,
+   `_tensor_constant_0`);
+8. `heldout.npz`: HELDOUT (4) seeded batches unlike the calibration ones, laid out as
+   `calib.npz`, and `heldout_expected.npz`: `float.<i>` and `converted.<i>`, output i of the
+   float model and of the converted model, batches concatenated along axis 0.
+Run that script rather than this one to regenerate everything.
+
 Deterministic: fixed seeds and a fixed thread count; safetensors and npz keys are sorted.
 """
 
@@ -390,15 +408,29 @@ def to_json(expected):
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
-def generate(name, cls, shape, out_dir, seed, exact):
+def cases():
+    """(fixture name, model class, input shape, seed, exact) of every fixture, in order."""
+    for i, (name, cls, shape, variants) in enumerate(MODELS):
+        for exact in variants:
+            yield name + ("_exact" if exact else ""), cls, shape, 20260900 + 10 * i, exact
+
+
+def build(cls, shape, seed, exact):
+    """The seeded float model (eval mode), the export example and the calibration batches."""
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed + 1)
     model = cls(g).eval()
     if exact:
         model = make_exact(model, g)
-        name += "_exact"
     example = (torch.randn(*shape, generator=g),)
-    batches = calibration(shape, seed + 2, exact)
+    return model, example, calibration(shape, seed + 2, exact)
+
+
+def generate(name, cls, shape, out_dir, seed, exact):
+    """Writes the fixture `name` (suffixed `_exact` by `cases`) and returns what
+    tools/gen_convert_fixtures.py needs: the float model, the export example, the calibration
+    batches, the graph input names and the calibrated prepared module."""
+    model, example, batches = build(cls, shape, seed, exact)
 
     case = os.path.join(out_dir, name)
     os.makedirs(case, exist_ok=True)
@@ -436,13 +468,13 @@ def generate(name, cls, shape, out_dir, seed, exact):
         f.write(to_json(expected))
     groups = len({r["instance"] for r in records})
     print(f"{name}: {len(records)} observers, {groups} instances, non-strict agrees: {nonstrict_agrees}")
+    return dict(model=model, example=example, batches=batches, inputs=input_names, prepared=prepared)
 
 
 def main():
     out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "tests", "pt2e")
-    for i, (name, cls, shape, variants) in enumerate(MODELS):
-        for exact in variants:
-            generate(name, cls, shape, out_dir, seed=20260900 + 10 * i, exact=exact)
+    for name, cls, shape, seed, exact in cases():
+        generate(name, cls, shape, out_dir, seed, exact)
 
 
 if __name__ == "__main__":

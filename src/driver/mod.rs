@@ -1,5 +1,6 @@
 //! The `qc` command line: read QIR, run a pipeline, print or write the result.
 
+pub mod eval;
 mod expectations;
 mod run;
 
@@ -93,6 +94,11 @@ pub struct CompileArgs {
     /// the first axis), or a directory of them.
     #[arg(long, value_name = "DATA")]
     pub calib: Option<PathBuf>,
+    /// Held-out data to evaluate the result on (laid out like --calib, plus an optional i64
+    /// `labels` array): prints the SQNR of each output against the float graph and, with
+    /// labels, top-1 accuracy of both.
+    #[arg(long, value_name = "DATA")]
+    pub eval: Option<PathBuf>,
     /// What the quantized graph is made of: `qdq` (float ops between quantize/dequantize ops,
     /// as PT2E's convert_pt2e) or `reference` (explicit integer arithmetic: adds the
     /// `reference-repr` pass at the end).
@@ -233,6 +239,17 @@ fn compile_command(cli: &CompileArgs) -> i32 {
             let _ = diag::emit(&mut stderr.lock(), &files, file, &to_report);
         }
         failed |= to_report.iter().any(Diag::is_error);
+        if let (Some(module), Some(data), false) = (&output, &cli.eval, failed) {
+            let report = crate::syntax::parse_module(&case, Some(&input_dir))
+                .and_then(|float| eval::evaluate(&float, module, data));
+            match report {
+                Ok(report) => eprint!("{}", report.render(data)),
+                Err(diags) => {
+                    let _ = diag::emit(&mut stderr.lock(), &files, file, &diags);
+                    failed = true;
+                }
+            }
+        }
         if let Some(mut module) = output {
             let new_weights = if module.created_weights.is_empty() {
                 None

@@ -24,6 +24,8 @@ pub type InputSpec = (String, TensorType);
 /// A source of calibration batches.
 pub struct Dataset {
     inputs: Vec<InputSpec>,
+    /// Arrays read when a file has them (evaluation labels), after the inputs.
+    optional: Vec<InputSpec>,
     files: Vec<PathBuf>,
     current: Option<FileBatches>,
     next_file: usize,
@@ -32,6 +34,12 @@ pub struct Dataset {
 impl Dataset {
     /// Opens `path` (a file or a directory) for a graph with `inputs`.
     pub fn open(path: &Path, inputs: Vec<InputSpec>) -> Result<Dataset, String> {
+        Dataset::open_with(path, inputs, Vec::new())
+    }
+
+    /// [`Dataset::open`], also reading the `optional` arrays of the files that have them
+    /// (batched like the inputs; a batch then holds them by name too).
+    pub fn open_with(path: &Path, inputs: Vec<InputSpec>, optional: Vec<InputSpec>) -> Result<Dataset, String> {
         let files = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -47,7 +55,7 @@ impl Dataset {
         } else {
             vec![path.to_path_buf()]
         };
-        Ok(Dataset { inputs, files, current: None, next_file: 0 })
+        Ok(Dataset { inputs, optional, files, current: None, next_file: 0 })
     }
 
     /// The number of batches, when it can be known without reading data.
@@ -69,7 +77,7 @@ impl Dataset {
             }
             let path = self.files.get(self.next_file)?.clone();
             self.next_file += 1;
-            match FileBatches::open(&path, &self.inputs) {
+            match FileBatches::open(&path, &self.inputs, &self.optional) {
                 Ok(b) => self.current = Some(b),
                 Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
             }
@@ -103,9 +111,10 @@ struct FileBatches {
 }
 
 impl FileBatches {
-    fn open(path: &Path, inputs: &[InputSpec]) -> Result<FileBatches, String> {
+    fn open(path: &Path, inputs: &[InputSpec], optional: &[InputSpec]) -> Result<FileBatches, String> {
         let is_npy = path.extension().is_some_and(|e| e == "npy");
         let mut arrays = Vec::with_capacity(inputs.len());
+        let mut present: Vec<InputSpec> = inputs.to_vec();
         if is_npy {
             let [(name, _)] = inputs else {
                 return Err(format!("a .npy file feeds one input, but the graph has {}: use an .npz", inputs.len()));
@@ -116,7 +125,8 @@ impl FileBatches {
             let file = File::open(path).map_err(|e| e.to_string())?;
             let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("not a valid .npz archive: {e}"))?;
             let names: Vec<String> = zip.file_names().map(|n| n.trim_end_matches(".npy").to_string()).collect();
-            for (name, _) in inputs {
+            present.extend(optional.iter().filter(|(name, _)| names.contains(name)).cloned());
+            for (name, _) in &present {
                 let entry_name = format!("{name}.npy");
                 let mut entry = zip.by_name(&entry_name).map_err(|_| {
                     let known = names.iter().map(String::as_str);
@@ -143,7 +153,7 @@ impl FileBatches {
                     });
                 }
             }
-            let extra: Vec<&String> = names.iter().filter(|n| !inputs.iter().any(|(i, _)| i == *n)).collect();
+            let extra: Vec<&String> = names.iter().filter(|n| !present.iter().any(|(i, _)| i == *n)).collect();
             if let Some(e) = extra.first() {
                 return Err(format!(
                     "array `{e}` matches no graph input (inputs: {})",
@@ -153,7 +163,7 @@ impl FileBatches {
         }
         // Every array holds the same number of samples; batches follow the first input's batch dim.
         let mut rows = None;
-        for (a, (name, ty)) in arrays.iter().zip(inputs) {
+        for (a, (name, ty)) in arrays.iter().zip(&present) {
             let n = a.rows;
             if *rows.get_or_insert(n) != n {
                 return Err(format!("`{name}` has {n} samples but `{}` has {}", inputs[0].0, rows.unwrap_or(0)));

@@ -1,0 +1,4 @@
+//! Code shared by the integration tests (each `tests/*.rs` that needs it says `mod common;`).
+
+pub mod json;
+pub mod pt2e;
