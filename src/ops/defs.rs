@@ -50,6 +50,8 @@ const DQ_TENSOR: &[AttrDef] = &[
     QUANT_RANGE[2],
     dflt("out_dtype", AttrKind::DType, D::DType(DType::F32)),
 ];
+const REQ_CHANNEL: &[AttrDef] =
+    &[req("axis", Int), req("zero_point", Int), QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2]];
 const Q_DYN: &[AttrDef] = &[QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2]];
 const DQ_DYN: &[AttrDef] =
     &[QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2], dflt("out_dtype", AttrKind::DType, D::DType(DType::F32))];
@@ -394,6 +396,22 @@ pub static OPS: &[OpDef] = &[
         DQ_CHANNEL,
         rule::dequantize_per_channel,
         k::quant::dequantize_per_channel
+    ),
+    op!(
+        "requantize",
+        "clamp(round(x · scale) + zero_point, qmin, qmax) of an integer x, as `dtype`.",
+        X,
+        Q_TENSOR,
+        rule::requantize,
+        k::quant::requantize
+    ),
+    op!(
+        "requantize_per_channel",
+        "requantize with one scale per channel along `axis`.",
+        &[one("input"), one("scales")],
+        REQ_CHANNEL,
+        rule::requantize_per_channel,
+        k::quant::requantize_per_channel
     ),
     op!(
         "choose_qparams",

@@ -58,6 +58,36 @@ fn require_float(cx: &InferCx<'_>, i: usize) -> R<()> {
     }
 }
 
+/// A float tensor, or i32 for the integer products of the reference representation (linear,
+/// convolution, matmul), which accumulate in i32.
+fn require_float_or_i32(cx: &InferCx<'_>, i: usize) -> R<()> {
+    let t = cx.operand(i);
+    if t.dtype.is_float() || t.dtype == DType::I32 {
+        Ok(())
+    } else {
+        Err(format!("`{}` must be a float or i32 tensor, found {}", cx.operand_name(i), t))
+    }
+}
+
+/// A float or integer tensor (not bool).
+fn require_numeric(cx: &InferCx<'_>, i: usize) -> R<()> {
+    let t = cx.operand(i);
+    if t.dtype.is_float() || t.dtype.is_int() {
+        Ok(())
+    } else {
+        Err(format!("`{}` must be a float or integer tensor, found {}", cx.operand_name(i), t))
+    }
+}
+
+fn require_int(cx: &InferCx<'_>, i: usize) -> R<()> {
+    let t = cx.operand(i);
+    if t.dtype.is_int() {
+        Ok(())
+    } else {
+        Err(format!("`{}` must be an integer tensor, found {}", cx.operand_name(i), t))
+    }
+}
+
 fn require_rank(cx: &InferCx<'_>, i: usize, ranks: &[usize]) -> R<()> {
     let t = cx.operand(i);
     if ranks.contains(&t.rank()) {
@@ -186,7 +216,7 @@ pub fn hardtanh(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 // ---- linear algebra ----------------------------------------------------------------------------
 
 pub fn linear(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
-    require_float(cx, 0)?;
+    require_float_or_i32(cx, 0)?;
     require_same_dtype(cx, 0, 1)?;
     let (x, w) = (cx.operand(0), cx.operand(1));
     require_rank(cx, 1, &[1, 2])?;
@@ -212,6 +242,7 @@ pub fn linear(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 }
 
 pub fn matmul(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_float_or_i32(cx, 0)?;
     require_same_dtype(cx, 0, 1)?;
     let (a, b) = (cx.operand(0), cx.operand(1));
     if a.rank() == 0 || b.rank() == 0 {
@@ -337,7 +368,7 @@ pub fn conv2d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 fn conv(cx: &InferCx<'_>, n: usize) -> R<Vec<TensorType>> {
     require_rank(cx, 1, &[n + 2])?;
     let w = cx.operand(1);
-    require_float(cx, 0)?;
+    require_float_or_i32(cx, 0)?;
     require_same_dtype(cx, 0, 1)?;
     require_rank(cx, 0, &[n + 1, n + 2])?;
     let x = cx.operand(0);
@@ -369,6 +400,9 @@ fn conv(cx: &InferCx<'_>, n: usize) -> R<Vec<TensorType>> {
     if let Some(b) = cx.opt_operand(2) {
         if b.rank() != 1 || !b.shape[0].compatible(out_ch) {
             return Err(format!("`bias` {b} does not match the {out_ch} output channels"));
+        }
+        if x.dtype == DType::I32 {
+            require_same_dtype(cx, 0, 2)?;
         }
     }
     let mut shape = Vec::with_capacity(x.rank());
@@ -450,7 +484,7 @@ pub fn conv_transpose(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 }
 
 fn pool2d(cx: &InferCx<'_>, dilation: &[i64]) -> R<Vec<TensorType>> {
-    require_float(cx, 0)?;
+    require_numeric(cx, 0)?;
     require_rank(cx, 0, &[3, 4])?;
     let x = cx.operand(0);
     let kernel = spatial_list(cx, "kernel_size", 2)?;
@@ -490,7 +524,7 @@ pub fn avg_pool2d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 }
 
 pub fn adaptive_avg_pool2d(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
-    require_float(cx, 0)?;
+    require_numeric(cx, 0)?;
     require_rank(cx, 0, &[3, 4])?;
     let x = cx.operand(0);
     let size = spatial_list(cx, "output_size", 2)?;
@@ -890,18 +924,25 @@ pub fn dequantize_per_tensor_dyn(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     dequantize_result(cx)
 }
 
-/// Per-channel scales `[C]` (float) and zero points `[C]` (int, or float for float qparams).
-fn channel_qparams(cx: &InferCx<'_>) -> R<()> {
+/// Per-channel scales `[C]` (float) along `axis`; returns the axis and its channel count.
+fn channel_scales(cx: &InferCx<'_>) -> R<(usize, Dim)> {
     let x = cx.operand(0);
     if x.rank() == 0 {
         return Err("per-channel quantization needs a tensor with a channel axis, not a scalar".into());
     }
     let axis = norm_dim(cx.int("axis")?, x.rank())?;
     let channels = x.shape.get(axis).copied().unwrap_or(Dim::Known(1));
-    let (s, z) = (cx.operand(1), cx.operand(2));
+    let s = cx.operand(1);
     if !(s.dtype.is_float() && s.rank() == 1 && s.shape[0].compatible(channels)) {
         return Err(format!("`scales` must be a float vector of the {channels} channels along axis {axis}, found {s}"));
     }
+    Ok((axis, channels))
+}
+
+/// Per-channel scales `[C]` (float) and zero points `[C]` (int, or float for float qparams).
+fn channel_qparams(cx: &InferCx<'_>) -> R<()> {
+    let (axis, channels) = channel_scales(cx)?;
+    let z = cx.operand(2);
     if !(z.rank() == 1 && z.shape[0].compatible(channels) && z.dtype != DType::Bool) {
         return Err(format!("`zero_points` must be a vector of the {channels} channels along axis {axis}, found {z}"));
     }
@@ -918,6 +959,20 @@ pub fn quantize_per_channel(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 pub fn dequantize_per_channel(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     channel_qparams(cx)?;
     dequantize_result(cx)
+}
+
+pub fn requantize(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_int(cx, 0)?;
+    positive_scale(cx)?;
+    let dtype = quant_range(cx)?;
+    one(cx.operand(0).with_dtype(dtype))
+}
+
+pub fn requantize_per_channel(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
+    require_int(cx, 0)?;
+    channel_scales(cx)?;
+    let dtype = quant_range(cx)?;
+    one(cx.operand(0).with_dtype(dtype))
 }
 
 pub fn choose_qparams(cx: &InferCx<'_>) -> R<Vec<TensorType>> {

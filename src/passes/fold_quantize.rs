@@ -27,10 +27,11 @@
 
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::dce::eliminate_dead_ops;
-use super::rewrite::{constant_source, internal, is_op, op_kind, result, DEQUANTIZE_OPS, QUANTIZE_OPS};
+use super::rewrite::{constant_source, internal, is_op, op_attrs, op_kind, result, DEQUANTIZE_OPS, QUANTIZE_OPS};
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::interp::eval_op;
@@ -68,7 +69,7 @@ fn fold_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {
         let (kind_name, field) = constant_source(module, &name, value);
         let kind = op_kind(kind_name)?;
         let g = &mut module.graphs[gi];
-        let attrs = g.intern_attrs(kind.def().complete_attrs(vec![Some(field.1)]));
+        let attrs = op_attrs(g, kind, &[field])?;
         g.rewrite_op(q, kind, &[], attrs);
     }
     eliminate_dead_ops(&mut module.graphs[gi]);
@@ -93,22 +94,24 @@ fn constant_values(g: &Graph) -> FxHashSet<ValueId> {
     constant
 }
 
-/// The first result of each of `targets`, evaluating in program order only the ops they
-/// depend on (no recursion: a long chain of constant ops cannot exhaust the stack).
+/// The first result of each of `targets`, evaluating only the ops they depend on, in program
+/// order and without recursion (a long chain of constant ops cannot exhaust the stack); then
+/// the targets themselves, which hold most of the work and are independent, in parallel (a
+/// target another target reads is evaluated with the dependencies).
 fn evaluate(module: &Module, g: &Graph, targets: &[OpId]) -> Result<Vec<Tensor>, Diagnostics> {
-    let mut needed: FxHashSet<OpId> = targets.iter().copied().collect();
+    let mut dependencies: FxHashSet<OpId> = FxHashSet::default();
     let mut work: Vec<OpId> = targets.to_vec();
     while let Some(op) = work.pop() {
         for &v in &g.op(op).operands {
             if let Some(p) = g.producer(v) {
-                if needed.insert(p) {
+                if dependencies.insert(p) {
                     work.push(p);
                 }
             }
         }
     }
     let mut values: FxHashMap<ValueId, Arc<Tensor>> = FxHashMap::default();
-    for op in g.ops().filter(|op| needed.contains(op)) {
+    let run = |values: &FxHashMap<ValueId, Arc<Tensor>>, op: OpId| -> Result<Vec<Tensor>, Diagnostics> {
         let operands: Vec<Arc<Tensor>> = g
             .op(op)
             .operands
@@ -116,16 +119,18 @@ fn evaluate(module: &Module, g: &Graph, targets: &[OpId]) -> Result<Vec<Tensor>,
             .map(|v| values.get(v).cloned().ok_or_else(|| internal("a constant operand was not evaluated")))
             .collect::<Result<_, _>>()?;
         let refs: Vec<&Tensor> = operands.iter().map(|t| &**t).collect();
-        let results = eval_op(module, g, op, &refs).map_err(|d| vec![d])?;
-        for (r, t) in g.op(op).results().zip(results) {
+        eval_op(module, g, op, &refs).map_err(|d| vec![d])
+    };
+    for op in g.ops().filter(|op| dependencies.contains(op)) {
+        for (r, t) in g.op(op).results().zip(run(&values, op)?) {
             values.insert(r, Arc::new(t));
         }
     }
     targets
-        .iter()
-        .map(|&op| {
-            let t = g.op(op).result(0).and_then(|r| values.remove(&r));
-            t.map(Arc::unwrap_or_clone).ok_or_else(|| internal("a quantize op was not evaluated"))
+        .par_iter()
+        .map(|&op| match g.op(op).result(0).and_then(|r| values.get(&r)) {
+            Some(done) => Ok(Tensor::clone(done)),
+            None => run(&values, op)?.into_iter().next().ok_or_else(|| internal("a quantize op without a result")),
         })
         .collect()
 }

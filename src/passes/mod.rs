@@ -12,6 +12,7 @@ pub mod manager;
 pub mod observer_instances;
 pub mod port_metadata;
 pub mod prepare;
+pub mod reference_repr;
 pub mod registry;
 pub mod rewrite;
 

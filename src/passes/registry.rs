@@ -1,7 +1,8 @@
 //! The one list of passes and named pipelines.
 
 use super::{
-    annotate, calibrate, convert, cse, dce, duplicate_dq, fold_quantize, fuse_conv_bn, port_metadata, prepare, PassDef,
+    annotate, calibrate, convert, cse, dce, duplicate_dq, fold_quantize, fuse_conv_bn, port_metadata, prepare,
+    reference_repr, PassDef,
 };
 
 /// Every pass, in the order `--list-passes` shows them.
@@ -14,6 +15,7 @@ pub static PASSES: &[PassDef] = &[
     duplicate_dq::PASS,
     port_metadata::PASS,
     fold_quantize::PASS,
+    reference_repr::PASS,
     cse::PASS,
     dce::PASS,
 ];

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::diag::{Diag, Diagnostics, Span};
 use crate::ir::attr::Attr;
-use crate::ir::graph::ResultSpec;
+use crate::ir::graph::{AttrsId, ResultSpec};
 use crate::ir::{Graph, Module, OpId, TensorType, ValueId};
 use crate::ops::OpKind;
 use crate::tensor::Tensor;
@@ -34,16 +34,21 @@ pub fn new_op(
     span: Span,
 ) -> Result<OpId, Diagnostics> {
     let kind = op_kind(name)?;
-    let def = kind.def();
-    let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
-    for (field, value) in fields {
-        let i = def.attr_index(field).ok_or_else(|| internal(&format!("`{name}` has no attribute `{field}`")))?;
-        slots[i] = Some(value.clone());
-    }
-    let attrs = g.intern_attrs(def.complete_attrs(slots));
+    let attrs = op_attrs(g, kind, fields)?;
     let names: Vec<String> = results.iter().map(|(base, _)| g.fresh_name(base)).collect();
     let specs = names.iter().zip(results).map(|(n, (_, ty))| ResultSpec { name: n, ty: ty.clone(), span }).collect();
     g.create_op(kind, operands, attrs, specs, span).map_err(|_| internal("a fresh name is taken"))
+}
+
+/// The interned attribute set of a `kind` op with `fields` written and defaults for the rest.
+pub fn op_attrs(g: &mut Graph, kind: OpKind, fields: &[(&str, Attr)]) -> Result<AttrsId, Diagnostics> {
+    let def = kind.def();
+    let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
+    for (field, value) in fields {
+        let i = def.attr_index(field).ok_or_else(|| internal(&format!("`{}` has no attribute `{field}`", def.name)))?;
+        slots[i] = Some(value.clone());
+    }
+    Ok(g.intern_attrs(def.complete_attrs(slots)))
 }
 
 /// The `index`-th result of `op`.

@@ -1,12 +1,13 @@
 //! Convolutions: conv1d/conv2d by im2col + GEMM, conv_transpose2d by GEMM + col2im.
 //!
 //! conv1d runs as conv2d over a height-1 image. Bias initialises the output and the GEMM adds
-//! the products to it, as a BLAS `beta = 1` call would.
+//! the products to it, as a BLAS `beta = 1` call would. conv1d/conv2d also take all-i32
+//! operands (the reference representation's accumulators), accumulated in i32 with wrapping.
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use super::linalg::{gemm_into, GemmScalar, Mat};
-use super::{float_array_as, float_zip, KernelCx, KernelResult};
+use super::{float_array_as, float_zip, gemm_zip, KernelCx, KernelResult};
 use crate::ops::AttrAccess;
 
 /// Convolution geometry in 2-D (conv1d uses height 1).
@@ -42,8 +43,8 @@ pub fn conv(cx: &KernelCx<'_>) -> KernelResult {
     let (x, w) = (cx.input(0), cx.input(1));
     let bias = cx.opt_input(2);
     let spatial = w.shape().len() - 2;
-    Ok(vec![float_zip!(x, w, cx.out_dtype(0), |xa, wa: T| {
-        let bias = bias.map(float_array_as::<T>).transpose()?;
+    Ok(vec![gemm_zip!(x, w, cx.out_dtype(0), |xa, wa: T| {
+        let bias = bias.map(T::operand).transpose()?;
         // Lift to batched 2-D: [N, C, H, W] and [O, C/g, kh, kw].
         let batched = xa.ndim() == spatial + 2;
         let mut xs = xa.shape().to_vec();

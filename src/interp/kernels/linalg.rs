@@ -2,17 +2,98 @@
 //!
 //! The `gemm` crate provides SIMD kernels for f32 and f64 with rayon parallelism that splits the
 //! output into blocks, each reduced over k by one thread in a fixed order, so results do not
-//! depend on the thread count.
+//! depend on the thread count. i32 products (the reference representation's accumulators,
+//! PT2E's `out_dtype(linear, int32, ...)`) run as plain loops with wrapping i32 arithmetic,
+//! which is exact in any order.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
-use super::{broadcast_shape, float_zip, KernelCx, KernelResult};
+use super::{broadcast_shape, float_array_as, float_zip, gemm_zip, KernelCx, KernelResult};
 use crate::ops::AttrAccess;
+use crate::tensor::Tensor;
 
 /// Element types the GEMM supports.
-pub trait GemmScalar: Copy + Default + Send + Sync + 'static + num_traits::Float {}
-impl GemmScalar for f32 {}
-impl GemmScalar for f64 {}
+pub trait GemmScalar: Copy + Default + Send + Sync + 'static + num_traits::Zero {
+    /// `out = [out +] a·b` for shapes [`gemm_into`] has checked, with `out` m×n row-major.
+    fn gemm(out: &mut [Self], a: Mat<'_, Self>, b: Mat<'_, Self>, accumulate: bool);
+
+    /// A further operand of the op (a bias) in this compute type.
+    fn operand(t: &Tensor) -> Result<ArrayD<Self>, String>;
+}
+
+/// The `gemm` crate's SIMD kernels.
+macro_rules! simd_gemm {
+    ($($t:ty),*) => {$(
+        impl GemmScalar for $t {
+            fn gemm(out: &mut [$t], a: Mat<'_, $t>, b: Mat<'_, $t>, accumulate: bool) {
+                let (m, k, n) = (a.rows, a.cols, b.cols);
+                // SAFETY: every index the kernel touches is inside the slices: `gemm_into`
+                // checked the largest offset of both operands (`Mat::fits`), and `out` is
+                // exactly m×n row-major.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        accumulate,
+                        a.data.as_ptr(),
+                        a.col_stride as isize,
+                        a.row_stride as isize,
+                        b.data.as_ptr(),
+                        b.col_stride as isize,
+                        b.row_stride as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(0),
+                    );
+                }
+            }
+
+            fn operand(t: &Tensor) -> Result<ArrayD<$t>, String> {
+                float_array_as::<$t>(t)
+            }
+        }
+    )*};
+}
+simd_gemm!(f32, f64);
+
+impl GemmScalar for i32 {
+    fn gemm(out: &mut [i32], a: Mat<'_, i32>, b: Mat<'_, i32>, accumulate: bool) {
+        let (k, n) = (a.cols, b.cols);
+        for (i, row) in out.chunks_exact_mut(n).enumerate() {
+            if !accumulate {
+                row.fill(0);
+            }
+            if b.col_stride == 1 {
+                // Row-major `b`: add a[i,p]·(row p of b) to the output row, a contiguous sweep.
+                for p in 0..k {
+                    let x = a.at(i, p);
+                    let b_row = &b.data[p * b.row_stride..][..n];
+                    row.iter_mut().zip(b_row).for_each(|(o, &y)| *o = o.wrapping_add(x.wrapping_mul(y)));
+                }
+            } else {
+                // A transposed `b` (linear's weight): one dot product per output.
+                for (j, o) in row.iter_mut().enumerate() {
+                    let dot = (0..k).fold(0i32, |s, p| s.wrapping_add(a.at(i, p).wrapping_mul(b.at(p, j))));
+                    *o = o.wrapping_add(dot);
+                }
+            }
+        }
+    }
+
+    fn operand(t: &Tensor) -> Result<ArrayD<i32>, String> {
+        match t {
+            Tensor::I32(a) => Ok(a.clone()),
+            other => Err(format!("expected an i32 tensor, found {}", other.dtype())),
+        }
+    }
+}
 
 /// A row-major-or-strided matrix operand: data plus (row stride, column stride) in elements.
 #[derive(Copy, Clone)]
@@ -41,6 +122,14 @@ impl<'a, T> Mat<'a, T> {
         }
     }
 
+    /// The element at (`row`, `col`).
+    fn at(&self, row: usize, col: usize) -> T
+    where
+        T: Copy,
+    {
+        self.data[row * self.row_stride + col * self.col_stride]
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -64,31 +153,7 @@ pub fn gemm_into<T: GemmScalar>(out: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, acc
         }
         return Ok(());
     }
-    // SAFETY: every index the kernel touches is inside the slices: `fits` checked the largest
-    // offset of both operands, and `out` is exactly m×n row-major.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
+    T::gemm(out, a, b, accumulate);
     Ok(())
 }
 
@@ -97,8 +162,8 @@ pub fn linear(cx: &KernelCx<'_>) -> KernelResult {
     let (x, w) = (cx.input(0), cx.input(1));
     let bias = cx.opt_input(2);
     let out_dtype = cx.out_dtype(0);
-    let result = float_zip!(x, w, out_dtype, |xa, wa: T| {
-        let bias = bias.map(super::float_array_as::<T>).transpose()?;
+    let result = gemm_zip!(x, w, out_dtype, |xa, wa: T| {
+        let bias = bias.map(T::operand).transpose()?;
         linear_impl(xa, wa, bias.as_ref().map(|b| b.view()))?
     })?;
     Ok(vec![result])
@@ -140,7 +205,7 @@ fn linear_impl<T: GemmScalar>(
 /// `torch.matmul`: 1-D operands are promoted and the added dim removed; batch dims broadcast.
 pub fn matmul(cx: &KernelCx<'_>) -> KernelResult {
     let out_dtype = cx.out_dtype(0);
-    Ok(vec![float_zip!(cx.input(0), cx.input(1), out_dtype, |a, b: T| matmul_impl(a, b)?)?])
+    Ok(vec![gemm_zip!(cx.input(0), cx.input(1), out_dtype, |a, b: T| matmul_impl(a, b)?)?])
 }
 
 /// `bmm` is `matmul` restricted (by its type rule) to rank-3 operands.
@@ -191,7 +256,7 @@ pub fn addmm(cx: &KernelCx<'_>) -> KernelResult {
     let out_dtype = cx.out_dtype(0);
     let bias = cx.input(0);
     Ok(vec![float_zip!(cx.input(1), cx.input(2), out_dtype, |a, b: T| {
-        let input = super::float_array_as::<T>(bias)?;
+        let input = float_array_as::<T>(bias)?;
         let product = matmul_impl(a, b)?;
         let input =
             input.broadcast(IxDyn(product.shape())).ok_or("`input` does not broadcast to the product")?.to_owned();

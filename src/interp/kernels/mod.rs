@@ -2,7 +2,8 @@
 //!
 //! Float kernels compute in f32 (f16 and bf16 are widened exactly and the result rounded back,
 //! as PyTorch's CPU kernels do) or in f64 for f64 tensors. Data movement and quantization
-//! kernels are bit-exact.
+//! kernels are bit-exact, and so are the integer kernels of the reference representation
+//! (wrapping where PyTorch's integer arithmetic wraps).
 
 pub mod conv;
 pub mod elementwise;
@@ -132,6 +133,43 @@ macro_rules! float_zip {
     }};
 }
 pub(crate) use float_zip;
+
+/// Like [`float_zip`], with a third case: two i32 operands bound as `$T = i32` (the integer
+/// products of the reference representation, accumulated in i32 with wrapping).
+macro_rules! gemm_zip {
+    ($x:expr, $y:expr, $out:expr, |$a:ident, $b:ident: $T:ident| $body:expr) => {{
+        match ($x, $y) {
+            ($crate::tensor::Tensor::I32(da), $crate::tensor::Tensor::I32(db)) => {
+                #[allow(dead_code)]
+                type $T = i32;
+                let ($a, $b) = (da.view(), db.view());
+                Ok::<_, String>($crate::tensor::Tensor::I32($body))
+            }
+            (x, y) => $crate::interp::kernels::float_zip!(x, y, $out, |$a, $b: $T| $body),
+        }
+    }};
+}
+pub(crate) use gemm_zip;
+
+/// Like [`float_map`], and for integer tensors `$body` runs on the data in its own element type
+/// (`$T = i8`, `u8`, …) and yields an array of that type.
+macro_rules! numeric_map {
+    ($t:expr, $out:expr, |$a:ident: $T:ident| $body:expr) => {
+        $crate::interp::kernels::numeric_map!(@ints $t, $out, |$a: $T| $body, [I8 i8, U8 u8, I16 i16, I32 i32, I64 i64])
+    };
+    (@ints $t:expr, $out:expr, |$a:ident: $T:ident| $body:expr, [$($variant:ident $ty:ident),*]) => {{
+        match $t {
+            $($crate::tensor::Tensor::$variant(data) => {
+                #[allow(dead_code)]
+                type $T = $ty;
+                let $a = data.view();
+                Ok::<_, String>($crate::tensor::Tensor::$variant($body))
+            })*
+            other => $crate::interp::kernels::float_map!(other, $out, |$a: $T| $body),
+        }
+    }};
+}
+pub(crate) use numeric_map;
 
 /// The broadcast shape of two shapes (validated by the type rule; re-checked here because the
 /// data may carry dynamic dims).

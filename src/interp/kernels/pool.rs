@@ -1,12 +1,88 @@
 //! Pooling: max, average and adaptive average over the last two dims, with PyTorch's window
 //! rules (ceil_mode, count_include_pad, divisor_override, NaN propagation in max).
+//!
+//! Integer tensors pool in their own type: max is exact, and an average is the exact integer
+//! sum (in i128) divided by the divisor and rounded half to even, as PyTorch's quantized
+//! average pooling rounds its result.
+
+use std::cmp::Ordering;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use super::conv::valid_range;
-use super::{float_map, KernelCx, KernelResult};
+use super::{numeric_map, KernelCx, KernelResult};
 use crate::ops::infer::pool_output_size;
 use crate::ops::AttrAccess;
+
+/// What pooling needs of an element type: a float compute type (f32, f64) or an integer type.
+trait Pooled: Copy + Default + PartialOrd {
+    /// The identity of max: -inf, or the type's minimum.
+    const LOWEST: Self;
+    /// The running sum of a window: the float itself, or an exact i128.
+    type Sum: Copy;
+    const ZERO_SUM: Self::Sum;
+    fn is_nan(self) -> bool;
+    fn add(sum: Self::Sum, v: Self) -> Self::Sum;
+    /// `sum / divisor`: float division, or the integer quotient rounded half to even
+    /// (saturating at the type's range, which only a `divisor_override` smaller than the
+    /// window can leave).
+    fn average(sum: Self::Sum, divisor: i64) -> Self;
+}
+
+macro_rules! float_pooled {
+    ($($t:ty),*) => {$(
+        impl Pooled for $t {
+            const LOWEST: $t = <$t>::NEG_INFINITY;
+            type Sum = $t;
+            const ZERO_SUM: $t = 0.0;
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
+            }
+            fn add(sum: $t, v: $t) -> $t {
+                sum + v
+            }
+            fn average(sum: $t, divisor: i64) -> $t {
+                sum / divisor as $t
+            }
+        }
+    )*};
+}
+float_pooled!(f32, f64);
+
+macro_rules! int_pooled {
+    ($($t:ty),*) => {$(
+        impl Pooled for $t {
+            const LOWEST: $t = <$t>::MIN;
+            type Sum = i128;
+            const ZERO_SUM: i128 = 0;
+            fn is_nan(self) -> bool {
+                false
+            }
+            fn add(sum: i128, v: $t) -> i128 {
+                sum.wrapping_add(i128::from(v))
+            }
+            fn average(sum: i128, divisor: i64) -> $t {
+                let q = div_round_half_even(sum, divisor.into());
+                <$t>::try_from(q).unwrap_or(if q < 0 { <$t>::MIN } else { <$t>::MAX })
+            }
+        }
+    )*};
+}
+int_pooled!(i8, u8, i16, i32, i64);
+
+/// `n / d` rounded half to even (0 for `d = 0`, which the type rules exclude).
+fn div_round_half_even(n: i128, d: i128) -> i128 {
+    if d == 0 {
+        return 0;
+    }
+    let (n, d) = if d < 0 { (n.wrapping_neg(), d.wrapping_neg()) } else { (n, d) };
+    let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+    match (2 * r).cmp(&d) {
+        Ordering::Less => q,
+        Ordering::Greater => q + 1,
+        Ordering::Equal => q + (q & 1),
+    }
+}
 
 struct Window {
     kernel: [usize; 2],
@@ -66,7 +142,7 @@ pub fn max_pool2d(cx: &KernelCx<'_>) -> KernelResult {
     let d = cx.ints("dilation")?;
     let win = window(cx, [d[0] as usize, d[1] as usize])?;
     let (oh, ow) = output_dims(cx.input(0).shape(), &win)?;
-    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
+    Ok(vec![numeric_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
         // Each output row is swept once per window tap (ki, kj) inside the input, in the window's
         // row-major order, so every output sees its taps in that order and padding is skipped.
         let [sy, sx] = win.stride;
@@ -76,7 +152,7 @@ pub fn max_pool2d(cx: &KernelCx<'_>) -> KernelResult {
             return;
         }
         for (y, out) in dst.chunks_mut(ow).enumerate() {
-            out.fill(T::NEG_INFINITY);
+            out.fill(T::LOWEST);
             for ki in valid_range(win.kernel[0], dy, y * sy, py, h) {
                 let iy = y * sy + ki * dy - py;
                 let row = &src[iy * w..(iy + 1) * w];
@@ -88,7 +164,7 @@ pub fn max_pool2d(cx: &KernelCx<'_>) -> KernelResult {
                     let ix0 = xs.start * sx + kj * dx - px;
                     let update = |best: &mut T, v: T| {
                         // NaN propagates: a NaN in the window wins (the last one, if several).
-                        *best = if v > *best || v.is_nan() { v } else { *best };
+                        *best = if v > *best || Pooled::is_nan(v) { v } else { *best };
                     };
                     let out = &mut out[xs];
                     match sx {
@@ -108,7 +184,7 @@ pub fn avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
     let count_include_pad = cx.boolean("count_include_pad")?;
     let divisor_override = cx.opt_int("divisor_override");
     let (oh, ow) = output_dims(cx.input(0).shape(), &win)?;
-    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
+    Ok(vec![numeric_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
         for y in 0..oh {
             for x in 0..ow {
                 let hstart = (y * win.stride[0]) as isize - win.padding[0] as isize;
@@ -119,21 +195,21 @@ pub fn avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
                 let (hs, ws) = (hstart.max(0), wstart.max(0));
                 let (he, we) = (hend.min(h as isize), wend.min(w as isize));
                 if hs >= he || ws >= we {
-                    dst[y * ow + x] = 0.0;
+                    dst[y * ow + x] = T::default();
                     continue;
                 }
-                let mut sum: T = 0.0;
+                let mut sum = T::ZERO_SUM;
                 for iy in hs..he {
                     for ix in ws..we {
-                        sum += src[iy as usize * w + ix as usize];
+                        sum = T::add(sum, src[iy as usize * w + ix as usize]);
                     }
                 }
                 let divisor = match divisor_override {
-                    Some(d) => d as T,
-                    None if count_include_pad => pool_size as T,
-                    None => ((he - hs) * (we - ws)) as T,
+                    Some(d) => d,
+                    None if count_include_pad => pool_size as i64,
+                    None => ((he - hs) * (we - ws)) as i64,
                 };
-                dst[y * ow + x] = sum / divisor;
+                dst[y * ow + x] = T::average(sum, divisor);
             }
         }
     })?)?])
@@ -142,19 +218,33 @@ pub fn avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
 pub fn adaptive_avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
     let size = cx.ints("output_size")?;
     let (oh, ow) = (size[0] as usize, size[1] as usize);
-    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
+    Ok(vec![numeric_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
         for y in 0..oh {
             let (hs, he) = (y * h / oh, ((y + 1) * h).div_ceil(oh));
             for x in 0..ow {
                 let (ws, we) = (x * w / ow, ((x + 1) * w).div_ceil(ow));
-                let mut sum: T = 0.0;
+                let mut sum = T::ZERO_SUM;
                 for iy in hs..he {
                     for ix in ws..we {
-                        sum += src[iy * w + ix];
+                        sum = T::add(sum, src[iy * w + ix]);
                     }
                 }
-                dst[y * ow + x] = sum / ((he - hs) * (we - ws)) as T;
+                dst[y * ow + x] = T::average(sum, ((he - hs) * (we - ws)) as i64);
             }
         }
     })?)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::div_round_half_even;
+
+    #[test]
+    fn integer_averages_round_half_to_even() {
+        let cases = [(5, 2, 2), (7, 2, 4), (-5, 2, -2), (-7, 2, -4), (5, -2, -2), (10, 4, 2), (11, 4, 3), (9, 4, 2)];
+        for (n, d, q) in cases {
+            assert_eq!(div_round_half_even(n, d), q, "{n} / {d}");
+        }
+        assert_eq!(div_round_half_even(i128::from(i64::MAX) * 3, 3), i128::from(i64::MAX));
+    }
 }

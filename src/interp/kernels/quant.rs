@@ -1,5 +1,6 @@
 //! Quantization kernels, bit-exact with PyTorch's decomposed q/dq ops
-//! (`quantized_decomposed.*`) and the fake-quantize kernel.
+//! (`quantized_decomposed.*`) and the fake-quantize kernel, and the integer requantization of
+//! the reference representation.
 
 use ndarray::{ArrayD, Axis, IxDyn, Zip};
 
@@ -82,16 +83,21 @@ pub fn dequantize_per_tensor_dyn(cx: &KernelCx<'_>) -> KernelResult {
     dequantize(cx, cx.input(0), scale, zero_point)
 }
 
-/// Per-channel scales (as float32) and zero points along `axis`.
-fn channel_qparams(cx: &KernelCx<'_>) -> Result<(usize, Vec<f32>, Vec<i64>), String> {
+/// The `axis` attribute and the number of channels of the input along it.
+fn channel_axis(cx: &KernelCx<'_>) -> Result<(usize, usize), String> {
     let x = cx.input(0);
     let axis = dim(cx.int("axis")?, x.shape().len())?;
+    Ok((axis, x.shape().get(axis).copied().unwrap_or(1)))
+}
+
+/// Per-channel scales (as float32) and zero points along `axis`.
+fn channel_qparams(cx: &KernelCx<'_>) -> Result<(usize, Vec<f32>, Vec<i64>), String> {
+    let (axis, channels) = channel_axis(cx)?;
     let scales: Vec<f32> = cx.input(1).to_f64_array().iter().map(|&s| s as f32).collect();
     let zps: Vec<i64> = match cx.input(2) {
         t if t.dtype().is_float() => t.to_f64_array().iter().map(|&z| z as i64).collect(),
         t => int_values(t)?.iter().copied().collect(),
     };
-    let channels = x.shape().get(axis).copied().unwrap_or(1);
     if scales.len() != channels || zps.len() != channels {
         return Err(format!("{} scales and {} zero points for {channels} channels", scales.len(), zps.len()));
     }
@@ -127,6 +133,37 @@ pub fn dequantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
     // (q - zp) in int64, then × float32 scale.
     let out = map_channels(&values, axis, |c, v| (v - zps[c]) as f32 * scales[c]);
     Ok(vec![from_f32(out, cx.dtype("out_dtype")?)])
+}
+
+/// One element of `requantize`: `clamp(round_half_even(x·scale) + zero_point, qmin, qmax)`
+/// with the product in f64. For a product in i32's range the f64 product is within 2^-22 of
+/// the exact one, so the result can only differ from exact rounding at a near-tie that the
+/// multiplier (itself an f64 rounding of a ratio of scales) cannot resolve anyway.
+fn requantize_value(x: i64, scale: f64, zero_point: i64, qmin: i64, qmax: i64) -> i64 {
+    // `as` saturates, so an out-of-range product clamps instead of wrapping.
+    ((x as f64 * scale).round_ties_even() as i64).saturating_add(zero_point).max(qmin).min(qmax)
+}
+
+/// The requantized values (already in `[qmin, qmax]`) as a tensor of `dtype`.
+fn requantized(cx: &KernelCx<'_>, values: ArrayD<i64>) -> KernelResult {
+    Ok(vec![Tensor::I64(values).cast(cx.dtype("dtype")?)])
+}
+
+pub fn requantize(cx: &KernelCx<'_>) -> KernelResult {
+    let scale = cx.float("scale")?;
+    let (zp, qmin, qmax) = (cx.int("zero_point")?, cx.int("qmin")?, cx.int("qmax")?);
+    requantized(cx, int_values(cx.input(0))?.mapv(|x| requantize_value(x, scale, zp, qmin, qmax)))
+}
+
+pub fn requantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
+    let (axis, channels) = channel_axis(cx)?;
+    let scales: Vec<f64> = cx.input(1).to_f64_array().iter().copied().collect();
+    if scales.len() != channels {
+        return Err(format!("{} scales for {channels} channels", scales.len()));
+    }
+    let (zp, qmin, qmax) = (cx.int("zero_point")?, cx.int("qmin")?, cx.int("qmax")?);
+    let values = int_values(cx.input(0))?;
+    requantized(cx, map_channels(&values, axis, |c, x| requantize_value(x, scales[c], zp, qmin, qmax)))
 }
 
 /// Dynamic qparams of the whole input (`choose_qparams.tensor`): min/max → scale (f64[1]) and
@@ -174,4 +211,20 @@ pub fn fake_quantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
     let x = as_f32(cx.input(0))?.into_owned();
     let out = map_channels(&x, axis, |c, v| fake_quantize_value(v, 1.0 / scales[c], scales[c], zps[c], qmin, qmax));
     Ok(vec![from_f32(out, cx.out_dtype(0))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::requantize_value;
+
+    #[test]
+    fn requantize_rounds_half_to_even_then_clamps() {
+        let at_half = |x| requantize_value(x, 0.5, 0, -128, 127);
+        assert_eq!([3, 5, -3, -5, 4].map(at_half), [2, 2, -2, -2, 2]);
+        assert_eq!(requantize_value(-7, 1.0, 10, 0, 255), 3);
+        assert_eq!(requantize_value(1000, 1.0, 0, -128, 127), 127);
+        // Out-of-range products saturate rather than wrap.
+        assert_eq!(requantize_value(i64::MAX, 1e30, 5, i64::MIN, i64::MAX), i64::MAX);
+        assert_eq!(requantize_value(i32::MIN.into(), 1e30, 0, -128, 127), -128);
+    }
 }

@@ -56,14 +56,16 @@ fn reduced_axes(cx: &KernelCx<'_>, rank: usize) -> Result<Vec<usize>, String> {
     Ok(axes)
 }
 
-fn sum_axes<T: Clone + num_traits::Zero + std::ops::Add<Output = T>>(
+/// Sums over `axes` one axis at a time, `collapse` summing out one axis.
+fn sum_axes<T: Clone>(
     a: ArrayViewD<'_, T>,
     axes: &[usize],
     keepdim: bool,
+    collapse: impl Fn(&ArrayD<T>, Axis) -> ArrayD<T>,
 ) -> ArrayD<T> {
     let mut out = a.to_owned();
     for &axis in axes {
-        out = out.sum_axis(Axis(axis));
+        out = collapse(&out, Axis(axis));
         if keepdim {
             out.insert_axis_inplace(Axis(axis));
         }
@@ -76,16 +78,16 @@ pub fn sum(cx: &KernelCx<'_>) -> KernelResult {
     let axes = reduced_axes(cx, x.shape().len())?;
     let keepdim = cx.boolean("keepdim")?;
     if !x.dtype().is_float() {
-        // Integer and bool sums accumulate in i64, as PyTorch's do.
+        // Integer and bool sums accumulate in i64, wrapping, as PyTorch's do.
         let wide: ArrayD<i64> = match x {
             Tensor::I64(a) => a.clone(),
             Tensor::Bool(a) => a.mapv(i64::from),
             other => other.to_f64_array().mapv(|v| v as i64),
         };
-        let summed = sum_axes(wide.view(), &axes, keepdim);
+        let summed = sum_axes(wide.view(), &axes, keepdim, |a, axis| a.fold_axis(axis, 0, |&s, &v| s.wrapping_add(v)));
         return Ok(vec![cast_int(summed, cx.out_dtype(0))]);
     }
-    Ok(vec![float_map!(x, cx.out_dtype(0), |a: T| sum_axes(a, &axes, keepdim))?])
+    Ok(vec![float_map!(x, cx.out_dtype(0), |a: T| sum_axes(a, &axes, keepdim, |a, axis| a.sum_axis(axis)))?])
 }
 
 pub fn mean(cx: &KernelCx<'_>) -> KernelResult {
@@ -95,7 +97,7 @@ pub fn mean(cx: &KernelCx<'_>) -> KernelResult {
     let count: usize = axes.iter().map(|&a| x.shape()[a]).product();
     Ok(vec![float_map!(x, cx.out_dtype(0), |a: T| {
         let n = count as T;
-        sum_axes(a, &axes, keepdim).mapv(|s| s / n)
+        sum_axes(a, &axes, keepdim, |a, axis| a.sum_axis(axis)).mapv(|s| s / n)
     })?])
 }
 
