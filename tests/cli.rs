@@ -262,3 +262,19 @@ fn quantize_and_evaluate_a_trained_model() {
     assert!(text(&out.stderr).contains("--eval data"), "{}", text(&out.stderr));
     assert!(!target.exists() && !dir.join("bad.safetensors").exists());
 }
+
+#[test]
+fn quantized_output_reads_back() {
+    let dir = scratch("reads_back");
+    let target = dir.join("small_cnn.int8.qir");
+    let t = target.to_str().unwrap();
+    let out = qc(&["examples/small_cnn.qir", "--calib", "examples/small_cnn_calib.npz", "-o", t], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A fixed point of the printer, weights file included, and a valid input to later passes.
+    let out = qc(&[t, "-p", "none"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), std::fs::read_to_string(&target).unwrap());
+    let reference = dir.join("small_cnn.reference.qir");
+    let out = qc(&[t, "-p", "reference-repr", "-o", reference.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

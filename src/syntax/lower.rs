@@ -758,7 +758,7 @@ impl<'s> Lowerer<'s> {
             );
             return None;
         };
-        if !graph.op(consumer).operands.contains(&value) {
+        if !crate::ir::verifier::reads_through_quant_ops(graph, consumer, value) {
             let reads: Vec<String> =
                 graph.op(consumer).operands.iter().map(|&v| format!("`%{}`", graph.value_name(v))).collect();
             let reads = if reads.is_empty() { "no values".to_string() } else { reads.join(", ") };
@@ -766,7 +766,7 @@ impl<'s> Lowerer<'s> {
                 Diag::error(format!("`%{}` does not read `%{}`", consumer_name.node, e.value.node))
                     .at(e.value.span.to(consumer_name.span), "no such edge")
                     .with(graph.value(consumer_value).span, format!("defined by an op that reads {reads}"))
-                    .help("an edge `%v -> %r` is the value `%v` as read by the op that defines `%r`"),
+                    .help("an edge `%v -> %r` is the value `%v` as read by the op that defines `%r`, directly or through observer and quantize/dequantize ops"),
             );
             return None;
         }
