@@ -193,16 +193,17 @@ pub fn input(shape: &[usize]) -> Tensor {
     Tensor::F32(ArrayD::from_shape_vec(IxDyn(shape), data).unwrap())
 }
 
-/// PT2E's prepare benchmark: a chain of `blocks` linear(64→64)+relu blocks.
+/// PT2E's prepare and convert benchmark: a chain of `blocks` linear(width→width)+relu blocks
+/// (4 ops each: weight, bias, linear, relu).
 #[allow(dead_code)] // used by the quant bench only
-pub fn linear_relu_chain(blocks: usize) -> (String, Vec<(String, Vec<usize>)>) {
+pub fn linear_relu_chain(blocks: usize, width: usize) -> (String, Vec<(String, Vec<usize>)>) {
     let mut b = Builder::new();
     let mut x = "x".to_string();
     for i in 0..blocks {
-        let w = b.weight(&format!("layers.{i}.weight"), &[64, 64]);
-        let bias = b.weight(&format!("layers.{i}.bias"), &[64]);
-        let y = b.op(&format!("layers.{i}"), "linear", &[&x, &w, &bias], "", &[1, 64]);
-        x = b.op(&format!("layers.{i}.act"), "relu", &[&y], "", &[1, 64]);
+        let w = b.weight(&format!("layers.{i}.weight"), &[width, width]);
+        let bias = b.weight(&format!("layers.{i}.bias"), &[width]);
+        let y = b.op(&format!("layers.{i}"), "linear", &[&x, &w, &bias], "", &[1, width]);
+        x = b.op(&format!("layers.{i}.act"), "relu", &[&y], "", &[1, width]);
     }
-    b.finish("%x: f32[1,64]) -> f32[1,64]", &x)
+    b.finish(&format!("%x: f32[1,{width}]) -> f32[1,{width}]"), &x)
 }

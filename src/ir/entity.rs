@@ -149,17 +149,19 @@ impl<I: EntityId, T: Clone + Default> SideTable<I, T> {
     }
 }
 
-/// Interns values of type `T`: equal values get the same id. Each value is stored once; the
-/// lookup table holds only ids and finds values by their hash.
+/// Interns values of type `T`: equal values get the same id. Each value is stored once, with
+/// its hash (a table resize then never rehashes the values, some of which are large: attribute
+/// sets with calibration histograms); the lookup table holds only ids.
 #[derive(Clone)]
 pub struct Interner<I: EntityId, T: Eq + std::hash::Hash> {
     items: Vec<T>,
+    hashes: Vec<u64>,
     table: HashTable<I>,
 }
 
 impl<I: EntityId, T: Eq + std::hash::Hash> Default for Interner<I, T> {
     fn default() -> Self {
-        Interner { items: Vec::new(), table: HashTable::new() }
+        Interner { items: Vec::new(), hashes: Vec::new(), table: HashTable::new() }
     }
 }
 
@@ -172,8 +174,9 @@ impl<I: EntityId, T: Eq + std::hash::Hash> Interner<I, T> {
         }
         let id = I::from_index(self.items.len());
         self.items.push(value);
-        let items = &self.items;
-        self.table.insert_unique(hash, id, |&id| fx_hash(&items[id.index()]));
+        self.hashes.push(hash);
+        let hashes = &self.hashes;
+        self.table.insert_unique(hash, id, |&id| hashes[id.index()]);
         id
     }
 

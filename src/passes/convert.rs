@@ -35,6 +35,7 @@
 //! ```
 
 use ndarray::{Array1, ArrayD};
+use rayon::prelude::*;
 
 use super::observer_instances::{self, is_derived, Instances};
 use super::rewrite::{internal, new_op, result, tensor_op};
@@ -128,13 +129,20 @@ fn instance_qparams(
     };
     let calibrated =
         (0..instances.list.len()).filter(|&i| needs_data(i)).any(|i| instances.list[i].state.is_initialized());
+    // The histogram searches dominate; instances are independent, so they run in parallel
+    // (each result is computed by one thread: nothing depends on the thread count).
+    let computed: Vec<Option<Result<QParams, String>>> = instances
+        .list
+        .par_iter()
+        .map(|inst| (inst.config.kind != ObserverKind::Placeholder).then(|| inst.state.qparams(&inst.config)))
+        .collect();
     let mut out = Vec::with_capacity(instances.list.len());
-    for (i, inst) in instances.list.iter().enumerate() {
+    for ((i, inst), q) in instances.list.iter().enumerate().zip(computed) {
         let span = g.op(inst.first).span;
-        if inst.config.kind == ObserverKind::Placeholder {
+        let Some(q) = q else {
             out.push(None);
             continue;
-        }
+        };
         if needs_data(i) && !inst.state.is_initialized() {
             if !calibrated {
                 return Err(vec![Diag::error("`convert` needs calibrated observers, and no observer has statistics")
@@ -147,8 +155,7 @@ fn instance_qparams(
                     .note("its qparams are PyTorch's defaults: scale 1.0, zero point 0"),
             );
         }
-        let q = inst.state.qparams(&inst.config).map_err(|m| vec![Diag::error(m).at(span, "in this observer")])?;
-        out.push(Some(q));
+        out.push(Some(q.map_err(|m| vec![Diag::error(m).at(span, "in this observer")])?));
     }
     Ok(out)
 }

@@ -19,12 +19,26 @@ pub fn inv_scale(scale: f64) -> f32 {
 /// One element of `quantize_per_tensor`: `clamp(round(x·inv) + zp, qmin, qmax)`, computed in
 /// float32 (the zero point is added after rounding), then cast.
 pub fn quantize_value(x: f32, inv: f32, zero_point: i64, qmin: i64, qmax: i64) -> f32 {
-    let q = (x * inv).round_ties_even() + zero_point as f32;
+    let q = round_half_even(x * inv) + zero_point as f32;
     // torch.clamp propagates NaN.
     if q.is_nan() {
         q
     } else {
         q.clamp(qmin as f32, qmax as f32)
+    }
+}
+
+/// `nearbyintf` (round half to even), inline: from 2^23 up every float32 is an integer, so
+/// adding and subtracting 2^23 rounds |v| below it exactly, ties to even (the default
+/// rounding mode); the sign is put back (-0.3 → -0.0, as `nearbyintf`). NaN and infinities
+/// pass through. The libm call this replaces dominated quantize kernels.
+#[inline]
+pub fn round_half_even(v: f32) -> f32 {
+    const TWO_23: f32 = 8_388_608.0;
+    if v.abs() < TWO_23 {
+        ((v.abs() + TWO_23) - TWO_23).copysign(v)
+    } else {
+        v
     }
 }
 
@@ -144,6 +158,20 @@ mod tests {
 
     fn range(qmin: i64, qmax: i64, qscheme: QScheme, dtype: DType, eps: f32, customized_range: bool) -> QRange {
         QRange { qmin, qmax, qscheme, dtype, eps, customized_range }
+    }
+
+    #[test]
+    fn inline_rounding_equals_nearbyint() {
+        let mut bits = 0x9e37_79b9u32;
+        let samples = (0..1_000_000).map(|_| {
+            bits = bits.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            f32::from_bits(bits)
+        });
+        let edges = [0.5, 1.5, 2.5, -0.5, -2.5, -0.3, 0.0, -0.0, 8_388_607.5, 8_388_608.0, -8_388_609.0, 1e30];
+        for v in samples.chain(edges).chain([f32::INFINITY, f32::NEG_INFINITY, f32::NAN]) {
+            let (a, b) = (round_half_even(v), v.round_ties_even());
+            assert!(a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()), "{v:e}: {a:e} vs {b:e}");
+        }
     }
 
     #[test]

@@ -783,7 +783,13 @@ impl ObserverState {
     /// plus `histogram` (a list of `bins` floats) for the histogram kinds. Every float is a
     /// float32 widened exactly. Stateless kinds give an empty dictionary.
     pub fn to_dict(&self) -> Dict {
-        let floats = |v: &[f32]| Attr::List(v.iter().map(|&x| Attr::Float(f64::from(x))).collect());
+        // A dense f64 vector prints exactly as a list of the widened floats, but clones, hashes
+        // and drops as one buffer: histograms have 2048 entries.
+        let floats = |v: &[f32]| {
+            Attr::Tensor(std::sync::Arc::new(Tensor::F64(
+                ndarray::Array1::from_iter(v.iter().map(|&x| f64::from(x))).into_dyn(),
+            )))
+        };
         let mut d = Dict::new();
         match self {
             ObserverState::MinMax { min_val, max_val } => {
@@ -863,13 +869,14 @@ impl ObserverState {
     }
 }
 
-fn to_f32_stat(v: f64, key: &str) -> Result<f32, String> {
+/// A statistic as float32; `name` (called only on error) says which one.
+fn to_f32_stat(v: f64, name: impl FnOnce() -> String) -> Result<f32, String> {
     if v.is_nan() {
-        return Err(format!("`{key}` is NaN"));
+        return Err(format!("`{}` is NaN", name()));
     }
     let f = v as f32;
     if f.is_infinite() && v.is_finite() {
-        return Err(format!("`{key}` {v:e} does not fit in float32"));
+        return Err(format!("`{}` {v:e} does not fit in float32", name()));
     }
     Ok(f)
 }
@@ -877,13 +884,23 @@ fn to_f32_stat(v: f64, key: &str) -> Result<f32, String> {
 fn stat_float(d: &Dict, key: &str) -> Result<f32, String> {
     let a = d.get(key).ok_or_else(|| format!("missing `{key}`"))?;
     let v = a.as_float().ok_or_else(|| format!("`{key}` must be a float, found {}", a.kind_name()))?;
-    to_f32_stat(v, key)
+    to_f32_stat(v, || key.to_string())
 }
 
 fn stat_floats(d: &Dict, key: &str) -> Result<Vec<f32>, String> {
     let a = d.get(key).ok_or_else(|| format!("missing `{key}`"))?;
-    let Attr::List(items) = a else {
-        return Err(format!("`{key}` must be a list of floats, found {}", a.kind_name()));
+    let items = match a {
+        Attr::List(items) => items,
+        // What `to_dict` stores in memory.
+        Attr::Tensor(t) if t.shape().len() == 1 => {
+            let values = match &**t {
+                Tensor::F64(a) => a.iter().copied().collect(),
+                t if t.dtype().is_float() => t.to_f64_array().into_raw_vec_and_offset().0,
+                _ => return Err(format!("`{key}` must be a list of floats, found {} values", t.dtype())),
+            };
+            return values.into_iter().enumerate().map(|(i, v)| to_f32_stat(v, || format!("{key}[{i}]"))).collect();
+        }
+        _ => return Err(format!("`{key}` must be a list of floats, found {}", a.kind_name())),
     };
     items
         .iter()
@@ -892,7 +909,7 @@ fn stat_floats(d: &Dict, key: &str) -> Result<Vec<f32>, String> {
             let v = item
                 .as_float()
                 .ok_or_else(|| format!("`{key}` element {i} must be a float, found {}", item.kind_name()))?;
-            to_f32_stat(v, &format!("{key}[{i}]"))
+            to_f32_stat(v, || format!("{key}[{i}]"))
         })
         .collect()
 }
@@ -1240,7 +1257,7 @@ fn div_floor(a: f32, b: f32) -> f32 {
     if b == 0.0 {
         return a / b;
     }
-    let m = a % b;
+    let m = fmod(a, b);
     let mut div = (a - m) / b;
     if m != 0.0 && (b < 0.0) != (m < 0.0) {
         div -= 1.0;
@@ -1253,6 +1270,22 @@ fn div_floor(a: f32, b: f32) -> f32 {
         floor
     } else {
         0.0f32.copysign(a / b)
+    }
+}
+
+/// `fmodf(a, b)` (C's `%`, exact), without the slow software `fmodf` in the usual case: in
+/// f64, `trunc(a/b)` is the exact truncated quotient of two float32s below 2^24 (the
+/// quotient's rounding error, under 2^-29, is less than its distance to any other integer,
+/// at least 2^-24), and `a − q·b` is then exact (`q·b` needs at most 48 bits, and the
+/// remainder fits in b's precision).
+fn fmod(a: f32, b: f32) -> f32 {
+    let (x, y) = (f64::from(a), f64::from(b));
+    let q = (x / y).trunc();
+    if q.abs() < 16_777_216.0 && y.is_finite() {
+        // `copysign`: C's fmod keeps the dividend's sign on a zero remainder.
+        ((x - q * y) as f32).copysign(a)
+    } else {
+        a % b
     }
 }
 
@@ -1506,6 +1539,10 @@ fn quantization_error(h: &HistogramStats, start: usize, end: usize, dst_nbins: f
         .iter()
         .enumerate()
         .map(|(i, &count)| {
+            // An empty bin's density is 0 and each term ±0, so its norm is +0: skip the work.
+            if count == 0.0 {
+                return 0.0;
+            }
             let src_begin = (i as i64 - start as i64) as f32 * bw;
             let src_end = src_begin + bw;
             let dst_begin = clamp(div_floor(src_begin, dbw));
@@ -1667,6 +1704,29 @@ mod tests {
         let mut c = ObserverConfig::new(kind, DType::I8, -128, 127, qscheme).unwrap();
         c.eps = 2f32.powi(-12);
         c
+    }
+
+    #[test]
+    fn fast_fmod_equals_fmodf() {
+        // Bit patterns from a fixed LCG: every sign, magnitude and quotient range, plus edges.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            f32::from_bits((state >> 32) as u32)
+        };
+        let edges = [0.0, -0.0, 1.0, -1.0, 3.0, 0.1, 1e-30, 1e30, f32::INFINITY, f32::NAN, f32::MIN_POSITIVE];
+        let mut pairs: Vec<(f32, f32)> = edges.iter().flat_map(|&a| edges.iter().map(move |&b| (a, b))).collect();
+        pairs.extend((0..200_000).map(|_| (next(), next())));
+        // Quotients near the 2^24 switch and exact multiples.
+        pairs.extend((0..2_000).map(|i| (16_777_216.0 * 0.37 + i as f32, 0.37)));
+        pairs.extend((1..2_000).map(|i| (0.125 * i as f32, 0.125)));
+        for (a, b) in pairs {
+            if b == 0.0 {
+                continue;
+            }
+            let (fast, libm) = (fmod(a, b), a % b);
+            assert!(fast.to_bits() == libm.to_bits() || (fast.is_nan() && libm.is_nan()), "fmod({a:e}, {b:e})");
+        }
     }
 
     fn base_attrs(kind: &str) -> Dict {
