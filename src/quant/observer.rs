@@ -898,6 +898,13 @@ fn stat_floats(d: &Dict, key: &str) -> Result<Vec<f32>, String> {
                 t if t.dtype().is_float() => t.to_f64_array().into_raw_vec_and_offset().0,
                 _ => return Err(format!("`{key}` must be a list of floats, found {} values", t.dtype())),
             };
+            // One vectorisable pass when every value is valid; the per-element check (for the
+            // message) only when one is not.
+            let narrowed: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+            let valid = values.iter().zip(&narrowed).all(|(v, n)| !v.is_nan() && (n.is_finite() || v.is_infinite()));
+            if valid {
+                return Ok(narrowed);
+            }
             return values.into_iter().enumerate().map(|(i, v)| to_f32_stat(v, || format!("{key}[{i}]"))).collect();
         }
         _ => return Err(format!("`{key}` must be a list of floats, found {}", a.kind_name())),

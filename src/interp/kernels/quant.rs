@@ -2,7 +2,7 @@
 //! (`quantized_decomposed.*`) and the fake-quantize kernel, and the integer requantization of
 //! the reference representation.
 
-use ndarray::{ArrayD, Axis, IxDyn, Zip};
+use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
 
 use super::{as_f32, dim, from_f32, round_to, KernelCx, KernelResult};
 use crate::ir::quant::QScheme;
@@ -105,12 +105,12 @@ fn channel_qparams(cx: &KernelCx<'_>) -> Result<(usize, Vec<f32>, Vec<i64>), Str
 }
 
 /// Applies `f(channel, value)` along `axis`.
-fn map_channels<A: Copy, B>(a: &ArrayD<A>, axis: usize, f: impl Fn(usize, A) -> B) -> ArrayD<B> {
-    let mut index = ArrayD::<usize>::zeros(a.raw_dim());
-    for (c, mut lane) in index.axis_iter_mut(Axis(axis)).enumerate() {
-        lane.fill(c);
+fn map_channels<A: Copy, B: Copy + Default>(a: ArrayViewD<'_, A>, axis: usize, f: impl Fn(usize, A) -> B) -> ArrayD<B> {
+    let mut out = ArrayD::<B>::from_elem(a.raw_dim(), B::default());
+    for (c, (lane, mut lane_out)) in a.axis_iter(Axis(axis)).zip(out.axis_iter_mut(Axis(axis))).enumerate() {
+        Zip::from(&mut lane_out).and(&lane).for_each(|o, &v| *o = f(c, v));
     }
-    Zip::from(a).and(&index).map_collect(|&v, &c| f(c, v))
+    out
 }
 
 pub fn quantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
@@ -118,8 +118,8 @@ pub fn quantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
     let (qmin, qmax, dtype) = (cx.int("qmin")?, cx.int("qmax")?, cx.dtype("dtype")?);
     // `1.0 / scales` is a float32 reciprocal tensor.
     let inv: Vec<f32> = scales.iter().map(|s| 1.0 / s).collect();
-    let x = as_f32(cx.input(0))?.into_owned();
-    let q = map_channels(&x, axis, |c, v| quantize_value(v, inv[c], zps[c], qmin, qmax));
+    let x = as_f32(cx.input(0))?;
+    let q = map_channels(x.view(), axis, |c, v| quantize_value(v, inv[c], zps[c], qmin, qmax));
     Ok(vec![to_int_tensor(q, dtype)?])
 }
 
@@ -131,7 +131,7 @@ pub fn dequantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
     }
     let values = int_values(cx.input(0))?;
     // (q - zp) in int64, then × float32 scale.
-    let out = map_channels(&values, axis, |c, v| (v - zps[c]) as f32 * scales[c]);
+    let out = map_channels(values.view(), axis, |c, v| (v - zps[c]) as f32 * scales[c]);
     Ok(vec![from_f32(out, cx.dtype("out_dtype")?)])
 }
 
@@ -163,7 +163,7 @@ pub fn requantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
     }
     let (zp, qmin, qmax) = (cx.int("zero_point")?, cx.int("qmin")?, cx.int("qmax")?);
     let values = int_values(cx.input(0))?;
-    requantized(cx, map_channels(&values, axis, |c, x| requantize_value(x, scales[c], zp, qmin, qmax)))
+    requantized(cx, map_channels(values.view(), axis, |c, x| requantize_value(x, scales[c], zp, qmin, qmax)))
 }
 
 /// Dynamic qparams of the whole input (`choose_qparams.tensor`): min/max → scale (f64[1]) and
@@ -208,8 +208,8 @@ pub fn fake_quantize_per_tensor(cx: &KernelCx<'_>) -> KernelResult {
 pub fn fake_quantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
     let (axis, scales, zps) = channel_qparams(cx)?;
     let (qmin, qmax) = (cx.int("qmin")?, cx.int("qmax")?);
-    let x = as_f32(cx.input(0))?.into_owned();
-    let out = map_channels(&x, axis, |c, v| fake_quantize_value(v, 1.0 / scales[c], scales[c], zps[c], qmin, qmax));
+    let x = as_f32(cx.input(0))?;
+    let out = map_channels(x.view(), axis, |c, v| fake_quantize_value(v, 1.0 / scales[c], scales[c], zps[c], qmin, qmax));
     Ok(vec![from_f32(out, cx.out_dtype(0))])
 }
 
