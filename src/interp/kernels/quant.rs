@@ -209,7 +209,8 @@ pub fn fake_quantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {
     let (axis, scales, zps) = channel_qparams(cx)?;
     let (qmin, qmax) = (cx.int("qmin")?, cx.int("qmax")?);
     let x = as_f32(cx.input(0))?;
-    let out = map_channels(x.view(), axis, |c, v| fake_quantize_value(v, 1.0 / scales[c], scales[c], zps[c], qmin, qmax));
+    let out =
+        map_channels(x.view(), axis, |c, v| fake_quantize_value(v, 1.0 / scales[c], scales[c], zps[c], qmin, qmax));
     Ok(vec![from_f32(out, cx.out_dtype(0))])
 }
 
