@@ -1,6 +1,7 @@
 //! Robustness: thousands of deterministic random mutations (byte flips, truncations, token
 //! deletions and duplications, line swaps) of every example and pass case must never panic the
-//! front end or the cleanup passes; when a mutant still compiles, the passes must keep it valid.
+//! front end, the cleanup passes or the convert passes; when a mutant still compiles, the
+//! passes must keep it valid.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -72,10 +73,10 @@ fn mutate(source: &str, rng: &mut Rng) -> Vec<u8> {
     bytes
 }
 
-fn corpus() -> Vec<PathBuf> {
+fn corpus(dirs: &[&str]) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    for dir in ["examples", "tests/passes/cse", "tests/passes/dce"] {
+    for dir in dirs {
         if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
             files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "qir")));
         }
@@ -84,19 +85,20 @@ fn corpus() -> Vec<PathBuf> {
     files
 }
 
-#[test]
-fn mutations_never_panic() {
-    const MUTANTS_PER_FILE: usize = 400;
-    let passes = expand(&["cleanup".to_string()]).unwrap();
+/// Compiles `per_file` mutants of every `.qir` in `dirs` through `pipeline`; none may panic,
+/// fail without a diagnostic, or be turned into invalid IR by a pass.
+fn mutants_survive(dirs: &[&str], pipeline: &[&str], per_file: usize) {
+    let names: Vec<String> = pipeline.iter().map(|s| s.to_string()).collect();
+    let passes = expand(&names).unwrap();
     let inst = Instrumentation { verify_each: true, ..Default::default() };
-    let files = corpus();
+    let files = corpus(dirs);
     assert!(!files.is_empty());
     let (mut total, mut compiled) = (0, 0);
     for path in &files {
         let source = std::fs::read_to_string(path).unwrap();
         let dir = path.parent().unwrap();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ source.len() as u64);
-        for i in 0..MUTANTS_PER_FILE {
+        for i in 0..per_file {
             let bytes = mutate(&source, &mut rng);
             // Non-UTF-8 input is rejected by the driver before the front end sees it.
             let Ok(text) = String::from_utf8(bytes) else { continue };
@@ -118,5 +120,27 @@ fn mutations_never_panic() {
         }
     }
     assert!(total > 1000, "only {total} mutants were tried");
-    eprintln!("{total} mutants, {compiled} still compiled");
+    eprintln!("{pipeline:?}: {total} mutants, {compiled} still compiled");
+}
+
+#[test]
+fn mutations_never_panic() {
+    mutants_survive(&["examples", "tests/passes/cse", "tests/passes/dce"], &["cleanup"], 400);
+}
+
+/// Calibrated observers and hand-written q/dq graphs, mutated, through everything after
+/// calibration.
+#[test]
+fn convert_passes_survive_mutations() {
+    mutants_survive(
+        &[
+            "tests/passes/convert",
+            "tests/passes/duplicate-dq",
+            "tests/passes/port-metadata",
+            "tests/passes/fold-quantize",
+            "tests/passes/reference-repr",
+        ],
+        &["convert-pt2e", "reference-repr", "cleanup"],
+        150,
+    );
 }
