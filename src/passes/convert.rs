@@ -39,7 +39,7 @@ use rayon::prelude::*;
 
 use super::observer_instances::{self, is_derived, Instances};
 use super::rewrite::{internal, new_op, result, tensor_op};
-use super::{PassContext, PassDef};
+use super::{each_graph, PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics, Span};
 use crate::ir::attr::Attr;
 use crate::ir::quant::QScheme;
@@ -54,11 +54,7 @@ pub const PASS: PassDef = PassDef {
 };
 
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
-    let mut changed = false;
-    for gi in 0..module.graphs.len() {
-        changed |= convert_graph(module, gi, &mut cx.warnings)?;
-    }
-    Ok(changed)
+    each_graph(module, |module, gi| convert_graph(module, gi, &mut cx.warnings))
 }
 
 /// What one observer becomes.

@@ -32,7 +32,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::dce::eliminate_dead_ops;
 use super::rewrite::{constant_source, internal, is_op, op_attrs, op_kind, result, DEQUANTIZE_OPS, QUANTIZE_OPS};
-use super::{PassContext, PassDef};
+use super::{each_graph, PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::interp::eval_op;
 use crate::ir::{Graph, Module, OpId, ValueId};
@@ -45,11 +45,7 @@ pub const PASS: PassDef = PassDef {
 };
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
-    let mut changed = false;
-    for gi in 0..module.graphs.len() {
-        changed |= fold_graph(module, gi)?;
-    }
-    Ok(changed)
+    each_graph(module, fold_graph)
 }
 
 fn fold_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {

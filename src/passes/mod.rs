@@ -38,3 +38,16 @@ pub struct PassDef {
     pub description: &'static str,
     pub run: fn(&mut Module, &mut PassContext) -> Result<bool, Diagnostics>,
 }
+
+/// Runs `f` on each graph of the module by index (so that it may also change module-level
+/// state, such as created weights); whether any call changed something.
+pub fn each_graph(
+    module: &mut Module,
+    mut f: impl FnMut(&mut Module, usize) -> Result<bool, Diagnostics>,
+) -> Result<bool, Diagnostics> {
+    let mut changed = false;
+    for gi in 0..module.graphs.len() {
+        changed |= f(module, gi)?;
+    }
+    Ok(changed)
+}

@@ -74,7 +74,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::dce::eliminate_dead_ops;
 use super::rewrite::{internal, new_op, op_attrs, op_kind, producer_in, result, tensor_op};
-use super::{PassContext, PassDef};
+use super::{each_graph, PassContext, PassDef};
 use crate::diag::{Diagnostics, Span};
 use crate::interp::eval_op;
 use crate::ir::attr::Attr;
@@ -112,11 +112,7 @@ const UNARY_OPS: &[&str] = &[
 const MAX_FRACTION_BITS: i32 = 16;
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
-    let mut changed = false;
-    for gi in 0..module.graphs.len() {
-        changed |= rewrite_graph(module, gi)?;
-    }
-    Ok(changed)
+    each_graph(module, rewrite_graph)
 }
 
 fn rewrite_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {
