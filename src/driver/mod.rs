@@ -86,7 +86,7 @@ pub struct CompileArgs {
     /// Check diagnostics against `expected-error` comments in the input instead of reporting them.
     #[arg(long)]
     pub verify_diagnostics: bool,
-    /// The quantizer `annotate` runs: `xnnpack` (default), `xnnpack-per-tensor`, `x86`, or a quantizer
+    /// The quantizer `annotate` runs: `xnnpack` (default), `xnnpack-per-tensor`, `xnnpack-dynamic`, `x86`, or a quantizer
     /// file (`recipe.toml`, see spec/quantizers.md).
     #[arg(long, value_name = "NAME")]
     pub quantizer: Option<String>,

@@ -6,7 +6,8 @@
 //! `@weight`), so the output reads like a hand-written annotation and can be edited.
 //!
 //! Quantizers: `xnnpack` (XNNPACKQuantizer, per-channel symmetric int8 weights, int8 affine
-//! activations with histogram observers), `xnnpack-per-tensor`, `x86` (torchao's
+//! activations with histogram observers), `xnnpack-per-tensor`, `xnnpack-dynamic` (activations
+//! of linears and 2-D convs quantized at run time), `x86` (torchao's
 //! X86InductorQuantizer: uint8 activations, int8 weights in [-128, 127], conv/linear inputs
 //! only; see [`crate::quant::x86`]), and declarative quantizer files (`--quantizer
 //! recipe.toml`, `spec/quantizers.md`).
@@ -74,6 +75,7 @@ pub fn quantizer_by_name(name: &str) -> Result<NamedQuantizer, Diagnostics> {
         "xnnpack-per-tensor" => {
             Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }).into())
         }
+        "xnnpack-dynamic" => Ok(Quantizer::xnnpack(SymmetricOptions { dynamic: true, ..SymmetricOptions::default() }).into()),
         "x86" => Ok(X86InductorQuantizer::with_default_config().into()),
         path if path.ends_with(".toml") => crate::quant::declarative::load(std::path::Path::new(path))
             .map(Into::into)

@@ -330,6 +330,7 @@ impl Annotator<'_, '_> {
         let none = QuantizationConfig { input_activation: None, output_activation: None, weight: None, bias: None };
         let config = config.unwrap_or(&none);
         let quantized = config.input_activation.is_some() || config.weight.is_some();
+        let dynamic = is_dynamic(config);
         // In PT2E's pattern order, each pattern over the whole graph.
         for pattern in [
             Pattern::LinearRelu,
@@ -343,6 +344,10 @@ impl Annotator<'_, '_> {
             Pattern::Mul,
             Pattern::Cat,
         ] {
+            // A dynamic config runs only the patterns PT2E marks dynamic.
+            if dynamic && !matches!(pattern, Pattern::Linear | Pattern::Conv) {
+                continue;
+            }
             for op in self.graph.op_ids() {
                 if !filter(self.graph, op) || self.annotated(op) {
                     continue;
@@ -359,7 +364,9 @@ impl Annotator<'_, '_> {
 
     fn apply(&mut self, pattern: Pattern, op: OpId, config: &QuantizationConfig, filter: &Filter<'_>) {
         let name = self.name_of(op);
-        let out = |this: &mut Self| this.named(&config.output_activation, "act");
+        // No output spec at all when the config has none (dynamic configs), as in PT2E.
+        let out =
+            |this: &mut Self| config.output_activation.as_ref().map(|_| this.named(&config.output_activation, "act"));
         match pattern {
             Pattern::LinearRelu | Pattern::ConvRelu => {
                 let anchor_ok = match pattern {
@@ -374,15 +381,19 @@ impl Annotator<'_, '_> {
                 let inputs = self.weighted_inputs(op, config, axis);
                 self.set(op, inputs, None);
                 let o = out(self);
-                self.set(relu, vec![], Some(o));
+                self.set(relu, vec![], o);
             }
             Pattern::Linear if name == "linear" => {
                 let inputs = self.weighted_inputs(op, config, 0);
                 let o = out(self);
-                self.set(op, inputs, Some(o));
+                self.set(op, inputs, o);
             }
             Pattern::Conv if matches!(name, "conv1d" | "conv2d" | "conv_transpose2d") => {
                 if name == "conv_transpose2d" && self.groups(op) != 1 {
+                    return;
+                }
+                // Dynamic quantization takes 2-D convs that are not depthwise only.
+                if is_dynamic(config) && (name == "conv1d" || self.is_depthwise(op)) {
                     return;
                 }
                 // A conv followed only by relu is left to the conv-relu pattern.
@@ -391,7 +402,7 @@ impl Annotator<'_, '_> {
                 }
                 let inputs = self.weighted_inputs(op, config, if name == "conv_transpose2d" { 1 } else { 0 });
                 let o = out(self);
-                self.set(op, inputs, Some(o));
+                self.set(op, inputs, o);
             }
             Pattern::AdaptiveAvgPool if name == "adaptive_avg_pool2d" => {
                 let x = self.graph.op(op).operands[0];
@@ -424,9 +435,9 @@ impl Annotator<'_, '_> {
                 match fused_relu {
                     Some(relu) => {
                         self.set(op, inputs, None);
-                        self.set(relu, vec![], Some(o));
+                        self.set(relu, vec![], o);
                     }
-                    None => self.set(op, inputs, Some(o)),
+                    None => self.set(op, inputs, o),
                 }
             }
             Pattern::Cat if name == "cat" => {
@@ -446,6 +457,13 @@ impl Annotator<'_, '_> {
 
     fn groups(&self, op: OpId) -> i64 {
         self.graph.attr(op, "groups").and_then(Attr::as_int).unwrap_or(1)
+    }
+
+    /// A grouped conv with one input channel per group.
+    fn is_depthwise(&self, op: OpId) -> bool {
+        let Some(&weight) = self.graph.op(op).operands.get(1) else { return false };
+        let per_group = self.graph.value_type(weight).shape.get(1).copied();
+        self.groups(op) > 1 && per_group == Some(crate::ir::Dim::Known(1))
     }
 
     /// `add`/`mul` operands must be float32, and a constant scalar operand must fit histc's range.
@@ -527,8 +545,13 @@ impl Pattern {
     }
 }
 
+/// Whether the config quantizes activations dynamically (`get_symmetric_quantization_config(is_dynamic=True)`).
+fn is_dynamic(config: &QuantizationConfig) -> bool {
+    config.input_activation.as_ref().is_some_and(|s| s.dynamic)
+}
+
 /// A diagnostic for an unknown quantizer name.
 pub fn unknown_quantizer(name: &str) -> Diag {
     Diag::error(format!("unknown quantizer `{name}`"))
-        .help(crate::diag::suggest(name, ["xnnpack", "xnnpack-per-tensor", "x86"].into_iter()))
+        .help(crate::diag::suggest(name, ["xnnpack", "xnnpack-per-tensor", "xnnpack-dynamic", "x86"].into_iter()))
 }
