@@ -2,6 +2,7 @@
 //! attribute are one shared observer with one config and one state (its statistics, stored on
 //! the instance's first op). `calibrate` fills the states; `convert` reads their qparams.
 
+use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::diag::{Diag, Diagnostics};
@@ -49,6 +50,7 @@ pub fn collect(g: &Graph) -> Result<Instances, Diagnostics> {
     let mut by_id: FxHashMap<i64, usize> = FxHashMap::default();
     let mut op_instance = FxHashMap::default();
     let mut errors = Vec::new();
+    let mut with_stats: Vec<(usize, &Dict)> = Vec::new();
     for op in g.ops() {
         let data = g.op(op);
         if data.def().name != "observer" || is_derived(g, op) {
@@ -85,24 +87,28 @@ pub fn collect(g: &Graph) -> Result<Instances, Diagnostics> {
                 i
             }
             None => {
-                let state = match stats {
-                    Some(d) => match ObserverState::from_dict(&config, d) {
-                        Ok(s) => s,
-                        Err(m) => {
-                            errors.push(
-                                Diag::error(format!("invalid observer statistics: {m}")).at(data.span, "this observer"),
-                            );
-                            continue;
-                        }
-                    },
-                    None => ObserverState::new(&config),
-                };
+                if let Some(d) = stats {
+                    with_stats.push((instances.len(), d));
+                }
                 by_id.insert(id, instances.len());
-                instances.push(Instance { config, state, first: op });
+                instances.push(Instance { state: ObserverState::new(&config), config, first: op });
                 instances.len() - 1
             }
         };
         op_instance.insert(op, index);
+    }
+    // Reading the statistics (histograms of thousands of bins) is most of the work, and
+    // independent per instance.
+    let states: Vec<Result<ObserverState, String>> =
+        with_stats.par_iter().map(|&(i, d)| ObserverState::from_dict(&instances[i].config, d)).collect();
+    for ((i, _), state) in with_stats.iter().zip(states) {
+        match state {
+            Ok(s) => instances[*i].state = s,
+            Err(m) => errors.push(
+                Diag::error(format!("invalid observer statistics: {m}"))
+                    .at(g.op(instances[*i].first).span, "this observer"),
+            ),
+        }
     }
     if errors.is_empty() {
         Ok(Instances { list: instances, by_op: op_instance, by_id })
