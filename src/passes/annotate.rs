@@ -75,7 +75,9 @@ pub fn quantizer_by_name(name: &str) -> Result<NamedQuantizer, Diagnostics> {
         "xnnpack-per-tensor" => {
             Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }).into())
         }
-        "xnnpack-dynamic" => Ok(Quantizer::xnnpack(SymmetricOptions { dynamic: true, ..SymmetricOptions::default() }).into()),
+        "xnnpack-dynamic" => {
+            Ok(Quantizer::xnnpack(SymmetricOptions { dynamic: true, ..SymmetricOptions::default() }).into())
+        }
         "x86" => Ok(X86InductorQuantizer::with_default_config().into()),
         path if path.ends_with(".toml") => crate::quant::declarative::load(std::path::Path::new(path))
             .map(Into::into)
