@@ -1,6 +1,7 @@
 //! Weight files: safetensors, memory-mapped so that opening a large file reads only its header.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -34,6 +35,10 @@ pub struct WeightFile {
     map: Option<Mmap>,
     data_start: usize,
     entries: FxHashMap<String, WeightInfo>,
+    /// Tensors decoded by [`WeightFile::shared`] (`None`: requested once, not kept), kept while
+    /// the file (its module) lives so that repeated interpreter runs (calibration batches,
+    /// benchmarks) decode each weight at most twice.
+    decoded: std::sync::Mutex<FxHashMap<String, Option<Arc<Tensor>>>>,
 }
 
 impl std::fmt::Debug for WeightFile {
@@ -85,7 +90,13 @@ impl WeightFile {
                 (name, entry)
             })
             .collect();
-        Ok(WeightFile { path: path.to_path_buf(), map, data_start: 8 + header_len, entries })
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            map,
+            data_start: 8 + header_len,
+            entries,
+            decoded: Default::default(),
+        })
     }
 
     pub fn info(&self, key: &str) -> Option<&WeightInfo> {
@@ -113,6 +124,21 @@ impl WeightFile {
         let bytes = self.bytes(key).unwrap_or(&[]);
         decode(dtype, &info.shape, bytes)
             .ok_or_else(|| format!("tensor `{key}` has {} bytes, which does not match its shape", bytes.len()))
+    }
+
+    /// `key` decoded, and shared from the second request on: the first request only decodes
+    /// (a single run keeps its peak memory: each weight is freed after its last use), the
+    /// second keeps the tensor, and later ones return it without decoding.
+    pub fn shared(&self, key: &str) -> Result<Arc<Tensor>, String> {
+        let mut decoded = self.decoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen = match decoded.get(key) {
+            Some(Some(t)) => return Ok(Arc::clone(t)),
+            Some(None) => true,
+            None => false,
+        };
+        let t = Arc::new(self.tensor(key)?);
+        decoded.insert(key.to_string(), seen.then(|| Arc::clone(&t)));
+        Ok(t)
     }
 }
 
@@ -166,6 +192,14 @@ impl Weights<'_> {
             return Ok((**t).clone());
         }
         self.file.ok_or("the module has no weights file")?.tensor(key)
+    }
+
+    /// Like [`Weights::tensor`], shared instead of copied (see [`WeightFile::shared`]).
+    pub fn shared(&self, key: &str) -> Result<Arc<Tensor>, String> {
+        if let Some(t) = self.created.get(key) {
+            return Ok(Arc::clone(t));
+        }
+        self.file.ok_or("the module has no weights file")?.shared(key)
     }
 
     /// Every key, sorted.

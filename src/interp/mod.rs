@@ -2,8 +2,12 @@
 //!
 //! Ops run in program order; each op's kernel comes from its registry entry. A value is freed
 //! right after its last use, so peak memory is the live activations plus the weights in use
-//! (weights are read from the memory-mapped file when their `weight` op runs). Results are
-//! deterministic: every output element is computed by one thread in a fixed order.
+//! (weights are read from the memory-mapped file when their `weight` op runs; from a module's
+//! second run on, they are decoded once and kept with the module, see
+//! [`crate::weights::WeightFile::shared`]). Identity ops (`observer`, `contiguous`, `dropout`)
+//! pass their operand on without a copy. Kernels split large ops across the rayon pool, but
+//! results are deterministic: every output element is computed by one thread in a fixed order,
+//! with the same arithmetic whatever the split.
 
 pub mod dataset;
 pub mod io;
@@ -102,14 +106,16 @@ pub fn run_graph(
             operand_refs.push(Arc::clone(t));
         }
         let operands: Vec<&Tensor> = operand_refs.iter().map(|t| &**t).collect();
-        let results = eval_op(module, graph, op, &operands)?;
+        let results = match shared_result(module, graph, op, &operand_refs)? {
+            Some(t) => vec![t],
+            None => eval_op(module, graph, op, &operands)?.into_iter().map(Arc::new).collect(),
+        };
         if def.name == "observer" {
             if let Some(hook) = hook.as_mut() {
                 hook(op, operands[0]).map_err(|m| Diag::error(m).at(data.span, "in this observer"))?;
             }
         }
         for (r, t) in data.results().zip(results) {
-            let t = Arc::new(t);
             if options.keep_intermediates {
                 intermediates.push((graph.value_name(r).to_string(), Arc::clone(&t)));
             }
@@ -155,6 +161,36 @@ pub fn eval_op(module: &Module, graph: &Graph, op: OpId, operands: &[&Tensor]) -
             .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
     }
     Ok(results)
+}
+
+/// The result of an op that needs no kernel call, shared instead of copied: a `weight` op's
+/// tensor (decoded once per module, see [`crate::weights::WeightFile::shared`]) and the operand
+/// of an identity op (`observer`, `contiguous`, `dropout`). `None` for every other op.
+fn shared_result(
+    module: &Module,
+    graph: &Graph,
+    op: OpId,
+    operands: &[Arc<Tensor>],
+) -> Result<Option<Arc<Tensor>>, Diag> {
+    let data = graph.op(op);
+    let def = data.def();
+    let (Some(r), 1) = (data.result(0), data.results().count()) else { return Ok(None) };
+    let t = match (def.name, operands) {
+        ("weight", []) => {
+            let attrs = graph.attrs_of(data.attrs);
+            let key = def.attr_index("key").and_then(|i| attrs.get(i)?.as_ref()).and_then(|a| a.as_str());
+            let Some(key) = key else { return Ok(None) };
+            module.weights().shared(key).map_err(|m| {
+                Diag::error(format!("`%{} = weight` failed: {m}", graph.value_name(r)))
+                    .at(data.span, "while running this op")
+            })?
+        }
+        ("observer" | "contiguous" | "dropout", [x]) => Arc::clone(x),
+        _ => return Ok(None),
+    };
+    check_input(graph.value_type(r), &t)
+        .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
+    Ok(Some(t))
 }
 
 /// For each value read by an op, the program position of its last reader (graph outputs are

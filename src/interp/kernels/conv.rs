@@ -4,10 +4,12 @@
 //! the products to it, as a BLAS `beta = 1` call would. conv1d/conv2d also take all-i32
 //! operands (the reference representation's accumulators), accumulated in i32 with wrapping.
 
+use std::mem::MaybeUninit;
+
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use super::linalg::{gemm_into, GemmScalar, Mat};
-use super::{float_array_as, float_zip, gemm_zip, KernelCx, KernelResult};
+use super::{float_array_as, float_zip, gemm_zip, par_chunks_mut, KernelCx, KernelResult};
 use crate::ops::AttrAccess;
 
 /// Convolution geometry in 2-D (conv1d uses height 1).
@@ -141,7 +143,8 @@ pub(crate) fn valid_range(count: usize, step: usize, offset: usize, pad: usize, 
 }
 
 /// Unfolds one group's input planes into `[C/g·kh·kw, OH·OW]` columns (zeros for padding),
-/// replacing the contents of `col`.
+/// replacing the contents of `col`. Channels are unfolded in parallel, each by one thread
+/// (pure data movement).
 #[allow(clippy::too_many_arguments)]
 fn im2col<T: GemmScalar>(
     x: &[T],
@@ -155,35 +158,72 @@ fn im2col<T: GemmScalar>(
     g: &Geometry,
     col: &mut Vec<T>,
 ) {
+    let block = kh * kw * oh * ow;
+    let len = c * block;
     col.clear();
+    col.reserve(len);
+    if block > 0 {
+        let dst = &mut col.spare_capacity_mut()[..len];
+        par_chunks_mut(dst, block, |ch, dst| {
+            im2col_channel(&x[ch * h * w..(ch + 1) * h * w], h, w, kh, kw, oh, ow, g, dst)
+        });
+    }
+    // SAFETY: `im2col_channel` initialised every element of the first `len`: each channel's
+    // block is `kh·kw·oh` rows of `ow`, and it writes each row whole (zeros, the valid run,
+    // zeros). With `block == 0`, `len` is 0.
+    unsafe { col.set_len(len) };
+}
+
+/// One channel of [`im2col`]: `plane [H, W]` → `dst [kh·kw, OH·OW]`, every element written
+/// (the columns are written without first being zeroed).
+#[allow(clippy::too_many_arguments)]
+fn im2col_channel<T: GemmScalar>(
+    plane: &[T],
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    g: &Geometry,
+    dst: &mut [MaybeUninit<T>],
+) {
+    let zero = |s: &mut [MaybeUninit<T>]| {
+        s.iter_mut().for_each(|o| {
+            o.write(T::zero());
+        })
+    };
     let (sy, sx) = (g.stride[0], g.stride[1]);
-    for ch in 0..c {
-        let plane = &x[ch * h * w..(ch + 1) * h * w];
-        for ki in 0..kh {
-            let rows = valid_range(oh, sy, ki * g.dilation[0], g.padding[0], h);
-            for kj in 0..kw {
-                let offset = kj * g.dilation[1];
-                let cols = valid_range(ow, sx, offset, g.padding[1], w);
-                col.resize(col.len() + rows.start * ow, T::zero());
-                for oy in rows.clone() {
-                    let iy = oy * sy + ki * g.dilation[0] - g.padding[0];
-                    let src = &plane[iy * w..(iy + 1) * w];
-                    col.resize(col.len() + cols.start, T::zero());
-                    if !cols.is_empty() {
-                        // The first input column of the valid run, then every `sx`-th.
-                        let ix0 = cols.start * sx + offset - g.padding[1];
-                        if sx == 1 {
-                            col.extend_from_slice(&src[ix0..ix0 + cols.len()]);
-                        } else if sx == 0 {
-                            col.extend(std::iter::repeat_n(src[ix0], cols.len()));
-                        } else {
-                            // Every `sx`-th input: the first element of each `sx`-long chunk.
-                            col.extend(src[ix0..].chunks(sx).take(cols.len()).map(|c| c[0]));
-                        }
-                    }
-                    col.resize(col.len() + (ow - cols.end), T::zero());
+    let mut rows_out = dst.chunks_exact_mut(ow);
+    for ki in 0..kh {
+        let rows = valid_range(oh, sy, ki * g.dilation[0], g.padding[0], h);
+        for kj in 0..kw {
+            let offset = kj * g.dilation[1];
+            let cols = valid_range(ow, sx, offset, g.padding[1], w);
+            for oy in 0..oh {
+                let Some(out) = rows_out.next() else { return };
+                if !rows.contains(&oy) || cols.is_empty() {
+                    zero(out);
+                    continue;
                 }
-                col.resize(col.len() + (oh - rows.end) * ow, T::zero());
+                let iy = oy * sy + ki * g.dilation[0] - g.padding[0];
+                let src = &plane[iy * w..(iy + 1) * w];
+                zero(&mut out[..cols.start]);
+                // The first input column of the valid run, then every `sx`-th.
+                let ix0 = cols.start * sx + offset - g.padding[1];
+                let run = &mut out[cols.start..cols.end];
+                // (Indexing, not zipping, so that every element of the run is written.)
+                if sx == 1 {
+                    let n = run.len();
+                    run.iter_mut().zip(&src[ix0..ix0 + n]).for_each(|(o, &v)| {
+                        o.write(v);
+                    });
+                } else {
+                    run.iter_mut().enumerate().for_each(|(i, o)| {
+                        o.write(src[ix0 + i * sx]);
+                    });
+                }
+                zero(&mut out[cols.end..]);
             }
         }
     }

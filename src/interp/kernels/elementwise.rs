@@ -3,7 +3,9 @@
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn, Zip};
 
-use super::{broadcast_shape, float_map, float_zip, KernelCx, KernelResult};
+use rayon::prelude::*;
+
+use super::{broadcast_shape, float_map, float_zip, par_mapv, KernelCx, KernelResult, PAR_CHUNK};
 use crate::ir::DType;
 use crate::ops::AttrAccess;
 use crate::tensor::Tensor;
@@ -13,7 +15,7 @@ macro_rules! unary {
     ($(#[$doc:meta])* $name:ident, |$x:ident: $T:ident| $expr:expr) => {
         $(#[$doc])*
         pub fn $name(cx: &KernelCx<'_>) -> KernelResult {
-            Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: $T| a.mapv(|$x: $T| $expr))?])
+            Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: $T| par_mapv(a, |$x: $T| $expr))?])
         }
     };
 }
@@ -57,7 +59,7 @@ fn clamp<T: PartialOrd + Copy>(x: T, lo: T, hi: T) -> T {
 
 pub fn hardtanh(cx: &KernelCx<'_>) -> KernelResult {
     let (lo, hi) = (cx.float("min_val")?, cx.float("max_val")?);
-    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| a.mapv(|x| clamp(x, lo as T, hi as T)))?])
+    Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| par_mapv(a, |x| clamp(x, lo as T, hi as T)))?])
 }
 
 /// Exact GELU `x/2 · (1 + erf(x/√2))`, or the tanh approximation.
@@ -66,9 +68,9 @@ pub fn gelu(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| {
         if tanh_form {
             let k = (std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2) as T;
-            a.mapv(|x| 0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh()))
+            par_mapv(a, |x| 0.5 * x * (1.0 + (k * (x + 0.044715 * x * x * x)).tanh()))
         } else {
-            a.mapv(|x| x * 0.5 * (1.0 + Erf::erf(x * std::f64::consts::FRAC_1_SQRT_2 as T)))
+            par_mapv(a, |x| x * 0.5 * (1.0 + Erf::erf(x * std::f64::consts::FRAC_1_SQRT_2 as T)))
         }
     })?])
 }
@@ -89,15 +91,20 @@ impl Erf for f64 {
 }
 
 /// Combines two arrays elementwise with broadcasting.
-pub fn zip_broadcast<A: Copy, B: Copy, C>(
+pub fn zip_broadcast<A: Copy + Sync, B: Copy + Sync, C: Send>(
     a: ArrayViewD<'_, A>,
     b: ArrayViewD<'_, B>,
-    f: impl Fn(A, B) -> C,
+    f: impl Fn(A, B) -> C + Sync + Send,
 ) -> Result<ArrayD<C>, String> {
     if a.shape() == b.shape() {
         if let (Some(xs), Some(ys)) = (a.as_slice(), b.as_slice()) {
-            // Same shape, both row-major: a flat loop the compiler can vectorise.
-            let out: Vec<C> = xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect();
+            // Same shape, both row-major: a flat loop the compiler can vectorise, split across
+            // threads for large tensors (each element computed alike by whichever thread).
+            let out: Vec<C> = if xs.len() >= 2 * PAR_CHUNK {
+                xs.par_iter().zip(ys).with_min_len(PAR_CHUNK).map(|(&x, &y)| f(x, y)).collect()
+            } else {
+                xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+            };
             return ArrayD::from_shape_vec(IxDyn(a.shape()), out).map_err(|e| e.to_string());
         }
     }
@@ -193,17 +200,17 @@ fn scalar_arith(cx: &KernelCx<'_>, op: Arith) -> KernelResult {
     Ok(vec![float_map!(&*x, cx.out_dtype(0), |a: T| {
         let (s, alpha) = (other as T, alpha as T);
         match op {
-            Arith::Add if alpha == 1.0 => a.mapv(|p| p + s),
-            Arith::Add => a.mapv(|p| s.mul_add(alpha, p)),
-            Arith::Sub if alpha == 1.0 => a.mapv(|p| p - s),
-            Arith::Sub => a.mapv(|p| (-s).mul_add(alpha, p)),
-            Arith::Mul => a.mapv(|p| p * s),
+            Arith::Add if alpha == 1.0 => par_mapv(a, |p| p + s),
+            Arith::Add => par_mapv(a, |p| s.mul_add(alpha, p)),
+            Arith::Sub if alpha == 1.0 => par_mapv(a, |p| p - s),
+            Arith::Sub => par_mapv(a, |p| (-s).mul_add(alpha, p)),
+            Arith::Mul => par_mapv(a, |p| p * s),
             // For reduced-precision tensors PyTorch multiplies by the reciprocal of a scalar.
             Arith::Div if half => {
                 let inv = 1.0 / s;
-                a.mapv(|p| p * inv)
+                par_mapv(a, |p| p * inv)
             }
-            Arith::Div => a.mapv(|p| p / s),
+            Arith::Div => par_mapv(a, |p| p / s),
         }
     })?])
 }

@@ -7,6 +7,7 @@
 //! which is exact in any order.
 
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
+use rayon::prelude::*;
 
 use super::{broadcast_shape, float_array_as, float_zip, gemm_zip, KernelCx, KernelResult};
 use crate::ops::AttrAccess;
@@ -14,8 +15,10 @@ use crate::tensor::Tensor;
 
 /// Element types the GEMM supports.
 pub trait GemmScalar: Copy + Default + Send + Sync + 'static + num_traits::Zero {
-    /// `out = [out +] a·b` for shapes [`gemm_into`] has checked, with `out` m×n row-major.
-    fn gemm(out: &mut [Self], a: Mat<'_, Self>, b: Mat<'_, Self>, accumulate: bool);
+    /// `out = [out +] a·b` for shapes [`gemm_into`] has checked, with `out` m×n row-major;
+    /// `parallel`: whether the product may itself use the thread pool (not when the caller
+    /// already runs independent products in parallel). The result is the same either way.
+    fn gemm(out: &mut [Self], a: Mat<'_, Self>, b: Mat<'_, Self>, accumulate: bool, parallel: bool);
 
     /// A further operand of the op (a bias) in this compute type.
     fn operand(t: &Tensor) -> Result<ArrayD<Self>, String>;
@@ -25,7 +28,7 @@ pub trait GemmScalar: Copy + Default + Send + Sync + 'static + num_traits::Zero 
 macro_rules! simd_gemm {
     ($($t:ty),*) => {$(
         impl GemmScalar for $t {
-            fn gemm(out: &mut [$t], a: Mat<'_, $t>, b: Mat<'_, $t>, accumulate: bool) {
+            fn gemm(out: &mut [$t], a: Mat<'_, $t>, b: Mat<'_, $t>, accumulate: bool, parallel: bool) {
                 let (m, k, n) = (a.rows, a.cols, b.cols);
                 // SAFETY: every index the kernel touches is inside the slices: `gemm_into`
                 // checked the largest offset of both operands (`Mat::fits`), and `out` is
@@ -50,7 +53,7 @@ macro_rules! simd_gemm {
                         false,
                         false,
                         false,
-                        gemm::Parallelism::Rayon(0),
+                        if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None },
                     );
                 }
             }
@@ -64,7 +67,7 @@ macro_rules! simd_gemm {
 simd_gemm!(f32, f64);
 
 impl GemmScalar for i32 {
-    fn gemm(out: &mut [i32], a: Mat<'_, i32>, b: Mat<'_, i32>, accumulate: bool) {
+    fn gemm(out: &mut [i32], a: Mat<'_, i32>, b: Mat<'_, i32>, accumulate: bool, _parallel: bool) {
         let (k, n) = (a.cols, b.cols);
         for (i, row) in out.chunks_exact_mut(n).enumerate() {
             if !accumulate {
@@ -140,6 +143,26 @@ impl<'a, T> Mat<'a, T> {
 /// `out = acc·out + a·b` into the row-major `m×n` buffer `out` (`acc` is 0 or 1: whether `out`
 /// already holds something to add, such as a bias).
 pub fn gemm_into<T: GemmScalar>(out: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, accumulate: bool) -> Result<(), String> {
+    gemm_into_with(out, a, b, accumulate, true)
+}
+
+/// [`gemm_into`] on the calling thread only (for products that run in parallel with others).
+pub fn gemm_into_serial<T: GemmScalar>(
+    out: &mut [T],
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    accumulate: bool,
+) -> Result<(), String> {
+    gemm_into_with(out, a, b, accumulate, false)
+}
+
+fn gemm_into_with<T: GemmScalar>(
+    out: &mut [T],
+    a: Mat<'_, T>,
+    b: Mat<'_, T>,
+    accumulate: bool,
+    parallel: bool,
+) -> Result<(), String> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || out.len() != m * n || !a.fits() || !b.fits() {
         return Err(format!("internal: matrix shapes {m}x{k} · {}x{n} into {} elements", b.rows, out.len()));
@@ -153,7 +176,7 @@ pub fn gemm_into<T: GemmScalar>(out: &mut [T], a: Mat<'_, T>, b: Mat<'_, T>, acc
         }
         return Ok(());
     }
-    T::gemm(out, a, b, accumulate);
+    T::gemm(out, a, b, accumulate, parallel);
     Ok(())
 }
 
@@ -169,6 +192,11 @@ pub fn linear(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![result])
 }
 
+/// Output features per parallel block of a linear: a multiple of every micro-tile height of the
+/// `gemm` crate's f32/f64 kernels (12 to 64 rows on AVX2 and AVX-512), so blocks start where
+/// the one-product micro-tiles start (see [`linear_impl`]).
+const LINEAR_BLOCK: usize = 192;
+
 fn linear_impl<T: GemmScalar>(
     x: ArrayViewD<'_, T>,
     w: ArrayViewD<'_, T>,
@@ -181,20 +209,63 @@ fn linear_impl<T: GemmScalar>(
     let x = x.as_standard_layout();
     let w = w.as_standard_layout();
     let (xs, ws) = (x.as_slice().ok_or("input not contiguous")?, w.as_slice().ok_or("weight not contiguous")?);
-    let mut out = vec![T::zero(); rows * out_features];
     let accumulate = bias.is_some();
-    if let Some(b) = bias {
-        let b = b.broadcast(IxDyn(&[out_features])).ok_or("bias does not match the output features")?;
-        for row in out.chunks_mut(out_features) {
-            row.iter_mut().zip(b.iter()).for_each(|(o, &v)| *o = v);
+    let bias = match &bias {
+        Some(b) => Some(b.broadcast(IxDyn(&[out_features])).ok_or("bias does not match the output features")?),
+        None => None,
+    };
+    let bias = bias.as_ref().map(|b| b.as_standard_layout());
+    let bias = bias.as_ref().map(|b| b.as_slice().ok_or("bias not contiguous")).transpose()?;
+    // `out[rows, cols]` for the output features `j0..j0 + cols`, starting from the bias.
+    let block = |j0: usize, cols: usize, gemm: GemmFn<T>| -> Result<Vec<T>, String> {
+        let mut out = vec![T::zero(); rows * cols];
+        if let Some(b) = bias {
+            for row in out.chunks_mut(cols.max(1)) {
+                row.copy_from_slice(&b[j0..j0 + cols]);
+            }
         }
-    }
-    gemm_into(
-        &mut out,
-        Mat::row_major(xs, rows, in_features),
-        Mat::row_major(ws, out_features, in_features).t(),
-        accumulate,
-    )?;
+        let w = Mat::row_major(&ws[j0 * in_features..(j0 + cols) * in_features], cols, in_features);
+        gemm(&mut out, Mat::row_major(xs, rows, in_features), w.t(), accumulate)?;
+        Ok(out)
+    };
+    let out = if rows > 64 && in_features > 2 && out_features > LINEAR_BLOCK && ws.len() == out_features * in_features {
+        // Blocks of output features in parallel, each one product on one thread (the GEMM
+        // packs the weight rows it reads, so this also spreads the packing over the threads).
+        // The GEMM's per-element arithmetic depends only on `in_features` (its k blocking) and
+        // on the element's place in its micro-tile, which blocks of `LINEAR_BLOCK` features
+        // keep: the result is the one-product result, bit for bit. (With 64 rows or fewer, or
+        // tiny products, the GEMM takes other paths whose choice depends on the sizes: those
+        // stay one product.)
+        let blocks: Vec<Vec<T>> = (0..out_features.div_ceil(LINEAR_BLOCK))
+            .into_par_iter()
+            .map(|b| {
+                let j0 = b * LINEAR_BLOCK;
+                block(j0, LINEAR_BLOCK.min(out_features - j0), gemm_into_serial)
+            })
+            .collect::<Result<_, String>>()?;
+        let mut out = vec![T::zero(); rows * out_features];
+        for (b, data) in blocks.iter().enumerate() {
+            let (j0, cols) = (b * LINEAR_BLOCK, LINEAR_BLOCK.min(out_features - b * LINEAR_BLOCK));
+            for (dst, src) in out.chunks_mut(out_features).zip(data.chunks(cols)) {
+                dst[j0..j0 + cols].copy_from_slice(src);
+            }
+        }
+        out
+    } else {
+        let mut out = vec![T::zero(); rows * out_features];
+        if let Some(b) = bias {
+            for row in out.chunks_mut(out_features.max(1)) {
+                row.copy_from_slice(b);
+            }
+        }
+        gemm_into(
+            &mut out,
+            Mat::row_major(xs, rows, in_features),
+            Mat::row_major(ws, out_features, in_features).t(),
+            accumulate,
+        )?;
+        out
+    };
     let mut shape = x.shape()[..x.ndim() - 1].to_vec();
     if !vector_weight {
         shape.push(out_features);
@@ -227,18 +298,27 @@ pub fn matmul_impl<T: GemmScalar>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) ->
     a_shape.extend([m, k]);
     let mut b_shape = batch.clone();
     b_shape.extend([k, n]);
-    let a = a.broadcast(IxDyn(&a_shape)).ok_or("batch dims do not broadcast")?.as_standard_layout().into_owned();
-    let b = b.broadcast(IxDyn(&b_shape)).ok_or("batch dims do not broadcast")?.as_standard_layout().into_owned();
+    let a = a.broadcast(IxDyn(&a_shape)).ok_or("batch dims do not broadcast")?;
+    let b = b.broadcast(IxDyn(&b_shape)).ok_or("batch dims do not broadcast")?;
+    let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
     let (asl, bsl) = (a.as_slice().ok_or("not contiguous")?, b.as_slice().ok_or("not contiguous")?);
     let batches: usize = batch.iter().product();
     let mut out = vec![T::zero(); batches * m * n];
-    for i in 0..batches {
-        gemm_into(
-            &mut out[i * m * n..(i + 1) * m * n],
+    let product = |i: usize, dst: &mut [T], gemm: GemmFn<T>| {
+        gemm(
+            dst,
             Mat::row_major(&asl[i * m * k..(i + 1) * m * k], m, k),
             Mat::row_major(&bsl[i * k * n..(i + 1) * k * n], k, n),
             false,
-        )?;
+        )
+    };
+    if batches > 1 && m * n > 0 {
+        // Several products (attention heads): one per task, each on one thread.
+        out.par_chunks_mut(m * n).enumerate().try_for_each(|(i, dst)| product(i, dst, gemm_into_serial))?;
+    } else {
+        for (i, dst) in out.chunks_mut((m * n).max(1)).enumerate() {
+            product(i, dst, gemm_into)?;
+        }
     }
     let mut shape = batch;
     if !a1 {
@@ -249,6 +329,8 @@ pub fn matmul_impl<T: GemmScalar>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) ->
     }
     ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| e.to_string())
 }
+
+type GemmFn<T> = fn(&mut [T], Mat<'_, T>, Mat<'_, T>, bool) -> Result<(), String>;
 
 /// `beta·input + alpha·(mat1 @ mat2)`.
 pub fn addmm(cx: &KernelCx<'_>) -> KernelResult {

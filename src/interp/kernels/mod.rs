@@ -15,7 +15,8 @@ pub mod reduce;
 pub mod shape;
 
 use half::{bf16, f16};
-use ndarray::{ArrayD, CowArray, IxDyn};
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+use rayon::prelude::*;
 
 use crate::ir::attr::Attr;
 use crate::ir::TensorType;
@@ -224,5 +225,37 @@ impl FromF64 for f32 {
 impl FromF64 for f64 {
     fn from_f64(v: f64) -> f64 {
         v
+    }
+}
+
+/// Elements per parallel task in the elementwise helpers below. Every element is computed by
+/// the same scalar code whichever task runs it, so the split (and the thread count) never
+/// changes a result; tensors smaller than two chunks run on the calling thread.
+pub const PAR_CHUNK: usize = 1 << 14;
+
+/// `a.mapv(f)`, split across threads for contiguous arrays.
+pub fn par_mapv<A, B>(a: ArrayViewD<'_, A>, f: impl Fn(A) -> B + Sync + Send) -> ArrayD<B>
+where
+    A: Copy + Sync,
+    B: Send,
+{
+    match a.as_slice() {
+        Some(xs) if xs.len() >= 2 * PAR_CHUNK => {
+            let out: Vec<B> = xs.par_iter().with_min_len(PAR_CHUNK).map(|&x| f(x)).collect();
+            ArrayD::from_shape_vec(a.raw_dim(), out).unwrap_or_else(|_| a.mapv(f))
+        }
+        _ => a.mapv(f),
+    }
+}
+
+/// Calls `f(index, chunk)` for each `len`-element chunk of `data` (the last may be shorter), in
+/// parallel when there is enough work; each chunk is processed by one thread.
+pub fn par_chunks_mut<T: Send>(data: &mut [T], len: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
+    let len = len.max(1);
+    if data.len() >= 2 * PAR_CHUNK && data.len() > len {
+        let per_task = PAR_CHUNK.div_ceil(len);
+        data.par_chunks_mut(len).enumerate().with_min_len(per_task).for_each(|(i, c)| f(i, c));
+    } else {
+        data.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
     }
 }

@@ -4,7 +4,7 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{float_array_as, float_map, KernelCx, KernelResult};
+use super::{float_array_as, float_map, par_chunks_mut, KernelCx, KernelResult};
 use crate::ops::AttrAccess;
 
 pub fn batch_norm(cx: &KernelCx<'_>) -> KernelResult {
@@ -16,25 +16,17 @@ pub fn batch_norm(cx: &KernelCx<'_>) -> KernelResult {
         let channels = a.shape()[1];
         let alpha: Vec<T> = (0..channels).map(|c| weight[[c]] * (1.0 / (var[[c]] + eps as T).sqrt())).collect();
         let beta: Vec<T> = (0..channels).map(|c| bias[[c]] - mean[[c]] * alpha[c]).collect();
-        let mut out = a.as_standard_layout().into_owned();
-        per_channel(&mut out, |c, plane| {
-            let (alpha, beta) = (alpha[c], beta[c]);
-            plane.iter_mut().for_each(|v| *v = *v * alpha + beta);
+        // Each channel plane of `[N, C, ...]` by one thread, planes in parallel.
+        let a = a.as_standard_layout();
+        let src = a.as_slice().ok_or("input not contiguous")?;
+        let inner = a.shape()[2..].iter().product::<usize>().max(1);
+        let mut out: Vec<T> = vec![0.0; src.len()];
+        par_chunks_mut(&mut out, inner, |i, plane| {
+            let (alpha, beta) = (alpha[i % channels], beta[i % channels]);
+            plane.iter_mut().zip(&src[i * inner..]).for_each(|(v, &x)| *v = x * alpha + beta);
         });
-        out
+        ArrayD::from_shape_vec(a.raw_dim(), out).map_err(|e| e.to_string())?
     })?])
-}
-
-/// Calls `f(channel, elements)` for each channel plane of an `[N, C, ...]` array in standard
-/// layout.
-fn per_channel<T>(a: &mut ArrayD<T>, mut f: impl FnMut(usize, &mut [T])) {
-    let channels = a.shape()[1];
-    let inner: usize = a.shape()[2..].iter().product();
-    if let Some(data) = a.as_slice_mut() {
-        for (i, chunk) in data.chunks_mut(inner.max(1)).enumerate() {
-            f(i % channels, chunk);
-        }
-    }
 }
 
 /// Mean and `1/sqrt(var + eps)` (biased variance) of a slice.
@@ -55,7 +47,8 @@ pub fn layer_norm(cx: &KernelCx<'_>) -> KernelResult {
         let beta = beta.as_ref().map(|b| b.as_standard_layout().into_owned());
         let mut out = a.as_standard_layout().into_owned();
         if let Some(data) = out.as_slice_mut() {
-            for row in data.chunks_mut(normalized.max(1)) {
+            // Rows in parallel: each row is normalised by one thread.
+            par_chunks_mut(data, normalized.max(1), |_, row| {
                 let (mean, rstd) = moments(row, eps as T);
                 let shift = -rstd * mean;
                 for (i, v) in row.iter_mut().enumerate() {
@@ -69,7 +62,7 @@ pub fn layer_norm(cx: &KernelCx<'_>) -> KernelResult {
                         None => y,
                     };
                 }
-            }
+            });
         }
         out
     })?])

@@ -10,7 +10,7 @@ use std::cmp::Ordering;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use super::conv::valid_range;
-use super::{numeric_map, KernelCx, KernelResult};
+use super::{numeric_map, par_chunks_mut, KernelCx, KernelResult};
 use crate::ops::infer::pool_output_size;
 use crate::ops::AttrAccess;
 
@@ -109,11 +109,11 @@ fn window(cx: &KernelCx<'_>, dilation: [usize; 2]) -> Result<Window, String> {
 
 /// Applies `f(planes, h, w, oh, ow)` to the data viewed as `[planes, H, W]` and reshapes the
 /// `[planes, OH, OW]` result back to the input's leading dims.
-fn over_planes<T: Copy + Default>(
+fn over_planes<T: Copy + Default + Send + Sync>(
     a: ArrayViewD<'_, T>,
     oh: usize,
     ow: usize,
-    f: impl Fn(&[T], usize, usize, &mut [T]),
+    f: impl Fn(&[T], usize, usize, &mut [T]) + Sync + Send,
 ) -> Result<ArrayD<T>, String> {
     let shape = a.shape().to_vec();
     let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
@@ -121,10 +121,9 @@ fn over_planes<T: Copy + Default>(
     let data = a.as_slice().ok_or("input not contiguous")?;
     let planes = data.len() / (h * w).max(1);
     let mut out = vec![T::default(); planes * oh * ow];
-    if h * w > 0 {
-        for (src, dst) in data.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
-            f(src, h, w, dst);
-        }
+    if h * w > 0 && oh * ow > 0 {
+        // Planes in parallel, each pooled by one thread.
+        par_chunks_mut(&mut out, oh * ow, |p, dst| f(&data[p * h * w..(p + 1) * h * w], h, w, dst));
     }
     let mut out_shape = shape[..shape.len() - 2].to_vec();
     out_shape.extend([oh, ow]);

@@ -1,28 +1,40 @@
 //! Reductions: softmax, log-softmax, mean, sum.
 
-use ndarray::{ArrayD, ArrayViewD, Axis};
+use ndarray::{ArrayD, ArrayViewD, ArrayViewMut1, Axis};
 
-use super::{dim, float_map, KernelCx, KernelResult};
+use super::{dim, float_map, par_chunks_mut, KernelCx, KernelResult};
 use crate::ops::AttrAccess;
 use crate::tensor::Tensor;
 
 /// Softmax along `axis`: `exp(x - max)` scaled by the reciprocal of its sum.
-fn softmax_lanes<T: num_traits::Float>(a: ArrayViewD<'_, T>, axis: usize, log: bool) -> ArrayD<T> {
+fn softmax_lanes<T: num_traits::Float + Send + Sync>(a: ArrayViewD<'_, T>, axis: usize, log: bool) -> ArrayD<T> {
     let mut out = a.as_standard_layout().into_owned();
-    for mut lane in out.lanes_mut(Axis(axis)) {
-        let max = lane.iter().fold(T::neg_infinity(), |m, &x| if x > m || x.is_nan() { x } else { m });
-        if log {
-            let sum = lane.iter().fold(T::zero(), |s, &x| s + (x - max).exp());
-            let log_sum = sum.ln();
-            lane.mapv_inplace(|x| x - max - log_sum);
-        } else {
-            lane.mapv_inplace(|x| (x - max).exp());
-            let sum = lane.iter().fold(T::zero(), |s, &x| s + x);
-            let inv = T::one() / sum;
-            lane.mapv_inplace(|x| x * inv);
+    let lane_len = out.shape()[axis];
+    if axis + 1 == out.ndim() && lane_len > 0 {
+        // The last axis: each lane is a contiguous row; rows in parallel, each by one thread.
+        if let Some(data) = out.as_slice_mut() {
+            par_chunks_mut(data, lane_len, |_, row| softmax_lane(ArrayViewMut1::from(row), log));
+            return out;
         }
     }
+    for lane in out.lanes_mut(Axis(axis)) {
+        softmax_lane(lane, log);
+    }
     out
+}
+
+fn softmax_lane<T: num_traits::Float>(mut lane: ArrayViewMut1<'_, T>, log: bool) {
+    let max = lane.iter().fold(T::neg_infinity(), |m, &x| if x > m || x.is_nan() { x } else { m });
+    if log {
+        let sum = lane.iter().fold(T::zero(), |s, &x| s + (x - max).exp());
+        let log_sum = sum.ln();
+        lane.mapv_inplace(|x| x - max - log_sum);
+    } else {
+        lane.mapv_inplace(|x| (x - max).exp());
+        let sum = lane.iter().fold(T::zero(), |s, &x| s + x);
+        let inv = T::one() / sum;
+        lane.mapv_inplace(|x| x * inv);
+    }
 }
 
 fn softmax_kernel(cx: &KernelCx<'_>, log: bool) -> KernelResult {
