@@ -253,25 +253,37 @@ impl ObserverConfig {
         qmax: i64,
         qscheme: QScheme,
     ) -> Result<ObserverConfig, String> {
-        let cfg = ObserverConfig {
+        let cfg = ObserverConfig::with_defaults(kind, dtype, qmin, qmax, qscheme, kind.is_per_channel().then_some(0));
+        if kind == ObserverKind::FixedQParams {
+            return Err("a `fixed_qparams` observer needs its `scale` and `zero_point`".into());
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// PyTorch's defaults for every option; not validated.
+    fn with_defaults(
+        kind: ObserverKind,
+        dtype: DType,
+        qmin: i64,
+        qmax: i64,
+        qscheme: QScheme,
+        ch_axis: Option<usize>,
+    ) -> ObserverConfig {
+        ObserverConfig {
             kind,
             dtype,
             qmin,
             qmax,
             qscheme,
-            ch_axis: kind.is_per_channel().then_some(0),
+            ch_axis,
             eps: f32::EPSILON,
             averaging_constant: DEFAULT_AVERAGING_CONSTANT,
             bins: DEFAULT_BINS,
             percentile: DEFAULT_PERCENTILE,
             fixed: None,
             customized_range: true,
-        };
-        if kind == ObserverKind::FixedQParams {
-            return Err("a `fixed_qparams` observer needs its `scale` and `zero_point`".into());
         }
-        cfg.validate()?;
-        Ok(cfg)
     }
 
     /// Reads a config from an `observer` op's attributes: `kind`, `dtype`, `qmin`, `qmax`,
@@ -324,20 +336,7 @@ impl ObserverConfig {
                 .as_dict()
                 .ok_or_else(|| format!("observer attribute `options` must be a dictionary, found {}", a.kind_name()))?,
         };
-        let mut cfg = ObserverConfig {
-            kind,
-            dtype,
-            qmin,
-            qmax,
-            qscheme,
-            ch_axis,
-            eps: f32::EPSILON,
-            averaging_constant: DEFAULT_AVERAGING_CONSTANT,
-            bins: DEFAULT_BINS,
-            percentile: DEFAULT_PERCENTILE,
-            fixed: None,
-            customized_range: true,
-        };
+        let mut cfg = ObserverConfig::with_defaults(kind, dtype, qmin, qmax, qscheme, ch_axis);
         cfg.apply_options(options)?;
         if cfg.kind.is_per_channel() && cfg.ch_axis.is_none() {
             cfg.ch_axis = Some(0);
