@@ -391,38 +391,46 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
         self.propagate(config, filter);
     }
 
+    /// `layer → add [→ relu]` chains whose layer (of `kind`) has the add as its only user, in
+    /// program order of the layers: the binary patterns' candidates.
+    fn binary_chains(&self, kind: &str, with_relu: bool) -> Vec<(OpId, OpId, Option<OpId>)> {
+        let mut chains = Vec::new();
+        for layer in self.ops_named(&[kind]) {
+            let Some(layer_out) = self.result(layer) else { continue };
+            if self.user_count(layer_out) != 1 {
+                continue;
+            }
+            for add in self.users_named(layer_out, "add") {
+                let Some(add_out) = self.result(add) else { continue };
+                if with_relu {
+                    chains.extend(self.users_named(add_out, "relu").into_iter().map(|relu| (layer, add, Some(relu))));
+                } else {
+                    chains.push((layer, add, None));
+                }
+            }
+        }
+        chains
+    }
+
     /// `_annotate_conv2d_binary_unary` (with `relu`) and `_annotate_conv2d_binary`.
     fn conv2d_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
-        for conv in self.ops_named(&["conv2d"]) {
+        for (conv, add, unary) in self.binary_chains("conv2d", with_relu) {
             let Some(conv_out) = self.result(conv) else { continue };
-            for add in self.users_named(conv_out, "add") {
-                let Some(add_out) = self.result(add) else { continue };
-                let unaries: Vec<Option<OpId>> = if with_relu {
-                    self.users_named(add_out, "relu").into_iter().map(Some).collect()
-                } else {
-                    vec![None]
-                };
-                for unary in unaries {
-                    if self.user_count(conv_out) != 1 {
-                        continue;
-                    }
-                    let operands = self.graph.op(add).operands.to_vec();
-                    let extra = if operands[0] == conv_out { operands[1] } else { operands[0] };
-                    let ops: Vec<OpId> = unary.into_iter().chain([add, conv]).collect();
-                    if self.skip(&ops, filter) {
-                        continue;
-                    }
-                    let Some(config) = config else {
-                        self.not_quantized(&ops);
-                        continue;
-                    };
-                    self.weighted(conv, config, false);
-                    let act = self.named(&config.input_activation, "act");
-                    self.set(add, vec![(extra, act)], None, unary.is_none());
-                    if let Some(unary) = unary {
-                        self.set(unary, Vec::new(), None, true);
-                    }
-                }
+            let operands = self.graph.op(add).operands.to_vec();
+            let extra = if operands[0] == conv_out { operands[1] } else { operands[0] };
+            let ops: Vec<OpId> = unary.into_iter().chain([add, conv]).collect();
+            if self.skip(&ops, filter) {
+                continue;
+            }
+            let Some(config) = config else {
+                self.not_quantized(&ops);
+                continue;
+            };
+            self.weighted(conv, config, false);
+            let act = self.named(&config.input_activation, "act");
+            self.set(add, vec![(extra, act)], None, unary.is_none());
+            if let Some(unary) = unary {
+                self.set(unary, Vec::new(), None, true);
             }
         }
     }
@@ -466,33 +474,19 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// `_annotate_linear_binary_unary`: linear + add + relu, then linear + add. The add is
     /// claimed without quantizing its other operand.
     fn linear_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
-        for linear in self.ops_named(&["linear"]) {
-            let Some(linear_out) = self.result(linear) else { continue };
-            for add in self.users_named(linear_out, "add") {
-                let Some(add_out) = self.result(add) else { continue };
-                let unaries: Vec<Option<OpId>> = if with_relu {
-                    self.users_named(add_out, "relu").into_iter().map(Some).collect()
-                } else {
-                    vec![None]
-                };
-                for unary in unaries {
-                    if self.user_count(linear_out) != 1 {
-                        continue;
-                    }
-                    let ops: Vec<OpId> = unary.into_iter().chain([add, linear]).collect();
-                    if self.skip(&ops, filter) {
-                        continue;
-                    }
-                    let Some(config) = config else {
-                        self.not_quantized(&ops);
-                        continue;
-                    };
-                    self.weighted(linear, config, false);
-                    self.set(add, Vec::new(), None, unary.is_none());
-                    if let Some(unary) = unary {
-                        self.set(unary, Vec::new(), None, true);
-                    }
-                }
+        for (linear, add, unary) in self.binary_chains("linear", with_relu) {
+            let ops: Vec<OpId> = unary.into_iter().chain([add, linear]).collect();
+            if self.skip(&ops, filter) {
+                continue;
+            }
+            let Some(config) = config else {
+                self.not_quantized(&ops);
+                continue;
+            };
+            self.weighted(linear, config, false);
+            self.set(add, Vec::new(), None, unary.is_none());
+            if let Some(unary) = unary {
+                self.set(unary, Vec::new(), None, true);
             }
         }
     }
