@@ -112,6 +112,19 @@ fn run(model: &str, configs: &Json, prepare: bool) -> Module {
 
 // ---- descriptions both sides are reduced to -------------------------------------------------
 
+/// [`describe_fields`] of a spec or observer record of the fixture.
+fn describe_json(j: &Json) -> String {
+    describe_fields(
+        j.get("dtype").str(),
+        j.get("qmin").int(),
+        j.get("qmax").int(),
+        j.get("qscheme").str(),
+        j.get("ch_axis").opt_int(),
+        j.get("observer").str(),
+        j.get("eps").float(),
+    )
+}
+
 fn describe_fields(
     dtype: &str,
     qmin: i64,
@@ -129,15 +142,7 @@ fn describe_json_spec(spec: &Json) -> Option<String> {
         Json::Null => None,
         _ => Some(if let Some(s) = spec.opt("spec") {
             assert_eq!(s.get("dynamic"), &Json::Bool(false));
-            describe_fields(
-                s.get("dtype").str(),
-                s.get("qmin").int(),
-                s.get("qmax").int(),
-                s.get("qscheme").str(),
-                s.get("ch_axis").opt_int(),
-                s.get("observer").str(),
-                s.get("eps").float(),
-            )
+            describe_json(s)
         } else if let Some(e) = spec.opt("shared_edge") {
             format!("shared({} -> {})", e.arr()[0].str(), e.arr()[1].str())
         } else {
@@ -218,15 +223,7 @@ fn pt2e_observers(fixture: &Json) -> BTreeMap<String, ObserverRecord> {
         .arr()
         .iter()
         .map(|o| {
-            let config = describe_fields(
-                o.get("dtype").str(),
-                o.get("qmin").int(),
-                o.get("qmax").int(),
-                o.get("qscheme").str(),
-                o.get("ch_axis").opt_int(),
-                o.get("observer").str(),
-                o.get("eps").float(),
-            );
+            let config = describe_json(o);
             let users = o.get("users").arr().iter().map(|u| u.str().to_string()).collect();
             let record = (
                 o.get("observes").str().to_string(),
