@@ -100,6 +100,7 @@ use rustc_hash::FxHashMap;
 use super::rewrite::INLINE_LIMIT;
 use super::{dce, PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
+use crate::interp::kernels::FromF64;
 use crate::ir::attr::Attr;
 use crate::ir::graph::{ResultSpec, Use, User};
 use crate::ir::{DType, Graph, Module, OpId, TensorType, ValueId};
@@ -500,23 +501,6 @@ fn fold_pair(module: &Module, g: &Graph, p: &Pair) -> Result<Result<(Tensor, Ten
 
 // ---- arithmetic ----------------------------------------------------------------------------
 
-/// `eps` as PyTorch adds it to a tensor: rounded to the tensor's element type first.
-trait Elem: Float {
-    fn from_eps(eps: f64) -> Self;
-}
-
-impl Elem for f32 {
-    fn from_eps(eps: f64) -> f32 {
-        eps as f32
-    }
-}
-
-impl Elem for f64 {
-    fn from_eps(eps: f64) -> f64 {
-        eps
-    }
-}
-
 /// The folded weight and bias, or why the tensors do not fit together.
 fn fold(
     layer: Layer,
@@ -533,13 +517,14 @@ fn fold(
         Tensor::F32(w) => {
             let b = b.map(|b| if let Tensor::F32(b) = b { Some(b) } else { None }).map(|b| b.ok_or_else(mismatch));
             let stats = all(stats, |t| if let Tensor::F32(a) = t { Some(a) } else { None }).ok_or_else(mismatch)?;
-            let (w, b) = fold_arrays(layer, w, b.transpose()?, stats, f32::from_eps(eps))?;
+            // `eps` as PyTorch adds it to a tensor: rounded to the tensor's element type first.
+            let (w, b) = fold_arrays(layer, w, b.transpose()?, stats, f32::from_f64(eps))?;
             Ok((Tensor::F32(w), Tensor::F32(b)))
         }
         Tensor::F64(w) => {
             let b = b.map(|b| if let Tensor::F64(b) = b { Some(b) } else { None }).map(|b| b.ok_or_else(mismatch));
             let stats = all(stats, |t| if let Tensor::F64(a) = t { Some(a) } else { None }).ok_or_else(mismatch)?;
-            let (w, b) = fold_arrays(layer, w, b.transpose()?, stats, f64::from_eps(eps))?;
+            let (w, b) = fold_arrays(layer, w, b.transpose()?, stats, f64::from_f64(eps))?;
             Ok((Tensor::F64(w), Tensor::F64(b)))
         }
         other => Err(format!("its weight is {}; folding is implemented for f32 and f64", other.dtype())),
@@ -547,7 +532,7 @@ fn fold(
 }
 
 /// PyTorch's `fuse_conv_bn_weights` / `fuse_linear_bn_weights`, operation by operation.
-fn fold_arrays<T: Elem>(
+fn fold_arrays<T: Float + FromF64>(
     layer: Layer,
     w: &ArrayD<T>,
     b: Option<&ArrayD<T>>,
