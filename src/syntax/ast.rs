@@ -48,14 +48,25 @@ pub enum Item<'s> {
 
 #[derive(Clone, Debug)]
 pub struct Func<'s> {
+    pub head: FuncHead<'s>,
+    /// Empty when the parser lowered the statements as it read them (see `lower::Sink`).
+    pub body: Body<'s>,
+    /// `return %a, %b`: always the last statement.
+    pub ret: Spanned<Vec<Name<'s>>>,
+    pub span: Span,
+}
+
+/// A function's statements, each boxed to keep the parser's stack entries small.
+pub type Body<'s> = Vec<Box<OpStmt<'s>>>;
+
+/// `func @name(%x: f32[4]) -> f32[4]`: what the body's statements are lowered against, so it is
+/// its own node, complete before the first statement is read.
+#[derive(Clone, Debug)]
+pub struct FuncHead<'s> {
     pub name: Name<'s>,
     pub params: Vec<(Name<'s>, Type<'s>)>,
     pub results: Vec<Type<'s>>,
     pub results_span: Span,
-    pub body: Vec<Box<OpStmt<'s>>>,
-    /// `return %a, %b`: always the last statement.
-    pub ret: Spanned<Vec<Name<'s>>>,
-    pub span: Span,
 }
 
 #[derive(Clone, Debug)]

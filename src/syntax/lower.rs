@@ -1,11 +1,21 @@
 //! Lowering: syntax tree → IR. Resolves names (values, specs, ops), converts attributes against
 //! each op's schema and fills defaults. Shape and type rules are left to the verifier, which
 //! runs right after and reports with the same spans.
+//!
+//! The same steps run in two orders. [`lower_module`] walks a whole syntax tree, declarations
+//! first; a [`Sink`] in lowering mode is fed by the parser and lowers each statement as soon as
+//! it is reduced, so that a big function never exists as a syntax tree (building, walking and
+//! freeing one costs more than lowering from statements still in cache). The streaming order
+//! cannot explain every error as well (a use before its definition does not know the
+//! definition yet), so the front end streams for speed and, on any error, lowers the whole tree
+//! to report it.
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::SmallVec;
 
 use super::ast::{self, Spanned};
 use crate::diag::{Diag, Diagnostics, Span};
@@ -40,103 +50,123 @@ fn lower(
     weights_dir: Option<&Path>,
     record_spans: bool,
 ) -> Result<(Module, SourceSpans), Diagnostics> {
-    let mut cx = Lowerer {
-        errors: Vec::new(),
-        qspec_index: FxHashMap::default(),
-        poisoned: FxHashSet::default(),
-        spans: SourceSpans::default(),
-        record_spans,
-    };
-    let mut module =
-        Module { name: ast.name.as_ref().map(|n| n.node.to_string()), span: ast.span, ..Module::default() };
-
+    let mut cx = Lowerer::new(weights_dir, record_spans);
+    // Declarations first, so that a function may use a spec declared after it.
     for item in &ast.items {
-        match item {
-            ast::Item::Weights(path) => {
-                if let Some(previous) = &module.weights {
-                    cx.errors.push(
-                        Diag::error("the module declares `weights` twice")
-                            .at(path.span, "second declaration")
-                            .with(previous.span, "first declared here"),
-                    );
-                    continue;
-                }
-                if let Some(dir) = weights_dir {
-                    let full = dir.join(&path.node);
-                    if full.is_dir() {
-                        cx.errors.push(
-                            Diag::error("cannot load the weights file")
-                                .at(path.span, format!("{} is a directory", full.display()))
-                                .help("name a .safetensors file; the path is relative to the .qir file's directory"),
-                        );
-                    } else {
-                        match WeightFile::open(&full) {
-                            Ok(file) => module.weight_file = Some(Arc::new(file)),
-                            Err(message) => cx.errors.push(
-                                Diag::error("cannot load the weights file")
-                                    .at(path.span, message)
-                                    .help("the path is relative to the .qir file's directory"),
-                            ),
-                        }
-                    }
-                }
-                module.weights = Some(WeightsDecl { path: path.node.clone(), span: path.span });
-            }
-            ast::Item::QSpec { name, dict } => {
-                if let Some(&i) = cx.qspec_index.get(name.node) {
-                    let first: &NamedQSpec = &module.qspecs[i];
-                    cx.errors.push(
-                        Diag::error(format!("quantization spec `@{}` is defined twice", name.node))
-                            .at(name.span, "redefined here")
-                            .with(first.span, "first defined here"),
-                    );
-                    continue;
-                }
-                if let Some(spec) = cx.qspec(dict) {
-                    cx.qspec_index.insert(name.node, module.qspecs.len());
-                    module.qspecs.push(NamedQSpec { name: name.node.to_string(), spec, span: name.span });
-                }
-            }
-            ast::Item::Func(_) => {}
+        if !matches!(item, ast::Item::Func(_)) {
+            cx.decl(item);
         }
     }
-
-    let mut graph_names: FxHashMap<&str, Span> = FxHashMap::default();
     for item in &ast.items {
         if let ast::Item::Func(func) = item {
-            if let Some(&first) = graph_names.get(func.name.node) {
-                cx.errors.push(
-                    Diag::error(format!("function `@{}` is defined twice", func.name.node))
-                        .at(func.name.span, "redefined here")
-                        .with(first, "first defined here"),
-                );
+            let Some(mut f) = cx.begin_func(&func.head, &func.body, func.body.len()) else {
                 continue;
+            };
+            for stmt in &func.body {
+                if let (Some(op), Some(clause)) = (cx.stmt(&mut f, stmt), &stmt.quant) {
+                    f.pending_quant.push((op, Cow::Borrowed(&**clause)));
+                }
             }
-            graph_names.insert(func.name.node, func.name.span);
-            let (graph, spans) = cx.func(func);
-            cx.spans.graphs.insert(graph.name.clone(), spans);
-            module.graphs.push(graph);
+            cx.end_func(f, &func.ret, func.span);
         }
     }
-    if module.graphs.is_empty() && cx.errors.is_empty() {
-        // `module @name`: the whole module would be a label over every line.
-        let head = Span::new(ast.span.start as usize, ast.span.start as usize + "module".len());
-        cx.errors.push(
-            Diag::error("the module has no functions")
-                .at(ast.name.as_ref().map_or(head, |n| head.to(n.span)), "this module has no `func`")
-                .help("add `func @main(%x: f32[4]) -> f32[4] { ... }`"),
-        );
+    cx.finish(ast)
+}
+
+/// What the parser does with declarations, function heads and statements as it reduces them.
+pub enum Sink<'s> {
+    /// Keeps them: the parser returns the whole syntax tree. Holds the statements of the
+    /// function being read.
+    Collect(ast::Body<'s>),
+    /// Lowers them at once, in source order.
+    Lower(Box<Streaming<'s>>),
+}
+
+/// The state of a streaming lowering: the module so far and the function being read.
+pub struct Streaming<'s> {
+    source: &'s str,
+    cx: Lowerer<'s>,
+    func: Option<FuncState<'s, 's>>,
+}
+
+impl<'s> Sink<'s> {
+    pub fn collect() -> Self {
+        Sink::Collect(Vec::new())
     }
-    if cx.errors.is_empty() {
-        Ok((module, cx.spans))
-    } else {
-        Err(cx.errors)
+
+    /// A sink that lowers the parse of `source`; `weights_dir` is as for [`lower_module`].
+    pub fn lower(source: &'s str, weights_dir: Option<&Path>) -> Self {
+        Sink::Lower(Box::new(Streaming { source, cx: Lowerer::new(weights_dir, false), func: None }))
+    }
+
+    /// A module-level declaration (`weights`, `qspec`), returned for the syntax tree.
+    pub fn decl(&mut self, item: ast::Item<'s>) -> ast::Item<'s> {
+        if let Sink::Lower(s) = self {
+            s.cx.decl(&item);
+        }
+        item
+    }
+
+    /// A function head; its body starts at byte `body_start`.
+    pub fn begin_func(&mut self, head: &ast::FuncHead<'s>, body_start: usize) {
+        if let Sink::Lower(s) = self {
+            if s.cx.errors.is_empty() {
+                // The statements are not known yet (see `FuncScope`), but sizing the graph up
+                // front matters: regrowing its name tables rehashes every name.
+                let expected = s.source.get(body_start..).map_or(0, count_statements);
+                s.func = s.cx.begin_func(head, &[], expected);
+            }
+        }
+    }
+
+    pub fn stmt(&mut self, stmt: Box<ast::OpStmt<'s>>) {
+        match self {
+            Sink::Collect(body) => body.push(stmt),
+            Sink::Lower(s) => {
+                // After an error the result is thrown away: stop lowering.
+                let Some(f) = s.func.as_mut().filter(|_| s.cx.errors.is_empty()) else {
+                    return;
+                };
+                if let Some(op) = s.cx.stmt(f, &stmt) {
+                    if let Some(clause) = stmt.quant {
+                        f.pending_quant.push((op, Cow::Owned(*clause)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the function being read; returns its statements if they were kept.
+    pub fn end_func(&mut self, ret: &Spanned<Vec<ast::Name<'s>>>, span: Span) -> ast::Body<'s> {
+        match self {
+            Sink::Collect(body) => std::mem::take(body),
+            Sink::Lower(s) => {
+                if let Some(f) = s.func.take().filter(|_| s.cx.errors.is_empty()) {
+                    s.cx.end_func(f, ret, span);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    /// The lowered module, or `None` when the sink only collected or lowering found an error
+    /// (lower the whole tree to report it).
+    pub fn finish(self, ast: &ast::Module<'_>) -> Option<Module> {
+        match self {
+            Sink::Collect(_) => None,
+            Sink::Lower(s) => s.cx.finish(ast).ok().map(|(module, _)| module),
+        }
     }
 }
 
 struct Lowerer<'s> {
     errors: Diagnostics,
+    /// Owned: the syntax tree is invariant in its lifetime, so a borrowed path would have to live
+    /// exactly as long as the source text.
+    weights_dir: Option<PathBuf>,
+    module: Module,
     qspec_index: FxHashMap<&'s str, usize>,
+    graph_names: FxHashMap<&'s str, Span>,
     /// Names of the current function whose definition failed to lower: their uses are not
     /// reported again, so one mistake gives one error.
     poisoned: FxHashSet<&'s str>,
@@ -144,8 +174,19 @@ struct Lowerer<'s> {
     record_spans: bool,
 }
 
+/// A function being lowered.
+struct FuncState<'a, 's> {
+    graph: Graph,
+    spans: GraphSpans,
+    scope: FuncScope<'a, 's>,
+    /// Annotations may refer to ops later in the function, so they resolve once all exist.
+    pending_quant: Vec<(OpId, Cow<'a, ast::QuantClause<'s>>)>,
+}
+
 /// Where a name is defined in the function being lowered, for forward-reference diagnostics.
-/// Built on the first undefined name, so that input without errors never pays for it.
+/// Built on the first undefined name, so that input without errors never pays for it. A
+/// streaming lowering gives it no body: it reports nothing, it only detects that there is an
+/// error.
 struct FuncScope<'a, 's> {
     body: &'a [Box<ast::OpStmt<'s>>],
     defined_at: std::cell::OnceCell<FxHashMap<&'s str, Span>>,
@@ -167,6 +208,90 @@ impl<'s> FuncScope<'_, 's> {
 }
 
 impl<'s> Lowerer<'s> {
+    fn new(weights_dir: Option<&Path>, record_spans: bool) -> Self {
+        Lowerer {
+            errors: Vec::new(),
+            weights_dir: weights_dir.map(Path::to_path_buf),
+            module: Module::default(),
+            qspec_index: FxHashMap::default(),
+            graph_names: FxHashMap::default(),
+            poisoned: FxHashSet::default(),
+            spans: SourceSpans::default(),
+            record_spans,
+        }
+    }
+
+    /// A `weights` or `qspec` declaration.
+    fn decl(&mut self, item: &ast::Item<'s>) {
+        match item {
+            ast::Item::Weights(path) => {
+                if let Some(previous) = &self.module.weights {
+                    self.errors.push(
+                        Diag::error("the module declares `weights` twice")
+                            .at(path.span, "second declaration")
+                            .with(previous.span, "first declared here"),
+                    );
+                    return;
+                }
+                if let Some(dir) = &self.weights_dir {
+                    let full = dir.join(&path.node);
+                    if full.is_dir() {
+                        self.errors.push(
+                            Diag::error("cannot load the weights file")
+                                .at(path.span, format!("{} is a directory", full.display()))
+                                .help("name a .safetensors file; the path is relative to the .qir file's directory"),
+                        );
+                    } else {
+                        match WeightFile::open(&full) {
+                            Ok(file) => self.module.weight_file = Some(Arc::new(file)),
+                            Err(message) => self.errors.push(
+                                Diag::error("cannot load the weights file")
+                                    .at(path.span, message)
+                                    .help("the path is relative to the .qir file's directory"),
+                            ),
+                        }
+                    }
+                }
+                self.module.weights = Some(WeightsDecl { path: path.node.clone(), span: path.span });
+            }
+            ast::Item::QSpec { name, dict } => {
+                if let Some(&i) = self.qspec_index.get(name.node) {
+                    let first: &NamedQSpec = &self.module.qspecs[i];
+                    self.errors.push(
+                        Diag::error(format!("quantization spec `@{}` is defined twice", name.node))
+                            .at(name.span, "redefined here")
+                            .with(first.span, "first defined here"),
+                    );
+                    return;
+                }
+                if let Some(spec) = self.qspec(dict) {
+                    self.qspec_index.insert(name.node, self.module.qspecs.len());
+                    self.module.qspecs.push(NamedQSpec { name: name.node.to_string(), spec, span: name.span });
+                }
+            }
+            ast::Item::Func(_) => {}
+        }
+    }
+
+    /// The module, once every item is lowered.
+    fn finish(mut self, ast: &ast::Module<'_>) -> Result<(Module, SourceSpans), Diagnostics> {
+        if self.module.graphs.is_empty() && self.errors.is_empty() {
+            // `module @name`: the whole module would be a label over every line.
+            let head = Span::new(ast.span.start as usize, ast.span.start as usize + "module".len());
+            self.errors.push(
+                Diag::error("the module has no functions")
+                    .at(ast.name.as_ref().map_or(head, |n| head.to(n.span)), "this module has no `func`")
+                    .help("add `func @main(%x: f32[4]) -> f32[4] { ... }`"),
+            );
+        }
+        if !self.errors.is_empty() {
+            return Err(self.errors);
+        }
+        self.module.name = ast.name.as_ref().map(|n| n.node.to_string());
+        self.module.span = ast.span;
+        Ok((self.module, self.spans))
+    }
+
     fn ty(&mut self, ty: &ast::Type<'_>) -> Option<TensorType> {
         let Some(dtype) = DType::from_name(ty.dtype.node) else {
             let mut d = Diag::error(format!("unknown element type `{}`", ty.dtype.node))
@@ -196,22 +321,34 @@ impl<'s> Lowerer<'s> {
         Some(TensorType::new(dtype, shape))
     }
 
-    fn func(&mut self, func: &ast::Func<'s>) -> (Graph, GraphSpans) {
-        let mut graph = Graph::new(func.name.node);
-        graph.reserve(func.body.len(), func.params.len() + func.body.len());
-        graph.span = func.span;
-        graph.output_span = func.results_span;
+    /// Starts a function: its inputs and result types. `None` when the name is taken. `body`
+    /// is the function's statements when they are known up front (see `FuncScope`); the graph
+    /// is sized for `expected_ops`.
+    fn begin_func<'a>(
+        &mut self,
+        head: &ast::FuncHead<'s>,
+        body: &'a [Box<ast::OpStmt<'s>>],
+        expected_ops: usize,
+    ) -> Option<FuncState<'a, 's>> {
+        if let Some(&first) = self.graph_names.get(head.name.node) {
+            self.errors.push(
+                Diag::error(format!("function `@{}` is defined twice", head.name.node))
+                    .at(head.name.span, "redefined here")
+                    .with(first, "first defined here"),
+            );
+            return None;
+        }
+        self.graph_names.insert(head.name.node, head.name.span);
+        let mut graph = Graph::new(head.name.node);
+        graph.reserve(expected_ops, head.params.len() + expected_ops);
+        graph.output_span = head.results_span;
         self.poisoned.clear();
-        let mut spans = GraphSpans {
+        let spans = GraphSpans {
             ops: FxHashMap::default(),
-            returns: func.ret.node.iter().map(|v| v.span).collect(),
-            result_types: func.results.iter().map(|t| t.span).collect(),
+            returns: Vec::new(),
+            result_types: head.results.iter().map(|t| t.span).collect(),
         };
-
-        // Every name the body defines, so a use before its definition can say where it is.
-        let scope = FuncScope { body: &func.body, defined_at: Default::default() };
-
-        for (name, ty) in &func.params {
+        for (name, ty) in &head.params {
             let Some(t) = self.ty(ty) else {
                 self.poisoned.insert(name.node);
                 continue;
@@ -220,35 +357,42 @@ impl<'s> Lowerer<'s> {
                 self.duplicate(&graph, name, existing);
             }
         }
-        let output_types: Vec<_> = func.results.iter().filter_map(|t| self.ty(t)).collect();
+        let output_types: Vec<_> = head.results.iter().filter_map(|t| self.ty(t)).collect();
         graph.output_types = output_types.into_iter().map(|t| graph.intern_type(t)).collect();
+        let scope = FuncScope { body, defined_at: Default::default() };
+        Some(FuncState { graph, spans, scope, pending_quant: Vec::new() })
+    }
 
-        let mut pending_quant: Vec<(OpId, &ast::QuantClause<'s>)> = Vec::new();
-        for stmt in &func.body {
-            match self.op(&mut graph, stmt, &scope) {
-                Some(id) => {
-                    if self.record_spans {
-                        spans.ops.insert(id, op_spans(stmt));
-                    }
-                    if let Some(q) = &stmt.quant {
-                        pending_quant.push((id, q));
-                    }
-                }
-                None => self.poisoned.extend(stmt.results.iter().map(|r| r.node)),
+    /// Lowers one statement of `f`; the op, or `None` if the statement has an error.
+    fn stmt(&mut self, f: &mut FuncState<'_, 's>, stmt: &ast::OpStmt<'s>) -> Option<OpId> {
+        let op = self.op(&mut f.graph, stmt, &f.scope);
+        match op {
+            Some(id) if self.record_spans => {
+                f.spans.ops.insert(id, op_spans(stmt));
             }
+            Some(_) => {}
+            None => self.poisoned.extend(stmt.results.iter().map(|r| r.node)),
         }
-        let outputs: Option<Vec<ValueId>> = func.ret.node.iter().map(|v| self.use_value(&graph, v, &scope)).collect();
+        op
+    }
+
+    /// Ends a function at its `return` (`ret`); `span` is the whole function.
+    fn end_func(&mut self, mut f: FuncState<'_, 's>, ret: &Spanned<Vec<ast::Name<'s>>>, span: Span) {
+        let graph = &mut f.graph;
+        graph.span = span;
+        f.spans.returns = ret.node.iter().map(|v| v.span).collect();
+        let outputs: Option<Vec<ValueId>> = ret.node.iter().map(|v| self.use_value(graph, v, &f.scope)).collect();
         if let Some(outputs) = outputs {
             graph.set_outputs(outputs);
         }
-        graph.output_span = func.ret.span;
-        // Annotations may refer to ops later in the function, so they resolve once all exist.
-        for (op, clause) in pending_quant {
-            if let Some(annotation) = self.annotation(&graph, op, clause) {
-                graph.extra_mut(op).annotation = Some(annotation);
+        graph.output_span = ret.span;
+        for (op, clause) in &f.pending_quant {
+            if let Some(annotation) = self.annotation(graph, *op, clause) {
+                graph.extra_mut(*op).annotation = Some(annotation);
             }
         }
-        (graph, spans)
+        self.spans.graphs.insert(f.graph.name.clone(), f.spans);
+        self.module.graphs.push(f.graph);
     }
 
     fn duplicate(&mut self, graph: &Graph, name: &ast::Name<'_>, existing: ValueId) {
@@ -302,7 +446,8 @@ impl<'s> Lowerer<'s> {
         let def = kind.def();
         let errors_before = self.errors.len();
 
-        let mut operands: Vec<ValueId> = Vec::with_capacity(stmt.operands.len());
+        // Inline, like the statement's own lists: an op is lowered without allocating for them.
+        let mut operands: SmallVec<[ValueId; 3]> = SmallVec::new();
         let mut operands_ok = true;
         for v in &stmt.operands {
             match self.use_value(graph, v, scope) {
@@ -388,7 +533,7 @@ impl<'s> Lowerer<'s> {
                 .help(format!("name every result: `{} = {}(...)`", names.join(", "), def.name)),
             );
         }
-        let types: Vec<TensorType> = stmt.types.iter().filter_map(|t| self.ty(t)).collect();
+        let types: SmallVec<[TensorType; 1]> = stmt.types.iter().filter_map(|t| self.ty(t)).collect();
         let attrs = self.attrs(def, stmt, types.first(), stmt.types.first());
         if let (Some(index), Some(attrs), true, true) = (missing_type, &attrs, operands_ok, count_ok) {
             let operand_types: Vec<&TensorType> = operands.iter().map(|&v| graph.value_type(v)).collect();
@@ -447,7 +592,7 @@ impl<'s> Lowerer<'s> {
         result_ast: Option<&ast::Type<'_>>,
     ) -> Option<Vec<Option<Attr>>> {
         let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
-        let mut spans: Vec<Option<Span>> = vec![None; def.attrs.len()];
+        let mut spans: SmallVec<[Option<Span>; 8]> = smallvec::smallvec![None; def.attrs.len()];
         let mut ok = true;
         for (key, value) in stmt.attrs.iter().flat_map(|a| &a.node) {
             let Some(index) = def.attr_index(key.node) else {
@@ -772,6 +917,17 @@ impl<'s> Lowerer<'s> {
         }
         Some(EdgeOrValue::Edge { value, consumer })
     }
+}
+
+/// About how many statements the function body at the start of `text` has, to size its graph:
+/// the lines that start with a value name, up to the first that starts with `return`, `}` or
+/// `func` (exact for printed QIR, a guess for other layouts).
+fn count_statements(text: &str) -> usize {
+    text.lines()
+        .map(str::trim_start)
+        .take_while(|line| !(line.starts_with("return") || line.starts_with('}') || line.starts_with("func")))
+        .filter(|line| line.starts_with('%'))
+        .count()
 }
 
 /// Where the parts of a lowered op statement were written.

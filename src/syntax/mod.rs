@@ -17,20 +17,37 @@ lalrpop_mod!(
     "/qir.rs"
 );
 
+use lower::Sink;
 pub use lower::{lower_module, lower_module_with_spans};
 
 /// Parses QIR text into a syntax tree.
 pub fn parse(source: &str) -> Result<ast::Module<'_>, Diagnostics> {
-    grammar::ModuleParser::new().parse(lexer::tokens(source)).map_err(|e| vec![parse_error(source, e)])
+    let mut sink = Sink::collect();
+    parse_into(source, &mut sink)
+}
+
+fn parse_into<'s>(source: &'s str, sink: &mut Sink<'s>) -> Result<ast::Module<'s>, Diagnostics> {
+    grammar::ModuleParser::new().parse(sink, lexer::tokens(source)).map_err(|e| vec![parse_error(source, e)])
 }
 
 /// Parses, lowers and verifies QIR text: the whole front end.
 pub fn parse_module(source: &str, weights_dir: Option<&std::path::Path>) -> Result<Module, Diagnostics> {
+    // Lower while parsing; valid input ends here.
+    let mut sink = Sink::lower(source, weights_dir);
+    if let Ok(ast) = parse_into(source, &mut sink) {
+        if let Some(module) = sink.finish(&ast) {
+            if !crate::ir::verifier::verify(&module).iter().any(Diag::is_error) {
+                return Ok(module);
+            }
+        }
+    }
+    // Something is wrong: parse the whole tree, so that lowering sees every declaration and
+    // definition and the diagnostics can point at all of them.
     let ast = parse(source)?;
     let module = lower_module(&ast, weights_dir)?;
     if crate::ir::verifier::verify(&module).iter().any(Diag::is_error) {
-        // Rare: lower again recording where each op's parts were written, so that the errors
-        // point at the exact operand, attribute or type.
+        // Lower again recording where each op's parts were written, so that the errors point
+        // at the exact operand, attribute or type.
         let (module, spans) = lower_module_with_spans(&ast, weights_dir)?;
         return Err(crate::ir::verifier::verify_with_spans(&module, &spans));
     }
