@@ -181,24 +181,55 @@ impl Tensor {
 
     /// Bitwise equality: same dtype, shape and element bits.
     pub fn bit_eq(&self, other: &Tensor) -> bool {
-        self.dtype() == other.dtype() && self.shape() == other.shape() && self.scalars_bits().eq(other.scalars_bits())
+        self.dtype() == other.dtype()
+            && self.shape() == other.shape()
+            && with_array!(self, a => a.iter().map(|&x| x.bits()).eq(other.element_bits()))
     }
 
     pub fn hash_bits<H: Hasher>(&self, state: &mut H) {
         self.dtype().hash(state);
         self.shape().hash(state);
-        for bits in self.scalars_bits() {
-            bits.hash(state);
-        }
-    }
-
-    fn scalars_bits(&self) -> impl Iterator<Item = u64> + '_ {
-        self.scalars().into_iter().map(|s| match s {
-            Scalar::Float { bits, .. } => bits,
-            Scalar::Int(v) => v as u64,
-            Scalar::Bool(b) => b as u64,
+        // Monomorphic per element type: constants and calibration statistics (histograms of
+        // thousands of bins) are hashed whenever their attributes are interned.
+        with_array!(self, a => {
+            for &x in a.iter() {
+                state.write_u64(x.bits());
+            }
         })
     }
+
+    fn element_bits(&self) -> Box<dyn Iterator<Item = u64> + '_> {
+        with_array!(self, a => Box::new(a.iter().map(|&x| x.bits())))
+    }
+}
+
+/// An element's bit pattern, for bitwise equality and hashing.
+trait ElementBits: Copy {
+    fn bits(self) -> u64;
+}
+
+macro_rules! element_bits {
+    ($($t:ty => |$x:ident| $bits:expr),* $(,)?) => {
+        $(impl ElementBits for $t {
+            fn bits(self) -> u64 {
+                let $x = self;
+                $bits
+            }
+        })*
+    };
+}
+
+element_bits! {
+    f32 => |x| u64::from(x.to_bits()),
+    f64 => |x| x.to_bits(),
+    f16 => |x| u64::from(x.to_bits()),
+    bf16 => |x| u64::from(x.to_bits()),
+    i8 => |x| i64::from(x) as u64,
+    u8 => |x| u64::from(x),
+    i16 => |x| i64::from(x) as u64,
+    i32 => |x| i64::from(x) as u64,
+    i64 => |x| x as u64,
+    bool => |x| u64::from(x),
 }
 
 /// One element of a tensor literal as written in the text.

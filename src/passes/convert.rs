@@ -87,13 +87,25 @@ enum Rewrite {
     },
 }
 
+impl Rewrite {
+    /// The ops and values [`apply`] creates for it.
+    fn created(&self) -> (usize, usize) {
+        match self {
+            Rewrite::Remove => (0, 0),
+            Rewrite::Cast(_) | Rewrite::PerTensor { .. } => (2, 2),
+            Rewrite::Dynamic { .. } => (3, 4),
+            Rewrite::PerChannel { .. } => (4, 4),
+        }
+    }
+}
+
 fn convert_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
     let g = &module.graphs[gi];
     let observers: Vec<OpId> = g.ops().filter(|&op| g.op(op).def().name == "observer").collect();
     if observers.is_empty() {
         return Ok(false);
     }
-    let instances = observer_instances::collect(g)?;
+    let instances = observer_instances::configs(g)?;
     let qparams = instance_qparams(g, &instances, warnings)?;
     let mut errors = Vec::new();
     let mut plans = Vec::with_capacity(observers.len());
@@ -106,6 +118,11 @@ fn convert_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> 
     if !errors.is_empty() {
         return Err(errors);
     }
+    let (new_ops, new_values) = plans.iter().fold((0, 0), |(o, v), (_, plan)| {
+        let (po, pv) = plan.created();
+        (o + po, v + pv)
+    });
+    module.graphs[gi].reserve(new_ops, new_values);
     for (op, plan) in plans {
         apply(module, gi, op, plan)?;
     }
@@ -123,23 +140,42 @@ fn instance_qparams(
         let c = &instances.list[i].config;
         !matches!(c.kind, ObserverKind::FixedQParams | ObserverKind::Placeholder)
     };
-    let calibrated =
-        (0..instances.list.len()).filter(|&i| needs_data(i)).any(|i| instances.list[i].state.is_initialized());
-    // The histogram searches dominate; instances are independent, so they run in parallel
-    // (each result is computed by one thread: nothing depends on the thread count).
-    let computed: Vec<Option<Result<QParams, String>>> = instances
+    // Reading the statistics and the histogram searches dominate; instances are independent, so
+    // they run in parallel (each result is computed by one thread: nothing depends on the thread
+    // count), and each instance's statistics are dropped as soon as its qparams are known.
+    let computed: Vec<Result<Option<(bool, Result<QParams, String>)>, Diag>> = instances
         .list
         .par_iter()
-        .map(|inst| (inst.config.kind != ObserverKind::Placeholder).then(|| inst.state.qparams(&inst.config)))
+        .map(|inst| {
+            if inst.config.kind == ObserverKind::Placeholder {
+                return Ok(None);
+            }
+            let state = observer_instances::stored_state(g, inst)?;
+            Ok(Some((state.is_initialized(), state.qparams(&inst.config))))
+        })
         .collect();
+    let mut errors = Vec::new();
+    let computed: Vec<_> = computed
+        .into_iter()
+        .map(|c| {
+            c.unwrap_or_else(|d| {
+                errors.push(d);
+                None
+            })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let calibrated = computed.iter().enumerate().any(|(i, c)| needs_data(i) && matches!(c, Some((true, _))));
     let mut out = Vec::with_capacity(instances.list.len());
     for ((i, inst), q) in instances.list.iter().enumerate().zip(computed) {
         let span = g.op(inst.first).span;
-        let Some(q) = q else {
+        let Some((initialized, q)) = q else {
             out.push(None);
             continue;
         };
-        if needs_data(i) && !inst.state.is_initialized() {
+        if needs_data(i) && !initialized {
             if !calibrated {
                 return Err(vec![Diag::error("`convert` needs calibrated observers, and no observer has statistics")
                     .at(span, "observed here, never calibrated")

@@ -24,6 +24,7 @@ pub fn observer_attrs(g: &Graph, op: OpId) -> Dict {
 /// One shared observer instance: its config, its state, and the op that holds its statistics.
 pub struct Instance {
     pub config: ObserverConfig,
+    /// Empty (`Stateless`) from [`configs`]; the stored statistics from [`collect`].
     pub state: ObserverState,
     /// The instance's first op in program order: the one that holds its `stats`.
     pub first: OpId,
@@ -46,11 +47,42 @@ pub fn is_derived(g: &Graph, op: OpId) -> bool {
 
 /// Observer instances in first-op order, with any statistics already in the IR.
 pub fn collect(g: &Graph) -> Result<Instances, Diagnostics> {
+    let mut instances = configs(g)?;
+    // Reading the statistics (histograms of thousands of bins) is most of the work, and
+    // independent per instance.
+    let states: Vec<Result<ObserverState, Diag>> =
+        instances.list.par_iter().map(|inst| stored_state(g, inst)).collect();
+    let mut errors = Vec::new();
+    for (inst, state) in instances.list.iter_mut().zip(states) {
+        match state {
+            Ok(s) => inst.state = s,
+            Err(d) => errors.push(d),
+        }
+    }
+    if errors.is_empty() {
+        Ok(instances)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The statistics stored on `inst`'s first op as a state; an empty state when there are none.
+pub fn stored_state(g: &Graph, inst: &Instance) -> Result<ObserverState, Diag> {
+    match g.attr(inst.first, "stats").and_then(Attr::as_dict) {
+        Some(d) => ObserverState::from_dict(&inst.config, d).map_err(|m| {
+            Diag::error(format!("invalid observer statistics: {m}")).at(g.op(inst.first).span, "this observer")
+        }),
+        None => Ok(ObserverState::new(&inst.config)),
+    }
+}
+
+/// Observer instances in first-op order with their configs, their states left empty: for a
+/// pass that reads each instance's statistics once ([`stored_state`]) and can drop them after.
+pub fn configs(g: &Graph) -> Result<Instances, Diagnostics> {
     let mut instances: Vec<Instance> = Vec::new();
     let mut by_id: FxHashMap<i64, usize> = FxHashMap::default();
     let mut op_instance = FxHashMap::default();
     let mut errors = Vec::new();
-    let mut with_stats: Vec<(usize, &Dict)> = Vec::new();
     for op in g.ops() {
         let data = g.op(op);
         if data.def().name != "observer" || is_derived(g, op) {
@@ -64,7 +96,6 @@ pub fn collect(g: &Graph) -> Result<Instances, Diagnostics> {
             }
         };
         let id = g.attr(op, "instance").and_then(Attr::as_int).unwrap_or(0);
-        let stats = g.attr(op, "stats").and_then(Attr::as_dict);
         let index = match by_id.get(&id) {
             Some(&i) => {
                 if instances[i].config != config {
@@ -76,7 +107,7 @@ pub fn collect(g: &Graph) -> Result<Instances, Diagnostics> {
                     );
                     continue;
                 }
-                if stats.is_some() {
+                if g.attr(op, "stats").and_then(Attr::as_dict).is_some() {
                     errors.push(
                         Diag::error(format!("instance {id} has statistics on more than one observer"))
                             .at(data.span, "statistics here")
@@ -87,28 +118,12 @@ pub fn collect(g: &Graph) -> Result<Instances, Diagnostics> {
                 i
             }
             None => {
-                if let Some(d) = stats {
-                    with_stats.push((instances.len(), d));
-                }
                 by_id.insert(id, instances.len());
-                instances.push(Instance { state: ObserverState::new(&config), config, first: op });
+                instances.push(Instance { state: ObserverState::Stateless, config, first: op });
                 instances.len() - 1
             }
         };
         op_instance.insert(op, index);
-    }
-    // Reading the statistics (histograms of thousands of bins) is most of the work, and
-    // independent per instance.
-    let states: Vec<Result<ObserverState, String>> =
-        with_stats.par_iter().map(|&(i, d)| ObserverState::from_dict(&instances[i].config, d)).collect();
-    for ((i, _), state) in with_stats.iter().zip(states) {
-        match state {
-            Ok(s) => instances[*i].state = s,
-            Err(m) => errors.push(
-                Diag::error(format!("invalid observer statistics: {m}"))
-                    .at(g.op(instances[*i].first).span, "this observer"),
-            ),
-        }
     }
     if errors.is_empty() {
         Ok(Instances { list: instances, by_op: op_instance, by_id })

@@ -99,6 +99,7 @@
 //! float32 — qc counts the batch in the middle bin, where smaller constants land.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use super::{calculate_float_qparams, calculate_qparams, torch_maximum, torch_minimum, QRange};
 use crate::ir::attr::{Attr, Dict};
@@ -829,14 +830,20 @@ impl ObserverState {
                 return Err(format!("the `{}` observer statistics lack `{key}`", cfg.kind));
             }
         }
-        let state = match ObserverState::new(cfg) {
-            ObserverState::Stateless => ObserverState::Stateless,
-            ObserverState::MinMax { .. } => {
+        let state = match cfg.kind {
+            ObserverKind::FixedQParams | ObserverKind::Placeholder => ObserverState::Stateless,
+            kind if kind.has_bins() => {
                 let (min_val, max_val) = (stat_float(d, "min_val")?, stat_float(d, "max_val")?);
-                check_range(min_val, max_val, "")?;
-                ObserverState::MinMax { min_val, max_val }
+                let counts = stat_floats(d, "histogram")?;
+                let h = HistogramStats { min_val, max_val, counts };
+                check_histogram(&h, cfg.bins)?;
+                if kind == ObserverKind::Entropy {
+                    ObserverState::AbsHistogram(h)
+                } else {
+                    ObserverState::Histogram(h)
+                }
             }
-            ObserverState::PerChannel { .. } => {
+            kind if kind.is_per_channel() => {
                 let (min_val, max_val) = (stat_floats(d, "min_val")?, stat_floats(d, "max_val")?);
                 if min_val.len() != max_val.len() {
                     return Err(format!(
@@ -852,16 +859,10 @@ impl ObserverState {
                 }
                 ObserverState::PerChannel { min_val, max_val }
             }
-            ObserverState::Histogram(_) | ObserverState::AbsHistogram(_) => {
+            _ => {
                 let (min_val, max_val) = (stat_float(d, "min_val")?, stat_float(d, "max_val")?);
-                let counts = stat_floats(d, "histogram")?;
-                let h = HistogramStats { min_val, max_val, counts };
-                check_histogram(&h, cfg.bins)?;
-                if cfg.kind == ObserverKind::Entropy {
-                    ObserverState::AbsHistogram(h)
-                } else {
-                    ObserverState::Histogram(h)
-                }
+                check_range(min_val, max_val, "")?;
+                ObserverState::MinMax { min_val, max_val }
             }
         };
         Ok(state)
@@ -892,19 +893,22 @@ fn stat_floats(d: &Dict, key: &str) -> Result<Vec<f32>, String> {
         Attr::List(items) => items,
         // What `to_dict` stores in memory.
         Attr::Tensor(t) if t.shape().len() == 1 => {
-            let values = match &**t {
-                Tensor::F64(a) => a.iter().copied().collect(),
-                t if t.dtype().is_float() => t.to_f64_array().into_raw_vec_and_offset().0,
+            let values: Cow<'_, [f64]> = match &**t {
+                Tensor::F64(a) => a.as_slice().map_or_else(|| Cow::Owned(a.iter().copied().collect()), Cow::Borrowed),
+                t if t.dtype().is_float() => Cow::Owned(t.to_f64_array().into_raw_vec_and_offset().0),
                 _ => return Err(format!("`{key}` must be a list of floats, found {} values", t.dtype())),
             };
             // One vectorisable pass when every value is valid; the per-element check (for the
             // message) only when one is not.
             let narrowed: Vec<f32> = values.iter().map(|&v| v as f32).collect();
-            let valid = values.iter().zip(&narrowed).all(|(v, n)| !v.is_nan() && (n.is_finite() || v.is_infinite()));
+            let valid = values
+                .iter()
+                .zip(&narrowed)
+                .fold(true, |ok, (v, n)| ok & !v.is_nan() & (n.is_finite() | v.is_infinite()));
             if valid {
                 return Ok(narrowed);
             }
-            return values.into_iter().enumerate().map(|(i, v)| to_f32_stat(v, || format!("{key}[{i}]"))).collect();
+            return values.iter().enumerate().map(|(i, &v)| to_f32_stat(v, || format!("{key}[{i}]"))).collect();
         }
         _ => return Err(format!("`{key}` must be a list of floats, found {}", a.kind_name())),
     };
@@ -1149,25 +1153,77 @@ fn per_channel_aminmax(data: &[f32], shape: &[usize], axis: usize) -> (Vec<f32>,
 /// `torch.sum` of a contiguous float32 vector: ATen's cascade sum (`SumKernel.cpp`,
 /// `vectorized_inner_sum`) over `F32_LANES`-wide vectors, in float32.
 pub(crate) fn torch_sum_f32(x: &[f32]) -> f32 {
-    let lanes = F32_LANES;
-    if x.len() < lanes {
-        return row_sum(x.len(), |i| x[i]);
+    let body = x.len() / F32_LANES * F32_LANES;
+    lanes_sum(x.len(), x[body..].iter().copied(), |lane| {
+        let (elements, stride) = if x.len() < F32_LANES { (x, 1) } else { (&x[lane..body], F32_LANES) };
+        elements.iter().step_by(stride).copied().enumerate()
+    })
+}
+
+/// The cascade of [`torch_sum_f32`] over a vector of `len` elements: the tail beyond the last
+/// whole `F32_LANES` vector is added first, then each lane's [`row_sum`] over its elements
+/// (`lane(l)`: `(position in the lane, value)`), or, below one vector, one `row_sum` over all.
+fn lanes_sum<I: Iterator<Item = (usize, f32)>>(
+    len: usize,
+    tail: impl Iterator<Item = f32>,
+    lane: impl Fn(usize) -> I,
+) -> f32 {
+    if len < F32_LANES {
+        return row_sum(len, lane(0));
     }
-    let vectors = x.len() / lanes;
     let mut total = 0.0f32;
-    for &v in &x[vectors * lanes..] {
-        total += v;
+    for value in tail {
+        total += value;
     }
-    // Every lane runs the same cascade over its own elements.
-    for lane in 0..lanes {
-        total += row_sum(vectors, |m| x[m * lanes + lane]);
+    for l in 0..F32_LANES {
+        total += row_sum(len / F32_LANES, lane(l));
     }
     total
 }
 
-/// `row_sum`: four interleaved accumulators (`ilp_factor`), each a `multi_row_sum` cascade, then
-/// the leftovers into the first, then the four summed in order.
-fn row_sum(n: usize, load: impl Fn(usize) -> f32) -> f32 {
+/// Where the elements of a float32 vector go in [`torch_sum_f32`]'s reduction, for the ones
+/// that can be nonzero: it sums in O(those) instead of O(len), with the dense sum's bits. An
+/// accumulator starts at +0.0 and no float sum turns it into -0.0, so adding a +0.0 element
+/// never changes it.
+struct SumOrder {
+    len: usize,
+    /// Element indices of the tail, in order.
+    tail: Vec<usize>,
+    /// Per lane, `(position in the lane, element index)` in order (one lane holding every
+    /// element when `len < F32_LANES`).
+    lanes: Vec<Vec<(usize, usize)>>,
+}
+
+impl SumOrder {
+    /// The order of the elements `indices` (increasing, each `< len`).
+    fn new(len: usize, indices: impl Iterator<Item = usize>) -> SumOrder {
+        let mut order = SumOrder { len, tail: Vec::new(), lanes: vec![Vec::new(); F32_LANES] };
+        let body = len / F32_LANES * F32_LANES;
+        for i in indices {
+            if len < F32_LANES {
+                order.lanes[0].push((i, i));
+            } else if i < body {
+                order.lanes[i % F32_LANES].push((i / F32_LANES, i));
+            } else {
+                order.tail.push(i);
+            }
+        }
+        order
+    }
+
+    /// The sum of the vector whose element `i` is `value(i)` at the indices this order was built
+    /// over and +0.0 elsewhere.
+    fn sum(&self, value: impl Fn(usize) -> f32) -> f32 {
+        lanes_sum(self.len, self.tail.iter().map(|&i| value(i)), |l| {
+            self.lanes[l].iter().map(|&(position, i)| (position, value(i)))
+        })
+    }
+}
+
+/// `row_sum` over `n` elements given as `(index, value)` in increasing index order (elements not
+/// given are +0.0): four interleaved accumulators (`ilp_factor`), each a `multi_row_sum`
+/// cascade, then the leftovers into the first, then the four summed in order.
+fn row_sum(n: usize, elements: impl Iterator<Item = (usize, f32)>) -> f32 {
     const ILP: usize = 4;
     const LEVELS: usize = 4;
     let rows = n / ILP;
@@ -1175,15 +1231,18 @@ fn row_sum(n: usize, load: impl Fn(usize) -> f32) -> f32 {
     let level_power = (ceil_log2(rows) / LEVELS).max(4);
     let level_step = 1usize << level_power;
     let level_mask = level_step - 1;
+    let mut elements = elements.peekable();
+    // Element `r·ILP + k` of the rows before `end` goes to accumulator `k`, rows in order.
+    let mut add_rows_before = |acc: &mut [f32; ILP], end: usize| {
+        while let Some((index, value)) = elements.next_if(|&(index, _)| index < end * ILP) {
+            acc[index % ILP] += value;
+        }
+    };
     let mut acc = [[0.0f32; ILP]; LEVELS];
     let mut i = 0;
     while i + level_step <= rows {
-        for _ in 0..level_step {
-            for (k, a) in acc[0].iter_mut().enumerate() {
-                *a += load(i * ILP + k);
-            }
-            i += 1;
-        }
+        i += level_step;
+        add_rows_before(&mut acc[0], i);
         for j in 1..LEVELS {
             let (lower, upper) = acc.split_at_mut(j);
             for (a, b) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
@@ -1195,12 +1254,7 @@ fn row_sum(n: usize, load: impl Fn(usize) -> f32) -> f32 {
             }
         }
     }
-    while i < rows {
-        for (k, a) in acc[0].iter_mut().enumerate() {
-            *a += load(i * ILP + k);
-        }
-        i += 1;
-    }
+    add_rows_before(&mut acc[0], rows);
     let (first, rest) = acc.split_at_mut(1);
     for level in rest.iter() {
         for (a, b) in first[0].iter_mut().zip(level) {
@@ -1208,8 +1262,8 @@ fn row_sum(n: usize, load: impl Fn(usize) -> f32) -> f32 {
         }
     }
     let mut partial = acc[0];
-    for i in rows * ILP..n {
-        partial[0] += load(i);
+    for (_, value) in elements {
+        partial[0] += value;
     }
     partial[0] + partial[1] + partial[2] + partial[3]
 }
@@ -1521,8 +1575,10 @@ fn abs_histogram_observe(h: &mut HistogramStats, x: &[f32], xmin: f32, xmax: f32
     }
 }
 
-/// `HistogramObserver._compute_quantization_error(next_start_bin, next_end_bin)`.
-fn quantization_error(h: &HistogramStats, start: usize, end: usize, dst_nbins: f64) -> f64 {
+/// `HistogramObserver._compute_quantization_error(next_start_bin, next_end_bin)`. `nonempty`
+/// is the sum order of the histogram's nonempty bins: an empty bin's density is 0 and each of
+/// its terms ±0, so its norm is +0 and only the others need computing.
+fn quantization_error(h: &HistogramStats, nonempty: &SumOrder, start: usize, end: usize, dst_nbins: f64) -> f64 {
     let bins = h.counts.len();
     // Python floats.
     let bin_width = (f64::from(h.max_val) - f64::from(h.min_val)) / bins as f64;
@@ -1540,50 +1596,74 @@ fn quantization_error(h: &HistogramStats, start: usize, end: usize, dst_nbins: f
     // `_get_norm(tensor(-dbw/2), tensor(dbw/2), density)` before the density factor.
     let mid_norm = (half * half * half - neg_half * neg_half * neg_half) / 3.0;
     let neg_half_cubed = neg_half * neg_half * neg_half;
-    let norm: Vec<f32> = h
-        .counts
-        .iter()
-        .enumerate()
-        .map(|(i, &count)| {
-            // An empty bin's density is 0 and each term ±0, so its norm is +0: skip the work.
-            if count == 0.0 {
-                return 0.0;
-            }
-            let src_begin = (i as i64 - start as i64) as f32 * bw;
-            let src_end = src_begin + bw;
-            let dst_begin = clamp(div_floor(src_begin, dbw));
-            let dst_begin_center = (dst_begin + 0.5) * dbw;
-            let dst_end = clamp(div_floor(src_end, dbw));
-            let density = count / bw;
-            let delta_begin = src_begin - dst_begin_center;
-            let mut norm = 0.0f32;
-            norm += density * ((half * half * half - delta_begin * delta_begin * delta_begin) / 3.0);
-            norm += (dst_end - dst_begin - 1.0) * (density * mid_norm);
-            let dst_end_center = dst_end * dbw + half;
-            let delta_end = src_end - dst_end_center;
-            norm += density * ((delta_end * delta_end * delta_end - neg_half_cubed) / 3.0);
-            norm
-        })
-        .collect();
-    f64::from(torch_sum_f32(&norm))
+    let norm = |i: usize| {
+        let count = h.counts[i];
+        let src_begin = (i as i64 - start as i64) as f32 * bw;
+        let src_end = src_begin + bw;
+        let dst_begin = clamp(div_floor(src_begin, dbw));
+        let dst_begin_center = (dst_begin + 0.5) * dbw;
+        let dst_end = clamp(div_floor(src_end, dbw));
+        let density = count / bw;
+        let delta_begin = src_begin - dst_begin_center;
+        let mut norm = 0.0f32;
+        norm += density * ((half * half * half - delta_begin * delta_begin * delta_begin) / 3.0);
+        norm += (dst_end - dst_begin - 1.0) * (density * mid_norm);
+        let dst_end_center = dst_end * dbw + half;
+        let delta_end = src_end - dst_end_center;
+        norm += density * ((delta_end * delta_end * delta_end - neg_half_cubed) / 3.0);
+        norm
+    };
+    f64::from(nonempty.sum(norm))
+}
+
+/// `HistogramObserver._non_linear_param_search`'s step: its quantile bounds move in steps of 1e-5.
+const SEARCH_STEP: f64 = 1e-5;
+
+/// The values the search's `alpha` takes (`alpha += stepsize` from 0, each sum rounded) and those
+/// of `beta` (`beta -= stepsize` from 1), by step count. Every search walks the same two
+/// sequences, only interleaved differently, so they are computed once. The search runs while
+/// `alpha < beta`, so `a` steps of one and `b` of the other have `a + b ≤ 1/stepsize`: the
+/// tables end one step beyond, where `beta` is below every `alpha`.
+fn search_steps() -> &'static (Vec<f64>, Vec<f64>) {
+    static STEPS: OnceLock<(Vec<f64>, Vec<f64>)> = OnceLock::new();
+    STEPS.get_or_init(|| {
+        let n = (1.0 / SEARCH_STEP) as usize + 3;
+        let (mut alpha, mut beta) = (0.0f64, 1.0f64);
+        let (mut alphas, mut betas) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            alphas.push(alpha);
+            betas.push(beta);
+            alpha += SEARCH_STEP;
+            beta -= SEARCH_STEP;
+        }
+        (alphas, betas)
+    })
 }
 
 /// `HistogramObserver._non_linear_param_search`: the (min, max) that minimise the L2
 /// quantization error, found by shrinking the histogram's quantile bounds in 1e-5 steps.
+///
+/// PyTorch takes every step, up to 10^5 of them; most move neither bound and only lower `beta`.
+/// Such a run ends at the first step whose `beta` moves the upper bound or ends the search,
+/// which both only get likelier as `beta` falls: a binary search over the step tables finds it
+/// and the result is the same, step for step.
 fn non_linear_param_search(h: &HistogramStats, dst_nbins: f64) -> (f32, f32) {
     let bins = h.counts.len();
     let bin_width = (h.max_val - h.min_val) / bins as f32;
     let total = f64::from(torch_sum_f32(&h.counts));
     let csum = torch_cumsum_f32(&h.counts);
-    let stepsize = 1e-5;
-    let (mut alpha, mut beta) = (0.0f64, 1.0f64);
+    let nonempty = SumOrder::new(bins, (0..bins).filter(|&i| h.counts[i] != 0.0));
+    let (alphas, betas) = search_steps();
+    // Past the tables (unreachable, see `search_steps`) the comparisons with NaN end the search.
+    let at = |steps: &[f64], k: usize| steps.get(k).copied().unwrap_or(f64::NAN);
+    // `alpha` and `beta` as step counts.
+    let (mut a, mut b) = (0usize, 0usize);
     let (mut start, mut end) = (0usize, bins - 1);
     let mut norm_min = f64::INFINITY;
-    while alpha < beta {
-        let next_alpha = alpha + stepsize;
-        let next_beta = beta - stepsize;
+    while at(alphas, a) < at(betas, b) {
         // `cSum[l] < next_alpha * total`: the Python float is rounded to float32.
-        let (lower, upper) = ((next_alpha * total) as f32, (next_beta * total) as f32);
+        let upper_at = |b: usize| (at(betas, b + 1) * total) as f32;
+        let (lower, upper) = ((at(alphas, a + 1) * total) as f32, upper_at(b));
         let mut l = start;
         while l < end && csum[l] < lower {
             l += 1;
@@ -1592,18 +1672,31 @@ fn non_linear_param_search(h: &HistogramStats, dst_nbins: f64) -> (f32, f32) {
         while r > start && csum[r] > upper {
             r -= 1;
         }
+        if l == start && r == end {
+            // Nothing moves: skip the steps of `beta` that still move nothing.
+            let alpha = at(alphas, a);
+            let moves_or_ends = |b: usize| !(alpha < at(betas, b)) || (end > start && csum[end] > upper_at(b));
+            let (mut lo, mut hi) = (b + 1, betas.len());
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                if moves_or_ends(mid) {
+                    hi = mid;
+                } else {
+                    lo = mid + 1;
+                }
+            }
+            b = lo;
+            continue;
+        }
         let (mut next_start, mut next_end) = (start, end);
         if l - start > end - r {
             next_start = l;
-            alpha = next_alpha;
+            a += 1;
         } else {
             next_end = r;
-            beta = next_beta;
+            b += 1;
         }
-        if next_start == start && next_end == end {
-            continue;
-        }
-        let norm = quantization_error(h, next_start, next_end, dst_nbins);
+        let norm = quantization_error(h, &nonempty, next_start, next_end, dst_nbins);
         if norm > norm_min {
             break;
         }
