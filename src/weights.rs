@@ -35,11 +35,14 @@ pub struct WeightFile {
     map: Option<Mmap>,
     data_start: usize,
     entries: FxHashMap<String, WeightInfo>,
-    /// Tensors decoded by [`WeightFile::shared`] (`None`: requested once, not kept), kept while
-    /// the file (its module) lives so that repeated interpreter runs (calibration batches,
-    /// benchmarks) decode each weight at most twice.
-    decoded: std::sync::Mutex<FxHashMap<String, Option<Arc<Tensor>>>>,
+    /// Tensors decoded by [`WeightFile::shared`] (`None`: requested once, not kept), by key and
+    /// layout, kept while the file (its module) lives so that repeated interpreter runs
+    /// (calibration batches, benchmarks) decode each weight at most twice per layout asked for.
+    decoded: std::sync::Mutex<Decoded>,
 }
+
+/// Decoded tensors by key and layout (`None`: requested once, not kept).
+type Decoded = FxHashMap<(String, Layout), Option<Arc<Tensor>>>;
 
 impl std::fmt::Debug for WeightFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,17 +131,42 @@ impl WeightFile {
 
     /// `key` decoded, and shared from the second request on: the first request only decodes
     /// (a single run keeps its peak memory: each weight is freed after its last use), the
-    /// second keeps the tensor, and later ones return it without decoding.
-    pub fn shared(&self, key: &str) -> Result<Arc<Tensor>, String> {
+    /// second keeps the tensor, in `layout`, and later ones return it without decoding. (Only
+    /// kept tensors are laid out: a single run reads the file's layout rather than pay a copy.)
+    pub fn shared(&self, key: &str, layout: Layout) -> Result<Arc<Tensor>, String> {
         let mut decoded = self.decoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let seen = match decoded.get(key) {
+        let entry = (key.to_string(), layout);
+        let seen = match decoded.get(&entry) {
             Some(Some(t)) => return Ok(Arc::clone(t)),
             Some(None) => true,
             None => false,
         };
-        let t = Arc::new(self.tensor(key)?);
-        decoded.insert(key.to_string(), seen.then(|| Arc::clone(&t)));
+        let t = self.tensor(key)?;
+        let t = Arc::new(match layout {
+            Layout::ColumnMajor if seen && t.shape().len() == 2 => t.map_layout(Transposed)?,
+            _ => t,
+        });
+        decoded.insert(entry, seen.then(|| Arc::clone(&t)));
         Ok(t)
+    }
+}
+
+/// How [`WeightFile::shared`] stores a tensor in memory; the values are the same either way.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Row-major (C order), as in the file.
+    RowMajor,
+    /// For a matrix, column-major (Fortran order: its transpose's data, row-major): how `linear`
+    /// reads its `[out, in]` weight without a strided repack (see
+    /// [`crate::interp::kernels::linalg::weight_layout`]). Other ranks stay row-major.
+    ColumnMajor,
+}
+
+/// A copy of a matrix in column-major order (the same values, its transpose's memory).
+struct Transposed;
+impl crate::tensor::LayoutFn for Transposed {
+    fn apply<T: Clone>(&self, a: &ArrayD<T>) -> Result<ArrayD<T>, String> {
+        Ok(a.t().as_standard_layout().into_owned().reversed_axes())
     }
 }
 
@@ -194,12 +222,13 @@ impl Weights<'_> {
         self.file.ok_or("the module has no weights file")?.tensor(key)
     }
 
-    /// Like [`Weights::tensor`], shared instead of copied (see [`WeightFile::shared`]).
-    pub fn shared(&self, key: &str) -> Result<Arc<Tensor>, String> {
+    /// Like [`Weights::tensor`], shared instead of copied (see [`WeightFile::shared`]). `layout`
+    /// is a preference: tensors created by passes are shared as they are.
+    pub fn shared(&self, key: &str, layout: Layout) -> Result<Arc<Tensor>, String> {
         if let Some(t) = self.created.get(key) {
             return Ok(Arc::clone(t));
         }
-        self.file.ok_or("the module has no weights file")?.shared(key)
+        self.file.ok_or("the module has no weights file")?.shared(key, layout)
     }
 
     /// Every key, sorted.

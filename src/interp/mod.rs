@@ -4,10 +4,11 @@
 //! right after its last use, so peak memory is the live activations plus the weights in use
 //! (weights are read from the memory-mapped file when their `weight` op runs; from a module's
 //! second run on, they are decoded once and kept with the module, see
-//! [`crate::weights::WeightFile::shared`]). Identity ops (`observer`, `contiguous`, `dropout`)
-//! pass their operand on without a copy. Kernels split large ops across the rayon pool, but
-//! results are deterministic: every output element is computed by one thread in a fixed order,
-//! with the same arithmetic whatever the split.
+//! [`crate::weights::WeightFile::shared`]: a large linear's weight is kept column-major instead
+//! of row-major, so that its GEMM reads it without a strided repack). Identity ops
+//! (`observer`, `contiguous`, `dropout`) pass their operand on without a copy. Kernels split
+//! large ops across the rayon pool, but results are deterministic: every output element is
+//! computed by one thread in a fixed order, with the same arithmetic whatever the split.
 
 pub mod dataset;
 pub mod io;
@@ -21,6 +22,7 @@ use crate::diag::{Diag, Span};
 use crate::ir::graph::{OpId, User, ValueId};
 use crate::ir::{Graph, Module, TensorType};
 use crate::tensor::Tensor;
+use crate::weights::Layout;
 use kernels::KernelCx;
 
 /// What to keep besides the graph outputs.
@@ -180,7 +182,7 @@ fn shared_result(
             let attrs = graph.attrs_of(data.attrs);
             let key = def.attr_index("key").and_then(|i| attrs.get(i)?.as_ref()).and_then(|a| a.as_str());
             let Some(key) = key else { return Ok(None) };
-            module.weights().shared(key).map_err(|m| {
+            module.weights().shared(key, weight_layout(graph, r)).map_err(|m| {
                 Diag::error(format!("`%{} = weight` failed: {m}", graph.value_name(r)))
                     .at(data.span, "while running this op")
             })?
@@ -191,6 +193,25 @@ fn shared_result(
     check_input(graph.value_type(r), &t)
         .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
     Ok(Some(t))
+}
+
+/// The layout to keep the weight `w` in: the one its readers want when they all agree (see
+/// [`kernels::linalg::weight_layout`]; only `linear` has a preference), else row-major.
+fn weight_layout(graph: &Graph, w: ValueId) -> Layout {
+    let wanted = |u: &crate::ir::graph::Use| match u.user {
+        User::Op(op) if u.index == 1 && graph.op(op).def().name == "linear" => {
+            let x = graph.op(op).operands[0];
+            kernels::linalg::weight_layout(graph.value_type(x), graph.value_type(w))
+        }
+        _ => Layout::RowMajor,
+    };
+    let mut layouts = graph.uses(w).iter().map(wanted);
+    let first = layouts.next().unwrap_or(Layout::RowMajor);
+    if layouts.all(|l| l == first) {
+        first
+    } else {
+        Layout::RowMajor
+    }
 }
 
 /// For each value read by an op, the program position of its last reader (graph outputs are

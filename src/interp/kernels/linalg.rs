@@ -9,9 +9,11 @@
 use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use rayon::prelude::*;
 
-use super::{broadcast_shape, float_array_as, float_zip, gemm_zip, KernelCx, KernelResult};
+use super::{broadcast_shape, float_array_as, float_zip, gemm_zip, par_chunks_mut, KernelCx, KernelResult};
+use crate::ir::TensorType;
 use crate::ops::AttrAccess;
 use crate::tensor::Tensor;
+use crate::weights::Layout;
 
 /// Element types the GEMM supports.
 pub trait GemmScalar: Copy + Default + Send + Sync + 'static + num_traits::Zero {
@@ -133,6 +135,11 @@ impl<'a, T> Mat<'a, T> {
         self.data[row * self.row_stride + col * self.col_stride]
     }
 
+    /// Rows `start..start + len`, as a view of the same data.
+    fn rows(self, start: usize, len: usize) -> Self {
+        Mat { data: &self.data[(start * self.row_stride).min(self.data.len())..], rows: len, ..self }
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0
             || self.cols == 0
@@ -197,6 +204,38 @@ pub fn linear(cx: &KernelCx<'_>) -> KernelResult {
 /// the one-product micro-tiles start (see [`linear_impl`]).
 const LINEAR_BLOCK: usize = 192;
 
+/// Whether a linear of these sizes runs as parallel blocks of [`LINEAR_BLOCK`] output features
+/// (see [`linear_impl`]).
+fn runs_in_blocks(rows: usize, in_features: usize, out_features: usize) -> bool {
+    rows > 64 && in_features > 2 && out_features > LINEAR_BLOCK
+}
+
+/// Whether a linear of these sizes reads a column-major weight in place, with the bits it
+/// computes from a row-major one. In blocks the GEMM takes its general path, where strides
+/// decide only how operands are packed, never the arithmetic; a block of one feature would
+/// take a matrix-vector path whose summation order depends on the strides, so a last block of
+/// one feature (`out_features % LINEAR_BLOCK == 1`) rules it out.
+fn reads_column_major(rows: usize, in_features: usize, out_features: usize) -> bool {
+    runs_in_blocks(rows, in_features, out_features) && out_features % LINEAR_BLOCK != 1
+}
+
+/// The layout in which a `linear` with input type `x` wants its weight of type `w` stored. The
+/// GEMM works on `outᵀ = w·xᵀ` and packs `w` into panels of consecutive output features for
+/// each input feature: from a row-major `[out, in]` weight that is a gather with a stride of
+/// `in` elements on every call (a fifth of a BERT layer's time), from a column-major one a
+/// contiguous copy. Column-major only where [`reads_column_major`] holds for the static shapes.
+pub fn weight_layout(x: &TensorType, w: &TensorType) -> Layout {
+    let (Some(x), Some(w)) = (x.static_shape(), w.static_shape()) else { return Layout::RowMajor };
+    match (x.split_last(), w.as_slice()) {
+        (Some((&in_features, batch)), &[out_features, _])
+            if reads_column_major(batch.iter().product(), in_features, out_features) =>
+        {
+            Layout::ColumnMajor
+        }
+        _ => Layout::RowMajor,
+    }
+}
+
 fn linear_impl<T: GemmScalar>(
     x: ArrayViewD<'_, T>,
     w: ArrayViewD<'_, T>,
@@ -205,10 +244,23 @@ fn linear_impl<T: GemmScalar>(
     let in_features = *x.shape().last().ok_or("linear needs a non-scalar input")?;
     let vector_weight = w.ndim() == 1;
     let out_features = if vector_weight { 1 } else { w.shape()[0] };
+    if w.shape() != [out_features, in_features] && w.shape() != [in_features] {
+        return Err(format!("a weight of shape {:?} for {in_features} input features", w.shape()));
+    }
     let rows = x.len() / in_features.max(1);
     let x = x.as_standard_layout();
-    let w = w.as_standard_layout();
-    let (xs, ws) = (x.as_slice().ok_or("input not contiguous")?, w.as_slice().ok_or("weight not contiguous")?);
+    let xs = x.as_slice().ok_or("input not contiguous")?;
+    let input = Mat::row_major(xs, rows, in_features);
+    // The weight as an out×in matrix: a column-major one (see `weight_layout`) in place where
+    // that gives the same bits, anything else as a row-major copy.
+    let in_place = !vector_weight && w.t().is_standard_layout() && reads_column_major(rows, in_features, out_features);
+    let w = if in_place { w.reversed_axes().into() } else { w.as_standard_layout() };
+    let ws = w.as_slice().ok_or("weight not contiguous")?;
+    let weight = if in_place {
+        Mat::row_major(ws, in_features, out_features).t()
+    } else {
+        Mat::row_major(ws, out_features, in_features)
+    };
     let accumulate = bias.is_some();
     let bias = match &bias {
         Some(b) => Some(b.broadcast(IxDyn(&[out_features])).ok_or("bias does not match the output features")?),
@@ -224,11 +276,10 @@ fn linear_impl<T: GemmScalar>(
                 row.copy_from_slice(&b[j0..j0 + cols]);
             }
         }
-        let w = Mat::row_major(&ws[j0 * in_features..(j0 + cols) * in_features], cols, in_features);
-        gemm(&mut out, Mat::row_major(xs, rows, in_features), w.t(), accumulate)?;
+        gemm(&mut out, input, weight.rows(j0, cols).t(), accumulate)?;
         Ok(out)
     };
-    let out = if rows > 64 && in_features > 2 && out_features > LINEAR_BLOCK && ws.len() == out_features * in_features {
+    let out = if runs_in_blocks(rows, in_features, out_features) {
         // Blocks of output features in parallel, each one product on one thread (the GEMM
         // packs the weight rows it reads, so this also spreads the packing over the threads).
         // The GEMM's per-element arithmetic depends only on `in_features` (its k blocking) and
@@ -244,27 +295,14 @@ fn linear_impl<T: GemmScalar>(
             })
             .collect::<Result<_, String>>()?;
         let mut out = vec![T::zero(); rows * out_features];
-        for (b, data) in blocks.iter().enumerate() {
-            let (j0, cols) = (b * LINEAR_BLOCK, LINEAR_BLOCK.min(out_features - b * LINEAR_BLOCK));
-            for (dst, src) in out.chunks_mut(out_features).zip(data.chunks(cols)) {
-                dst[j0..j0 + cols].copy_from_slice(src);
+        par_chunks_mut(&mut out, out_features, |row, dst| {
+            for (dst, block) in dst.chunks_mut(LINEAR_BLOCK).zip(&blocks) {
+                dst.copy_from_slice(&block[row * dst.len()..][..dst.len()]);
             }
-        }
+        });
         out
     } else {
-        let mut out = vec![T::zero(); rows * out_features];
-        if let Some(b) = bias {
-            for row in out.chunks_mut(out_features.max(1)) {
-                row.copy_from_slice(b);
-            }
-        }
-        gemm_into(
-            &mut out,
-            Mat::row_major(xs, rows, in_features),
-            Mat::row_major(ws, out_features, in_features).t(),
-            accumulate,
-        )?;
-        out
+        block(0, out_features, gemm_into)?
     };
     let mut shape = x.shape()[..x.ndim() - 1].to_vec();
     if !vector_weight {
@@ -349,4 +387,39 @@ pub fn addmm(cx: &KernelCx<'_>) -> KernelResult {
         });
         out
     })?])
+}
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{ArrayD, IxDyn, ShapeBuilder};
+
+    use super::{linear_impl, reads_column_major};
+
+    fn values(shape: &[usize], seed: f32) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        (0..n).map(|i| ((i as f32 * 0.618_034 + seed).fract() - 0.5) * 2.0).collect()
+    }
+
+    /// A linear reads a column-major weight in place only where the bits are those of the
+    /// row-major weight; elsewhere it copies it. Either way the results match bit for bit.
+    #[test]
+    fn column_major_weights_give_the_row_major_bits() {
+        let shapes = [(128, 768, 768), (65, 64, 385), (100, 3, 1000), (130, 70, 193), (65, 33, 576), (64, 96, 400)];
+        for (rows, in_features, out_features) in shapes {
+            let x = ArrayD::from_shape_vec(IxDyn(&[rows, in_features]), values(&[rows, in_features], 0.1)).unwrap();
+            let data = values(&[out_features, in_features], 0.7);
+            let w = ArrayD::from_shape_vec(IxDyn(&[out_features, in_features]), data.clone()).unwrap();
+            let mut wf = ArrayD::zeros(IxDyn(&[out_features, in_features]).f());
+            wf.assign(&w);
+            let b = ArrayD::from_shape_vec(IxDyn(&[out_features]), values(&[out_features], 0.3)).unwrap();
+            let expected = linear_impl(x.view(), w.view(), Some(b.view())).unwrap();
+            let actual = linear_impl(x.view(), wf.view(), Some(b.view())).unwrap();
+            let bits = |a: &ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&expected) == bits(&actual),
+                "{rows}x{in_features} -> {out_features} (in place: {})",
+                reads_column_major(rows, in_features, out_features)
+            );
+        }
+    }
 }

@@ -259,3 +259,31 @@ pub fn par_chunks_mut<T: Send>(data: &mut [T], len: usize, f: impl Fn(usize, &mu
         data.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
+
+/// Rows folded together by [`row_folds`].
+pub const ROWS_AT_ONCE: usize = 8;
+
+/// `f` folded from `init` over each `len`-element row of `data` (a last partial row is
+/// ignored), in element order, with the row's entry of `params`: the result of a plain
+/// `row.iter().fold(..)`. Rows go [`ROWS_AT_ONCE`] at a time, so that the steps of different
+/// rows overlap instead of each waiting for the previous one (a sum is latency-bound).
+pub fn row_folds<T: Copy, P: Copy>(data: &[T], len: usize, params: &[P], init: T, f: impl Fn(T, T, P) -> T) -> Vec<T> {
+    let len = len.max(1);
+    let mut folds = Vec::with_capacity(params.len());
+    for (group, params) in data.chunks(ROWS_AT_ONCE * len).zip(params.chunks(ROWS_AT_ONCE)) {
+        let rows: Vec<&[T]> = group.chunks_exact(len).collect();
+        match (<&[&[T]; ROWS_AT_ONCE]>::try_from(rows.as_slice()), <&[P; ROWS_AT_ONCE]>::try_from(params)) {
+            (Ok(rows), Ok(params)) => {
+                let mut acc = [init; ROWS_AT_ONCE];
+                for i in 0..len {
+                    for ((a, row), &p) in acc.iter_mut().zip(rows).zip(params) {
+                        *a = f(*a, row[i], p);
+                    }
+                }
+                folds.extend(acc);
+            }
+            _ => folds.extend(rows.iter().zip(params).map(|(row, &p)| row.iter().fold(init, |a, &v| f(a, v, p)))),
+        }
+    }
+    folds
+}

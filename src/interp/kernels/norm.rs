@@ -4,7 +4,7 @@
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{float_array_as, float_map, par_chunks_mut, KernelCx, KernelResult};
+use super::{float_array_as, float_map, par_chunks_mut, row_folds, KernelCx, KernelResult, ROWS_AT_ONCE};
 use crate::ops::AttrAccess;
 
 pub fn batch_norm(cx: &KernelCx<'_>) -> KernelResult {
@@ -29,12 +29,14 @@ pub fn batch_norm(cx: &KernelCx<'_>) -> KernelResult {
     })?])
 }
 
-/// Mean and `1/sqrt(var + eps)` (biased variance) of a slice.
-fn moments<T: num_traits::Float>(values: &[T], eps: T) -> (T, T) {
-    let n = T::from(values.len().max(1)).unwrap_or_else(T::one);
-    let mean = values.iter().fold(T::zero(), |s, &v| s + v) / n;
-    let var = values.iter().fold(T::zero(), |s, &v| s + (v - mean) * (v - mean)) / n;
-    (mean, T::one() / (var.max(T::zero()) + eps).sqrt())
+/// Mean and `1/sqrt(var + eps)` (biased variance) of each `len`-element row of `data`.
+fn row_moments<T: num_traits::Float>(data: &[T], len: usize, eps: T) -> Vec<(T, T)> {
+    let len = len.max(1);
+    let n = T::from(len).unwrap_or_else(T::one);
+    let rows = vec![(); data.len() / len];
+    let means: Vec<T> = row_folds(data, len, &rows, T::zero(), |s, v, ()| s + v).into_iter().map(|s| s / n).collect();
+    let vars = row_folds(data, len, &means, T::zero(), |s, v, mean| s + (v - mean) * (v - mean));
+    means.iter().zip(vars).map(|(&mean, var)| (mean, T::one() / ((var / n).max(T::zero()) + eps).sqrt())).collect()
 }
 
 pub fn layer_norm(cx: &KernelCx<'_>) -> KernelResult {
@@ -45,27 +47,38 @@ pub fn layer_norm(cx: &KernelCx<'_>) -> KernelResult {
         let beta = cx.opt_input(2).map(float_array_as::<T>).transpose()?;
         let gamma = gamma.as_ref().map(|g| g.as_standard_layout().into_owned());
         let beta = beta.as_ref().map(|b| b.as_standard_layout().into_owned());
+        let len = normalized.max(1);
+        let (gamma, beta) = (affine(gamma.as_ref(), len)?, affine(beta.as_ref(), len)?);
         let mut out = a.as_standard_layout().into_owned();
         if let Some(data) = out.as_slice_mut() {
-            // Rows in parallel: each row is normalised by one thread.
-            par_chunks_mut(data, normalized.max(1), |_, row| {
-                let (mean, rstd) = moments(row, eps as T);
-                let shift = -rstd * mean;
-                for (i, v) in row.iter_mut().enumerate() {
-                    let y = *v * rstd + shift;
-                    let y = match &gamma {
-                        Some(g) => y * g.as_slice().map_or(1.0, |g| g[i]),
-                        None => y,
-                    };
-                    *v = match &beta {
-                        Some(b) => y + b.as_slice().map_or(0.0, |b| b[i]),
-                        None => y,
-                    };
+            // Groups of rows in parallel, each normalised by one thread.
+            par_chunks_mut(data, ROWS_AT_ONCE * len, |_, rows| {
+                let moments = row_moments(rows, len, eps as T);
+                for (row, (mean, rstd)) in rows.chunks_mut(len).zip(moments) {
+                    let shift = -rstd * mean;
+                    let normal = |v: T| v * rstd + shift;
+                    match (gamma, beta) {
+                        (Some(g), Some(b)) => {
+                            row.iter_mut().zip(g.iter().zip(b)).for_each(|(v, (&g, &b))| *v = normal(*v) * g + b)
+                        }
+                        (Some(g), None) => row.iter_mut().zip(g).for_each(|(v, &g)| *v = normal(*v) * g),
+                        (None, Some(b)) => row.iter_mut().zip(b).for_each(|(v, &b)| *v = normal(*v) + b),
+                        (None, None) => row.iter_mut().for_each(|v| *v = normal(*v)),
+                    }
                 }
             });
         }
         out
     })?])
+}
+
+/// A layer norm's weight or bias as a slice of the `len` normalised elements.
+fn affine<T>(t: Option<&ArrayD<T>>, len: usize) -> Result<Option<&[T]>, String> {
+    match t.map(|t| t.as_slice()) {
+        Some(Some(s)) if s.len() == len => Ok(Some(s)),
+        Some(_) => Err(format!("the weight and bias must have {len} contiguous elements")),
+        None => Ok(None),
+    }
 }
 
 pub fn group_norm(cx: &KernelCx<'_>) -> KernelResult {
@@ -87,8 +100,8 @@ fn group_norm_impl<T: num_traits::Float + super::FromF64 + 'static>(
     let per_group = c / groups * inner;
     let mut out = a.as_standard_layout().into_owned();
     let data = out.as_slice_mut().ok_or("not contiguous")?;
-    for (g, chunk) in data.chunks_mut(per_group.max(1)).enumerate().take(n * groups) {
-        let (mean, rstd) = moments(chunk, eps);
+    let moments = row_moments(data, per_group, eps);
+    for (g, (chunk, (mean, rstd))) in data.chunks_mut(per_group.max(1)).zip(moments).enumerate().take(n * groups) {
         for (i, v) in chunk.iter_mut().enumerate() {
             let ch = (g % groups) * (c / groups) + i / inner.max(1);
             let scale = gamma.as_ref().map_or(rstd, |w| rstd * w[[ch]]);

@@ -1,8 +1,8 @@
 //! Reductions: softmax, log-softmax, mean, sum.
 
-use ndarray::{ArrayD, ArrayViewD, ArrayViewMut1, Axis};
+use ndarray::{ArrayD, ArrayViewD, Axis};
 
-use super::{dim, float_map, par_chunks_mut, KernelCx, KernelResult};
+use super::{dim, float_map, par_chunks_mut, row_folds, KernelCx, KernelResult, ROWS_AT_ONCE};
 use crate::ops::AttrAccess;
 use crate::tensor::Tensor;
 
@@ -10,30 +10,44 @@ use crate::tensor::Tensor;
 fn softmax_lanes<T: num_traits::Float + Send + Sync>(a: ArrayViewD<'_, T>, axis: usize, log: bool) -> ArrayD<T> {
     let mut out = a.as_standard_layout().into_owned();
     let lane_len = out.shape()[axis];
-    if axis + 1 == out.ndim() && lane_len > 0 {
-        // The last axis: each lane is a contiguous row; rows in parallel, each by one thread.
+    if lane_len == 0 {
+        return out;
+    }
+    if axis + 1 == out.ndim() {
+        // The last axis: each lane is a contiguous row; groups of rows in parallel, each by
+        // one thread.
         if let Some(data) = out.as_slice_mut() {
-            par_chunks_mut(data, lane_len, |_, row| softmax_lane(ArrayViewMut1::from(row), log));
+            par_chunks_mut(data, ROWS_AT_ONCE * lane_len, |_, rows| softmax_rows(rows, lane_len, log));
             return out;
         }
     }
-    for lane in out.lanes_mut(Axis(axis)) {
-        softmax_lane(lane, log);
+    for mut lane in out.lanes_mut(Axis(axis)) {
+        let mut row = lane.to_vec();
+        softmax_rows(&mut row, lane_len, log);
+        lane.iter_mut().zip(row).for_each(|(v, r)| *v = r);
     }
     out
 }
 
-fn softmax_lane<T: num_traits::Float>(mut lane: ArrayViewMut1<'_, T>, log: bool) {
-    let max = lane.iter().fold(T::neg_infinity(), |m, &x| if x > m || x.is_nan() { x } else { m });
+/// Softmax of each `len`-element row of `rows`, in place.
+fn softmax_rows<T: num_traits::Float>(rows: &mut [T], len: usize, log: bool) {
+    let units = vec![(); rows.len() / len];
+    let maxes = row_folds(rows, len, &units, T::neg_infinity(), |m, x, ()| if x > m || x.is_nan() { x } else { m });
     if log {
-        let sum = lane.iter().fold(T::zero(), |s, &x| s + (x - max).exp());
-        let log_sum = sum.ln();
-        lane.mapv_inplace(|x| x - max - log_sum);
+        let sums = row_folds(rows, len, &maxes, T::zero(), |s, x, max| s + (x - max).exp());
+        for ((row, max), sum) in rows.chunks_mut(len).zip(maxes).zip(sums) {
+            let log_sum = sum.ln();
+            row.iter_mut().for_each(|x| *x = *x - max - log_sum);
+        }
     } else {
-        lane.mapv_inplace(|x| (x - max).exp());
-        let sum = lane.iter().fold(T::zero(), |s, &x| s + x);
-        let inv = T::one() / sum;
-        lane.mapv_inplace(|x| x * inv);
+        for (row, &max) in rows.chunks_mut(len).zip(&maxes) {
+            row.iter_mut().for_each(|x| *x = (*x - max).exp());
+        }
+        let sums = row_folds(rows, len, &units, T::zero(), |s, x, ()| s + x);
+        for (row, sum) in rows.chunks_mut(len).zip(sums) {
+            let inv = T::one() / sum;
+            row.iter_mut().for_each(|x| *x = *x * inv);
+        }
     }
 }
 
