@@ -38,6 +38,8 @@
 //! %activation_post_process_2 = observer(%fc) {kind = "histogram", ..., instance = 2} : f32[1,10]
 //! ```
 
+use std::borrow::Cow;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{PassContext, PassDef};
@@ -60,19 +62,20 @@ fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> 
     Ok(changed)
 }
 
-/// A spec with named references resolved.
-#[derive(Clone, Debug, PartialEq)]
-enum Resolved {
+/// A spec with named references resolved (borrowed from the module's named specs: a big graph
+/// has one annotation per op and few distinct specs).
+#[derive(Debug, PartialEq)]
+enum Resolved<'q> {
     None,
-    Spec(QSpec),
+    Spec(Cow<'q, QSpec>),
     Shared(EdgeOrValue),
-    Derived { from: Vec<EdgeOrValue>, spec: QSpec },
+    Derived { from: Vec<EdgeOrValue>, spec: Cow<'q, QSpec> },
 }
 
-fn resolve(spec: &SpecRef, qspecs: &[QSpec]) -> Resolved {
+fn resolve<'q>(spec: &SpecRef, qspecs: &'q [QSpec]) -> Resolved<'q> {
     let plain = |s: &SpecRef| match s {
-        SpecRef::Named(i) => qspecs.get(*i).cloned(),
-        SpecRef::Inline(q) => Some(q.clone()),
+        SpecRef::Named(i) => qspecs.get(*i).map(Cow::Borrowed),
+        SpecRef::Inline(q) => Some(Cow::Owned(q.clone())),
         _ => None,
     };
     match spec {
@@ -100,7 +103,7 @@ struct SharingFields {
     fixed: Option<(u64, i64)>,
 }
 
-fn sharing_fields(spec: &Resolved) -> Option<SharingFields> {
+fn sharing_fields(spec: &Resolved<'_>) -> Option<SharingFields> {
     let (s, derived) = match spec {
         Resolved::Spec(s) => (s, false),
         Resolved::Derived { spec, .. } => (spec, true),
@@ -119,15 +122,15 @@ fn sharing_fields(spec: &Resolved) -> Option<SharingFields> {
 }
 
 /// Keys (edges and values) in program order with their specs, plus union-find over them.
-struct Groups {
+struct Groups<'q> {
     keys: Vec<EdgeOrValue>,
-    specs: Vec<Resolved>,
+    specs: Vec<Resolved<'q>>,
     index: FxHashMap<EdgeOrValue, usize>,
     parent: Vec<usize>,
 }
 
-impl Groups {
-    fn insert(&mut self, key: EdgeOrValue, spec: Resolved) {
+impl<'q> Groups<'q> {
+    fn insert(&mut self, key: EdgeOrValue, spec: Resolved<'q>) {
         match self.index.get(&key) {
             // A value read twice by one op: the later entry wins, in the earlier position.
             Some(&i) => self.specs[i] = spec,
@@ -167,11 +170,11 @@ impl Groups {
     }
 
     /// The concrete spec a (possibly shared) spec stands for, following current roots.
-    fn unwrap(&mut self, mut i: usize) -> Option<Resolved> {
+    fn unwrap(&mut self, mut i: usize) -> Option<&Resolved<'q>> {
         for _ in 0..=self.keys.len() {
-            match self.specs[i].clone() {
+            match self.specs[i] {
                 Resolved::Shared(t) => i = self.find(*self.index.get(&t)?),
-                other => return Some(other),
+                _ => return Some(&self.specs[i]),
             }
         }
         None
@@ -200,7 +203,7 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
     // 1. Specs by edge and value, in program order.
     let mut groups = Groups { keys: Vec::new(), specs: Vec::new(), index: FxHashMap::default(), parent: Vec::new() };
     for &op in &original {
-        let Some(annotation) = g.annotation(op).cloned() else { continue };
+        let Some(annotation) = g.annotation(op) else { continue };
         for (i, spec) in annotation.inputs.iter().enumerate() {
             let value = g.op(op).operands[i];
             groups.insert(EdgeOrValue::Edge { value, consumer: op }, resolve(spec, qspecs));
@@ -231,7 +234,7 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
         let key = groups.keys[i];
         match key {
             EdgeOrValue::Value(_) => {
-                if let Resolved::Shared(target) = groups.specs[i].clone() {
+                if let Resolved::Shared(target) = groups.specs[i] {
                     match groups.index.get(&target) {
                         Some(&t) => groups.union(t, i),
                         None => errors.push(missing_target(g, key, target)),
@@ -239,8 +242,7 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                 }
             }
             EdgeOrValue::Edge { value, consumer } => {
-                let root_spec = groups.unwrap(i);
-                let fields = root_spec.as_ref().and_then(sharing_fields);
+                let fields = groups.unwrap(i).and_then(sharing_fields);
                 if let Some(fields) = fields {
                     // Implicit sharing: other users of the value first, then its producer.
                     let others: Vec<EdgeOrValue> = g
@@ -258,13 +260,13 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                         if !seen.insert(j) {
                             continue;
                         }
-                        let other_fields = groups.unwrap(j).as_ref().and_then(sharing_fields);
+                        let other_fields = groups.unwrap(j).and_then(sharing_fields);
                         if other_fields.as_ref() == Some(&fields) {
                             groups.union(j, i);
                         }
                     }
                 }
-                if let Resolved::Shared(target) = groups.specs[i].clone() {
+                if let Resolved::Shared(target) = groups.specs[i] {
                     match groups.index.get(&target) {
                         Some(&t) => groups.union(t, i),
                         None => errors.push(missing_target(g, key, target)),
