@@ -129,6 +129,9 @@ fn convert_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> 
     Ok(true)
 }
 
+/// An instance's qparams from its statistics, and whether it saw any data.
+type Computed = (bool, Result<QParams, String>);
+
 /// Each instance's qparams (`None` for the stateless dynamic ones), with a warning for every
 /// instance that never saw data; an error when none did (calibration was skipped).
 fn instance_qparams(
@@ -143,7 +146,7 @@ fn instance_qparams(
     // Reading the statistics and the histogram searches dominate; instances are independent, so
     // they run in parallel (each result is computed by one thread: nothing depends on the thread
     // count), and each instance's statistics are dropped as soon as its qparams are known.
-    let computed: Vec<Result<Option<(bool, Result<QParams, String>)>, Diag>> = instances
+    let computed: Vec<Result<Option<Computed>, Diag>> = instances
         .list
         .par_iter()
         .map(|inst| {

@@ -1675,7 +1675,11 @@ fn non_linear_param_search(h: &HistogramStats, dst_nbins: f64) -> (f32, f32) {
         if l == start && r == end {
             // Nothing moves: skip the steps of `beta` that still move nothing.
             let alpha = at(alphas, a);
-            let moves_or_ends = |b: usize| !(alpha < at(betas, b)) || (end > start && csum[end] > upper_at(b));
+            // `alpha < beta` fails (or beta is past the tables, NaN) or the upper bound moves.
+            let moves_or_ends = |b: usize| {
+                alpha.partial_cmp(&at(betas, b)) != Some(std::cmp::Ordering::Less)
+                    || (end > start && csum[end] > upper_at(b))
+            };
             let (mut lo, mut hi) = (b + 1, betas.len());
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
