@@ -90,43 +90,46 @@ fn constant_values(g: &Graph) -> FxHashSet<ValueId> {
     constant
 }
 
-/// The first result of each of `targets`, evaluating only the ops they depend on, in program
-/// order and without recursion (a long chain of constant ops cannot exhaust the stack); then
-/// the targets themselves, which hold most of the work and are independent, in parallel (a
-/// target another target reads is evaluated with the dependencies).
+/// The first result of each of `targets`, each in parallel with the ops it depends on.
 fn evaluate(module: &Module, g: &Graph, targets: &[OpId]) -> Result<Vec<Tensor>, Diagnostics> {
-    let mut dependencies: FxHashSet<OpId> = FxHashSet::default();
-    let mut work: Vec<OpId> = targets.to_vec();
-    while let Some(op) = work.pop() {
-        for &v in &g.op(op).operands {
-            if let Some(p) = g.producer(v) {
-                if dependencies.insert(p) {
-                    work.push(p);
+    targets.par_iter().map(|&target| evaluate_one(module, g, target)).collect()
+}
+
+/// `target`'s first result. Its dependencies are evaluated in a post-order walk with an
+/// explicit stack (a long chain of constant ops cannot exhaust the stack), into values of its
+/// own: they die with it, so folding thousands of weights holds a few decoded at a time and
+/// the allocator reuses their memory instead of faulting in fresh pages for all of them. (A
+/// dependency shared by several targets, which is rare, is evaluated for each.)
+fn evaluate_one(module: &Module, g: &Graph, target: OpId) -> Result<Tensor, Diagnostics> {
+    let mut values: FxHashMap<ValueId, Arc<Tensor>> = FxHashMap::default();
+    let mut stack = vec![(target, false)];
+    while let Some((op, operands_ready)) = stack.pop() {
+        let data = g.op(op);
+        if !operands_ready {
+            stack.push((op, true));
+            for &v in &data.operands {
+                if let Some(p) = g.producer(v).filter(|_| !values.contains_key(&v)) {
+                    stack.push((p, false));
                 }
             }
+            continue;
         }
-    }
-    let mut values: FxHashMap<ValueId, Arc<Tensor>> = FxHashMap::default();
-    let run = |values: &FxHashMap<ValueId, Arc<Tensor>>, op: OpId| -> Result<Vec<Tensor>, Diagnostics> {
-        let operands: Vec<Arc<Tensor>> = g
-            .op(op)
+        if data.result(0).is_some_and(|r| values.contains_key(&r)) {
+            continue; // reached twice, evaluated once
+        }
+        let operands: Vec<Arc<Tensor>> = data
             .operands
             .iter()
             .map(|v| values.get(v).cloned().ok_or_else(|| internal("a constant operand was not evaluated")))
             .collect::<Result<_, _>>()?;
         let refs: Vec<&Tensor> = operands.iter().map(|t| &**t).collect();
-        eval_op(module, g, op, &refs).map_err(|d| vec![d])
-    };
-    for op in g.ops().filter(|op| dependencies.contains(op)) {
-        for (r, t) in g.op(op).results().zip(run(&values, op)?) {
+        let results = eval_op(module, g, op, &refs).map_err(|d| vec![d])?;
+        if op == target {
+            return results.into_iter().next().ok_or_else(|| internal("a quantize op without a result"));
+        }
+        for (r, t) in data.results().zip(results) {
             values.insert(r, Arc::new(t));
         }
     }
-    targets
-        .par_iter()
-        .map(|&op| match g.op(op).result(0).and_then(|r| values.get(&r)) {
-            Some(done) => Ok(Tensor::clone(done)),
-            None => run(&values, op)?.into_iter().next().ok_or_else(|| internal("a quantize op without a result")),
-        })
-        .collect()
+    Err(internal("a quantize op was not evaluated"))
 }
