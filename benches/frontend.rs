@@ -12,6 +12,10 @@ use qc::passes::registry;
 use qc::passes::PassContext;
 use qc::syntax::parse_module;
 
+/// The `qc` binary's allocator (src/main.rs), so that the benchmarks time what `qc` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Fewer, longer samples for the big graphs so a run takes minutes, not hours.
 fn configure(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, ops: usize) {
     if ops >= 1_000_000 {

@@ -8,6 +8,10 @@ use ndarray::{ArrayD, IxDyn};
 use qc::ir::Module;
 use qc::tensor::Tensor;
 
+/// The `qc` binary's allocator (src/main.rs), so that the benchmarks time what `qc` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Builds QIR text and its weights (name → shape) for a model.
 #[allow(dead_code)] // each bench uses a different part
 pub struct Builder {
