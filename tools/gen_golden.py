@@ -14,24 +14,24 @@ Usage (torch in a virtualenv outside the repo):
 """
 
 import os
-import struct
-import json
 import math
 
 import torch
 import torch.nn.functional as F
 import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed ops)
 
+from safetensors_writer import write_safetensors
+
 torch.manual_seed(0)
 torch.set_num_threads(1)
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden")
 qd = torch.ops.quantized_decomposed
 
+# torch dtype -> QIR element type.
 DTYPES = {
-    torch.float32: ("f32", "F32"), torch.float64: ("f64", "F64"), torch.float16: ("f16", "F16"),
-    torch.bfloat16: ("bf16", "BF16"), torch.int8: ("i8", "I8"), torch.uint8: ("u8", "U8"),
-    torch.int16: ("i16", "I16"), torch.int32: ("i32", "I32"), torch.int64: ("i64", "I64"),
-    torch.bool: ("bool", "BOOL"),
+    torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16",
+    torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64",
+    torch.bool: "bool",
 }
 
 # Tolerances. `exact`: bitwise identical (data movement, quantization, max/relu/clamp which only
@@ -46,7 +46,7 @@ HALF = "atol=1e-3 rtol=1e-2"  # one f16/bf16 ulp at the magnitudes used
 
 
 def qir_type(t):
-    return f"{DTYPES[t.dtype][0]}[{','.join(str(d) for d in t.shape)}]"
+    return f"{DTYPES[t.dtype]}[{','.join(str(d) for d in t.shape)}]"
 
 
 def fmt(v):
@@ -60,30 +60,10 @@ def fmt(v):
     if isinstance(v, str):
         return '"' + v + '"'
     if isinstance(v, torch.dtype):
-        return DTYPES[v][0]
+        return DTYPES[v]
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(fmt(x) for x in v) + "]"
     raise TypeError(v)
-
-
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].contiguous()
-        if t.dtype == torch.bfloat16:
-            data = t.view(torch.int16).numpy().tobytes()
-        else:
-            data = t.numpy().tobytes()
-        header[name] = {"dtype": DTYPES[t.dtype][1], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 CASES = []

@@ -35,14 +35,14 @@ ATEN_CPU_CAPABILITY=avx2 vs avx512 (the kernels involved dispatch to AVX2 either
 ATEN_CPU_CAPABILITY=default `linspace` loses its FMA and the upsampling merges change.
 """
 
-import json
 import math
 import os
-import struct
 import sys
 import warnings
 
 import torch
+
+from safetensors_writer import write_safetensors
 
 try:
     from torchao.quantization.pt2e import observer as obs_mod
@@ -56,10 +56,6 @@ except ImportError:  # pragma: no cover - same math, older home
 warnings.filterwarnings("ignore")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "observers")
 
-DTYPES = {
-    torch.float32: "F32", torch.float64: "F64", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32",
-}
 QIR_DTYPE = {torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16", torch.int32: "i32"}
 QSCHEMES = {
     torch.per_tensor_affine: "per_tensor_affine",
@@ -69,27 +65,6 @@ QSCHEMES = {
     torch.per_channel_affine_float_qparams: "per_channel_affine_float_qparams",
 }
 EPS12 = 2.0 ** -12
-
-
-def write_safetensors(path, tensors, metadata):
-    header, blobs, offset = {"__metadata__": metadata}, [], 0
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
-        if t.dtype in (torch.bfloat16, torch.float16):
-            data = t.view(torch.int16).numpy().tobytes()
-        else:
-            data = t.numpy().tobytes()
-        header[name] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((8 - len(text) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for b in blobs:
-            f.write(b)
 
 
 # ----------------------------------------------------------------------------------------------
