@@ -1656,13 +1656,14 @@ fn non_linear_param_search(h: &HistogramStats, dst_nbins: f64) -> (f32, f32) {
     let (alphas, betas) = search_steps();
     // Past the tables (unreachable, see `search_steps`) the comparisons with NaN end the search.
     let at = |steps: &[f64], k: usize| steps.get(k).copied().unwrap_or(f64::NAN);
+    // `cSum[r] > next_beta * total` with `beta` at step `b`: the Python float rounded to float32.
+    let upper_at = |b: usize| (at(betas, b + 1) * total) as f32;
     // `alpha` and `beta` as step counts.
     let (mut a, mut b) = (0usize, 0usize);
     let (mut start, mut end) = (0usize, bins - 1);
     let mut norm_min = f64::INFINITY;
     while at(alphas, a) < at(betas, b) {
-        // `cSum[l] < next_alpha * total`: the Python float is rounded to float32.
-        let upper_at = |b: usize| (at(betas, b + 1) * total) as f32;
+        // `cSum[l] < next_alpha * total`: likewise.
         let (lower, upper) = ((at(alphas, a + 1) * total) as f32, upper_at(b));
         let mut l = start;
         while l < end && csum[l] < lower {
