@@ -321,6 +321,11 @@ impl Tensor {
         }
     }
 
+    /// A tensor of zeros.
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        Tensor::from_i64(ArrayD::zeros(ndarray::IxDyn(shape)), dtype)
+    }
+
     /// Integers converted to `dtype`: narrowing wraps, floats round to nearest even.
     fn from_i64(a: ArrayD<i64>, dtype: DType) -> Tensor {
         match dtype {

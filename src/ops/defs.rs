@@ -145,9 +145,13 @@ pub static OPS: &[OpDef] = &[
     // Normalisation.
     op!(
         "batch_norm",
-        "Inference batch normalisation with running statistics.",
+        "Batch normalisation: by the running statistics, or by the batch's with `training`.",
         &[one("input"), one("weight"), one("bias"), one("running_mean"), one("running_var")],
-        &[dflt("eps", Float, D::Float(1e-5)), dflt("momentum", Float, D::Float(0.1))],
+        &[
+            dflt("eps", Float, D::Float(1e-5)),
+            dflt("momentum", Float, D::Float(0.1)),
+            dflt("training", Bool, D::Bool(false)),
+        ],
         rule::batch_norm,
         k::norm::batch_norm
     ),
@@ -182,6 +186,7 @@ pub static OPS: &[OpDef] = &[
     op!("hardsigmoid", "relu6(x + 3) / 6.", X, NONE, rule::unary_float, k::elementwise::hardsigmoid),
     op!("sigmoid", "1 / (1 + exp(-x)).", X, NONE, rule::unary_float, k::elementwise::sigmoid),
     op!("tanh", "Hyperbolic tangent.", X, NONE, rule::unary_float, k::elementwise::tanh),
+    op!("sqrt", "Square root, correctly rounded.", X, NONE, rule::unary_float, k::elementwise::sqrt),
     op!(
         "gelu",
         "Gaussian error linear unit, exact (erf) or tanh approximation.",
@@ -324,6 +329,7 @@ pub static OPS: &[OpDef] = &[
     op!("unsqueeze", "Insert a size-1 dim at `dim`.", X, DIM, rule::unsqueeze, k::shape::unsqueeze),
     op!("expand", "Broadcast to `size` (-1 keeps a dim).", X, &[req("size", Ints)], rule::expand, k::shape::expand),
     op!("contiguous", "Identity on values (memory layout only).", X, NONE, rule::identity, k::shape::identity),
+    op!("zeros_like", "Zeros of the input's type and shape.", X, NONE, rule::identity, k::shape::zeros_like),
     op!(
         "convert_element_type",
         "Elements converted to `dtype` as `.to(dtype)`: floats round, float to int truncates.",

@@ -42,6 +42,11 @@ unary!(
 );
 unary!(tanh, |x: T| x.tanh());
 unary!(
+    /// IEEE square root. PyTorch's CPU `torch.sqrt` (MKL's vector path) is off by one ulp on
+    /// some float32 inputs; qc computes the correctly rounded value.
+    sqrt, |x: T| x.sqrt()
+);
+unary!(
     /// `x / (1 + exp(-x))`.
     silu, |x: T| x / (1.0 + (-x).exp())
 );

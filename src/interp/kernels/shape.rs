@@ -21,6 +21,11 @@ pub fn identity(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![cx.input(0).clone()])
 }
 
+pub fn zeros_like(cx: &KernelCx<'_>) -> KernelResult {
+    let x = cx.input(0);
+    Ok(vec![Tensor::zeros(x.dtype(), x.shape())])
+}
+
 /// `.to(dtype)`; see [`Tensor::cast`].
 pub fn convert_element_type(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![cx.input(0).cast(cx.dtype("dtype")?)])
