@@ -233,7 +233,11 @@ fn qc_seen(module: &Module, calib: &Path) -> BTreeMap<OpId, Vec<(u32, u32, u32)>
     let mut seen: BTreeMap<OpId, Vec<(u32, u32, u32)>> = BTreeMap::new();
     while let Some(batch) = data.next_batch() {
         let bound = bind_inputs(g, batch.expect("a batch")).expect("batch matches the graph");
-        let mut hook = |op: OpId, t: &Tensor| -> Result<(), String> {
+        let mut hook = |op: OpId, operands: &[&Tensor]| -> Result<Option<Tensor>, String> {
+            if module.graphs[0].op(op).def().name != "observer" {
+                return Ok(None);
+            }
+            let t = operands[0];
             // Negative zeros made positive, as the generator does: their sign depends on the
             // summation order and no observer tells them apart.
             let v: Vec<f32> = f32_vec(t).into_iter().map(|x| x + 0.0).collect();
@@ -241,7 +245,7 @@ fn qc_seen(module: &Module, calib: &Path) -> BTreeMap<OpId, Vec<(u32, u32, u32)>
             let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
             seen.entry(op).or_default().push((crc32(&bytes), min.to_bits(), max.to_bits()));
-            Ok(())
+            Ok(None)
         };
         run_graph(module, g, bound, &RunOptions::default(), Some(&mut hook)).expect("the graph runs");
     }

@@ -21,15 +21,18 @@ fn annotate(example: &str, quantizer: &str) -> String {
 }
 
 #[test]
-fn the_xnnpack_recipe_matches_the_builtin_quantizer() {
-    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quantizers/xnnpack.toml");
-    for example in [
-        "small_cnn.qir",
-        "resnet_basic_block.qir",
-        "mobilenetv2_inverted_residual.qir",
-        "transformer_encoder_block.qir",
-    ] {
-        assert_eq!(annotate(example, recipe.to_str().unwrap()), annotate(example, "xnnpack"), "{example}");
+fn the_xnnpack_recipes_match_the_builtin_quantizers() {
+    for (file, builtin) in [("xnnpack.toml", "xnnpack"), ("xnnpack-qat.toml", "xnnpack-qat")] {
+        let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quantizers").join(file);
+        for example in [
+            "small_cnn.qir",
+            "resnet_basic_block.qir",
+            "mobilenetv2_inverted_residual.qir",
+            "transformer_encoder_block.qir",
+        ] {
+            let from_file = annotate(example, recipe.to_str().unwrap());
+            assert_eq!(from_file, annotate(example, builtin), "{file}: {example}");
+        }
     }
 }
 

@@ -39,8 +39,11 @@ pub struct RunResult {
     pub intermediates: Vec<(String, Arc<Tensor>)>,
 }
 
-/// Called with each `observer` op and the tensor it sees (calibration hooks in here).
-pub type ObserverHook<'a> = dyn FnMut(OpId, &Tensor) -> Result<(), String> + 'a;
+/// Called with each op that carries state across runs, and its operands: `observer` ops (their
+/// statistics) and `batch_norm` ops (running statistics, updated in training mode). For an
+/// observer the hook may return the tensor the op outputs instead of its input: a
+/// fake-quantizing observer's. Calibration hooks in here.
+pub type StatefulOpHook<'a> = dyn FnMut(OpId, &[&Tensor]) -> Result<Option<Tensor>, String> + 'a;
 
 /// Checks `inputs` against the graph signature and orders them like the graph's inputs.
 pub fn bind_inputs(graph: &Graph, mut inputs: FxHashMap<String, Tensor>) -> Result<Vec<Tensor>, Diag> {
@@ -89,9 +92,9 @@ pub fn run_graph(
     graph: &Graph,
     inputs: Vec<Tensor>,
     options: &RunOptions,
-    observer: Option<&mut ObserverHook<'_>>,
+    hook: Option<&mut StatefulOpHook<'_>>,
 ) -> Result<RunResult, Diag> {
-    let mut hook = observer;
+    let mut hook = hook;
     let last_use = last_uses(graph);
     let mut values: FxHashMap<ValueId, Arc<Tensor>> = FxHashMap::default();
     for (&v, t) in graph.inputs().iter().zip(inputs) {
@@ -108,15 +111,17 @@ pub fn run_graph(
             operand_refs.push(Arc::clone(t));
         }
         let operands: Vec<&Tensor> = operand_refs.iter().map(|t| &**t).collect();
-        let results = match shared_result(module, graph, op, &operand_refs)? {
-            Some(t) => vec![t],
-            None => eval_op(module, graph, op, &operands)?.into_iter().map(Arc::new).collect(),
-        };
-        if def.name == "observer" {
+        let mut replaced = None;
+        if matches!(def.name, "observer" | "batch_norm") {
             if let Some(hook) = hook.as_mut() {
-                hook(op, operands[0]).map_err(|m| Diag::error(m).at(data.span, "in this observer"))?;
+                replaced = hook(op, &operands).map_err(|m| Diag::error(m).at(data.span, "in this op"))?;
             }
         }
+        let results = match (replaced, shared_result(module, graph, op, &operand_refs)?) {
+            (Some(t), _) if def.name == "observer" => vec![Arc::new(t)],
+            (_, Some(t)) => vec![t],
+            _ => eval_op(module, graph, op, &operands)?.into_iter().map(Arc::new).collect(),
+        };
         for (r, t) in data.results().zip(results) {
             if options.keep_intermediates {
                 intermediates.push((graph.value_name(r).to_string(), Arc::clone(&t)));

@@ -59,7 +59,7 @@ impl QScheme {
 
 /// Observer options a spec may carry beside its core fields.
 pub const OBSERVER_OPTIONS: &[&str] =
-    &["eps", "averaging_constant", "bins", "percentile", "reduce_range", "customized_range"];
+    &["eps", "averaging_constant", "bins", "percentile", "reduce_range", "customized_range", "fake_quant"];
 
 /// A quantization spec: how one edge or value is to be quantized and observed.
 #[derive(Clone, Debug, PartialEq)]

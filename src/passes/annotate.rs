@@ -33,7 +33,7 @@
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::ir::Module;
-use crate::quant::quantizer::{unknown_quantizer, Quantizer, SymmetricOptions};
+use crate::quant::quantizer::{unknown_quantizer, Mode, Quantizer, SymmetricOptions};
 use crate::quant::x86::X86InductorQuantizer;
 
 pub const PASS: PassDef =
@@ -76,9 +76,17 @@ pub fn quantizer_by_name(name: &str) -> Result<NamedQuantizer, Diagnostics> {
             Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }).into())
         }
         "xnnpack-dynamic" => {
-            Ok(Quantizer::xnnpack(SymmetricOptions { dynamic: true, ..SymmetricOptions::default() }).into())
+            Ok(Quantizer::xnnpack(SymmetricOptions { mode: Mode::Dynamic, ..SymmetricOptions::default() }).into())
         }
+        "xnnpack-qat" => Ok(Quantizer::xnnpack(SymmetricOptions { mode: Mode::Qat, ..SymmetricOptions::default() }).into()),
+        "xnnpack-qat-per-tensor" => Ok(Quantizer::xnnpack(SymmetricOptions {
+            per_channel: false,
+            mode: Mode::Qat,
+            ..SymmetricOptions::default()
+        })
+        .into()),
         "x86" => Ok(X86InductorQuantizer::with_default_config().into()),
+        "x86-qat" => Ok(X86InductorQuantizer::with_qat_config().into()),
         path if path.ends_with(".toml") => crate::quant::declarative::load(std::path::Path::new(path))
             .map(Into::into)
             .map_err(|m| vec![crate::diag::Diag::error(m)]),

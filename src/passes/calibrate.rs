@@ -23,16 +23,20 @@
 //! %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127, stats = {min_val = -1.5, max_val = 2.25}} : f32[1,4]
 //! ```
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 
 use super::observer_instances::{self, Instance, Instances};
 use super::{PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
 use crate::interp::dataset::Dataset;
+use crate::interp::kernels::norm::batch_norm_training_update;
 use crate::interp::{bind_inputs, run_graph, RunOptions};
 use crate::ir::attr::Attr;
-use crate::ir::graph::{Graph, OpId};
+use crate::ir::graph::{Graph, OpId, ValueId};
 use crate::ir::Module;
+use crate::tensor::Tensor;
 
 pub const PASS: PassDef = PassDef {
     name: "calibrate",
@@ -47,9 +51,11 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     };
     let Some(graph) = module.graphs.first() else { return Ok(false) };
     let Instances { list: mut instances, by_op: op_instance, .. } = observer_instances::collect(graph)?;
-    if instances.is_empty() {
+    let running_stats = training_batch_norms(graph)?;
+    if instances.is_empty() && running_stats.is_empty() {
         return Ok(false);
     }
+    let graph = &module.graphs[0];
     let inputs =
         graph.inputs().iter().map(|&v| (graph.value_name(v).to_string(), graph.value_type(v).clone())).collect();
     let mut data = Dataset::open(&path, inputs).map_err(|m| vec![Diag::error(format!("calibration data: {m}"))])?;
@@ -61,13 +67,31 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut batches = 0usize;
     while let Some(batch) = data.next_batch() {
         let batch = batch.map_err(|m| vec![Diag::error(format!("calibration data: {m}"))])?;
+        let graph = &module.graphs[0];
         let bound = bind_inputs(graph, batch).map_err(|d| vec![d.note(format!("in calibration batch {batches}"))])?;
-        let mut hook = |op: OpId, t: &crate::tensor::Tensor| -> Result<(), String> {
-            let Some(&i) = op_instance.get(&op) else { return Ok(()) };
-            let inst = &mut instances[i];
-            inst.state.observe(&inst.config, t).map_err(|m| format!("calibration batch {batches}: {m}"))
+        let mut updates = Vec::new();
+        let mut hook = |op: OpId, operands: &[&Tensor]| -> Result<Option<Tensor>, String> {
+            let in_batch = |m: String| format!("calibration batch {batches}: {m}");
+            if let Some(&i) = op_instance.get(&op) {
+                let inst = &mut instances[i];
+                inst.state.observe(&inst.config, operands[0]).map_err(in_batch)?;
+                return inst.state.fake_quantize(&inst.config, operands[0]).map_err(in_batch);
+            }
+            if let (Some(&(mean, var)), [x, _, _, running_mean, running_var]) = (running_stats.get(&op), operands) {
+                let momentum = graph.attr(op, "momentum").and_then(Attr::as_float).unwrap_or(0.1);
+                let (new_mean, new_var) =
+                    batch_norm_training_update(x, running_mean, running_var, momentum).map_err(in_batch)?;
+                updates.push((mean, new_mean));
+                updates.push((var, new_var));
+            }
+            Ok(None)
         };
         run_graph(module, graph, bound, &RunOptions::default(), Some(&mut hook)).map_err(|d| vec![d])?;
+        drop(hook);
+        // Between batches, as PyTorch's in-place buffer updates: the next batch reads them.
+        for (holder, value) in updates {
+            holder.store(module, value);
+        }
         batches += 1;
         progress.inc(1);
     }
@@ -78,6 +102,70 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     cx.warnings.extend(unobserved_warnings(module, &instances));
     write_stats(&mut module.graphs[0], &instances, &op_instance);
     Ok(true)
+}
+
+/// Where a training-mode batch norm's running statistic lives, so that calibration can update it.
+#[derive(Copy, Clone)]
+enum StatHolder {
+    /// A `weight` op: the new tensor shadows the file's under its key.
+    Weight(OpId),
+    /// A `const` op: its value is replaced.
+    Const(OpId),
+}
+
+impl StatHolder {
+    fn store(self, module: &mut Module, value: Tensor) {
+        let value = Arc::new(value);
+        let g = &mut module.graphs[0];
+        match self {
+            StatHolder::Weight(op) => {
+                if let Some(key) = g.attr(op, "key").and_then(Attr::as_str).map(str::to_string) {
+                    module.created_weights.insert(key, value);
+                }
+            }
+            StatHolder::Const(op) => {
+                let Some(slot) = g.op(op).def().attr_index("value") else { return };
+                let mut attrs = g.attrs_of(g.op(op).attrs).to_vec();
+                attrs[slot] = Some(Attr::Tensor(value));
+                let id = g.intern_attrs(attrs.into_boxed_slice());
+                g.op_mut(op).attrs = id;
+            }
+        }
+    }
+}
+
+/// The running mean and variance holders of every `batch_norm {training = true}`: PyTorch's
+/// forward in train mode updates them, and so does calibration.
+fn training_batch_norms(g: &Graph) -> Result<FxHashMap<OpId, (StatHolder, StatHolder)>, Diagnostics> {
+    let mut stats = FxHashMap::default();
+    let mut errors = Vec::new();
+    for op in g.ops() {
+        let data = g.op(op);
+        if data.def().name != "batch_norm" || g.attr(op, "training").and_then(Attr::as_bool) != Some(true) {
+            continue;
+        }
+        let holder = |v: ValueId| match g.producer(v).map(|p| (p, g.op(p).def().name)) {
+            Some((p, "weight")) => Some(StatHolder::Weight(p)),
+            Some((p, "const")) => Some(StatHolder::Const(p)),
+            _ => None,
+        };
+        match (holder(data.operands[3]), holder(data.operands[4])) {
+            (Some(mean), Some(var)) => {
+                stats.insert(op, (mean, var));
+            }
+            _ => errors.push(
+                Diag::error("calibration cannot update this batch norm's running statistics")
+                    .at(data.span, "a training-mode batch_norm")
+                    .note("its `running_mean` and `running_var` must be read from `weight` or `const` ops")
+                    .help("export the model in eval mode, or fold the batch norm first"),
+            ),
+        }
+    }
+    if errors.is_empty() {
+        Ok(stats)
+    } else {
+        Err(errors)
+    }
 }
 
 fn unobserved_warnings(module: &Module, instances: &[Instance]) -> Diagnostics {

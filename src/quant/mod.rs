@@ -60,6 +60,74 @@ pub fn float_to_int(v: f32, dtype: DType) -> i64 {
     v as i64
 }
 
+/// One element of ATen's fake-quantize kernel: `q = zp + nearbyint(x·inv)` as an integer (the
+/// zero point is added after rounding), clamped, then `(q - zp)·scale` in float32.
+pub fn fake_quantize_value(x: f32, inv: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> f32 {
+    let q = zero_point.saturating_add(float_to_int((x * inv).round_ties_even(), DType::I64));
+    (q.clamp(qmin, qmax) - zero_point) as f32 * scale
+}
+
+/// ATen's `quant_utils::ChooseQuantizationParams` (identical to fbgemm's), which
+/// `fused_moving_avg_obs_fake_quant` uses during QAT forwards (pt2e.md §2.5): unlike
+/// [`calculate_qparams`] it has no eps, floors the scale at 6.1e-5 (rescaling the range), makes
+/// a symmetric range one step wider below zero, and picks the zero point from whichever end of
+/// the range loses less precision. Arithmetic is C++'s: float where the operands are float,
+/// double where one is, and the scale rounded to float at the end. The integer arithmetic is in
+/// i64 (C++'s `int` would overflow for an i32 range).
+pub fn choose_quantization_params(min: f32, max: f32, qmin: i64, qmax: i64, preserve_sparsity: bool) -> (f32, i64) {
+    const SMALL_SCALE_THRESHOLD: f32 = 6.1e-5;
+    let (mut min, mut max) = (min, max);
+    if min < 0.0 && max > 0.0 && preserve_sparsity {
+        let symmetric_qmin = -((qmax - qmin) / 2 + 1);
+        let symmetric_qmax = (qmax - qmin) / 2;
+        let (a, b) = ((min / symmetric_qmin as f32).abs(), (max / symmetric_qmax as f32).abs());
+        // `std::max(a, b)`: `a < b ? b : a`.
+        let max_scale = f64::from(if a < b { b } else { a });
+        min = (max_scale * symmetric_qmin as f64) as f32;
+        max = (max_scale * symmetric_qmax as f64) as f32;
+    }
+    // `std::min(min, 0.f)`, `std::max(max, 0.f)`: NaN stays.
+    if 0.0 < min {
+        min = 0.0;
+    }
+    if max < 0.0 {
+        max = 0.0;
+    }
+    let steps = (qmax - qmin) as f64;
+    let mut scale = (f64::from(max) - f64::from(min)) / steps;
+    if scale as f32 == 0.0 || (1.0 / scale as f32).is_infinite() {
+        scale = 0.1;
+    }
+    if scale < f64::from(SMALL_SCALE_THRESHOLD) {
+        let original = scale as f32;
+        scale = f64::from(SMALL_SCALE_THRESHOLD);
+        if min == 0.0 {
+            max = SMALL_SCALE_THRESHOLD * steps as f32;
+        } else if max == 0.0 {
+            min = -SMALL_SCALE_THRESHOLD * steps as f32;
+        } else {
+            let amplifier = SMALL_SCALE_THRESHOLD / original;
+            min *= amplifier;
+            max *= amplifier;
+        }
+    }
+    let (from_min, from_max) = (f64::from(min) / scale, f64::from(max) / scale);
+    let min_error = qmin.abs() as f64 - from_min.abs();
+    let max_error = qmax.abs() as f64 - from_max.abs();
+    let mut initial = if min_error < max_error { qmin as f64 - from_min } else { qmax as f64 - from_max };
+    if min < 0.0 && max > 0.0 && preserve_sparsity {
+        initial = (qmin + qmax) as f64 / 2.0;
+    }
+    let zero_point = if initial < qmin as f64 {
+        qmin
+    } else if initial > qmax as f64 {
+        qmax
+    } else {
+        initial.round_ties_even() as i64
+    };
+    (scale as f32, zero_point)
+}
+
 /// What `calculate_qparams` needs to know about the target quantization.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct QRange {
@@ -213,6 +281,25 @@ mod tests {
         let (s, zp) =
             calculate_qparams(-1.0, 2.55, &range(0, 127, QScheme::PerTensorSymmetric, DType::U8, f32::EPSILON, true));
         assert_eq!((s, zp), (2.55f32 / 63.5, 63));
+    }
+
+    #[test]
+    fn fused_fake_quant_qparams_widen_symmetric_ranges_and_floor_small_scales() {
+        // Symmetric int8 weights in [-127, 127]: the range becomes [-128·s, 127·s] with
+        // s = amax/127, so the scale is amax/127 · 255/254 (pt2e.md §2.5), zero point 0.
+        let (s, zp) = choose_quantization_params(-0.5, 1.27, -127, 127, true);
+        let ms = f64::from(1.27f32 / 127.0);
+        assert_eq!(s, ((f64::from((ms * 127.0) as f32) - f64::from((ms * -128.0) as f32)) / 254.0) as f32);
+        assert_eq!(zp, 0);
+        // Affine u8: no eps; the zero point comes from the end with the smaller error term.
+        let (s, zp) = choose_quantization_params(-1.0, 3.0, 0, 255, false);
+        assert_eq!((s, zp), ((4.0f64 / 255.0) as f32, 64));
+        // A tiny range: scale 6.1e-5, not eps 2^-12 as `calculate_qparams` would give.
+        let (s, zp) = choose_quantization_params(0.0, 1e-4, -128, 127, false);
+        assert_eq!((s, zp), (6.1e-5, -128));
+        // An empty range gets scale 0.1; both zero-point candidates are exact, and the upper
+        // end's error term (|127| − 0) is the smaller one.
+        assert_eq!(choose_quantization_params(0.0, 0.0, -128, 127, false), (0.1, 127));
     }
 
     #[test]

@@ -101,7 +101,11 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use super::{calculate_float_qparams, calculate_qparams, torch_maximum, torch_minimum, QRange};
+use super::{
+    calculate_float_qparams, calculate_qparams, choose_quantization_params, fake_quantize_value, torch_maximum,
+    torch_minimum, QRange,
+};
+use crate::interp::kernels::quant::map_channels;
 use crate::ir::attr::{Attr, Dict};
 use crate::ir::quant::{QScheme, QSpec};
 use crate::ir::DType;
@@ -181,6 +185,17 @@ impl ObserverKind {
         matches!(self, ObserverKind::Histogram | ObserverKind::Percentile | ObserverKind::Entropy)
     }
 
+    /// The four min/max kinds (per-tensor or per-channel, moving average or not).
+    fn is_min_max(self) -> bool {
+        matches!(
+            self,
+            ObserverKind::MinMax
+                | ObserverKind::MovingAverageMinMax
+                | ObserverKind::PerChannelMinMax
+                | ObserverKind::MovingAveragePerChannelMinMax
+        )
+    }
+
     fn has_averaging_constant(self) -> bool {
         matches!(self, ObserverKind::MovingAverageMinMax | ObserverKind::MovingAveragePerChannelMinMax)
     }
@@ -189,6 +204,33 @@ impl ObserverKind {
 impl std::fmt::Display for ObserverKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How an observer changes the values flowing through it during calibration: PT2E's QAT
+/// fake-quantize modules, which observe and then fake-quantize their input.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum FakeQuant {
+    /// `FusedMovingAvgObsFakeQuantize`: the forward's qparams come from ATen's
+    /// `ChooseQuantizationParams` ([`crate::quant::choose_quantization_params`]: no eps, a
+    /// 6.1e-5 floor), so they differ from the `calculate_qparams` ones convert uses.
+    Fused,
+    /// `FakeQuantize` (and `FixedQParamsFakeQuantize` for a `fixed_qparams` kind): the forward
+    /// fake-quantizes with the observer's own `calculate_qparams`.
+    Standard,
+}
+
+impl FakeQuant {
+    /// The value of the `fake_quant` option.
+    pub fn name(self) -> &'static str {
+        match self {
+            FakeQuant::Fused => "fused",
+            FakeQuant::Standard => "fake_quantize",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<FakeQuant> {
+        [FakeQuant::Fused, FakeQuant::Standard].into_iter().find(|f| f.name() == name)
     }
 }
 
@@ -217,11 +259,22 @@ pub struct ObserverConfig {
     /// Whether qmin/qmax were given explicitly (always, for quantizer specs); only the uint8
     /// symmetric zero point depends on it (128 when not).
     pub customized_range: bool,
+    /// Whether the observer is a QAT fake-quantize module (`None`: it only observes).
+    pub fake_quant: Option<FakeQuant>,
 }
 
 /// Options an `observer` op's `options` dictionary may carry.
-pub const OPTION_KEYS: &[&str] =
-    &["eps", "averaging_constant", "bins", "percentile", "reduce_range", "customized_range", "scale", "zero_point"];
+pub const OPTION_KEYS: &[&str] = &[
+    "eps",
+    "averaging_constant",
+    "bins",
+    "percentile",
+    "reduce_range",
+    "customized_range",
+    "fake_quant",
+    "scale",
+    "zero_point",
+];
 
 /// Top-level keys [`ObserverConfig::from_dict`] reads (besides `instance` and `stats`, which
 /// belong to the op and are ignored).
@@ -284,6 +337,7 @@ impl ObserverConfig {
             percentile: DEFAULT_PERCENTILE,
             fixed: None,
             customized_range: true,
+            fake_quant: None,
         }
     }
 
@@ -412,6 +466,12 @@ impl ObserverConfig {
         if let Some(customized) = get_bool(options, "customized_range", what)? {
             self.customized_range = customized;
         }
+        if let Some(a) = options.get("fake_quant") {
+            let name = a.as_str().ok_or_else(|| format!("`fake_quant` must be a string, found {}", a.kind_name()))?;
+            self.fake_quant = Some(FakeQuant::from_name(name).ok_or_else(|| {
+                format!("unknown `fake_quant` \"{name}\" (expected \"fused\" or \"fake_quantize\")")
+            })?);
+        }
         if get_bool(options, "reduce_range", what)? == Some(true) {
             // `calculate_qmin_qmax`: quant_min // 2, quant_max // 2 (floor division).
             self.qmin = self.qmin.div_euclid(2);
@@ -441,6 +501,19 @@ impl ObserverConfig {
         }
         if kind == ObserverKind::FixedQParams && self.fixed.is_none() {
             return Err("a `fixed_qparams` observer needs its `scale` and `zero_point`".into());
+        }
+        match self.fake_quant {
+            Some(FakeQuant::Fused) if !kind.has_averaging_constant() => {
+                return Err(format!(
+                    "`fake_quant = \"fused\"` (FusedMovingAvgObsFakeQuantize) wraps a moving-average observer, not `{kind}`"
+                ))
+            }
+            Some(FakeQuant::Standard) if !(kind.is_min_max() || kind == ObserverKind::FixedQParams) => {
+                return Err(format!(
+                    "`fake_quant = \"fake_quantize\"` supports the min/max and fixed-qparams observers, not `{kind}`"
+                ))
+            }
+            _ => {}
         }
         if !kind.is_uniform() {
             return Ok(());
@@ -777,6 +850,53 @@ impl ObserverState {
                 per_tensor_qparams(lo, hi, &range)
             }
         }
+    }
+
+    /// What a fake-quantizing observer (`cfg.fake_quant`) outputs for `x`, which it has just
+    /// observed: `x` quantized and dequantized in float32 with the qparams of its current state
+    /// (per channel along `ch_axis` for per-channel kinds). `None` when the observer only
+    /// observes, or has seen nothing yet (an empty input).
+    pub fn fake_quantize(&self, cfg: &ObserverConfig, x: &Tensor) -> Result<Option<Tensor>, String> {
+        let Some(fake_quant) = cfg.fake_quant else { return Ok(None) };
+        if !self.is_initialized() {
+            return Ok(None);
+        }
+        let symmetric = cfg.qscheme.is_symmetric();
+        let choose = |lo: f32, hi: f32| choose_quantization_params(lo, hi, cfg.qmin, cfg.qmax, symmetric);
+        let QParams { scale, zero_point, .. } = match (fake_quant, self) {
+            (FakeQuant::Fused, ObserverState::MinMax { min_val, max_val }) => {
+                let (s, zp) = choose(*min_val, *max_val);
+                QParams::per_tensor(s, zp)
+            }
+            (FakeQuant::Fused, ObserverState::PerChannel { min_val, max_val }) => {
+                let (scale, zero_point) = min_val.iter().zip(max_val).map(|(&lo, &hi)| choose(lo, hi)).unzip();
+                QParams { scale, zero_point, float_zero_point: None }
+            }
+            _ => self.qparams(cfg)?,
+        };
+        let Tensor::F32(a) = x else {
+            return Err(format!("a fake-quantizing observer needs float32 input, not {}", x.dtype()));
+        };
+        let (qmin, qmax) = (cfg.qmin, cfg.qmax);
+        let out = match (cfg.kind.is_per_channel(), scale.as_slice(), zero_point.as_slice()) {
+            (false, &[s], &[zp]) => a.mapv(|v| fake_quantize_value(v, 1.0 / s, s, zp, qmin, qmax)),
+            (true, _, _) => {
+                let axis = cfg.ch_axis.unwrap_or(0);
+                if a.shape().get(axis) != Some(&scale.len()) {
+                    return Err(format!(
+                        "the `{}` observer has qparams for {} channels, but its input has shape {:?}",
+                        cfg.kind,
+                        scale.len(),
+                        a.shape()
+                    ));
+                }
+                map_channels(a.view(), axis, |c, v| {
+                    fake_quantize_value(v, 1.0 / scale[c], scale[c], zero_point[c], qmin, qmax)
+                })
+            }
+            _ => return Err(format!("a per-tensor `{}` observer has {} scales", cfg.kind, scale.len())),
+        };
+        Ok(Some(Tensor::F32(out)))
     }
 
     /// The statistics as attributes: `min_val`/`max_val` floats (lists for per-channel kinds),
@@ -2015,6 +2135,45 @@ mod tests {
         let mut d = base_attrs("minmax");
         d.insert("colour", Attr::Int(1));
         reject(&d, "unknown observer attribute");
+    }
+
+    #[test]
+    fn fake_quantizing_observers() {
+        let with_options = |kind: &str, entries: &[(&str, Attr)]| {
+            let mut d = base_attrs(kind);
+            let mut o = Dict::new();
+            entries.iter().for_each(|(k, v)| o.insert(k, v.clone()));
+            d.insert("options", Attr::Dict(o));
+            ObserverConfig::from_dict(&d)
+        };
+        let fused = Attr::Str("fused".into());
+        let standard = Attr::Str("fake_quantize".into());
+        assert!(with_options("minmax", &[("fake_quant", fused.clone())]).unwrap_err().contains("moving-average"));
+        assert!(with_options("histogram", &[("fake_quant", standard.clone())]).unwrap_err().contains("min/max"));
+        assert!(with_options("minmax", &[("fake_quant", Attr::Str("yes".into()))]).unwrap_err().contains("unknown"));
+
+        // Fused: the forward uses ChooseQuantizationParams (no eps), so the tiny range gets
+        // the 6.1e-5 scale (not 2^-12): 1e-4 rounds to 2 steps.
+        let c = with_options("moving_average_minmax", &[("fake_quant", fused)]).unwrap();
+        let mut s = ObserverState::new(&c);
+        let x = t(&[0.0, 1e-4, -1e-5]);
+        s.observe(&c, &x).unwrap();
+        let Some(Tensor::F32(out)) = s.fake_quantize(&c, &x).unwrap() else { panic!("no fake-quantized output") };
+        assert_eq!(out.as_slice().unwrap(), &[0.0, 2.0 * 6.1e-5, -0.0]);
+
+        // FixedQParamsFakeQuantize: the fixed scale and zero point, clamped to the range.
+        let c = with_options(
+            "fixed_qparams",
+            &[("fake_quant", standard), ("scale", Attr::Float(0.25)), ("zero_point", Attr::Int(-128))],
+        )
+        .unwrap();
+        let s = ObserverState::new(&c);
+        let Some(Tensor::F32(out)) = s.fake_quantize(&c, &t(&[0.3, -1.0, 100.0])).unwrap() else { panic!() };
+        assert_eq!(out.as_slice().unwrap(), &[0.25, 0.0, 63.75]);
+
+        // A plain observer passes values through unchanged.
+        let c = cfg(ObserverKind::MinMax, QScheme::PerTensorAffine);
+        assert!(ObserverState::new(&c).fake_quantize(&c, &t(&[1.0])).unwrap().is_none());
     }
 
     #[test]

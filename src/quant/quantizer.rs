@@ -13,6 +13,7 @@ use crate::ir::graph::{Graph, Module, OpId, ResultSpec, ValueId};
 use crate::ir::quant::{Annotation, EdgeOrValue, NamedQSpec, QScheme, QSpec, SpecRef};
 use crate::ir::{DType, TensorType};
 use crate::ops::OpKind;
+use crate::quant::observer::FakeQuant;
 use crate::tensor::Tensor;
 
 /// PT2E's `QuantizationConfig`: the specs one configuration gives to an op's pieces.
@@ -24,11 +25,24 @@ pub struct QuantizationConfig {
     pub bias: Option<QSpec>,
 }
 
+/// When activations are quantized: `get_symmetric_quantization_config`'s `is_dynamic` and
+/// `is_qat` (dynamic QAT, `FakeQuantize` over a per-batch moving average, is not supported).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Post-training, static: histogram observers on activations.
+    Static,
+    /// Post-training, dynamic: activations quantized at run time (`placeholder` observers).
+    Dynamic,
+    /// Quantization-aware training, static: `FusedMovingAvgObsFakeQuantize` everywhere, and
+    /// the conv–batch_norm patterns.
+    Qat,
+}
+
 /// Options of `get_symmetric_quantization_config`.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct SymmetricOptions {
     pub per_channel: bool,
-    pub dynamic: bool,
+    pub mode: Mode,
     pub act_qmin: i64,
     pub act_qmax: i64,
     pub weight_qmin: i64,
@@ -39,7 +53,7 @@ impl Default for SymmetricOptions {
     fn default() -> Self {
         SymmetricOptions {
             per_channel: true,
-            dynamic: false,
+            mode: Mode::Static,
             act_qmin: -128,
             act_qmax: 127,
             weight_qmin: -127,
@@ -65,27 +79,47 @@ fn spec(
     QSpec { dtype, qmin, qmax, qscheme, ch_axis, dynamic, observer: observer.to_string(), options, fixed: None }
 }
 
+/// `spec` observed by a QAT fake-quantize module of kind `fake_quant`.
+pub(crate) fn fake_quantized(mut spec: QSpec, fake_quant: FakeQuant) -> QSpec {
+    spec.options.insert("fake_quant", Attr::Str(fake_quant.name().into()));
+    spec
+}
+
 impl QuantizationConfig {
-    /// `get_symmetric_quantization_config(...)` for post-training quantization.
+    /// Whether this is a QAT configuration (PT2E's `is_qat`): its specs fake-quantize.
+    pub fn is_qat(&self) -> bool {
+        [&self.input_activation, &self.output_activation, &self.weight, &self.bias]
+            .into_iter()
+            .flatten()
+            .any(|s| s.options.get("fake_quant").is_some())
+    }
+
+    /// `get_symmetric_quantization_config(...)`. QAT specs observe with the moving-average
+    /// kinds of `FusedMovingAvgObsFakeQuantize` (averaging constant 0.01).
     pub fn xnnpack_symmetric(o: SymmetricOptions) -> QuantizationConfig {
-        let act_observer = if o.dynamic { "placeholder" } else { "histogram" };
-        let act = spec(DType::I8, o.act_qmin, o.act_qmax, QScheme::PerTensorAffine, None, o.dynamic, act_observer);
-        let weight = if o.per_channel {
-            spec(
-                DType::I8,
-                o.weight_qmin,
-                o.weight_qmax,
-                QScheme::PerChannelSymmetric,
-                Some(0),
-                false,
-                "per_channel_minmax",
-            )
-        } else {
-            spec(DType::I8, o.weight_qmin, o.weight_qmax, QScheme::PerTensorSymmetric, None, false, "minmax")
+        let dynamic = o.mode == Mode::Dynamic;
+        let act_observer = match o.mode {
+            Mode::Static => "histogram",
+            Mode::Dynamic => "placeholder",
+            Mode::Qat => "moving_average_minmax",
+        };
+        let act = spec(DType::I8, o.act_qmin, o.act_qmax, QScheme::PerTensorAffine, None, dynamic, act_observer);
+        let (weight_qscheme, weight_axis) =
+            if o.per_channel { (QScheme::PerChannelSymmetric, Some(0)) } else { (QScheme::PerTensorSymmetric, None) };
+        let weight_observer = match (o.per_channel, o.mode == Mode::Qat) {
+            (true, false) => "per_channel_minmax",
+            (true, true) => "moving_average_per_channel_minmax",
+            (false, false) => "minmax",
+            (false, true) => "moving_average_minmax",
+        };
+        let weight = spec(DType::I8, o.weight_qmin, o.weight_qmax, weight_qscheme, weight_axis, false, weight_observer);
+        let (act, weight) = match o.mode {
+            Mode::Qat => (fake_quantized(act, FakeQuant::Fused), fake_quantized(weight, FakeQuant::Fused)),
+            Mode::Static | Mode::Dynamic => (act, weight),
         };
         QuantizationConfig {
             input_activation: Some(act.clone()),
-            output_activation: (!o.dynamic).then_some(act),
+            output_activation: (!dynamic).then_some(act),
             weight: Some(weight),
             bias: None,
         }
@@ -331,8 +365,13 @@ impl Annotator<'_, '_> {
         let config = config.unwrap_or(&none);
         let quantized = config.input_activation.is_some() || config.weight.is_some();
         let dynamic = is_dynamic(config);
+        let qat = config.is_qat();
         // In PT2E's pattern order, each pattern over the whole graph.
         for pattern in [
+            Pattern::ConvBnRelu,
+            Pattern::ConvBn,
+            Pattern::ConvTransposeBnRelu,
+            Pattern::ConvTransposeBn,
             Pattern::LinearRelu,
             Pattern::Linear,
             Pattern::ConvRelu,
@@ -344,8 +383,18 @@ impl Annotator<'_, '_> {
             Pattern::Mul,
             Pattern::Cat,
         ] {
-            // A dynamic config runs only the patterns PT2E marks dynamic.
-            if dynamic && !matches!(pattern, Pattern::Linear | Pattern::Conv) {
+            // A dynamic config runs only the patterns PT2E marks dynamic; every other config
+            // runs all of them, except that a pattern marked QAT needs a QAT config or a
+            // static one (ExecuTorch's rule; a static config meets a training-mode batch norm
+            // only when BN folding was skipped).
+            let runs = match pattern {
+                Pattern::Linear | Pattern::Conv => true,
+                Pattern::ConvBnRelu | Pattern::ConvBn | Pattern::ConvTransposeBnRelu | Pattern::ConvTransposeBn => {
+                    qat || !dynamic
+                }
+                _ => !dynamic,
+            };
+            if !runs {
                 continue;
             }
             for op in self.graph.op_ids() {
@@ -368,6 +417,37 @@ impl Annotator<'_, '_> {
         let out =
             |this: &mut Self| config.output_activation.as_ref().map(|_| this.named(&config.output_activation, "act"));
         match pattern {
+            Pattern::ConvBnRelu | Pattern::ConvBn | Pattern::ConvTransposeBnRelu | Pattern::ConvTransposeBn => {
+                let transposed = matches!(pattern, Pattern::ConvTransposeBnRelu | Pattern::ConvTransposeBn);
+                let anchor_ok = if transposed { name == "conv_transpose2d" } else { matches!(name, "conv1d" | "conv2d") };
+                if !anchor_ok {
+                    return;
+                }
+                let is_training_bn = |this: &Self, u: OpId| {
+                    this.name_of(u) == "batch_norm" && this.graph.attr(u, "training").and_then(Attr::as_bool) == Some(true)
+                };
+                let Some(bn) = self.single_user(op).filter(|&u| is_training_bn(self, u)) else { return };
+                let output = match pattern {
+                    Pattern::ConvBnRelu | Pattern::ConvTransposeBnRelu => {
+                        match self.single_user(bn).filter(|&u| self.name_of(u) == "relu") {
+                            Some(relu) => relu,
+                            None => return,
+                        }
+                    }
+                    _ => bn,
+                };
+                // The partition PT2E checks is the conv (with its parameters); the output op
+                // is annotated whatever it had.
+                if !filter(self.graph, op) {
+                    return;
+                }
+                // The weight spec keeps axis 0 even for a transposed conv: unlike the plain
+                // conv_transpose pattern, PT2E's conv-bn annotator does not move it.
+                let inputs = self.weighted_inputs(op, config, 0);
+                self.set(op, inputs, None);
+                let o = out(self);
+                self.set(output, vec![], o);
+            }
             Pattern::LinearRelu | Pattern::ConvRelu => {
                 let anchor_ok = match pattern {
                     Pattern::LinearRelu => name == "linear",
@@ -519,6 +599,10 @@ impl Annotator<'_, '_> {
 
 #[derive(Copy, Clone, Debug, PartialEq)]
 enum Pattern {
+    ConvBnRelu,
+    ConvBn,
+    ConvTransposeBnRelu,
+    ConvTransposeBn,
     LinearRelu,
     Linear,
     ConvRelu,
@@ -537,6 +621,8 @@ impl Pattern {
         match self {
             Pattern::LinearRelu | Pattern::Linear => op == "linear",
             Pattern::ConvRelu | Pattern::Conv => matches!(op, "conv1d" | "conv2d" | "conv_transpose2d"),
+            Pattern::ConvBnRelu | Pattern::ConvBn => matches!(op, "conv1d" | "conv2d"),
+            Pattern::ConvTransposeBnRelu | Pattern::ConvTransposeBn => op == "conv_transpose2d",
             Pattern::AdaptiveAvgPool => op == "adaptive_avg_pool2d",
             Pattern::AddRelu | Pattern::Add => op == "add",
             Pattern::MulRelu | Pattern::Mul => op == "mul",
@@ -550,8 +636,12 @@ fn is_dynamic(config: &QuantizationConfig) -> bool {
     config.input_activation.as_ref().is_some_and(|s| s.dynamic)
 }
 
+/// The built-in quantizers `--quantizer` names.
+pub const QUANTIZER_NAMES: &[&str] =
+    &["xnnpack", "xnnpack-per-tensor", "xnnpack-dynamic", "xnnpack-qat", "xnnpack-qat-per-tensor", "x86", "x86-qat"];
+
 /// A diagnostic for an unknown quantizer name.
 pub fn unknown_quantizer(name: &str) -> Diag {
     Diag::error(format!("unknown quantizer `{name}`"))
-        .help(crate::diag::suggest(name, ["xnnpack", "xnnpack-per-tensor", "xnnpack-dynamic", "x86"].into_iter()))
+        .help(crate::diag::suggest(name, QUANTIZER_NAMES.iter().copied()))
 }

@@ -55,7 +55,8 @@
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::quantizer::{ModuleMatch, QuantizationConfig, Scope, SpecTable, EPS};
+use super::observer::FakeQuant;
+use super::quantizer::{fake_quantized, ModuleMatch, QuantizationConfig, Scope, SpecTable, EPS};
 use crate::diag::Diagnostics;
 use crate::ir::attr::{Attr, Dict};
 use crate::ir::graph::{Graph, Module, OpId, User, ValueId};
@@ -126,6 +127,22 @@ impl QuantizationConfig {
             bias: None,
         }
     }
+
+    /// `get_default_x86_inductor_quantization_config(is_qat=True)`: the same ranges, observed
+    /// by `FusedMovingAvgObsFakeQuantize` over moving-average min/max observers (per channel
+    /// for the weights).
+    pub fn x86_inductor_qat() -> QuantizationConfig {
+        let act = x86_spec(DType::U8, 0, 255, QScheme::PerTensorAffine, None, "moving_average_minmax");
+        let weight =
+            x86_spec(DType::I8, -128, 127, QScheme::PerChannelSymmetric, Some(0), "moving_average_per_channel_minmax");
+        let act = fake_quantized(act, FakeQuant::Fused);
+        QuantizationConfig {
+            input_activation: Some(act.clone()),
+            output_activation: Some(act),
+            weight: Some(fake_quantized(weight, FakeQuant::Fused)),
+            bias: None,
+        }
+    }
 }
 
 /// `X86InductorQuantizer`: configurations by module name, operator type and globally.
@@ -146,6 +163,12 @@ impl X86InductorQuantizer {
     /// what `--quantizer x86` runs.
     pub fn with_default_config() -> Self {
         Self::new().set_global(Some(QuantizationConfig::x86_inductor(false)))
+    }
+
+    /// `set_global(get_default_x86_inductor_quantization_config(is_qat=True))`: what
+    /// `--quantizer x86-qat` runs.
+    pub fn with_qat_config() -> Self {
+        Self::new().set_global(Some(QuantizationConfig::x86_inductor_qat()))
     }
 
     /// `set_global`; `None` removes the global configuration.
@@ -378,6 +401,14 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
 
     /// `_annotate_with_config`: the fusion recipes, then propagation.
     fn annotate_with_config(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        // QAT graphs keep their batch norms (`_annotate_qat_conv2d_fusion_pattern`); PT2E runs
+        // these patterns for a `None` configuration too.
+        if config.is_none_or(QuantizationConfig::is_qat) {
+            self.qat_conv2d_bn_binary(config, filter, true);
+            self.qat_conv2d_bn_binary(config, filter, false);
+            self.qat_conv2d_bn_unary(config, filter);
+            self.qat_conv2d_bn(config, filter);
+        }
         self.conv2d_binary(config, filter, true);
         self.conv2d_binary(config, filter, false);
         self.weighted_unary(CONV_UNARY, config, filter);
@@ -410,6 +441,109 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
             }
         }
         chains
+    }
+
+    /// `conv2d → batch_norm {training = true}` pairs, convs in program order.
+    fn conv2d_bn_pairs(&self) -> Vec<(OpId, OpId)> {
+        let mut pairs = Vec::new();
+        for conv in self.ops_named(&["conv2d"]) {
+            let Some(conv_out) = self.result(conv) else { continue };
+            for bn in self.users_named(conv_out, "batch_norm") {
+                if self.graph.attr(bn, "training").and_then(Attr::as_bool) == Some(true) {
+                    pairs.push((conv, bn));
+                }
+            }
+        }
+        pairs
+    }
+
+    /// The output spec of a QAT pattern's last op (PT2E annotates it until its QAT utilities
+    /// can match the fused pattern otherwise).
+    fn close_qat_pattern(&mut self, op: OpId, map: Vec<(ValueId, SpecRef)>, config: &QuantizationConfig) {
+        let out = self.named(&config.output_activation, "act");
+        self.set(op, map, Some(out), true);
+    }
+
+    /// `_annotate_qat_conv2d_bn_binary_unary` (with `relu`) and `_annotate_qat_conv2d_bn_binary`:
+    /// the batch norm's only user is the add; its other operand gets the activation spec.
+    fn qat_conv2d_bn_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
+        for (conv, bn) in self.conv2d_bn_pairs() {
+            let Some(bn_out) = self.result(bn) else { continue };
+            if self.user_count(bn_out) != 1 {
+                continue;
+            }
+            for add in self.users_named(bn_out, "add") {
+                let operands = self.graph.op(add).operands.to_vec();
+                let extra = if operands[0] == bn_out { operands[1] } else { operands[0] };
+                // `_get_input_idx_for_binary_node`: the other operand must be another value.
+                if extra == bn_out {
+                    continue;
+                }
+                let Some(add_out) = self.result(add) else { continue };
+                let unaries = if with_relu { self.users_named(add_out, "relu") } else { Vec::new() };
+                if with_relu && unaries.is_empty() {
+                    continue;
+                }
+                for unary in unaries.into_iter().map(Some).chain((!with_relu).then_some(None)) {
+                    let ops: Vec<OpId> = unary.into_iter().chain([add, bn, conv]).collect();
+                    if self.skip(&ops, filter) {
+                        continue;
+                    }
+                    let Some(config) = config else {
+                        self.not_quantized(&ops);
+                        continue;
+                    };
+                    self.weighted(conv, config, false);
+                    self.set(bn, Vec::new(), None, false);
+                    let act = self.named(&config.input_activation, "act");
+                    match unary {
+                        Some(unary) => {
+                            self.set(add, vec![(extra, act)], None, false);
+                            self.close_qat_pattern(unary, Vec::new(), config);
+                        }
+                        None => self.close_qat_pattern(add, vec![(extra, act)], config),
+                    }
+                }
+            }
+        }
+    }
+
+    /// `_annotate_qat_conv2d_bn_unary`: conv2d → batch_norm → one of the conv unary ops.
+    fn qat_conv2d_bn_unary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for &(_, unary_kind) in CONV_UNARY.iter().filter(|(anchor, _)| *anchor == "conv2d") {
+            for (conv, bn) in self.conv2d_bn_pairs() {
+                let Some(bn_out) = self.result(bn) else { continue };
+                for unary in self.users_named(bn_out, unary_kind) {
+                    let ops = [unary, bn, conv];
+                    if self.skip(&ops, filter) {
+                        continue;
+                    }
+                    let Some(config) = config else {
+                        self.not_quantized(&ops);
+                        continue;
+                    };
+                    self.weighted(conv, config, false);
+                    self.set(bn, Vec::new(), None, false);
+                    self.close_qat_pattern(unary, Vec::new(), config);
+                }
+            }
+        }
+    }
+
+    /// `_annotate_qat_conv2d_bn`: conv2d → batch_norm, the batch norm's output quantized.
+    fn qat_conv2d_bn(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for (conv, bn) in self.conv2d_bn_pairs() {
+            let ops = [bn, conv];
+            if self.skip(&ops, filter) {
+                continue;
+            }
+            let Some(config) = config else {
+                self.not_quantized(&ops);
+                continue;
+            };
+            self.weighted(conv, config, false);
+            self.close_qat_pattern(bn, Vec::new(), config);
+        }
     }
 
     /// `_annotate_conv2d_binary_unary` (with `relu`) and `_annotate_conv2d_binary`.

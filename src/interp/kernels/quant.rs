@@ -8,7 +8,9 @@ use super::{as_f32, dim, from_f32, round_to, KernelCx, KernelResult};
 use crate::ir::quant::QScheme;
 use crate::ir::DType;
 use crate::ops::AttrAccess;
-use crate::quant::{calculate_qparams, dequantize_value, float_to_int, inv_scale, quantize_value, QRange};
+use crate::quant::{
+    calculate_qparams, dequantize_value, fake_quantize_value, float_to_int, inv_scale, quantize_value, QRange,
+};
 use crate::tensor::Tensor;
 
 /// Float32 values (already rounded and clamped) → a tensor of the quantized `dtype`.
@@ -105,7 +107,7 @@ fn channel_qparams(cx: &KernelCx<'_>) -> Result<(usize, Vec<f32>, Vec<i64>), Str
 }
 
 /// Applies `f(channel, value)` along `axis`.
-fn map_channels<A: Copy, B: Copy + Default>(a: ArrayViewD<'_, A>, axis: usize, f: impl Fn(usize, A) -> B) -> ArrayD<B> {
+pub(crate) fn map_channels<A: Copy, B: Copy + Default>(a: ArrayViewD<'_, A>, axis: usize, f: impl Fn(usize, A) -> B) -> ArrayD<B> {
     // Row-major input (weights, the case constant folding runs on every weight): each run of
     // `inner` elements is one channel's, so the loop is flat instead of a lane walk per channel.
     if let Some(data) = a.as_slice() {
@@ -202,13 +204,6 @@ pub fn choose_qparams(cx: &KernelCx<'_>) -> KernelResult {
         Tensor::F64(ArrayD::from_elem(IxDyn(&[1]), f64::from(scale))),
         Tensor::I64(ArrayD::from_elem(IxDyn(&[1]), zero_point)),
     ])
-}
-
-/// The fake-quantize kernel: `q = zp + nearbyint(x·inv)` as an integer, clamped, then
-/// `(q - zp)·scale` in float32.
-fn fake_quantize_value(x: f32, inv: f32, scale: f32, zero_point: i64, qmin: i64, qmax: i64) -> f32 {
-    let q = zero_point.saturating_add(float_to_int((x * inv).round_ties_even(), DType::I64));
-    (q.clamp(qmin, qmax) - zero_point) as f32 * scale
 }
 
 pub fn fake_quantize_per_tensor(cx: &KernelCx<'_>) -> KernelResult {
