@@ -13,11 +13,10 @@
 
 use std::borrow::Cow;
 
-use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::attr::{Attr, Attrs, Dict};
-use super::entity::{entity_id, fx_hash, Arena, EntityId, Interner};
+use super::entity::{entity_id, fx_hash, prefetch_write, Arena, EntityId, HashIndex, Interner, AHEAD_BYTES};
 use super::quant::Annotation;
 use super::types::TensorType;
 use crate::diag::Span;
@@ -59,30 +58,43 @@ pub struct StrInterner {
     /// `ends[i]` is where string `i` ends in `text`; it starts where string `i - 1` ends.
     ends: Vec<u32>,
     /// The interned (deduplicated) strings, by the hash of their text.
-    table: HashTable<Sym>,
+    table: HashIndex<Sym>,
 }
 
 impl StrInterner {
     /// The id of `s`; equal strings get equal ids.
     pub fn intern(&mut self, s: &str) -> Sym {
         let hash = fx_hash(s);
-        if let Some(&sym) = self.table.find(hash, |&sym| self.resolve(sym) == s) {
+        if let Some(sym) = self.table.find(hash, |sym| self.resolve(sym) == s) {
             return sym;
         }
         let sym = self.push(s);
         let (text, ends) = (&self.text, &self.ends);
-        self.table.insert_unique(hash, sym, |&sym| fx_hash(slice(text, ends, sym)));
+        self.table.insert_unique(hash, sym, |sym| fx_hash(slice(text, ends, sym)));
         sym
     }
 
     /// The id of `s` if it was interned. Value names are stored without interning (the graph
     /// finds values by name itself), so this does not find them.
     pub fn get(&self, s: &str) -> Option<Sym> {
-        self.table.find(fx_hash(s), |&sym| self.resolve(sym) == s).copied()
+        self.table.find(fx_hash(s), |sym| self.resolve(sym) == s)
+    }
+
+    /// Starts loading what interning `s` will read, for a caller that knows `s` a while before
+    /// it interns it. Only a hint: it changes nothing.
+    #[inline]
+    pub fn prefetch(&self, s: &str) {
+        self.table.prefetch(fx_hash(s));
     }
 
     pub fn resolve(&self, sym: Sym) -> &str {
         slice(&self.text, &self.ends, sym)
+    }
+
+    /// Gives back the text buffer's unused room, as after reserving for strings that turned out
+    /// to be duplicates.
+    pub fn shrink_to_fit(&mut self) {
+        self.text.shrink_to_fit();
     }
 
     /// Stores `s` under a new id, without looking for an equal string.
@@ -92,6 +104,7 @@ impl StrInterner {
         if self.text.capacity() - self.text.len() < s.len() {
             self.text.reserve_exact(s.len().max(self.text.len() / 4).max(4096));
         }
+        prefetch_write(self.text.as_ptr().wrapping_add(self.text.len() + AHEAD_BYTES));
         self.text.push_str(s);
         self.ends.push(u32::try_from(self.text.len()).expect("the strings of one graph exceed 4 GiB"));
         Sym::from_index(self.ends.len() - 1)
@@ -101,7 +114,14 @@ impl StrInterner {
     pub fn reserve(&mut self, additional: usize) {
         self.ends.reserve(additional);
         let (text, ends) = (&self.text, &self.ends);
-        self.table.reserve(additional, |&sym| fx_hash(slice(text, ends, sym)));
+        self.table.reserve(additional, |sym| fx_hash(slice(text, ends, sym)));
+    }
+
+    /// Makes room for `strings` more strings stored without interning (value names) and for
+    /// `bytes` more bytes of text in all.
+    fn reserve_stored(&mut self, strings: usize, bytes: usize) {
+        self.ends.reserve(strings);
+        self.text.reserve_exact(bytes);
     }
 }
 
@@ -220,7 +240,7 @@ pub struct Graph {
     pub output_types: Vec<TypeId>,
     pub output_span: Span,
     /// Live values, found by the hash of their name.
-    names: HashTable<ValueId>,
+    names: HashIndex<ValueId>,
     pub strings: StrInterner,
     types: Interner<TypeId, TensorType>,
     attr_sets: Interner<AttrsId, Attrs>,
@@ -238,9 +258,23 @@ impl Graph {
         self.ops.reserve(ops);
         self.values.reserve(values);
         let (arena, strings) = (&self.values, &self.strings);
-        self.names.reserve(values, |&v| fx_hash(strings.resolve(arena[v].name)));
+        self.names.reserve(values, |v| fx_hash(strings.resolve(arena[v].name)));
         // Value names are stored without interning; locations are interned, about one per op.
         self.strings.reserve(ops);
+        self.strings.reserve_stored(values, 0);
+    }
+
+    /// Makes room for `bytes` more bytes of value names and locations: a builder that knows
+    /// them up front spares the string buffer its regrowth (each one copies every string).
+    pub fn reserve_text(&mut self, bytes: usize) {
+        self.strings.reserve_stored(0, bytes);
+    }
+
+    /// Starts loading what defining or looking up a value called `name` will read, for a builder
+    /// that knows the name a while before it creates the value. Only a hint: it changes nothing.
+    #[inline]
+    pub fn prefetch_name(&self, name: &str) {
+        self.names.prefetch(fx_hash(name));
     }
 
     // ---- interning -------------------------------------------------------------------------
@@ -288,7 +322,7 @@ impl Graph {
     }
 
     fn find_name(&self, hash: u64, name: &str) -> Option<ValueId> {
-        self.names.find(hash, |&v| self.strings.resolve(self.values[v].name) == name).copied()
+        self.names.find(hash, |v| self.strings.resolve(self.values[v].name) == name)
     }
 
     /// The op that defines `v`, if it is not a graph input.
@@ -327,7 +361,7 @@ impl Graph {
         let ty = self.types.intern(ty);
         let id = self.values.push(ValueData { name, ty, def, uses: UseList::new(), span, alive: true });
         let (values, strings) = (&self.values, &self.strings);
-        self.names.insert_unique(hash, id, |&v| fx_hash(strings.resolve(values[v].name)));
+        self.names.insert_unique(hash, id, |v| fx_hash(strings.resolve(values[v].name)));
         id
     }
 
@@ -554,9 +588,7 @@ impl Graph {
         self.unlink(op);
         for r in self.ops[op].results() {
             let hash = fx_hash(self.strings.resolve(self.values[r].name));
-            if let Ok(entry) = self.names.find_entry(hash, |&v| v == r) {
-                entry.remove();
-            }
+            self.names.remove(hash, r);
             self.values[r].alive = false;
         }
         self.ops[op].alive = false;
@@ -607,8 +639,9 @@ impl Graph {
 /// Which uses are recorded: see [`Graph::recorded_uses`].
 pub struct RecordedUses {
     /// Per op (by id), the index of its first operand slot in `recorded`, then the number of
-    /// operand slots (so op `i`'s slots are `first_slot[i]..first_slot[i + 1]`).
-    first_slot: Vec<usize>,
+    /// operand slots (so op `i`'s slots are `first_slot[i]..first_slot[i + 1]`). 32 bits, like
+    /// the ids: this is built for every verification, and a big graph's table is fresh memory.
+    first_slot: Vec<u32>,
     /// Per operand slot of every op, then per graph output: whether the value there lists it.
     recorded: Vec<bool>,
 }
@@ -620,10 +653,10 @@ impl RecordedUses {
         let index = u.index as usize;
         let slot = match u.user {
             User::Op(op) => match self.first_slot.get(op.index()..op.index() + 2) {
-                Some(&[first, end]) if first + index < end => first + index,
+                Some(&[first, end]) if first as usize + index < end as usize => first as usize + index,
                 _ => return false,
             },
-            User::Output => self.first_slot[self.first_slot.len() - 1] + index,
+            User::Output => self.first_slot[self.first_slot.len() - 1] as usize + index,
         };
         self.recorded.get(slot).copied().unwrap_or(false)
     }
@@ -636,18 +669,19 @@ impl Graph {
     pub fn recorded_uses(&self) -> RecordedUses {
         let mut first_slot = Vec::with_capacity(self.ops.len() + 1);
         let mut slots = 0;
+        let slot32 = |slots: usize| u32::try_from(slots).expect("a graph has fewer than 2^32 operands");
         for (_, data) in self.ops.iter() {
-            first_slot.push(slots);
+            first_slot.push(slot32(slots));
             slots += data.operands.len();
         }
-        first_slot.push(slots);
+        first_slot.push(slot32(slots));
         let mut recorded = vec![false; slots + self.outputs.len()];
         for (v, data) in self.values.iter() {
             for u in &data.uses {
                 let slot = match u.user {
                     User::Op(op) => match self.ops.get(op) {
                         Some(reader) if reader.operands.get(u.index as usize) == Some(&v) => {
-                            first_slot[op.index()] + u.index as usize
+                            first_slot[op.index()] as usize + u.index as usize
                         }
                         _ => continue,
                     },

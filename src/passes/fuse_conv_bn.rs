@@ -57,7 +57,11 @@
 //!   too when the conv has no bias: its `fake_fuse` overwrites the shared `<weight>_bias` with
 //!   zeros;
 //! - a conv on unbatched input: batch norm's channel dim is then not the conv's output channels
-//!   (PT2E fails on a shape mismatch, or folds the wrong dim when the sizes agree).
+//!   (PT2E fails on a shape mismatch, or folds the wrong dim when the sizes agree);
+//! - a training-mode batch norm (`training = true`, a model exported in train mode): it
+//!   normalises by each batch's statistics, so folding the running statistics changes its
+//!   results (PT2E's `_fuse_conv_bn_` folds it: it matches `aten.batch_norm` whatever its
+//!   `training` flag). Quantization-aware training goes through `fuse-conv-bn-qat` instead.
 //!
 //! Also deliberately different: a chain conv → bn1 → bn2 folds both, in program order (`W·s1·s2`),
 //! where PT2E `fake_fuse`s bn2 and drops it; `conv_transpose2d` with `groups > 1` is folded with
@@ -114,9 +118,10 @@ pub const PASS: PassDef = PassDef {
 };
 
 /// Every `weight` op of the module by key: (graph index, op). Entries may be dead ops.
-type Readers = FxHashMap<String, Vec<(usize, OpId)>>;
+pub(super) type Readers = FxHashMap<String, Vec<(usize, OpId)>>;
 
-fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
+/// The module's `weight` ops by key.
+pub(super) fn weight_readers(module: &Module) -> Readers {
     let mut readers: Readers = FxHashMap::default();
     for (gi, g) in module.graphs.iter().enumerate() {
         for op in g.ops() {
@@ -125,6 +130,11 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
             }
         }
     }
+    readers
+}
+
+fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
+    let mut readers = weight_readers(module);
     let mut changed = false;
     for gi in 0..module.graphs.len() {
         let graph = &module.graphs[gi];
@@ -162,7 +172,7 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
 
 /// The layer a batch norm folds into.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Layer {
+pub(super) enum Layer {
     /// `conv1d`/`conv2d`: output channels on weight dim 0.
     Conv,
     /// `conv_transpose2d`: weight `[C_in, C_out/groups, …]`.
@@ -173,13 +183,13 @@ enum Layer {
 
 /// Where a constant parameter comes from.
 #[derive(Clone, Debug)]
-enum Src {
+pub(super) enum Src {
     Weight { op: OpId, key: String },
     Const { op: OpId },
 }
 
 impl Src {
-    fn op(&self) -> OpId {
+    pub(super) fn op(&self) -> OpId {
         match self {
             Src::Weight { op, .. } | Src::Const { op } => *op,
         }
@@ -268,6 +278,18 @@ fn match_pair(g: &Graph, bn: OpId) -> Option<Result<Pair, Skip>> {
 fn check_pair(g: &Graph, bn: OpId, layer_op: OpId, layer: Layer) -> Result<Pair, Skip> {
     let data = g.op(layer_op);
     let skip = |reason: String| Skip::new(layer_op, reason);
+    if g.attr(bn, "training").and_then(Attr::as_bool) == Some(true) {
+        return Err(skip(
+            "it is a training-mode batch_norm (`training = true`), which normalises by each batch's statistics: \
+             folding the running statistics into the layer would change its results"
+                .into(),
+        )
+        .note(PT2E_FOLDS_ANYWAY)
+        .note(
+            "for quantization-aware training use the `prepare-qat-pt2e` pipeline (`fuse-conv-bn-qat`); \
+             for post-training quantization export the model in eval mode",
+        ));
+    }
     let (Some(&x), Some(&w)) = (data.operands.first(), data.operands.get(1)) else {
         return Err(skip("the layer has no weight".into()));
     };
@@ -345,7 +367,7 @@ fn check_pair(g: &Graph, bn: OpId, layer_op: OpId, layer: Layer) -> Result<Pair,
 }
 
 /// The `weight` or `const` op defining `v`, or how `v` is made instead.
-fn constant_source(g: &Graph, v: ValueId) -> Result<Src, String> {
+pub(super) fn constant_source(g: &Graph, v: ValueId) -> Result<Src, String> {
     let Some(op) = g.producer(v) else {
         return Err("a graph input".into());
     };
@@ -478,7 +500,7 @@ fn position(g: &Graph, op: OpId) -> usize {
     g.ops().position(|o| o == op).unwrap_or(usize::MAX)
 }
 
-fn read(module: &Module, g: &Graph, src: &Src, bn: OpId) -> Result<Tensor, Diagnostics> {
+pub(super) fn read(module: &Module, g: &Graph, src: &Src, bn: OpId) -> Result<Tensor, Diagnostics> {
     match src {
         Src::Weight { op, key } => module.weights().tensor(key).map_err(|e| {
             vec![Diag::error(format!("cannot read weight `{key}` to fold `{}`: {e}", result_name(g, bn)))
@@ -502,7 +524,7 @@ fn fold_pair(module: &Module, g: &Graph, p: &Pair) -> Result<Result<(Tensor, Ten
 // ---- arithmetic ----------------------------------------------------------------------------
 
 /// The folded weight and bias, or why the tensors do not fit together.
-fn fold(
+pub(super) fn fold(
     layer: Layer,
     w: &Tensor,
     b: Option<&Tensor>,
@@ -606,7 +628,10 @@ fn apply(module: &mut Module, gi: usize, readers: &mut Readers, plan: Plan) -> R
     store(module, gi, readers, &weight_src, weight)?;
     match bias_src {
         Some(src) => store(module, gi, readers, &src, bias)?,
-        None => add_bias(module, gi, readers, &pairs, &weight_src, bias)?,
+        None => {
+            let layers: Vec<OpId> = pairs.iter().map(|p| p.layer_op).collect();
+            add_bias(module, gi, readers, &layers, &weight_src, bias)?
+        }
     }
     let g = &mut module.graphs[gi];
     for pair in &pairs {
@@ -620,7 +645,13 @@ fn apply(module: &mut Module, gi: usize, readers: &mut Readers, plan: Plan) -> R
 }
 
 /// Writes a folded parameter back where it came from (PT2E: `_assign_attr` on the same name).
-fn store(module: &mut Module, gi: usize, readers: &mut Readers, src: &Src, value: Tensor) -> Result<(), Diagnostics> {
+pub(super) fn store(
+    module: &mut Module,
+    gi: usize,
+    readers: &mut Readers,
+    src: &Src,
+    value: Tensor,
+) -> Result<(), Diagnostics> {
     match src {
         Src::Weight { key, .. } => {
             module.created_weights.insert(key.clone(), Arc::new(value));
@@ -649,13 +680,13 @@ fn store(module: &mut Module, gi: usize, readers: &mut Readers, src: &Src, value
     Ok(())
 }
 
-/// Gives every layer of the plan the new bias `value`, in a new op right before it: a `weight`
+/// Gives every layer in `layers` the new bias `value`, in a new op right before it: a `weight`
 /// of `<weight key>_bias` (PT2E's `conv.weight_bias`), or a `const` when the weight is one.
-fn add_bias(
+pub(super) fn add_bias(
     module: &mut Module,
     gi: usize,
     readers: &mut Readers,
-    pairs: &[Pair],
+    layers: &[OpId],
     weight: &Src,
     value: Tensor,
 ) -> Result<(), Diagnostics> {
@@ -678,8 +709,7 @@ fn add_bias(
         None => ("const", Attr::Tensor(value), format!("{weight_name}_bias")),
     };
     let g = &mut module.graphs[gi];
-    for pair in pairs {
-        let layer_op = pair.layer_op;
+    for &layer_op in layers {
         let kind = op_kind(kind_name, g, layer_op)?;
         let attrs = g.intern_attrs(kind.def().complete_attrs(vec![Some(attr.clone())]));
         let (loc, span) = (g.op(layer_op).loc, g.op(layer_op).span);
@@ -719,11 +749,11 @@ fn fresh_key(module: &Module, readers: &Readers, base: &str) -> String {
 
 // ---- small helpers -------------------------------------------------------------------------
 
-fn is_op(g: &Graph, op: OpId, name: &str) -> bool {
+pub(super) fn is_op(g: &Graph, op: OpId, name: &str) -> bool {
     g.op(op).def().name == name
 }
 
-fn weight_key(g: &Graph, op: OpId) -> Option<&str> {
+pub(super) fn weight_key(g: &Graph, op: OpId) -> Option<&str> {
     if is_op(g, op, "weight") {
         g.attr(op, "key").and_then(Attr::as_str)
     } else {
@@ -731,7 +761,7 @@ fn weight_key(g: &Graph, op: OpId) -> Option<&str> {
     }
 }
 
-fn result_name(g: &Graph, op: OpId) -> String {
+pub(super) fn result_name(g: &Graph, op: OpId) -> String {
     g.op(op).result(0).map_or_else(|| g.op(op).def().name.to_string(), |r| format!("%{}", g.value_name(r)))
 }
 

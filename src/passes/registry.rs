@@ -1,17 +1,19 @@
 //! The one list of passes and named pipelines.
 
 use super::{
-    annotate, calibrate, convert, cse, dce, duplicate_dq, fold_quantize, fuse_conv_bn, port_metadata, prepare,
-    reference_repr, PassDef,
+    annotate, calibrate, convert, cse, dce, duplicate_dq, fold_conv_bn_qat, fold_quantize, fuse_conv_bn,
+    fuse_conv_bn_qat, port_metadata, prepare, reference_repr, PassDef,
 };
 
 /// Every pass, in the order `--list-passes` shows them.
 pub static PASSES: &[PassDef] = &[
     fuse_conv_bn::PASS,
     annotate::PASS,
+    fuse_conv_bn_qat::PASS,
     prepare::PASS,
     calibrate::PASS,
     convert::PASS,
+    fold_conv_bn_qat::PASS,
     duplicate_dq::PASS,
     port_metadata::PASS,
     fold_quantize::PASS,
@@ -31,6 +33,7 @@ pub static PIPELINES: &[(&str, &str, &[&str])] = &[
             "prepare",
             "calibrate",
             "convert",
+            "fold-conv-bn-qat",
             "duplicate-dq",
             "port-metadata",
             "fold-quantize",
@@ -44,9 +47,14 @@ pub static PIPELINES: &[(&str, &str, &[&str])] = &[
         &["fuse-conv-bn", "annotate", "prepare"],
     ),
     (
+        "prepare-qat-pt2e",
+        "What PT2E's prepare_qat_pt2e does: annotate, rewrite conv-bn for QAT, insert observers.",
+        &["annotate", "fuse-conv-bn-qat", "prepare"],
+    ),
+    (
         "convert-pt2e",
-        "What PT2E's convert_pt2e does: q/dq ops, one dequantize per consumer, ported locations, folded weights.",
-        &["convert", "duplicate-dq", "port-metadata", "fold-quantize"],
+        "What PT2E's convert_pt2e does: q/dq ops, QAT conv-bn folded, one dequantize per consumer, ported locations, folded weights.",
+        &["convert", "fold-conv-bn-qat", "duplicate-dq", "port-metadata", "fold-quantize"],
     ),
 ];
 

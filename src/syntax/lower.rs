@@ -59,11 +59,17 @@ fn lower(
     }
     for item in &ast.items {
         if let ast::Item::Func(func) = item {
-            let Some(mut f) = cx.begin_func(&func.head, &func.body, func.body.len()) else {
+            let Some(mut f) = cx.begin_func(&func.head, &func.body, BodySize::of(&func.body)) else {
                 continue;
             };
             for stmt in &func.body {
-                if let (Some(op), Some(clause)) = (cx.stmt(&mut f, stmt), &stmt.quant) {
+                let Some(op) = cx.stmt(&mut f, stmt) else {
+                    continue;
+                };
+                if let Some(loc) = &stmt.loc {
+                    set_loc(&mut f.graph, op, &loc.node);
+                }
+                if let Some(clause) = &stmt.quant {
                     f.pending_quant.push((op, Cow::Borrowed(&**clause)));
                 }
             }
@@ -112,9 +118,22 @@ impl<'s> Sink<'s> {
         if let Sink::Lower(s) = self {
             if s.cx.errors.is_empty() {
                 // The statements are not known yet (see `FuncScope`), but sizing the graph up
-                // front matters: regrowing its name tables rehashes every name.
-                let expected = s.source.get(body_start..).map_or(0, count_statements);
-                s.func = s.cx.begin_func(head, &[], expected);
+                // front matters: regrowing its name tables rehashes every name, and regrowing
+                // its string buffer copies every name and location.
+                let size = s.source.get(body_start..).map_or_else(BodySize::default, body_size);
+                s.func = s.cx.begin_func(head, &[], size);
+            }
+        }
+    }
+
+    /// A result name of the statement being read, before the rest of it: lowering will
+    /// define a value of that name once the statement is complete.
+    pub fn result_name(&self, name: &str) {
+        if let Sink::Lower(s) = self {
+            if let Some(f) = &s.func {
+                // The name's bucket in a big table is a cache miss; reading it now overlaps
+                // the miss with parsing the rest of the statement.
+                f.graph.prefetch_name(name);
             }
         }
     }
@@ -127,8 +146,18 @@ impl<'s> Sink<'s> {
                 let Some(f) = s.func.as_mut().filter(|_| s.cx.errors.is_empty()) else {
                     return;
                 };
+                // Each location is interned one statement late, so that the bucket it is
+                // looked up in (a cache miss in a big table) loads meanwhile.
+                if let Some(loc) = &stmt.loc {
+                    f.graph.strings.prefetch(&loc.node);
+                }
+                if let Some((op, loc)) = f.pending_loc.take() {
+                    set_loc(&mut f.graph, op, &loc);
+                }
+                let mut stmt = stmt;
                 if let Some(op) = s.cx.stmt(f, &stmt) {
-                    if let Some(clause) = stmt.quant {
+                    f.pending_loc = stmt.loc.take().map(|loc| (op, loc.node));
+                    if let Some(clause) = stmt.quant.take() {
                         f.pending_quant.push((op, Cow::Owned(*clause)));
                     }
                 }
@@ -181,6 +210,8 @@ struct FuncState<'a, 's> {
     scope: FuncScope<'a, 's>,
     /// Annotations may refer to ops later in the function, so they resolve once all exist.
     pending_quant: Vec<(OpId, Cow<'a, ast::QuantClause<'s>>)>,
+    /// An op whose location is not interned yet (see `Sink::stmt`).
+    pending_loc: Option<(OpId, Cow<'a, str>)>,
 }
 
 /// Where a name is defined in the function being lowered, for forward-reference diagnostics.
@@ -323,12 +354,12 @@ impl<'s> Lowerer<'s> {
 
     /// Starts a function: its inputs and result types. `None` when the name is taken. `body`
     /// is the function's statements when they are known up front (see `FuncScope`); the graph
-    /// is sized for `expected_ops`.
+    /// is sized for a body of `size`.
     fn begin_func<'a>(
         &mut self,
         head: &ast::FuncHead<'s>,
         body: &'a [Box<ast::OpStmt<'s>>],
-        expected_ops: usize,
+        size: BodySize,
     ) -> Option<FuncState<'a, 's>> {
         if let Some(&first) = self.graph_names.get(head.name.node) {
             self.errors.push(
@@ -340,7 +371,8 @@ impl<'s> Lowerer<'s> {
         }
         self.graph_names.insert(head.name.node, head.name.span);
         let mut graph = Graph::new(head.name.node);
-        graph.reserve(expected_ops, head.params.len() + expected_ops);
+        graph.reserve(size.ops, head.params.len() + size.values);
+        graph.reserve_text(head.params.iter().map(|(name, _)| name.node.len()).sum::<usize>() + size.text);
         graph.output_span = head.results_span;
         self.poisoned.clear();
         let spans = GraphSpans {
@@ -360,7 +392,7 @@ impl<'s> Lowerer<'s> {
         let output_types: Vec<_> = head.results.iter().filter_map(|t| self.ty(t)).collect();
         graph.output_types = output_types.into_iter().map(|t| graph.intern_type(t)).collect();
         let scope = FuncScope { body, defined_at: Default::default() };
-        Some(FuncState { graph, spans, scope, pending_quant: Vec::new() })
+        Some(FuncState { graph, spans, scope, pending_quant: Vec::new(), pending_loc: None })
     }
 
     /// Lowers one statement of `f`; the op, or `None` if the statement has an error.
@@ -379,6 +411,10 @@ impl<'s> Lowerer<'s> {
     /// Ends a function at its `return` (`ret`); `span` is the whole function.
     fn end_func(&mut self, mut f: FuncState<'_, 's>, ret: &Spanned<Vec<ast::Name<'s>>>, span: Span) {
         let graph = &mut f.graph;
+        if let Some((op, loc)) = f.pending_loc.take() {
+            set_loc(graph, op, &loc);
+        }
+        graph.strings.shrink_to_fit();
         graph.span = span;
         f.spans.returns = ret.node.iter().map(|v| v.span).collect();
         let outputs: Option<Vec<ValueId>> = ret.node.iter().map(|v| self.use_value(graph, v, &f.scope)).collect();
@@ -571,10 +607,7 @@ impl<'s> Lowerer<'s> {
             }
         };
         graph.append(op);
-        if let Some(loc) = &stmt.loc {
-            let sym = graph.strings.intern(&loc.node);
-            graph.op_mut(op).loc = Some(sym);
-        }
+        // The location is set by the caller (see `set_loc`).
         if let Some(meta) = &stmt.meta {
             if let Some(dict) = self.dict(&meta.node) {
                 graph.extra_mut(op).meta = dict;
@@ -919,15 +952,72 @@ impl<'s> Lowerer<'s> {
     }
 }
 
-/// About how many statements the function body at the start of `text` has, to size its graph:
-/// the lines that start with a value name, up to the first that starts with `return`, `}` or
-/// `func` (exact for printed QIR, a guess for other layouts).
-fn count_statements(text: &str) -> usize {
-    text.lines()
-        .map(str::trim_start)
-        .take_while(|line| !(line.starts_with("return") || line.starts_with('}') || line.starts_with("func")))
-        .filter(|line| line.starts_with('%'))
-        .count()
+/// Sets `op`'s location, interning it.
+fn set_loc(graph: &mut Graph, op: OpId, loc: &str) {
+    let sym = graph.strings.intern(loc);
+    graph.op_mut(op).loc = Some(sym);
+}
+
+/// What a function body holds, to size its graph up front.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct BodySize {
+    ops: usize,
+    /// Op results.
+    values: usize,
+    /// Bytes of result names and locations.
+    text: usize,
+}
+
+impl BodySize {
+    /// The size of parsed statements.
+    fn of(body: &[Box<ast::OpStmt<'_>>]) -> BodySize {
+        let mut size = BodySize { ops: body.len(), ..BodySize::default() };
+        for stmt in body {
+            size.values += stmt.results.len();
+            size.text += stmt.results.iter().map(|r| r.node.len()).sum::<usize>();
+            size.text += stmt.loc.as_ref().map_or(0, |l| l.node.len());
+        }
+        size
+    }
+}
+
+/// About how big the function body at the start of `text` is: its statements are the lines
+/// that start with a value name, up to the first that starts with `return`, `}` or `func`. Exact
+/// for printed QIR (locations without escapes), a guess for other layouts.
+fn body_size(text: &str) -> BodySize {
+    let mut size = BodySize::default();
+    for line in text.lines().map(str::trim_start) {
+        if line.starts_with("return") || line.starts_with('}') || line.starts_with("func") {
+            break;
+        }
+        let Some(stmt) = line.strip_prefix('%') else {
+            continue;
+        };
+        size.ops += 1;
+        // Single-byte searches only: this reads the whole text, so it must be cheap.
+        // `%a = ...`, or `%a, %b = ...` with names separated by `, %`.
+        let first = stmt.find(' ').unwrap_or(stmt.len());
+        if stmt[..first].ends_with(',') {
+            let results = stmt.find(" = ").map_or(stmt, |end| &stmt[..end]);
+            let more = results.bytes().filter(|&b| b == b'%').count();
+            size.values += 1 + more;
+            size.text += results.len().saturating_sub(3 * more);
+        } else {
+            size.values += 1;
+            size.text += first;
+        }
+        // `loc("...")`, found from the end: it is printed last but for an annotation and
+        // metadata.
+        let mut before = stmt;
+        while let Some(open) = before.rfind('(') {
+            before = &before[..open];
+            if let Some(loc) = stmt[open + 1..].strip_prefix('"').filter(|_| before.ends_with("loc")) {
+                size.text += loc.find('"').unwrap_or(0);
+                break;
+            }
+        }
+    }
+    size
 }
 
 /// Where the parts of a lowered op statement were written.
