@@ -86,8 +86,9 @@ pub struct CompileArgs {
     /// Check diagnostics against `expected-error` comments in the input instead of reporting them.
     #[arg(long)]
     pub verify_diagnostics: bool,
-    /// The quantizer `annotate` runs: `xnnpack` (default), `xnnpack-per-tensor`, `xnnpack-dynamic`, `x86`, or a quantizer
-    /// file (`recipe.toml`, see spec/quantizers.md).
+    /// The quantizer `annotate` runs: `xnnpack` (default), `xnnpack-per-tensor`, `xnnpack-dynamic`, `xnnpack-qat`,
+    /// `xnnpack-qat-per-tensor`, `x86`, `x86-qat`, or a quantizer file (`recipe.toml`, see spec/quantizers.md). With a
+    /// QAT quantizer the default pipeline is `default-qat`.
     #[arg(long, value_name = "NAME")]
     pub quantizer: Option<String>,
     /// Calibration data for `calibrate`: an .npz with one array per graph input (samples along
@@ -166,13 +167,19 @@ fn compile_command(cli: &CompileArgs) -> i32 {
         eprintln!("error: {message}");
         2
     };
-    let names = cli.passes.clone().unwrap_or_else(|| vec!["default".to_string()]);
+    // A QAT quantizer needs PT2E's QAT prepare (no BN folding; conv-bn rewritten for QAT).
+    let default = match crate::passes::annotate::quantizer_by_name(cli.quantizer.as_deref().unwrap_or("xnnpack")) {
+        Ok(q) if q.is_qat() => "default-qat",
+        _ => "default",
+    };
+    let names = cli.passes.clone().unwrap_or_else(|| vec![default.to_string()]);
     let mut passes = match registry::expand(&names) {
         Ok(p) => p,
         Err(message) => return usage(message),
     };
     // Without data there are no statistics to convert: stop where PT2E hands over to the user.
-    let stops_after_prepare = names == ["default"] && cli.calib.is_none();
+    let stops_after_prepare =
+        matches!(names.as_slice(), [n] if n == "default" || n == "default-qat") && cli.calib.is_none();
     if stops_after_prepare {
         passes.truncate(passes.iter().position(|p| p.name == "calibrate").unwrap_or(passes.len()));
     }

@@ -114,7 +114,8 @@ pub fn run_graph(
         let mut replaced = None;
         if matches!(def.name, "observer" | "batch_norm") {
             if let Some(hook) = hook.as_mut() {
-                replaced = hook(op, &operands).map_err(|m| Diag::error(m).at(data.span, "in this op"))?;
+                replaced = hook(op, &operands)
+                    .map_err(|m| Diag::error(m).at(data.span, format!("in this {}", def.name.replace('_', " "))))?;
             }
         }
         let results = match (replaced, shared_result(module, graph, op, &operand_refs)?) {

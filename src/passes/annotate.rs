@@ -47,6 +47,15 @@ pub enum NamedQuantizer {
 }
 
 impl NamedQuantizer {
+    /// Whether any configuration is a QAT one (see [`crate::quant::quantizer::QuantizationConfig::is_qat`]).
+    pub fn is_qat(&self) -> bool {
+        let configs = match self {
+            NamedQuantizer::Xnnpack(q) => &q.configs,
+            NamedQuantizer::X86(q) => &q.configs,
+        };
+        configs.iter().any(|(_, c)| c.as_ref().is_some_and(|c| c.is_qat()))
+    }
+
     /// Annotates every graph of `module`; returns whether anything was annotated.
     pub fn annotate(&self, module: &mut Module) -> Result<bool, Diagnostics> {
         match self {
@@ -78,7 +87,9 @@ pub fn quantizer_by_name(name: &str) -> Result<NamedQuantizer, Diagnostics> {
         "xnnpack-dynamic" => {
             Ok(Quantizer::xnnpack(SymmetricOptions { mode: Mode::Dynamic, ..SymmetricOptions::default() }).into())
         }
-        "xnnpack-qat" => Ok(Quantizer::xnnpack(SymmetricOptions { mode: Mode::Qat, ..SymmetricOptions::default() }).into()),
+        "xnnpack-qat" => {
+            Ok(Quantizer::xnnpack(SymmetricOptions { mode: Mode::Qat, ..SymmetricOptions::default() }).into())
+        }
         "xnnpack-qat-per-tensor" => Ok(Quantizer::xnnpack(SymmetricOptions {
             per_channel: false,
             mode: Mode::Qat,

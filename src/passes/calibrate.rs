@@ -87,7 +87,6 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
             Ok(None)
         };
         run_graph(module, graph, bound, &RunOptions::default(), Some(&mut hook)).map_err(|d| vec![d])?;
-        drop(hook);
         // Between batches, as PyTorch's in-place buffer updates: the next batch reads them.
         for (holder, value) in updates {
             holder.store(module, value);

@@ -39,6 +39,21 @@ pub static PIPELINES: &[(&str, &str, &[&str])] = &[
             "fold-quantize",
         ],
     ),
+    (
+        "default-qat",
+        "What `qc model.qir` runs with a QAT quantizer: prepare-qat-pt2e, calibrate (--calib), convert-pt2e.",
+        &[
+            "annotate",
+            "fuse-conv-bn-qat",
+            "prepare",
+            "calibrate",
+            "convert",
+            "fold-conv-bn-qat",
+            "duplicate-dq",
+            "port-metadata",
+            "fold-quantize",
+        ],
+    ),
     ("none", "No passes: parse, verify and print the module.", &[]),
     ("cleanup", "Merge duplicate pure ops, then delete unused ones.", &["cse", "dce"]),
     (

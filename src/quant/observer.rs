@@ -468,9 +468,10 @@ impl ObserverConfig {
         }
         if let Some(a) = options.get("fake_quant") {
             let name = a.as_str().ok_or_else(|| format!("`fake_quant` must be a string, found {}", a.kind_name()))?;
-            self.fake_quant = Some(FakeQuant::from_name(name).ok_or_else(|| {
-                format!("unknown `fake_quant` \"{name}\" (expected \"fused\" or \"fake_quantize\")")
-            })?);
+            self.fake_quant =
+                Some(FakeQuant::from_name(name).ok_or_else(|| {
+                    format!("unknown `fake_quant` \"{name}\" (expected \"fused\" or \"fake_quantize\")")
+                })?);
         }
         if get_bool(options, "reduce_range", what)? == Some(true) {
             // `calculate_qmin_qmax`: quant_min // 2, quant_max // 2 (floor division).

@@ -385,8 +385,8 @@ impl Annotator<'_, '_> {
         ] {
             // A dynamic config runs only the patterns PT2E marks dynamic; every other config
             // runs all of them, except that a pattern marked QAT needs a QAT config or a
-            // static one (ExecuTorch's rule; a static config meets a training-mode batch norm
-            // only when BN folding was skipped).
+            // static one (ExecuTorch's rule; a static config meets a batch norm only where
+            // fuse-conv-bn left one).
             let runs = match pattern {
                 Pattern::Linear | Pattern::Conv => true,
                 Pattern::ConvBnRelu | Pattern::ConvBn | Pattern::ConvTransposeBnRelu | Pattern::ConvTransposeBn => {
@@ -419,14 +419,14 @@ impl Annotator<'_, '_> {
         match pattern {
             Pattern::ConvBnRelu | Pattern::ConvBn | Pattern::ConvTransposeBnRelu | Pattern::ConvTransposeBn => {
                 let transposed = matches!(pattern, Pattern::ConvTransposeBnRelu | Pattern::ConvTransposeBn);
-                let anchor_ok = if transposed { name == "conv_transpose2d" } else { matches!(name, "conv1d" | "conv2d") };
+                let anchor_ok =
+                    if transposed { name == "conv_transpose2d" } else { matches!(name, "conv1d" | "conv2d") };
                 if !anchor_ok {
                     return;
                 }
-                let is_training_bn = |this: &Self, u: OpId| {
-                    this.name_of(u) == "batch_norm" && this.graph.attr(u, "training").and_then(Attr::as_bool) == Some(true)
-                };
-                let Some(bn) = self.single_user(op).filter(|&u| is_training_bn(self, u)) else { return };
+                // PT2E matches `F.batch_norm(training=True)` with `ignore_literals=True`: an
+                // inference batch norm matches too (fuse-conv-bn-qat then makes it a training one).
+                let Some(bn) = self.single_user(op).filter(|&u| self.name_of(u) == "batch_norm") else { return };
                 let output = match pattern {
                     Pattern::ConvBnRelu | Pattern::ConvTransposeBnRelu => {
                         match self.single_user(bn).filter(|&u| self.name_of(u) == "relu") {
@@ -642,6 +642,5 @@ pub const QUANTIZER_NAMES: &[&str] =
 
 /// A diagnostic for an unknown quantizer name.
 pub fn unknown_quantizer(name: &str) -> Diag {
-    Diag::error(format!("unknown quantizer `{name}`"))
-        .help(crate::diag::suggest(name, QUANTIZER_NAMES.iter().copied()))
+    Diag::error(format!("unknown quantizer `{name}`")).help(crate::diag::suggest(name, QUANTIZER_NAMES.iter().copied()))
 }

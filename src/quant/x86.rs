@@ -443,16 +443,13 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
         chains
     }
 
-    /// `conv2d → batch_norm {training = true}` pairs, convs in program order.
+    /// `conv2d → batch_norm` pairs, convs in program order (PT2E's partitions are by module
+    /// type, so the batch norm's mode does not matter).
     fn conv2d_bn_pairs(&self) -> Vec<(OpId, OpId)> {
         let mut pairs = Vec::new();
         for conv in self.ops_named(&["conv2d"]) {
             let Some(conv_out) = self.result(conv) else { continue };
-            for bn in self.users_named(conv_out, "batch_norm") {
-                if self.graph.attr(bn, "training").and_then(Attr::as_bool) == Some(true) {
-                    pairs.push((conv, bn));
-                }
-            }
+            pairs.extend(self.users_named(conv_out, "batch_norm").into_iter().map(|bn| (conv, bn)));
         }
         pairs
     }

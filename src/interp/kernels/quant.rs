@@ -107,7 +107,11 @@ fn channel_qparams(cx: &KernelCx<'_>) -> Result<(usize, Vec<f32>, Vec<i64>), Str
 }
 
 /// Applies `f(channel, value)` along `axis`.
-pub(crate) fn map_channels<A: Copy, B: Copy + Default>(a: ArrayViewD<'_, A>, axis: usize, f: impl Fn(usize, A) -> B) -> ArrayD<B> {
+pub(crate) fn map_channels<A: Copy, B: Copy + Default>(
+    a: ArrayViewD<'_, A>,
+    axis: usize,
+    f: impl Fn(usize, A) -> B,
+) -> ArrayD<B> {
     // Row-major input (weights, the case constant folding runs on every weight): each run of
     // `inner` elements is one channel's, so the loop is flat instead of a lane walk per channel.
     if let Some(data) = a.as_slice() {
