@@ -488,7 +488,8 @@ impl Remap {
                     (Some(&to), _) => to,
                     (None, Some(&Consumer::Op(op))) => EdgeOrValue::Edge { value: value(v), consumer: op },
                     (None, Some(&Consumer::Value(to))) => EdgeOrValue::Value(to),
-                    (None, None) => *t,
+                    // A reader that stays reads the replacement value (the new batch norm's).
+                    (None, None) => EdgeOrValue::Edge { value: value(v), consumer },
                 }
             }
         }
