@@ -1,5 +1,5 @@
 //! The `x86` quantizer: torchao 0.18's `X86InductorQuantizer` with
-//! `get_default_x86_inductor_quantization_config()` — post-training, static (reference
+//! `get_default_x86_inductor_quantization_config()` — post-training, static, or QAT (reference
 //! `../shared/reference/pt2e.md` §4.2; source
 //! `torchao/quantization/pt2e/quantizer/x86_inductor_quantizer.py`).
 //!
@@ -43,9 +43,13 @@
 //! tracked while annotating; an op annotated before the pass (by hand or an earlier run) counts
 //! as one when its annotation has a non-`none` output spec. That keeps the pass idempotent.
 //!
-//! **Not mirrored.** QAT (`is_qat`: conv–batch_norm patterns, fake-quant observers — PT2E also
-//! runs those conv-bn patterns for a `None` configuration) and dynamic quantization
-//! (`is_dynamic`) are left out, and so is `get_x86_inductor_linear_dynamic_fp16_config`. PT2E
+//! **QAT** (`get_default_x86_inductor_quantization_config(is_qat=True)`, `--quantizer x86-qat`):
+//! the same ranges with fused fake-quantize observers, and before the recipe above the four QAT
+//! patterns on conv2d → batch_norm (+ add + relu, + add, + unary, alone), whose last op gets
+//! the output spec; they also run for a `None` configuration, as in PT2E.
+//!
+//! **Not mirrored.** Dynamic quantization (`is_dynamic`) is left out, and so is
+//! `get_x86_inductor_linear_dynamic_fp16_config`. PT2E
 //! finds patterns through `source_fn_stack`/`nn_module_stack` (module types and functions); qc
 //! matches op kinds, which is what a strict export of `nn` modules gives. So qc also matches
 //! where PT2E does not: `torch.relu(conv(x))` (PT2E matches `nn.ReLU` and `F.relu`, not
