@@ -372,6 +372,24 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
         self.changed = true;
     }
 
+    /// Claims the ops of one pattern: the configuration to annotate them with, or `None` when the
+    /// pattern is skipped (`_skip_annotate`) or kept in float by a `None` configuration, which
+    /// claims its ops.
+    fn claim<'c>(
+        &mut self,
+        ops: &[OpId],
+        config: Option<&'c QuantizationConfig>,
+        filter: &Filter<'_>,
+    ) -> Option<&'c QuantizationConfig> {
+        if self.skip(ops, filter) {
+            return None;
+        }
+        if config.is_none() {
+            self.not_quantized(ops);
+        }
+        config
+    }
+
     /// `_annotate_nodes_not_quantize`: claimed, nothing quantized.
     fn not_quantized(&mut self, ops: &[OpId]) {
         for &op in ops {
@@ -487,13 +505,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
                 }
                 for unary in unaries.into_iter().map(Some).chain((!with_relu).then_some(None)) {
                     let ops: Vec<OpId> = unary.into_iter().chain([add, bn, conv]).collect();
-                    if self.skip(&ops, filter) {
-                        continue;
-                    }
-                    let Some(config) = config else {
-                        self.not_quantized(&ops);
-                        continue;
-                    };
+                    let Some(config) = self.claim(&ops, config, filter) else { continue };
                     self.weighted(conv, config, false);
                     self.set(bn, Vec::new(), None, false);
                     let act = self.named(&config.input_activation, "act");
@@ -516,13 +528,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
                 let Some(bn_out) = self.result(bn) else { continue };
                 for unary in self.users_named(bn_out, unary_kind) {
                     let ops = [unary, bn, conv];
-                    if self.skip(&ops, filter) {
-                        continue;
-                    }
-                    let Some(config) = config else {
-                        self.not_quantized(&ops);
-                        continue;
-                    };
+                    let Some(config) = self.claim(&ops, config, filter) else { continue };
                     self.weighted(conv, config, false);
                     self.set(bn, Vec::new(), None, false);
                     self.close_qat_pattern(unary, Vec::new(), config);
@@ -535,13 +541,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     fn qat_conv2d_bn(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
         for (conv, bn) in self.conv2d_bn_pairs() {
             let ops = [bn, conv];
-            if self.skip(&ops, filter) {
-                continue;
-            }
-            let Some(config) = config else {
-                self.not_quantized(&ops);
-                continue;
-            };
+            let Some(config) = self.claim(&ops, config, filter) else { continue };
             self.weighted(conv, config, false);
             self.close_qat_pattern(bn, Vec::new(), config);
         }
@@ -554,13 +554,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
             let operands = self.graph.op(add).operands.to_vec();
             let extra = if operands[0] == conv_out { operands[1] } else { operands[0] };
             let ops: Vec<OpId> = unary.into_iter().chain([add, conv]).collect();
-            if self.skip(&ops, filter) {
-                continue;
-            }
-            let Some(config) = config else {
-                self.not_quantized(&ops);
-                continue;
-            };
+            let Some(config) = self.claim(&ops, config, filter) else { continue };
             self.weighted(conv, config, false);
             let act = self.named(&config.input_activation, "act");
             self.set(add, vec![(extra, act)], None, unary.is_none());
@@ -579,13 +573,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
                 let Some(anchor_out) = self.result(anchor) else { continue };
                 for unary in self.users_named(anchor_out, unary_kind) {
                     let ops = [unary, anchor];
-                    if self.skip(&ops, filter) {
-                        continue;
-                    }
-                    let Some(config) = config else {
-                        self.not_quantized(&ops);
-                        continue;
-                    };
+                    let Some(config) = self.claim(&ops, config, filter) else { continue };
                     self.weighted(anchor, config, false);
                     self.set(unary, Vec::new(), None, true);
                 }
@@ -596,12 +584,8 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// The remaining ops of one weighted kind (`_annotate_conv2d`, `_annotate_linear`).
     fn weighted_alone(&mut self, kind: &str, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
         for op in self.ops_named(&[kind]) {
-            if self.skip(&[op], filter) {
-                continue;
-            }
-            match config {
-                Some(config) => self.weighted(op, config, true),
-                None => self.not_quantized(&[op]),
+            if let Some(config) = self.claim(&[op], config, filter) {
+                self.weighted(op, config, true);
             }
         }
     }
@@ -611,13 +595,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     fn linear_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
         for (linear, add, unary) in self.binary_chains("linear", with_relu) {
             let ops: Vec<OpId> = unary.into_iter().chain([add, linear]).collect();
-            if self.skip(&ops, filter) {
-                continue;
-            }
-            let Some(config) = config else {
-                self.not_quantized(&ops);
-                continue;
-            };
+            let Some(config) = self.claim(&ops, config, filter) else { continue };
             self.weighted(linear, config, false);
             self.set(add, Vec::new(), None, unary.is_none());
             if let Some(unary) = unary {
@@ -629,13 +607,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// `_annotate_matmul`: every operand gets the activation spec.
     fn matmul(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
         for op in self.ops_named(&["matmul"]) {
-            if self.skip(&[op], filter) {
-                continue;
-            }
-            let Some(config) = config else {
-                self.not_quantized(&[op]);
-                continue;
-            };
+            let Some(config) = self.claim(&[op], config, filter) else { continue };
             let operands = self.graph.op(op).operands.to_vec();
             let map = operands.into_iter().map(|v| (v, self.named(&config.input_activation, "act"))).collect();
             self.set(op, map, None, true);
@@ -646,13 +618,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// mul with a scalar operand: claimed by a `None` configuration, else skipped).
     fn mul(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
         for op in self.ops_named(&["mul", "mul.scalar"]) {
-            if self.skip(&[op], filter) {
-                continue;
-            }
-            let Some(config) = config else {
-                self.not_quantized(&[op]);
-                continue;
-            };
+            let Some(config) = self.claim(&[op], config, filter) else { continue };
             let operands = self.graph.op(op).operands.to_vec();
             if operands.len() != 2
                 || self.graph.value_type(operands[0]).shape != self.graph.value_type(operands[1]).shape
@@ -667,13 +633,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// `_annotate_propagation_quantizable_pattern` over the program.
     fn propagate(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
         for op in self.ops_named(INT8_IN_INT8_OUT_OPS) {
-            if self.skip(&[op], filter) {
-                continue;
-            }
-            let Some(config) = config else {
-                self.not_quantized(&[op]);
-                continue;
-            };
+            let Some(config) = self.claim(&[op], config, filter) else { continue };
             let operands = self.graph.op(op).operands.to_vec();
             let Some(&first) = operands.first() else { continue };
             let name = self.name_of(op);
