@@ -259,23 +259,90 @@ def _bmm(a):
     return "bmm", [a["self"], a["mat2"]], {}
 
 
-@_op("aten.batch_norm.default", defaults={"eps": 1e-5, "momentum": 0.1})
+_BN_DEFAULTS = {"eps": 1e-5, "momentum": 0.1, "training": False}
+
+
+# `batch_norm.default` is what `torch.export` (training IR) gives for `nn.BatchNorm*d` in both
+# modes; in train mode it updates the running statistics in place. After
+# `run_decompositions()` train mode is `_native_batch_norm_legit_functional` (new running
+# statistics as tuple elements 3 and 4, written back by `copy_`) and eval mode
+# `_native_batch_norm_legit_no_training`; `_native_batch_norm_legit` is the in-place training form.
+@_op("aten.batch_norm.default", defaults=_BN_DEFAULTS)
 def _batch_norm(a):
-    if a["training"]:
-        raise ExportError("batch_norm in training mode (export the model in eval mode)")
     return _bn_common(a)
 
 
-@_op("aten._native_batch_norm_legit_no_training.default", defaults={"eps": 1e-5, "momentum": 0.1})
+@_op("aten._native_batch_norm_legit_no_training.default", defaults=_BN_DEFAULTS)
 def _native_batch_norm(a):
+    return _bn_common(a)
+
+
+@_op(
+    "aten._native_batch_norm_legit.default",
+    "aten._native_batch_norm_legit_functional.default",
+    defaults=_BN_DEFAULTS,
+)
+def _native_batch_norm_train(a):
     return _bn_common(a)
 
 
 def _bn_common(a):
     if a["weight"] is None or a["bias"] is None:
         raise ExportError("batch_norm without affine weight/bias (QIR's batch_norm requires both)")
+    if a["running_mean"] is None or a["running_var"] is None:
+        raise ExportError("batch_norm without running statistics (track_running_stats=False) has no QIR form")
     operands = [a["input"], a["weight"], a["bias"], a["running_mean"], a["running_var"]]
-    return "batch_norm", operands, {"eps": float(a["eps"]), "momentum": float(a["momentum"])}
+    attrs = {"eps": float(a["eps"]), "momentum": float(a["momentum"])}
+    attrs["training"] = bool(a.get("training", False))  # printed only when true (default false)
+    return "batch_norm", operands, attrs
+
+
+def _bn_bookkeeping(gm: GraphModule) -> set:
+    """The nodes of a training-mode graph that only maintain batch-norm state QIR does not
+    model, to be left out of the export:
+
+    * ``add_(<bn>.num_batches_tracked, 1)`` without users (training IR; export always bakes a
+      constant momentum into the batch norm — ``momentum=None``, the cumulative average that
+      reads the counter, does not export — so the counter is never read);
+    * after ``run_decompositions()``: ``copy_(<bn>.num_batches_tracked, add(<same>, 1))``, and
+      ``copy_(running_mean | running_var, getitem(bn, 3 | 4))`` that write a functional
+      training batch norm's new running statistics back to the buffers it read (QIR's
+      ``batch_norm {training = true}`` updates its running-statistics weights itself).
+    Anything else that writes a buffer is not recognised and fails the export."""
+
+    def counter(n: Any) -> bool:
+        return (
+            isinstance(n, Node)
+            and n.op == "get_attr"
+            and str(n.target).rsplit(".", 1)[-1] == "num_batches_tracked"
+            and not _get_attr(gm, n.target).dtype.is_floating_point
+        )
+
+    def only_user(n: Node, user: Node) -> bool:
+        return list(n.users) == [user]
+
+    dropped: set = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.users:
+            continue
+        target = str(node.target)
+        if target == "aten.add_.Tensor" and counter(node.args[0]) and node.args[1:] == (1,) and not node.kwargs:
+            dropped.add(node)
+        elif target == "aten.copy_.default" and len(node.args) == 2 and not node.kwargs:
+            dst, src = node.args
+            if not isinstance(src, Node) or not only_user(src, node):
+                continue
+            if counter(dst) and str(src.target) == "aten.add.Tensor" and src.args == (dst, 1):
+                dropped.update((node, src))
+            elif (
+                src.target is operator.getitem
+                and src.args[1] in (3, 4)
+                and isinstance(src.args[0], Node)
+                and str(src.args[0].target) == "aten._native_batch_norm_legit_functional.default"
+                and src.args[0].args[src.args[1]] is dst
+            ):
+                dropped.update((node, src))
+    return dropped
 
 
 @_op("aten.layer_norm.default", defaults={"eps": 1e-5})
@@ -300,8 +367,24 @@ for _t, _q in [
     ("aten.hardswish.default", "hardswish"),
     ("aten.hardsigmoid.default", "hardsigmoid"),
     ("aten.contiguous.default", "contiguous"),
+    ("aten.sqrt.default", "sqrt"),  # PT2E's QAT conv-bn graph: sqrt(running_var + 1e-5)
 ]:
     _unary(_t, _q)
+
+
+@_op("aten.zeros_like.default")
+def _zeros_like(a):
+    """PT2E's QAT conv-bn graph gives the scaled conv `zeros_like(bias, dtype=float32,
+    pin_memory=False)` as its bias."""
+    src = a["self"]
+    same = src.meta["val"].dtype if isinstance(src, Node) and isinstance(src.meta.get("val"), torch.Tensor) else None
+    if (
+        a.get("dtype") not in (None, same)
+        or a.get("layout") not in (None, torch.strided)
+        or a.get("memory_format") not in (None, torch.preserve_format)
+    ):
+        raise ExportError("zeros_like with a dtype, layout or memory-format conversion")
+    return "zeros_like", [src], {}
 
 
 @_op("aten.hardtanh.default", "aten.hardtanh_.default", defaults={"min_val": -1.0, "max_val": 1.0})
@@ -566,6 +649,12 @@ def _fq_per_channel(a):
     return "fake_quantize_per_channel", [a["self"], a["scale"], a["zero_point"]], attrs
 
 
+# Ops whose result has their first operand's shape (checked against `meta["val"]`).
+_SHAPE_PRESERVING = {
+    "relu", "relu6", "sigmoid", "tanh", "silu", "hardswish", "hardsigmoid", "contiguous", "sqrt",
+    "zeros_like", "hardtanh", "gelu", "dropout",
+}
+
 # Ops whose tuple result is several QIR results (named by their `getitem`s).
 _MULTI_RESULT = {"choose_qparams": 2}
 
@@ -725,6 +814,8 @@ class _Exporter:
         # Tuple-returning batch norms: the result is named like the getitem reading element 0.
         self.element0: dict[Node, Node] = {}
         self.elements: dict[Node, dict[int, Node]] = {}  # tuple node -> index -> getitem
+        # Training-mode batch-norm bookkeeping (num_batches_tracked, running-stat write-backs).
+        self.dropped: set[Node] = _bn_bookkeeping(gm)
         for node in gm.graph.nodes:
             if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[1], int):
                 self.elements.setdefault(node.args[0], {}).setdefault(node.args[1], node)
@@ -862,7 +953,7 @@ class _Exporter:
 
     def call(self, node: Node) -> None:
         target = node.target
-        if _packet(target) in _SKIPPED_OPS and not node.users:
+        if _packet(target) in _SKIPPED_OPS and not node.users or node in self.dropped:
             return
         if target is operator.getitem:
             src, index = node.args
@@ -891,6 +982,15 @@ class _Exporter:
         val = node.meta.get("val")
         if val is None:
             val = self.infer_type(node, op, operands, attrs)
+        if (op in _SHAPE_PRESERVING or op.endswith(".scalar")) and isinstance(val, torch.Tensor) and operands:
+            self.value(operands[0], node)
+            shape = self.types[operands[0]].split("[", 1)[1]
+            if shape != _type(val).split("[", 1)[1]:
+                raise ExportError(
+                    f"{_where(node)}: its `val` metadata has shape {list(val.shape)}, its operand "
+                    f"`{self.types[operands[0]]}` (stale metadata: PT2E's QAT conv-bn rewrite leaves its "
+                    "pattern's example shapes on the nodes it inserts)"
+                )
         if op in _MULTI_RESULT:
             n = _MULTI_RESULT[op]
             items = self.elements.get(node, {})
@@ -905,7 +1005,7 @@ class _Exporter:
             return
         if isinstance(val, (tuple, list)):  # the batch norm variants: (out, mean, invstd)
             getitem = self.element0.get(node)
-            if getitem is None or any(u is not getitem for u in node.users):
+            if getitem is None or any(u is not getitem and u not in self.dropped for u in node.users):
                 raise ExportError(f"{_where(node)}: a tuple result used other than through element 0")
             val, result = val[0], _name(getitem.name)
         else:
