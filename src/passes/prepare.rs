@@ -338,12 +338,21 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                         }
                     }
                 }
-                let mut fields = observer_fields(spec, id as u32).unwrap_or_default();
-                set_field(&mut fields, "kind", Attr::Str("derived".into()));
+                // No observer of its own: the range and scheme, and where the qparams come from.
+                let mut fields: Vec<(&'static str, Attr)> = vec![
+                    ("kind", Attr::Str("derived".into())),
+                    ("dtype", Attr::DType(spec.dtype)),
+                    ("qmin", Attr::Int(spec.qmin)),
+                    ("qmax", Attr::Int(spec.qmax)),
+                    ("qscheme", Attr::Str(spec.qscheme.name().into())),
+                    ("instance", Attr::Int(i64::from(id as u32))),
+                ];
+                if let (Some(axis), true) = (spec.ch_axis, spec.qscheme.is_per_channel()) {
+                    fields.push(("ch_axis", Attr::Int(axis)));
+                }
                 let mut options = Dict::new();
                 options.insert("derived_from", Attr::List(sources));
-                set_field(&mut fields, "options", Attr::Dict(options));
-                fields.retain(|(k, _)| *k != "ch_axis" || spec.qscheme.is_per_channel());
+                fields.push(("options", Attr::Dict(options)));
                 fields
             }
             Resolved::None | Resolved::Shared(_) => Vec::new(),
@@ -447,13 +456,6 @@ fn link_after(g: &mut Graph, op: OpId, input: ValueId, anchors: &mut FxHashMap<u
             }
             anchors.insert(index, op);
         }
-    }
-}
-
-fn set_field(fields: &mut Vec<(&'static str, Attr)>, key: &'static str, value: Attr) {
-    match fields.iter_mut().find(|(k, _)| *k == key) {
-        Some(slot) => slot.1 = value,
-        None => fields.push((key, value)),
     }
 }
 
