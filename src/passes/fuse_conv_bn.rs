@@ -151,7 +151,7 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
                 None => continue,
                 Some(Ok(pair)) => pair,
                 Some(Err(skip)) => {
-                    cx.warnings.push(skip.warning(graph, bn));
+                    cx.warnings.push(skip.warning(graph, bn, FOLDED));
                     continue;
                 }
             };
@@ -160,7 +160,7 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
                     apply(module, gi, &mut readers, plan)?;
                     changed = true;
                 }
-                Err(skip) => cx.warnings.push(skip.warning(&module.graphs[gi], bn)),
+                Err(skip) => cx.warnings.push(skip.warning(&module.graphs[gi], bn, FOLDED)),
             }
         }
         changed |= dce::eliminate_dead_ops(&mut module.graphs[gi]);
@@ -223,26 +223,27 @@ struct Pair {
     eps: f64,
 }
 
-/// Why a batch norm stays: the warning's reason and notes.
-struct Skip {
+/// Why a batch norm stays: the warning's reason and notes (also `fuse-conv-bn-qat`'s).
+pub(super) struct Skip {
     layer_op: OpId,
     reason: String,
     notes: Vec<String>,
 }
 
 impl Skip {
-    fn new(layer_op: OpId, reason: impl Into<String>) -> Skip {
+    pub(super) fn new(layer_op: OpId, reason: impl Into<String>) -> Skip {
         Skip { layer_op, reason: reason.into(), notes: Vec::new() }
     }
 
-    fn note(mut self, note: impl Into<String>) -> Skip {
+    pub(super) fn note(mut self, note: impl Into<String>) -> Skip {
         self.notes.push(note.into());
         self
     }
 
-    fn warning(self, graph: &Graph, bn: OpId) -> Diag {
+    /// The warning at `bn`: "`%bn` is not {undone} `%layer`: {reason}".
+    pub(super) fn warning(self, graph: &Graph, bn: OpId, undone: &str) -> Diag {
         let mut d = Diag::warning(format!(
-            "`{}` is not folded into `{}`: {}",
+            "`{}` is not {undone} `{}`: {}",
             result_name(graph, bn),
             result_name(graph, self.layer_op),
             self.reason
@@ -255,6 +256,9 @@ impl Skip {
         d
     }
 }
+
+/// What a skipped batch norm is not, in the warning.
+const FOLDED: &str = "folded into";
 
 const PT2E_FOLDS_ANYWAY: &str = "PT2E folds it anyway, which silently changes the model's results";
 

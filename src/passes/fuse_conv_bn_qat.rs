@@ -86,7 +86,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::fuse_conv_bn::{is_op, result_name};
+use super::fuse_conv_bn::{is_op, result_name, Skip};
 use super::rewrite::{self, internal, new_op};
 use super::{dce, PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
@@ -151,7 +151,7 @@ fn fuse_graph(g: &mut Graph, warnings: &mut Diagnostics) -> Result<bool, Diagnos
     }
     for bn in g.op_ids() {
         if let Some(Err(skip)) = check(g, bn) {
-            warnings.push(skip.warning(g, bn));
+            warnings.push(skip.warning(g, bn, "fused for QAT with"));
         }
     }
     Ok(changed)
@@ -172,30 +172,6 @@ struct Match {
     var: ValueId,
 }
 
-/// Why a batch norm after a conv or linear is not rewritten.
-struct Skip {
-    layer: OpId,
-    reason: String,
-    notes: Vec<&'static str>,
-}
-
-impl Skip {
-    fn warning(self, g: &Graph, bn: OpId) -> Diag {
-        let mut d = Diag::warning(format!(
-            "`{}` is not fused with `{}` for QAT: {}",
-            result_name(g, bn),
-            result_name(g, self.layer),
-            self.reason
-        ))
-        .at(g.op(bn).span, "this batch_norm stays")
-        .with(g.op(self.layer).span, "the layer it follows");
-        for n in self.notes {
-            d = d.note(n);
-        }
-        d
-    }
-}
-
 /// `None` when `bn` is not a batch norm reading a conv or linear result.
 fn check(g: &Graph, bn: OpId) -> Option<Result<Match, Skip>> {
     if !g.op(bn).alive || !is_op(g, bn, "batch_norm") {
@@ -204,7 +180,9 @@ fn check(g: &Graph, bn: OpId) -> Option<Result<Match, Skip>> {
     let input = *g.op(bn).operands.first()?;
     let layer = g.producer(input)?;
     let name = g.op(layer).def().name;
-    let skip = |reason: String, notes: Vec<&'static str>| Some(Err(Skip { layer, reason, notes }));
+    let skip = |reason: String, notes: Vec<&'static str>| {
+        Some(Err(notes.into_iter().fold(Skip::new(layer, reason), Skip::note)))
+    };
     if name == "linear" {
         return skip(
             "PT2E's QAT fusion only rewrites convolutions".into(),
