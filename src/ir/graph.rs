@@ -166,7 +166,6 @@ pub struct ValueData {
     pub def: ValueDef,
     pub uses: UseList,
     pub span: Span,
-    pub alive: bool,
 }
 
 /// Optional per-op data that most ops lack, boxed so common ops stay small.
@@ -301,6 +300,15 @@ impl Graph {
         &self.values[v]
     }
 
+    /// Whether `v` is still in the graph: inputs always are, and results live as long as their
+    /// op (erasing an op erases its results; keeping no flag of their own keeps values small).
+    pub fn value_is_live(&self, v: ValueId) -> bool {
+        match self.values[v].def {
+            ValueDef::Input(_) => true,
+            ValueDef::Result(op, _) => self.ops[op].alive,
+        }
+    }
+
     pub fn value_type(&self, v: ValueId) -> &TensorType {
         &self.types[self.values[v].ty]
     }
@@ -335,7 +343,7 @@ impl Graph {
 
     /// All value names in use, live or not, for suggestions ("did you mean").
     pub fn value_names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.values.iter().filter(|(_, v)| v.alive).map(|(_, v)| self.strings.resolve(v.name))
+        self.values.iter().filter(|&(v, _)| self.value_is_live(v)).map(|(_, v)| self.strings.resolve(v.name))
     }
 
     /// `base` if unused, else `base_1`, `base_2`, … (the FX convention).
@@ -359,7 +367,7 @@ impl Graph {
     fn insert_value(&mut self, hash: u64, name: &str, ty: TensorType, def: ValueDef, span: Span) -> ValueId {
         let name = self.strings.push(name);
         let ty = self.types.intern(ty);
-        let id = self.values.push(ValueData { name, ty, def, uses: UseList::new(), span, alive: true });
+        let id = self.values.push(ValueData { name, ty, def, uses: UseList::new(), span });
         let (values, strings) = (&self.values, &self.strings);
         self.names.insert_unique(hash, id, |v| fx_hash(strings.resolve(values[v].name)));
         id
@@ -589,7 +597,6 @@ impl Graph {
         for r in self.ops[op].results() {
             let hash = fx_hash(self.strings.resolve(self.values[r].name));
             self.names.remove(hash, r);
-            self.values[r].alive = false;
         }
         self.ops[op].alive = false;
         self.live_ops -= 1;
@@ -642,8 +649,9 @@ pub struct RecordedUses {
     /// operand slots (so op `i`'s slots are `first_slot[i]..first_slot[i + 1]`). 32 bits, like
     /// the ids: this is built for every verification, and a big graph's table is fresh memory.
     first_slot: Vec<u32>,
-    /// Per operand slot of every op, then per graph output: whether the value there lists it.
-    recorded: Vec<bool>,
+    /// Per operand slot of every op, then per graph output: whether the value there lists it,
+    /// one bit each.
+    recorded: Vec<u64>,
 }
 
 impl RecordedUses {
@@ -658,7 +666,7 @@ impl RecordedUses {
             },
             User::Output => self.first_slot[self.first_slot.len() - 1] as usize + index,
         };
-        self.recorded.get(slot).copied().unwrap_or(false)
+        self.recorded.get(slot / 64).is_some_and(|word| word >> (slot % 64) & 1 == 1)
     }
 }
 
@@ -675,7 +683,7 @@ impl Graph {
             slots += data.operands.len();
         }
         first_slot.push(slot32(slots));
-        let mut recorded = vec![false; slots + self.outputs.len()];
+        let mut recorded = vec![0u64; (slots + self.outputs.len()).div_ceil(64)];
         for (v, data) in self.values.iter() {
             for u in &data.uses {
                 let slot = match u.user {
@@ -688,7 +696,7 @@ impl Graph {
                     User::Output if self.outputs.get(u.index as usize) == Some(&v) => slots + u.index as usize,
                     User::Output => continue,
                 };
-                recorded[slot] = true;
+                recorded[slot / 64] |= 1 << (slot % 64);
             }
         }
         RecordedUses { first_slot, recorded }

@@ -98,15 +98,15 @@ impl Locator<'_> {
 fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Diagnostics) {
     // Position of each defining op in program order; inputs come before everything.
     // A dense table (0: not a live op), since every op is looked up.
-    let mut position: SideTable<OpId, usize> = SideTable::with_capacity(g.num_op_ids());
-    for (i, op) in g.ops().enumerate() {
-        position.set(op, i + 1);
+    let mut position: SideTable<OpId, u32> = SideTable::with_capacity(g.num_op_ids());
+    for (i, op) in (1..).zip(g.ops()) {
+        position.set(op, i);
     }
     // Searching each operand's use list would be quadratic for a value read by many ops (a
     // shared weight); this checks every use list in one pass.
     let recorded = g.recorded_uses();
-    let def_position = |v: ValueId| -> Option<usize> {
-        if !g.value(v).alive {
+    let def_position = |v: ValueId| -> Option<u32> {
+        if !g.value_is_live(v) {
             return None;
         }
         match g.value(v).def {
@@ -506,14 +506,14 @@ fn verify_spec_ref(module: &Module, g: &Graph, name: &str, op: OpId, spec: &Spec
     let span = g.op(op).span;
     let check = |target: &EdgeOrValue, errors: &mut Diagnostics| match *target {
         EdgeOrValue::Value(v) => {
-            if !g.value(v).alive {
+            if !g.value_is_live(v) {
                 errors.push(
                     Diag::error(format!("the annotation of `{name}` refers to an erased value")).at(span, "here"),
                 );
             }
         }
         EdgeOrValue::Edge { value, consumer } => {
-            if !g.value(value).alive || !g.op(consumer).alive || !reads_through_quant_ops(g, consumer, value) {
+            if !g.value_is_live(value) || !g.op(consumer).alive || !reads_through_quant_ops(g, consumer, value) {
                 errors.push(
                     Diag::error(format!("the annotation of `{name}` refers to an edge that no longer exists"))
                         .at(span, "here"),
