@@ -91,6 +91,11 @@ impl StrInterner {
         slice(&self.text, &self.ends, sym)
     }
 
+    /// Bytes of all stored strings together.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     /// Gives back the text buffer's unused room, as after reserving for strings that turned out
     /// to be duplicates.
     pub fn shrink_to_fit(&mut self) {

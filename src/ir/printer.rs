@@ -14,7 +14,12 @@ use crate::tensor::{Scalar, Tensor};
 
 /// Prints a whole module.
 pub fn print_module(module: &Module) -> String {
-    let mut out = String::with_capacity(module.graphs.iter().map(|g| g.num_ops() * 96).sum::<usize>() + 256);
+    // Regrowing the buffer of a big module copies all of it into fresh memory, so this errs on
+    // the high side: room unused at the end is never touched, and costs no physical memory.
+    // Each op prints its result names and location once and operand names about as often
+    // again, plus its op name, types and punctuation; inline tensors may still regrow it.
+    let estimate = |g: &Graph| 2 * g.strings.text_len() + 64 * g.num_ops();
+    let mut out = String::with_capacity(module.graphs.iter().map(estimate).sum::<usize>() + 256);
     write_module(&mut out, module);
     out
 }
