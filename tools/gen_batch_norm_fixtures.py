@@ -1,17 +1,18 @@
 #!/usr/bin/env python3
-"""Generates the fixtures of tests/batch_norm_training.rs: training-mode batch_norm from PyTorch.
+"""Generates the fixtures of tests/batch_norm.rs: batch_norm from PyTorch, in both modes.
 
-For every case this writes `tests/batch_norm_training/<case>.safetensors` holding the operands
+For every case this writes `tests/batch_norm/<case>.safetensors` holding the operands
 (`input.x`, `input.weight`, `input.bias`, `input.running_mean`, `input.running_var`), what
 `F.batch_norm(..., training=True)` returns (`expected.y`) and the running statistics it leaves
-(`expected.running_mean`, `expected.running_var`), with `eps` and `momentum` (Python reprs) in
+(`expected.running_mean`, `expected.running_var`), what `F.batch_norm(..., training=False)`
+returns from the same operands (`expected.y_eval`), with `eps` and `momentum` (Python reprs) in
 the metadata. The test compares qc's results with them bit for bit. Nothing here is needed to
 run the tests: the fixtures are committed.
 
 Deterministic: a fixed seed and one thread (with more, PyTorch reduces `[N, C]` inputs in
 per-thread blocks, and qc mirrors one thread, as every fixture generator here uses). The
-expected values need a PyTorch whose CPU kernels use FMA (the x86-64 AVX2/AVX-512 builds);
-`ATEN_CPU_CAPABILITY=default` rounds the affine step twice and is refused.
+expected values need a PyTorch whose CPU kernels use FMA (the x86-64 AVX2/AVX-512 builds, the
+ones users run); `ATEN_CPU_CAPABILITY=default` rounds the affine step twice and is refused.
 
 Usage: ~/venv/bin/python tools/gen_batch_norm_fixtures.py
 """
@@ -25,7 +26,7 @@ from safetensors_writer import write_safetensors
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "batch_norm_training")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "batch_norm")
 
 # (name, shape, dtype, eps, momentum, data): `data` is "normal" (scaled, shifted N(0,1) per
 # channel), "offset" (a large mean and a small spread: the mean/variance cancellation cases) or
@@ -75,12 +76,14 @@ def main():
         bias = torch.randn(c, dtype=dtype)
         running_mean = torch.randn(c, dtype=dtype)
         running_var = (torch.rand(c, dtype=torch.float64) * 3.0 + 0.1).to(dtype)
+        y_eval = F.batch_norm(x, running_mean, running_var, weight, bias, training=False, eps=eps)
         new_mean, new_var = running_mean.clone(), running_var.clone()
         y = F.batch_norm(x, new_mean, new_var, weight, bias, training=True, momentum=momentum, eps=eps)
         tensors = {
             "input.x": x, "input.weight": weight, "input.bias": bias,
             "input.running_mean": running_mean, "input.running_var": running_var,
             "expected.y": y, "expected.running_mean": new_mean, "expected.running_var": new_var,
+            "expected.y_eval": y_eval,
         }
         metadata = {"eps": repr(eps), "momentum": repr(momentum), "torch": torch.__version__, "cpu": capability}
         write_safetensors(os.path.join(OUT, f"{name}.safetensors"), tensors, metadata)

@@ -1,9 +1,9 @@
-//! Training-mode batch_norm against PyTorch, bit for bit: every
-//! `tests/batch_norm_training/<case>.safetensors` (written by `tools/gen_batch_norm_fixtures.py`)
-//! holds the operands, what `F.batch_norm(..., training=True)` returned and the running
-//! statistics it left. The output is computed by running a one-op QIR graph with the
-//! interpreter, the running statistics by `batch_norm_training_update`, the function the
-//! calibration pass calls.
+//! batch_norm against PyTorch, bit for bit, in both modes: every
+//! `tests/batch_norm/<case>.safetensors` (written by `tools/gen_batch_norm_fixtures.py`) holds the
+//! operands, what `F.batch_norm(..., training=True)` returned and the running statistics it left,
+//! and what `F.batch_norm(..., training=False)` returned. The outputs are computed by running a
+//! one-op QIR graph with the interpreter, the running statistics by
+//! `batch_norm_training_update`, the function the calibration pass calls.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use qc::tensor::Tensor;
 use qc::weights::WeightFile;
 
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/batch_norm_training");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/batch_norm");
     let mut cases: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .flatten()
@@ -38,21 +38,22 @@ fn qir_type(t: &Tensor) -> String {
     format!("{}[{}]", t.dtype(), dims.join(","))
 }
 
-/// A graph of one training-mode batch_norm of `x`'s type.
-fn module_text(x: &Tensor, channels: &Tensor, eps: &str) -> String {
+/// A graph of one batch_norm of `x`'s type.
+fn module_text(x: &Tensor, channels: &Tensor, eps: &str, training: bool) -> String {
     let (xt, ct) = (qir_type(x), qir_type(channels));
     format!(
         "module {{\n  func @main(%x: {xt}, %weight: {ct}, %bias: {ct}, %running_mean: {ct}, %running_var: {ct}) -> {xt} {{\n    \
-         %y = batch_norm(%x, %weight, %bias, %running_mean, %running_var) {{eps = {eps}, training = true}} : {xt}\n    \
+         %y = batch_norm(%x, %weight, %bias, %running_mean, %running_var) {{eps = {eps}, training = {training}}} : {xt}\n    \
          return %y\n  }}\n}}\n"
     )
 }
 
 const OPERANDS: [&str; 5] = ["x", "weight", "bias", "running_mean", "running_var"];
 
-/// Runs the training-mode batch_norm graph on `operands` (in [`OPERANDS`] order).
-fn run(operands: &[Tensor], eps: &str) -> Result<Tensor, String> {
-    let module = parse_module(&module_text(&operands[0], &operands[1], eps), None).map_err(|e| format!("{e:?}"))?;
+/// Runs the batch_norm graph on `operands` (in [`OPERANDS`] order).
+fn run(operands: &[Tensor], eps: &str, training: bool) -> Result<Tensor, String> {
+    let text = module_text(&operands[0], &operands[1], eps, training);
+    let module = parse_module(&text, None).map_err(|e| format!("{e:?}"))?;
     let graph = &module.graphs[0];
     let inputs = OPERANDS.iter().map(|n| n.to_string()).zip(operands.iter().cloned()).collect();
     let bound = bind_inputs(graph, inputs).map_err(|d| d.message)?;
@@ -85,7 +86,7 @@ fn first_difference(actual: &Tensor, expected: &Tensor) -> Option<String> {
 }
 
 #[test]
-fn training_batch_norm_matches_pytorch_bit_for_bit() {
+fn batch_norm_matches_pytorch_bit_for_bit() {
     let cases = fixtures();
     assert!(cases.len() >= 16, "expected the fixtures to be present");
     let mut failures = Vec::new();
@@ -95,9 +96,13 @@ fn training_batch_norm_matches_pytorch_bit_for_bit() {
         let data = WeightFile::open(path).unwrap();
         let operands: Vec<Tensor> = OPERANDS.iter().map(|n| data.tensor(&format!("input.{n}")).unwrap()).collect();
         let expected = |n: &str| data.tensor(&format!("expected.{n}")).unwrap();
-        match run(&operands, &meta["eps"]) {
-            Ok(y) => failures.extend(first_difference(&y, &expected("y")).map(|d| format!("{case}/y: {d}"))),
-            Err(e) => failures.push(format!("{case}: {e}")),
+        for (training, output) in [(true, "y"), (false, "y_eval")] {
+            match run(&operands, &meta["eps"], training) {
+                Ok(y) => {
+                    failures.extend(first_difference(&y, &expected(output)).map(|d| format!("{case}/{output}: {d}")))
+                }
+                Err(e) => failures.push(format!("{case}/{output}: {e}")),
+            }
         }
         let momentum: f64 = meta["momentum"].parse().unwrap();
         match batch_norm_training_update(&operands[0], &operands[3], &operands[4], momentum) {
@@ -130,13 +135,13 @@ fn one_value_per_channel_is_refused() {
     // PyTorch: "Expected more than 1 value per channel when training".
     for shape in [[1, 4, 1, 1], [1, 4, 0, 3]] {
         let ops = operands(&shape);
-        let err = run(&ops, "1e-5").unwrap_err();
+        let err = run(&ops, "1e-5", true).unwrap_err();
         assert!(err.contains("more than one value per channel"), "{shape:?}: {err}");
         let err = batch_norm_training_update(&ops[0], &ops[3], &ops[4], 0.1).unwrap_err();
         assert!(err.contains("more than one value per channel"), "{shape:?}: {err}");
     }
     let ops = operands(&[1, 4]);
-    assert!(run(&ops, "1e-5").unwrap_err().contains("more than one value per channel"));
+    assert!(run(&ops, "1e-5", true).unwrap_err().contains("more than one value per channel"));
 }
 
 #[test]
@@ -144,7 +149,7 @@ fn a_non_positive_eps_is_refused() {
     // PyTorch: "batch_norm eps must be positive during training".
     let ops = operands(&[2, 3, 2, 2]);
     for eps in ["0.0", "-1e-5"] {
-        assert!(run(&ops, eps).unwrap_err().contains("positive `eps`"), "{eps}");
+        assert!(run(&ops, eps, true).unwrap_err().contains("positive `eps`"), "{eps}");
     }
 }
 
@@ -165,7 +170,7 @@ fn training_batch_norm_does_not_depend_on_the_thread_count() {
         let in_pool = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                let y = run(&ops, "1e-5").unwrap();
+                let y = run(&ops, "1e-5", true).unwrap();
                 let (mean, var) = batch_norm_training_update(&ops[0], &ops[3], &ops[4], 0.1).unwrap();
                 [y, mean, var]
             })
