@@ -346,7 +346,7 @@ impl Graph {
         }
     }
 
-    /// All value names in use, live or not, for suggestions ("did you mean").
+    /// The names of the live values, for suggestions ("did you mean").
     pub fn value_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.values.iter().filter(|&(v, _)| self.value_is_live(v)).map(|(_, v)| self.strings.resolve(v.name))
     }
