@@ -480,8 +480,10 @@ pub fn list_passes() -> String {
         out.push_str(&format!("  {:<24}{}\n", p.name, p.description));
     }
     out.push_str("pipelines:\n");
-    for (name, description, members) in PIPELINES {
-        out.push_str(&format!("  {:<24}{} [{}]\n", name, description, members.join(",")));
+    for (name, description, _) in PIPELINES {
+        let passes = registry::expand(&[name.to_string()]).unwrap_or_default();
+        let passes: Vec<&str> = passes.iter().map(|p| p.name).collect();
+        out.push_str(&format!("  {:<24}{} [{}]\n", name, description, passes.join(",")));
     }
     out
 }
