@@ -225,6 +225,50 @@ def to_json(doc):
     return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
+def write_heldout(case, name, batches, input_names, models, ints):
+    """Runs the held-out `batches` through `models` (float, converted, unfolded), checks that
+    both conversions give the same outputs, and writes `heldout.npz`, `heldout_expected.npz` and
+    `int_weights.npz` into `case`. Returns the SQNR of each output, converted against float."""
+    float_model, converted, unfolded = models
+    per_batch = [(outputs(float_model, b), outputs(converted, b), outputs(unfolded, b)) for b in batches]
+    for fl, cv, uf in per_batch:
+        assert len(fl) == len(cv) and all(torch.equal(a, b) for a, b in zip(cv, uf)), name
+    expected, sqnr = {}, []
+    for i in range(len(per_batch[0][0])):
+        expected[f"float.{i}"] = torch.cat([p[0][i] for p in per_batch]).numpy()
+        expected[f"converted.{i}"] = torch.cat([p[1][i] for p in per_batch]).numpy()
+        sqnr.append(sqnr_db(expected[f"float.{i}"], expected[f"converted.{i}"]))
+    assert all(math.isfinite(s) for s in sqnr), (name, sqnr)  # JSON has no infinity
+
+    held = {k: torch.cat([b[i] for b in batches]).numpy() for i, k in enumerate(input_names)}
+    np.savez(os.path.join(case, "heldout.npz"), **dict(sorted(held.items())))
+    np.savez_compressed(os.path.join(case, "heldout_expected.npz"), **dict(sorted(expected.items())))
+    np.savez_compressed(os.path.join(case, "int_weights.npz"), **dict(sorted(ints.items())))
+    return sqnr
+
+
+def write_converted_json(case, name, convert, details, sqnr, qdq, dq):
+    """Writes `converted.json` into `case` and returns its fields: `convert` is the call that
+    made the converted model, `details` (how its parameters came about) follow it."""
+    doc = {
+        "model": name,
+        "torch": torch.__version__,
+        "torchao": __import__("torchao").__version__,
+        "convert": convert,
+        **details,
+        "heldout_batches": HELDOUT,
+        "num_q": len(qdq),
+        "num_folded": sum(r["folded"] for r in qdq),
+        "num_dq": len(dq),
+        "float_outputs_sqnr": sqnr,
+        "qdq": qdq,
+        "dq": dq,
+    }
+    with open(os.path.join(case, "converted.json"), "w") as f:
+        f.write(to_json(doc))
+    return doc
+
+
 def convert_case(name, cls, shape, seed, exact, out_dir, ctx):
     case = os.path.join(out_dir, name)
     with open(os.path.join(case, "expected.json")) as f:
@@ -244,36 +288,9 @@ def convert_case(name, cls, shape, seed, exact, out_dir, ctx):
     assert len(dq) == sum(1 for n in unfolded.graph.nodes if is_dq(n)), name
 
     batches = heldout(shape, seed + 3, exact)
-    inputs = ctx["inputs"]
-    per_batch = [(outputs(float_model, b), outputs(converted, b), outputs(unfolded, b)) for b in batches]
-    for fl, cv, uf in per_batch:
-        assert len(fl) == len(cv) and all(torch.equal(a, b) for a, b in zip(cv, uf)), name
-    expected, sqnr = {}, []
-    for i in range(len(per_batch[0][0])):
-        expected[f"float.{i}"] = torch.cat([p[0][i] for p in per_batch]).numpy()
-        expected[f"converted.{i}"] = torch.cat([p[1][i] for p in per_batch]).numpy()
-        sqnr.append(sqnr_db(expected[f"float.{i}"], expected[f"converted.{i}"]))
-    assert all(math.isfinite(s) for s in sqnr), (name, sqnr)  # JSON has no infinity
-
-    held = {k: torch.cat([b[i] for b in batches]).numpy() for i, k in enumerate(inputs)}
-    np.savez(os.path.join(case, "heldout.npz"), **dict(sorted(held.items())))
-    np.savez_compressed(os.path.join(case, "heldout_expected.npz"), **dict(sorted(expected.items())))
-    np.savez_compressed(os.path.join(case, "int_weights.npz"), **dict(sorted(ints.items())))
-    doc = {
-        "model": name,
-        "torch": torch.__version__,
-        "torchao": __import__("torchao").__version__,
-        "convert": "convert_pt2e(prepared) (fold_quantize=True, use_reference_representation=False)",
-        "heldout_batches": HELDOUT,
-        "num_q": len(qdq),
-        "num_folded": sum(r["folded"] for r in qdq),
-        "num_dq": len(dq),
-        "float_outputs_sqnr": sqnr,
-        "qdq": qdq,
-        "dq": dq,
-    }
-    with open(os.path.join(case, "converted.json"), "w") as f:
-        f.write(to_json(doc))
+    sqnr = write_heldout(case, name, batches, ctx["inputs"], (float_model, converted, unfolded), ints)
+    convert = "convert_pt2e(prepared) (fold_quantize=True, use_reference_representation=False)"
+    doc = write_converted_json(case, name, convert, {}, sqnr, qdq, dq)
     print(
         f"{name}: {len(qdq)} quantize ops ({doc['num_folded']} folded), {len(dq)} dequantize ops, "
         f"SQNR {', '.join(f'{s:.2f}' for s in sqnr)} dB"

@@ -708,38 +708,15 @@ def convert(name, model_name, trained, state, input_names, case):
     float_model.eval()
 
     batches = C.heldout(shape, seed + 3, False)
-    per_batch = [(C.outputs(float_model, b), C.outputs(converted, b), C.outputs(unfolded, b)) for b in batches]
-    for fl, cv, uf in per_batch:
-        assert len(fl) == len(cv) and all(torch.equal(a, b) for a, b in zip(cv, uf)), name
-    expected, sqnr = {}, []
-    for i in range(len(per_batch[0][0])):
-        expected[f"float.{i}"] = torch.cat([p[0][i] for p in per_batch]).numpy()
-        expected[f"converted.{i}"] = torch.cat([p[1][i] for p in per_batch]).numpy()
-        sqnr.append(C.sqnr_db(expected[f"float.{i}"], expected[f"converted.{i}"]))
-
-    held = {k: torch.cat([b[i] for b in batches]).numpy() for i, k in enumerate(input_names)}
-    np.savez(os.path.join(case, "heldout.npz"), **dict(sorted(held.items())))
-    np.savez_compressed(os.path.join(case, "heldout_expected.npz"), **dict(sorted(expected.items())))
-    np.savez_compressed(os.path.join(case, "int_weights.npz"), **dict(sorted(ints.items())))
+    sqnr = C.write_heldout(case, name, batches, input_names, (float_model, converted, unfolded), ints)
     np.savez_compressed(os.path.join(case, "converted_params.npz"), **dict(sorted(params.items())))
-    doc = {
-        "model": name,
-        "torch": torch.__version__,
-        "torchao": __import__("torchao").__version__,
-        "convert": "convert_pt2e(trained) (fold_quantize=True, use_reference_representation=False)",
+    convert = "convert_pt2e(trained) (fold_quantize=True, use_reference_representation=False)"
+    details = {
         "trained_steps": STEPS,
         "lr": LR,
         "float": "the float model with trained.safetensors loaded, eval mode",
-        "heldout_batches": C.HELDOUT,
-        "num_q": len(qdq),
-        "num_folded": sum(r["folded"] for r in qdq),
-        "num_dq": len(dq),
-        "float_outputs_sqnr": sqnr,
-        "qdq": qdq,
-        "dq": dq,
     }
-    with open(os.path.join(case, "converted.json"), "w") as f:
-        f.write(C.to_json(doc))
+    C.write_converted_json(case, name, convert, details, sqnr, qdq, dq)
 
 
 def main():
