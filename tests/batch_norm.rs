@@ -5,6 +5,8 @@
 //! one-op QIR graph with the interpreter, the running statistics by
 //! `batch_norm_training_update`, the function the calibration pass calls.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -15,16 +17,10 @@ use qc::syntax::parse_module;
 use qc::tensor::Tensor;
 use qc::weights::WeightFile;
 
+use common::files::files_with_extension;
+
 fn fixtures() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/batch_norm");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    cases.sort();
-    cases
+    files_with_extension(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/batch_norm"), "safetensors")
 }
 
 fn metadata(path: &Path) -> HashMap<String, String> {

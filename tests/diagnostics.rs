@@ -8,10 +8,14 @@
 //!
 //! Regenerate snapshots with `INSTA_UPDATE=always cargo test --test diagnostics`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use qc::diag::Files;
+
+use common::files::files_with_extension;
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -67,13 +71,7 @@ fn qc() -> Command {
 }
 
 fn qir_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(manifest_dir().join(dir))
-        .expect("read test directory")
-        .map(|e| e.expect("directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "qir"))
-        .collect();
-    files.sort();
-    files
+    files_with_extension(&manifest_dir().join(dir), "qir")
 }
 
 /// Every expectation in `tests/verify/*.qir` is met, and nothing unexpected is reported.

@@ -4,6 +4,8 @@
 //! Also: the warnings of the skipped patterns, idempotence, and `qc -o` writing the folded
 //! weights beside the output.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -17,6 +19,8 @@ use qc::passes::PassContext;
 use qc::syntax::parse_module;
 use qc::tensor::Tensor;
 use qc::weights::WeightFile;
+
+use common::files::files_with_extension;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -124,12 +128,7 @@ fn fixture_dir() -> PathBuf {
 /// Every generated case: `<case>.qir` + `<case>.safetensors` (originals and `expected.*`).
 #[test]
 fn folded_parameters_are_bit_identical_to_torchao() {
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "qir"))
-        .collect();
-    cases.sort();
+    let cases = files_with_extension(&fixture_dir(), "qir");
     assert!(cases.len() >= 10, "fixtures missing: run tools/gen_fuse_fixtures.py");
     let (mut tensors, mut elements) = (0, 0);
     for path in &cases {

@@ -3,12 +3,16 @@
 //! computed, within the tolerance on the case's first line (see `tools/gen_golden.py` for the
 //! justification of each). `exact` means bitwise equality, NaNs included.
 
+mod common;
+
 use std::path::Path;
 
 use qc::interp::{bind_inputs, run_graph, RunOptions};
 use qc::syntax::parse_module;
 use qc::tensor::Tensor;
 use qc::weights::WeightFile;
+
+use common::files::files_with_extension;
 
 enum Tolerance {
     Exact,
@@ -80,13 +84,7 @@ fn compare(case: &str, name: &str, actual: &Tensor, expected: &Tensor, tol: &Tol
 #[test]
 fn interpreter_matches_pytorch() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "qir"))
-        .collect();
-    cases.sort();
+    let cases = files_with_extension(&dir, "qir");
     assert!(cases.len() >= 60, "expected the golden fixtures to be present");
     let mut failures = Vec::new();
     for path in &cases {

@@ -8,6 +8,8 @@
 //! histogram machinery and their clipping ranges from the generator's Python reference
 //! implementation of qc's definitions.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -17,15 +19,11 @@ use qc::quant::observer::{ObserverConfig, ObserverKind, ObserverState, QParams};
 use qc::tensor::Tensor;
 use qc::weights::WeightFile;
 
+use common::files::files_with_extension;
+
 fn fixtures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/observers");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("tests/observers exists")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .collect();
-    files.sort();
-    files
+    files_with_extension(&dir, "safetensors")
 }
 
 fn metadata(path: &Path) -> HashMap<String, String> {

@@ -12,6 +12,8 @@
 //!
 //! Run with `--nocapture` for the numbers: groups rewritten, LSB differences.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,6 +29,8 @@ use qc::passes::manager::{run_pipeline, Instrumentation};
 use qc::passes::registry::{expand, find};
 use qc::passes::PassContext;
 use qc::tensor::Tensor;
+
+use common::files::files_with_extension;
 
 /// The examples with calibration data.
 const EXAMPLES: [(&str, &str); 3] = [
@@ -228,9 +232,7 @@ fn random_inputs(g: &Graph, seed: u64) -> FxHashMap<String, Tensor> {
 #[test]
 fn hand_written_groups_track_their_qdq_graphs() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/passes/reference-repr");
-    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
-    cases.retain(|p| p.extension().is_some_and(|e| e == "qir"));
-    cases.sort();
+    let cases = files_with_extension(&dir, "qir");
     assert!(!cases.is_empty());
     for path in cases {
         let what = path.file_name().unwrap().to_string_lossy().into_owned();
