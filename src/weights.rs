@@ -1,5 +1,7 @@
 //! Weight files: safetensors, memory-mapped so that opening a large file reads only its header.
 
+use std::fmt::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -100,6 +102,11 @@ impl WeightFile {
             entries,
             decoded: Default::default(),
         })
+    }
+
+    /// The length and hash of the whole file (reads every byte once).
+    pub fn digest(&self) -> WeightsDigest {
+        WeightsDigest::of(self.map.as_deref().unwrap_or(&[]))
     }
 
     pub fn info(&self, key: &str) -> Option<&WeightInfo> {
@@ -241,40 +248,109 @@ impl Weights<'_> {
         keys
     }
 
-    /// The safetensors image holding `keys` (raw bytes are copied for the file's tensors, so
-    /// unchanged weights are bit-identical).
-    pub fn to_safetensors(&self, keys: &[&str]) -> Result<Vec<u8>, String> {
+    /// Writes the safetensors file holding `keys` to `out`, one tensor at a time (raw bytes are
+    /// copied from the mapped file for the file's tensors, so unchanged weights are
+    /// bit-identical and nothing is held in memory twice). Returns the digest of what it wrote.
+    pub fn write_safetensors(&self, keys: &[&str], out: &mut dyn Write) -> Result<WeightsDigest, String> {
+        enum Source<'t> {
+            Created(&'t Tensor),
+            File(&'t [u8]),
+        }
         let mut header = String::from("{");
-        let mut data: Vec<u8> = Vec::new();
+        let mut sources = Vec::with_capacity(keys.len());
+        let mut offset = 0usize;
         for (i, key) in keys.iter().enumerate() {
-            let (dtype, shape, bytes): (DType, Vec<usize>, std::borrow::Cow<'_, [u8]>) = match self.created.get(*key) {
-                Some(t) => (t.dtype(), t.shape().to_vec(), crate::interp::io::le_bytes(t).into()),
+            let (dtype, shape, source) = match self.created.get(*key) {
+                Some(t) => (t.dtype(), t.shape().to_vec(), Source::Created(t)),
                 None => {
                     let file = self.file.ok_or_else(|| format!("no tensor `{key}`"))?;
                     let info = file.info(key).ok_or_else(|| format!("no tensor `{key}` in {}", file.path.display()))?;
                     let dtype = info.dtype.clone().map_err(|d| format!("tensor `{key}` has unsupported dtype {d}"))?;
-                    (dtype, info.shape.clone(), file.bytes(key).unwrap_or(&[]).into())
+                    (dtype, info.shape.clone(), Source::File(file.bytes(key).unwrap_or(&[])))
                 }
             };
-            let start = data.len();
-            data.extend_from_slice(&bytes);
-            let name = json_escape(key);
-            header.push_str(&format!(
-                "{}\"{name}\":{{\"dtype\":\"{}\",\"shape\":{shape:?},\"data_offsets\":[{start},{}]}}",
+            let len = match &source {
+                Source::Created(t) => t.len() * dtype.size_bytes(),
+                Source::File(bytes) => bytes.len(),
+            };
+            let _ = write!(
+                header,
+                "{}\"{}\":{{\"dtype\":\"{}\",\"shape\":{shape:?},\"data_offsets\":[{offset},{}]}}",
                 if i > 0 { "," } else { "" },
+                json_escape(key),
                 safetensors_dtype(dtype),
-                data.len()
-            ));
+                offset + len
+            );
+            offset += len;
+            sources.push(source);
         }
         header.push('}');
         // Pad the header so the data is 8-byte aligned, as the safetensors writer does.
         while header.len() % 8 != 0 {
             header.push(' ');
         }
-        let mut out = (header.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(&data);
-        Ok(out)
+        let mut out = DigestWriter::new(out);
+        let io = |e: std::io::Error| e.to_string();
+        out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(header.as_bytes()).map_err(io)?;
+        for source in sources {
+            match source {
+                Source::Created(t) => t.write_le_bytes(&mut out).map_err(io)?,
+                Source::File(bytes) => out.write_all(bytes).map_err(io)?,
+            }
+        }
+        Ok(out.digest())
+    }
+}
+
+/// What a module records of the weights file qc wrote beside it (`weights "w.safetensors"
+/// {bytes = N, xxh3 = "…"}`), so that a `.qir` never silently reads weights from another run:
+/// the file's length and its XXH3-128 hash.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct WeightsDigest {
+    pub bytes: u64,
+    pub xxh3: u128,
+}
+
+impl WeightsDigest {
+    /// The digest of a whole file image.
+    pub fn of(bytes: &[u8]) -> WeightsDigest {
+        WeightsDigest { bytes: bytes.len() as u64, xxh3: xxhash_rust::xxh3::xxh3_128(bytes) }
+    }
+
+    /// The hash as QIR writes it: 32 lowercase hex digits.
+    pub fn hash_hex(&self) -> String {
+        format!("{:032x}", self.xxh3)
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct DigestWriter<'w> {
+    inner: &'w mut dyn Write,
+    hasher: xxhash_rust::xxh3::Xxh3,
+    bytes: u64,
+}
+
+impl<'w> DigestWriter<'w> {
+    fn new(inner: &'w mut dyn Write) -> Self {
+        DigestWriter { inner, hasher: xxhash_rust::xxh3::Xxh3::new(), bytes: 0 }
+    }
+
+    fn digest(&self) -> WeightsDigest {
+        WeightsDigest { bytes: self.bytes, xxh3: self.hasher.digest128() }
+    }
+}
+
+impl Write for DigestWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -177,7 +177,8 @@ fn write_weights(path: &Path, weights: &[(String, Vec<usize>)]) {
         created.insert(name.clone(), std::sync::Arc::new(tensor));
     }
     let keys: Vec<&str> = created.keys().map(String::as_str).collect();
-    let bytes = qc::weights::Weights { file: None, created: &created }.to_safetensors(&keys).unwrap();
+    let mut bytes = Vec::new();
+    qc::weights::Weights { file: None, created: &created }.write_safetensors(&keys, &mut bytes).unwrap();
     std::fs::write(path, bytes).unwrap();
 }
 

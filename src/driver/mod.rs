@@ -2,6 +2,7 @@
 
 pub mod eval;
 mod expectations;
+pub mod output;
 mod run;
 
 use std::io::{IsTerminal, Read, Write};
@@ -11,13 +12,16 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use codespan_reporting::term::termcolor::{ColorChoice, StandardStream};
 
+use crate::diag::Span;
 use crate::diag::{self, Diag, Diagnostics, Files};
+use crate::ir::graph::WeightsDecl;
 use crate::ir::printer::write_module;
 use crate::ir::Module;
 use crate::ops::{OpKind, Presence};
 use crate::passes::manager::{run_pipeline, Instrumentation, Timings};
 use crate::passes::registry::{self, PASSES, PIPELINES};
 use crate::passes::PassContext;
+use output::{Destination, FileId, Transaction};
 
 /// The line that separates cases under `--split-input-file`.
 pub const SPLIT_MARKER: &str = "// -----";
@@ -186,6 +190,9 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     if cli.emit == Emit::Reference {
         passes.extend(registry::find("reference-repr"));
     }
+    if let Err(message) = check_options_are_used(cli, &passes) {
+        return usage(message);
+    }
     for name in cli.print_ir_before.iter().chain(&cli.print_ir_after) {
         if registry::find(name).is_none() {
             return usage(format!(
@@ -197,6 +204,21 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     let Some(input) = cli.input.as_deref() else {
         return usage("no input file".into());
     };
+    // The output is checked before any work is done, and again once the module's own weights
+    // file and the weights the pipeline creates are known.
+    let destination = match cli.output.as_deref().map(Destination::resolve).transpose() {
+        Ok(d) => d,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return 1;
+        }
+    };
+    let mut inputs_read = options_read(cli, input);
+    if let Some(d) = &destination {
+        if let Err(message) = refuse_overwriting_inputs(d, &inputs_read) {
+            return usage(message);
+        }
+    }
     let (display_name, source, input_dir) = match read_input(input) {
         Ok(x) => x,
         Err(message) => {
@@ -217,7 +239,6 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     let mut outputs = Vec::with_capacity(cases.len());
     let mut failed = false;
     let mut all_timings: Timings = Vec::new();
-    let mut pending_weights: Option<(PathBuf, Vec<u8>)> = None;
     for case in cases {
         let file = files.add(display_name.clone(), case.clone());
         let mut dumps = String::new();
@@ -257,41 +278,18 @@ fn compile_command(cli: &CompileArgs) -> i32 {
                 }
             }
         }
-        if let Some(mut module) = output {
-            let new_weights = if module.created_weights.is_empty() {
-                None
-            } else {
-                match (&cli.output, cli.split_input_file) {
-                    (Some(path), false) => match weights_image(&module) {
-                        Ok(bytes) => Some((weights_path_for(path), bytes)),
-                        Err(message) => {
-                            eprintln!("error: {message}");
-                            return 1;
-                        }
-                    },
-                    _ => {
-                        eprintln!(
-                            "error: the pipeline created {} weight tensor(s), which need a file: write the result with -o FILE (not with --split-input-file)",
-                            module.created_weights.len()
-                        );
-                        return 1;
-                    }
-                }
-            };
-            match (&new_weights, &cli.output) {
-                (Some((weights_path, _)), _) => {
-                    let name = weights_path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                    module.weights = Some(crate::ir::graph::WeightsDecl { path: name, span: crate::diag::Span::NONE });
-                }
-                (None, Some(path)) => relocate_weights(&mut module, &input_dir, path),
-                (None, None) => {}
+        if let Some(module) = output {
+            if let Some(file) = &module.weight_file {
+                inputs_read.push(("the module's weights file", file.path.clone()));
             }
-            if new_weights.is_some() {
-                pending_weights = new_weights;
+            if !module.created_weights.is_empty() && (cli.output.is_none() || cli.split_input_file) {
+                eprintln!(
+                    "error: the pipeline created {} weight tensor(s), which need a file: write the result with -o FILE (not with --split-input-file)",
+                    module.created_weights.len()
+                );
+                return 1;
             }
-            let mut text = String::new();
-            write_module(&mut text, &module);
-            outputs.push(text);
+            outputs.push(module);
         }
     }
     if cli.timing {
@@ -308,33 +306,145 @@ fn compile_command(cli: &CompileArgs) -> i32 {
             "note: no calibration data: stopped after `prepare`, so the output holds observers, not quantized ops\n  = help: pass `--calib data.npz` (one array per graph input, samples along the first axis) to calibrate and convert"
         );
     }
-    let text = outputs.join(&format!("{SPLIT_MARKER}\n"));
-    match &cli.output {
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            if stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
-                return 1;
-            }
+    let Some(destination) = destination else {
+        let text = print_modules(&outputs);
+        let mut stdout = std::io::stdout().lock();
+        return if stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).is_err() { 1 } else { 0 };
+    };
+    match write_outputs(destination, outputs, &input_dir, &inputs_read) {
+        Ok(()) => 0,
+        Err(WriteFailure::Refused(message)) => usage(message),
+        Err(WriteFailure::Io(message)) => {
+            eprintln!("error: {message}");
+            1
         }
-        Some(path) => {
-            // The weights first, so the module never names a file that does not exist yet; a
-            // failure removes what was written.
-            if let Some((weights_path, bytes)) = &pending_weights {
-                if let Err(e) = write_atomically(weights_path, bytes) {
-                    eprintln!("error: cannot write {}: {e}", weights_path.display());
-                    return 1;
-                }
-            }
-            if let Err(e) = write_atomically(path, text.as_bytes()) {
-                eprintln!("error: cannot write {}: {e}", path.display());
-                if let Some((weights_path, _)) = &pending_weights {
-                    let _ = std::fs::remove_file(weights_path);
-                }
-                return 1;
+    }
+}
+
+/// Why the result was not written.
+enum WriteFailure {
+    /// Writing would overwrite an input, or the output is no place for what must be written.
+    Refused(String),
+    Io(String),
+}
+
+fn print_modules(modules: &[Module]) -> String {
+    let mut text = String::new();
+    for (i, module) in modules.iter().enumerate() {
+        if i > 0 {
+            text.push_str(SPLIT_MARKER);
+            text.push('\n');
+        }
+        write_module(&mut text, module);
+    }
+    text
+}
+
+/// Writes the compiled module(s) to `destination`, and the weights the pipeline created to a
+/// `.safetensors` file beside it, as one transaction (see [`output`]).
+fn write_outputs(
+    destination: Destination,
+    mut modules: Vec<Module>,
+    input_dir: &Path,
+    inputs_read: &[(&str, PathBuf)],
+) -> Result<(), WriteFailure> {
+    refuse_overwriting_inputs(&destination, inputs_read).map_err(WriteFailure::Refused)?;
+    let mut transaction = Transaction::new();
+    match modules.as_mut_slice() {
+        [module] if !module.created_weights.is_empty() => {
+            let weights_path = weights_path_for(destination.path());
+            let weights = weights_destination(&destination, &weights_path, module.created_weights.len())?;
+            refuse_overwriting_inputs(&weights, inputs_read).map_err(WriteFailure::Refused)?;
+            let keys = weight_keys(module);
+            let digest = transaction
+                .stage(weights, |out| module.weights().write_safetensors(&keys, out))
+                .map_err(WriteFailure::Io)?;
+            let name = weights_path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            module.weights = Some(WeightsDecl { path: name, span: Span::NONE, digest: Some(digest) });
+        }
+        modules => {
+            for module in modules {
+                relocate_weights(module, input_dir, destination.path());
             }
         }
     }
-    0
+    let text = print_modules(&modules);
+    transaction
+        .stage(destination, |out| out.write_all(text.as_bytes()).map_err(|e| e.to_string()))
+        .map_err(WriteFailure::Io)?;
+    transaction.commit().map_err(WriteFailure::Io)
+}
+
+/// Where the weights created for the module written to `qir` go, if they can go there.
+fn weights_destination(qir: &Destination, weights_path: &Path, count: usize) -> Result<Destination, WriteFailure> {
+    let shown = qir.requested.display();
+    if !qir.is_regular() {
+        return Err(WriteFailure::Refused(format!(
+            "the pipeline created {count} weight tensor(s), which are written beside the output as {}; {shown} is not a regular file: name a .qir file",
+            weights_path.display()
+        )));
+    }
+    let weights = Destination::resolve(weights_path).map_err(WriteFailure::Io)?;
+    if weights.same_file(qir) {
+        return Err(WriteFailure::Refused(format!(
+            "-o {shown} would be overwritten by the weights written beside it: name the .qir file (e.g. -o {})",
+            qir.requested.with_extension("qir").display()
+        )));
+    }
+    if !weights.is_regular() {
+        return Err(WriteFailure::Refused(format!(
+            "the weights go to {}, which exists and is not a regular file",
+            weights_path.display()
+        )));
+    }
+    Ok(weights)
+}
+
+/// The files a compile reads besides its input text's weights (added once parsed), by role.
+fn options_read(cli: &CompileArgs, input: &str) -> Vec<(&'static str, PathBuf)> {
+    let mut read = Vec::new();
+    if input != "-" {
+        read.push(("the input module", PathBuf::from(input)));
+    }
+    read.extend(cli.calib.clone().map(|p| ("the calibration data", p)));
+    read.extend(cli.eval.clone().map(|p| ("the evaluation data", p)));
+    read.extend(cli.quantizer.as_ref().filter(|q| q.ends_with(".toml")).map(|q| ("the quantizer file", q.into())));
+    read
+}
+
+/// Refuses a destination that is a file the run reads: writing it would destroy the input.
+fn refuse_overwriting_inputs(destination: &Destination, inputs_read: &[(&str, PathBuf)]) -> Result<(), String> {
+    let Some(target) = destination.existing() else { return Ok(()) };
+    match inputs_read.iter().find(|(_, path)| FileId::of(path) == Some(target)) {
+        Some((role, path)) => Err(format!(
+            "refusing to write {}: it is {role} ({}); qc never overwrites a file it reads, write the result elsewhere",
+            destination.requested.display(),
+            path.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Usage errors for options that no pass of the pipeline reads.
+fn check_options_are_used(cli: &CompileArgs, passes: &[&crate::passes::PassDef]) -> Result<(), String> {
+    let runs = |pass: &crate::passes::PassDef| passes.iter().any(|p| p.name == pass.name);
+    let pipeline = cli.passes.as_ref().map_or_else(|| "default".to_string(), |p| p.join(","));
+    let unused = |flag: &str, pass: &crate::passes::PassDef| {
+        format!("{flag} is read by the `{}` pass, which `-p {pipeline}` does not run", pass.name)
+    };
+    if let Some(name) = &cli.quantizer {
+        crate::passes::annotate::check_quantizer_name(name)?;
+        if !runs(&crate::passes::annotate::PASS) {
+            return Err(unused("--quantizer", &crate::passes::annotate::PASS));
+        }
+    }
+    if cli.calib.is_some() && !runs(&crate::passes::calibrate::PASS) {
+        return Err(unused("--calib", &crate::passes::calibrate::PASS));
+    }
+    if cli.verify_diagnostics && cli.output.is_some() {
+        return Err("--verify-diagnostics checks the expected diagnostics and writes no module: drop -o".into());
+    }
+    Ok(())
 }
 
 /// `out.qir` → `out.safetensors`, beside it.
@@ -342,8 +452,8 @@ fn weights_path_for(output: &Path) -> PathBuf {
     output.with_extension("safetensors")
 }
 
-/// The safetensors image of every tensor the module's `weight` ops read.
-fn weights_image(module: &Module) -> Result<Vec<u8>, String> {
+/// Every tensor key the module's `weight` ops read, sorted.
+fn weight_keys(module: &Module) -> Vec<&str> {
     let mut keys: Vec<&str> = module
         .graphs
         .iter()
@@ -353,7 +463,7 @@ fn weights_image(module: &Module) -> Result<Vec<u8>, String> {
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    module.weights().to_safetensors(&keys)
+    keys
 }
 
 /// A successfully compiled module with what the run noticed along the way.
@@ -399,7 +509,12 @@ pub(crate) fn read_input(input: &str) -> Result<(String, String, PathBuf), Strin
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {input}: {e}"))?;
     let source = String::from_utf8(bytes)
         .map_err(|e| format!("{input} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))?;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // A module's `weights` path is relative to where the .qir really is (a symlink's target), as
+    // qc writes it.
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let real =
+        if is_link { std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()) } else { path.to_path_buf() };
+    let dir = real.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     Ok((input.to_string(), source, dir))
 }
 
@@ -424,51 +539,36 @@ pub fn split_cases(source: &str) -> Vec<String> {
     cases
 }
 
-/// Writes via a temporary file in the same directory and renames it into place, so readers
-/// never see a half-written file and a failure leaves nothing behind.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    // Temporary files are created private (0600); the output gets the usual 0644, or the mode
-    // of the file it replaces.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o777);
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+/// Writes one output file as a transaction of its own (see [`output`]).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut transaction = Transaction::new();
+    transaction.stage(Destination::resolve(path)?, |out| out.write_all(bytes).map_err(|e| e.to_string()))?;
+    transaction.commit()
 }
 
-/// Keeps the `weights` path valid when the output lands in another directory.
+/// Keeps the `weights` path valid when the output lands in another directory: the path is
+/// taken between the real (symlink- and `..`-resolved) directories, as the kernel resolves it
+/// when the output is read.
 fn relocate_weights(module: &mut Module, input_dir: &Path, output: &Path) {
     let Some(weights) = &mut module.weights else {
         return;
     };
     let out_dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let (Ok(from), Ok(to_dir)) = (std::path::absolute(input_dir.join(&weights.path)), std::path::absolute(out_dir))
+    let (Ok(from), Ok(to_dir)) = (std::fs::canonicalize(input_dir.join(&weights.path)), std::fs::canonicalize(out_dir))
     else {
         return;
     };
     weights.path = relative_path(&to_dir, &from).to_string_lossy().into_owned();
 }
 
-/// The path of `target` relative to directory `base` (both absolute).
+/// The path of `target` relative to directory `base` (both canonical).
 fn relative_path(base: &Path, target: &Path) -> PathBuf {
-    let base: Vec<_> = base.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
-    let target_parts: Vec<_> = target.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
-    let common = base.iter().zip(&target_parts).take_while(|(a, b)| a == b).count();
-    if common == 0 {
-        return target.to_path_buf();
-    }
+    let common = base.components().zip(target.components()).take_while(|(a, b)| a == b).count();
     let mut out = PathBuf::new();
-    for _ in common..base.len() {
+    for _ in common..base.components().count() {
         out.push("..");
     }
-    for part in &target_parts[common..] {
+    for part in target.components().skip(common) {
         out.push(part);
     }
     out

@@ -120,7 +120,7 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
         }
         _ => return Err(Failure::Usage(format!("{}: the output must be a .npz or .npy file", path.display()))),
     };
-    write_atomically(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    write_atomically(path, &bytes)?;
     Ok(())
 }
 

@@ -752,6 +752,8 @@ impl Module {
 pub struct WeightsDecl {
     pub path: String,
     pub span: Span,
+    /// The file's expected length and hash, when qc wrote it together with this module.
+    pub digest: Option<crate::weights::WeightsDigest>,
 }
 
 #[cfg(test)]

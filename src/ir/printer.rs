@@ -35,6 +35,9 @@ pub fn write_module(out: &mut String, module: &Module) {
     if let Some(w) = &module.weights {
         out.push_str("  weights ");
         write_str_literal(out, &w.path);
+        if let Some(d) = &w.digest {
+            let _ = write!(out, " {{bytes = {}, xxh3 = \"{}\"}}", d.bytes, d.hash_hex());
+        }
         out.push('\n');
         header = true;
     }

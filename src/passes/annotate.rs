@@ -105,6 +105,18 @@ pub fn quantizer_by_name(name: &str) -> Result<NamedQuantizer, Diagnostics> {
     }
 }
 
+/// A usage error unless `name` is a built-in quantizer or a `.toml` quantizer file (whose
+/// contents are checked when `annotate` loads it).
+pub fn check_quantizer_name(name: &str) -> Result<(), String> {
+    if name.ends_with(".toml") || crate::quant::quantizer::QUANTIZER_NAMES.contains(&name) {
+        return Ok(());
+    }
+    Err(format!(
+        "unknown quantizer `{name}`; {}",
+        crate::diag::suggest(name, crate::quant::quantizer::QUANTIZER_NAMES.iter().copied())
+    ))
+}
+
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let quantizer = quantizer_by_name(cx.quantizer.as_deref().unwrap_or("xnnpack"))?;
     quantizer.annotate(module)

@@ -41,8 +41,15 @@ pub struct Module<'s> {
 
 #[derive(Clone, Debug)]
 pub enum Item<'s> {
-    Weights(Spanned<String>),
-    QSpec { name: Name<'s>, dict: Spanned<Dict<'s>> },
+    /// `weights "path"`, with the `{bytes = …, xxh3 = "…"}` check qc writes beside its own files.
+    Weights {
+        path: Spanned<String>,
+        check: Option<Spanned<Dict<'s>>>,
+    },
+    QSpec {
+        name: Name<'s>,
+        dict: Spanned<Dict<'s>>,
+    },
     Func(Box<Func<'s>>),
 }
 

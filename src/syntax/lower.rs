@@ -26,7 +26,7 @@ use crate::ir::types::{DType, Dim, TensorType};
 use crate::ir::verifier::{GraphSpans, OpSpans, SourceSpans};
 use crate::ops::{check_attr_kind, Arity, AttrKind, OpKind, Presence};
 use crate::tensor::{Literal, LiteralError, Tensor};
-use crate::weights::WeightFile;
+use crate::weights::{WeightFile, WeightsDigest};
 
 /// Lowers a parsed module. `weights_dir` is where a relative `weights` path is resolved (the
 /// `.qir` file's directory); `None` skips opening the weights file.
@@ -252,10 +252,82 @@ impl<'s> Lowerer<'s> {
         }
     }
 
+    /// The `{bytes = N, xxh3 = "…"}` after a `weights` path: both keys, nothing else.
+    fn weights_digest(&mut self, check: &Spanned<ast::Dict<'_>>) -> Option<WeightsDigest> {
+        let (mut bytes, mut xxh3) = (None, None);
+        let mut ok = true;
+        for (key, value) in &check.node {
+            match (key.node, &value.node) {
+                ("bytes", ast::Value::Int(n)) if *n >= 0 => bytes = Some(*n as u64),
+                ("xxh3", ast::Value::Str(hex)) if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    xxh3 = u128::from_str_radix(hex, 16).ok();
+                }
+                ("bytes" | "xxh3", _) => {
+                    let expected = if key.node == "bytes" { "a byte count" } else { "32 hex digits in quotes" };
+                    self.errors.push(
+                        Diag::error(format!("bad `{}` in the weights check", key.node))
+                            .at(value.span, format!("expected {expected}")),
+                    );
+                    ok = false;
+                }
+                (other, _) => {
+                    self.errors.push(
+                        Diag::error(format!("unknown key `{other}` in the weights check"))
+                            .at(key.span, "not `bytes` or `xxh3`")
+                            .suggest(other, ["bytes", "xxh3"]),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        match (bytes, xxh3) {
+            (Some(bytes), Some(xxh3)) => Some(WeightsDigest { bytes, xxh3 }),
+            _ if !ok => None,
+            _ => {
+                self.errors.push(
+                    Diag::error("the weights check needs both `bytes` and `xxh3`")
+                        .at(check.span, "incomplete check")
+                        .help("qc writes `{bytes = N, xxh3 = \"…\"}`; delete the braces to load the file unchecked"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports a weights file that is not the one written with this module: a `.qir` must never
+    /// silently read another run's weights (an interrupted `qc -o`, or a file replaced by hand).
+    fn check_weights_digest(
+        &mut self,
+        file: &WeightFile,
+        expected: WeightsDigest,
+        path: &Spanned<String>,
+        check: Option<&Spanned<ast::Dict<'_>>>,
+    ) {
+        let found = file.digest();
+        if found == expected {
+            return;
+        }
+        let mut d = Diag::error("the weights file is not the one written with this module")
+            .at(path.span, format!("{} does not match the check", path.node));
+        if let Some(check) = check {
+            d = d.with(check.span, "recorded when qc wrote the pair");
+        }
+        self.errors.push(
+            d.note(format!(
+                "expected {} bytes with XXH3-128 {}; found {} bytes with {}",
+                expected.bytes,
+                expected.hash_hex(),
+                found.bytes,
+                found.hash_hex()
+            ))
+            .help("the pair was not written completely, or the file was replaced: run qc again to write both, or delete the `{…}` check to load this file anyway"),
+        );
+    }
+
     /// A `weights` or `qspec` declaration.
     fn decl(&mut self, item: &ast::Item<'s>) {
         match item {
-            ast::Item::Weights(path) => {
+            ast::Item::Weights { path, check } => {
                 if let Some(previous) = &self.module.weights {
                     self.errors.push(
                         Diag::error("the module declares `weights` twice")
@@ -264,6 +336,7 @@ impl<'s> Lowerer<'s> {
                     );
                     return;
                 }
+                let digest = check.as_ref().and_then(|check| self.weights_digest(check));
                 if let Some(dir) = &self.weights_dir {
                     let full = dir.join(&path.node);
                     if full.is_dir() {
@@ -274,7 +347,12 @@ impl<'s> Lowerer<'s> {
                         );
                     } else {
                         match WeightFile::open(&full) {
-                            Ok(file) => self.module.weight_file = Some(Arc::new(file)),
+                            Ok(file) => {
+                                if let Some(expected) = digest {
+                                    self.check_weights_digest(&file, expected, path, check.as_ref());
+                                }
+                                self.module.weight_file = Some(Arc::new(file));
+                            }
                             Err(message) => self.errors.push(
                                 Diag::error("cannot load the weights file")
                                     .at(path.span, message)
@@ -283,7 +361,7 @@ impl<'s> Lowerer<'s> {
                         }
                     }
                 }
-                self.module.weights = Some(WeightsDecl { path: path.node.clone(), span: path.span });
+                self.module.weights = Some(WeightsDecl { path: path.node.clone(), span: path.span, digest });
             }
             ast::Item::QSpec { name, dict } => {
                 if let Some(&i) = self.qspec_index.get(name.node) {
