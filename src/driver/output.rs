@@ -145,7 +145,7 @@ pub enum Step {
     Backup(usize),
     /// Renaming staged file `i` over its destination.
     Rename(usize),
-    /// Syncing the directories and removing the backups.
+    /// Syncing the directories (the backups are gone).
     Finish,
 }
 
@@ -282,6 +282,11 @@ impl Transaction {
                 return Err(message);
             }
         }
+        // The backups go before the (slow) directory sync, so that a kill during it leaves no
+        // temporary file.
+        for f in &mut files {
+            f.backup = None;
+        }
         if hook(Step::Finish) == Some(Fault::Kill) {
             return Err(abandon(&mut files));
         }
@@ -307,7 +312,7 @@ struct Committing {
     destination: Destination,
     /// The new contents under a temporary name, until renamed into place.
     temp: Option<TempPath>,
-    /// A hard link to the file the destination held, until the commit is done.
+    /// A hard link to the file the destination held, until every rename is done.
     backup: Option<TempPath>,
 }
 
