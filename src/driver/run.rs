@@ -86,6 +86,9 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
             Failure::Usage(format!("no function `@{f}`; {}", diag::suggest(f, names.iter().copied())))
         })?,
     };
+    if let Some(path) = &args.output {
+        check_output(path, graph.outputs().len(), args.save_intermediates)?;
+    }
     let mut inputs = FxHashMap::default();
     for spec in &args.inputs {
         for (name, tensor) in load_input(spec)? {
@@ -110,17 +113,42 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
             .filter(|(n, _)| !result.outputs.iter().any(|(o, _)| o == n))
             .map(|(n, t)| (n.clone(), &**t)),
     );
-    let bytes = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") if named.len() == 1 => write_npy(named[0].1),
-        Some("npy") => return Err(Failure::Usage(format!("{} values to write: use a .npz file", named.len()))),
-        Some("npz") => {
+    let bytes = match named.as_slice() {
+        [(_, only)] if is_npy(path) => write_npy(only),
+        _ => {
             let mut buf = std::io::Cursor::new(Vec::new());
             write_npz(&mut buf, &named)?;
             buf.into_inner()
         }
-        _ => return Err(Failure::Usage(format!("{}: the output must be a .npz or .npy file", path.display()))),
     };
     write_atomically(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn is_npy(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "npy")
+}
+
+/// Checks `-o` before anything runs, so a bad name costs no time: a `.npz`, or a `.npy` when
+/// exactly one value is written, in a directory that exists.
+fn check_output(path: &Path, outputs: usize, save_intermediates: bool) -> Result<(), Failure> {
+    let usage = |m: String| Err(Failure::Usage(format!("{}: {m}", path.display())));
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npz") => {}
+        Some("npy") if outputs == 1 && !save_intermediates => {}
+        Some("npy") if save_intermediates => {
+            return usage("--save-intermediates writes several values: use a .npz file".into())
+        }
+        Some("npy") => return usage(format!("the function returns {outputs} values: use a .npz file")),
+        _ => return usage("the output must be a .npz or .npy file".into()),
+    }
+    if path.is_dir() {
+        return usage("is a directory".into());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return usage(format!("no directory {} to write into", dir.display()));
+    }
     Ok(())
 }
 
