@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
-use super::io::{check_entry_size, open_regular_file, read_npy_entry, read_npy_header, NpyHeader};
+use super::io::{check_entry_size, check_regular_file, open_regular_file, read_npy_entry, read_npy_header, NpyHeader};
 use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::Tensor;
 use crate::weights::decode;
@@ -58,9 +58,10 @@ impl Dataset {
             if files.is_empty() {
                 return Err(format!("{} holds no .npz or .npy files", path.display()));
             }
+            files.iter().try_for_each(|f| check_regular_file(f))?;
             files
         } else {
-            open_regular_file(path)?;
+            check_regular_file(path)?;
             vec![path.to_path_buf()]
         };
         Ok(Dataset { inputs, labels: labels.map(str::to_string), files, current: None, next_file: 0 })

@@ -282,13 +282,19 @@ pub fn write_npz(writer: impl Write + Seek, tensors: &[(String, &Tensor)]) -> Re
 /// before opening, since opening a FIFO blocks until a writer comes and a device such as
 /// `/dev/zero` never ends.
 pub fn open_regular_file(path: &Path) -> Result<std::fs::File, String> {
+    check_regular_file(path)?;
+    std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+/// The check of [`open_regular_file`], without opening.
+pub fn check_regular_file(path: &Path) -> Result<(), String> {
     let display = path.display();
     let metadata = std::fs::metadata(path).map_err(|e| format!("cannot open {display}: {e}"))?;
     if !metadata.is_file() {
         let kind = if metadata.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
         return Err(format!("{display} is {kind}; qc reads data from regular files"));
     }
-    std::fs::File::open(path).map_err(|e| format!("cannot open {display}: {e}"))
+    Ok(())
 }
 
 /// Reads named tensors from a `.npy` (one tensor, named after the file), `.npz` or
