@@ -28,6 +28,22 @@ fn qc(args: &[&str]) -> Output {
     qc_with(args, Stdio::null())
 }
 
+/// [`qc`] in 2 GB of address space (on Unix), so that an allocation sized by a lying header
+/// aborts the run (and fails the test) instead of succeeding lazily on a large machine.
+fn qc_bounded(args: &[&str]) -> Output {
+    if !cfg!(unix) {
+        return qc(args);
+    }
+    Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 2000000 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_qc"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 /// Asserts the exit status and that stderr holds every phrase; returns stderr.
 fn fails(out: &Output, status: i32, phrases: &[&str]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -121,9 +137,9 @@ fn a_header_claiming_2_pow_40_rows_is_an_error_before_any_allocation() {
     let data = dir.join("d.npz");
     let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 2), }\n";
     npz(&data, &[("x", npy(dict, &[0; 8]))], false);
-    fails(&qc(&[s(&m), "-p", "none", "--eval", s(&data)]), 1, &["d.npz", "`x`", "truncated .npy data"]);
-    fails(&qc(&[s(&m), "--calib", s(&data)]), 1, &["d.npz", "truncated .npy data"]);
-    fails(&qc(&["run", s(&m), "--input", s(&data)]), 1, &["d.npz", "truncated .npy data"]);
+    fails(&qc_bounded(&[s(&m), "-p", "none", "--eval", s(&data)]), 1, &["d.npz", "`x`", "truncated .npy data"]);
+    fails(&qc_bounded(&[s(&m), "--calib", s(&data)]), 1, &["d.npz", "truncated .npy data"]);
+    fails(&qc_bounded(&["run", s(&m), "--input", s(&data)]), 1, &["d.npz", "truncated .npy data"]);
 }
 
 #[test]
@@ -133,8 +149,12 @@ fn an_npz_entry_declaring_more_than_its_header_implies_is_an_error() {
     let data = dir.join("d.npz");
     npz(&data, &[("x", write_npy(&f32s(&[1, 2], &[1.0, 2.0])))], false);
     declare_size(&data, 0xFFFF_FFF0);
-    fails(&qc(&["run", s(&m), "--input", s(&data)]), 1, &["d.npz", "`x`", "the archive declares 4294967280 bytes"]);
-    fails(&qc(&[s(&m), "--calib", s(&data)]), 1, &["d.npz", "`x`", "past the end of the file"]);
+    fails(
+        &qc_bounded(&["run", s(&m), "--input", s(&data)]),
+        1,
+        &["d.npz", "`x`", "the archive declares 4294967280 bytes"],
+    );
+    fails(&qc_bounded(&[s(&m), "--calib", s(&data)]), 1, &["d.npz", "`x`", "past the end of the file"]);
 }
 
 #[test]
@@ -147,8 +167,8 @@ fn an_npy_header_claiming_4_gib_is_an_error_before_any_allocation() {
     bytes.resize(136, b' ');
     let bad = dir.join("x.npy");
     std::fs::write(&bad, &bytes).unwrap();
-    fails(&qc(&["run", s(&m), "--input", &format!("x={}", s(&bad))]), 1, &["x.npy", "truncated .npy header"]);
-    fails(&qc(&[s(&m), "-p", "none", "--eval", s(&bad)]), 1, &["x.npy", "truncated .npy header"]);
+    fails(&qc_bounded(&["run", s(&m), "--input", &format!("x={}", s(&bad))]), 1, &["x.npy", "truncated .npy header"]);
+    fails(&qc_bounded(&[s(&m), "-p", "none", "--eval", s(&bad)]), 1, &["x.npy", "truncated .npy header"]);
 }
 
 #[test]
@@ -163,10 +183,10 @@ fn decompression_stops_at_the_size_the_header_implies() {
     image.resize(image.len() + (8 << 20), 0);
     npz(&data, &[("x", image.clone())], true);
     // As written, the archive tells the truth, which the header contradicts.
-    fails(&qc(&["run", s(&m), "--input", s(&data)]), 1, &["d.npz", "the archive declares"]);
+    fails(&qc_bounded(&["run", s(&m), "--input", s(&data)]), 1, &["d.npz", "the archive declares"]);
     declare_size(&data, implied);
-    fails(&qc(&["run", s(&m), "--input", s(&data)]), 1, &["d.npz", "`x`", "holds more than"]);
-    fails(&qc(&[s(&m), "-p", "none", "--eval", s(&data)]), 1, &["d.npz", "`x`", "holds more than"]);
+    fails(&qc_bounded(&["run", s(&m), "--input", s(&data)]), 1, &["d.npz", "`x`", "holds more than"]);
+    fails(&qc_bounded(&[s(&m), "-p", "none", "--eval", s(&data)]), 1, &["d.npz", "`x`", "holds more than"]);
 }
 
 #[test]
