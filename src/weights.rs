@@ -71,7 +71,7 @@ fn qir_dtype(d: Dtype) -> Result<DType, String> {
 impl WeightFile {
     /// Maps `path` and reads its header. Errors are one-line messages for a diagnostic.
     pub fn open(path: &Path) -> Result<WeightFile, String> {
-        let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let file = crate::interp::io::open_regular_file(path)?;
         let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
         // SAFETY: the map is read-only and qc never writes the file it maps; another process
         // truncating it while we run is outside what any mmap-based reader can defend against.
@@ -179,8 +179,8 @@ impl crate::tensor::LayoutFn for Transposed {
 
 /// Little-endian bytes → tensor; `None` when the byte count does not match the shape.
 pub fn decode(dtype: DType, shape: &[usize], bytes: &[u8]) -> Option<Tensor> {
-    let n: usize = shape.iter().product();
-    if bytes.len() != n * dtype.size_bytes() {
+    let size = shape.iter().try_fold(dtype.size_bytes(), |acc, &d| acc.checked_mul(d))?;
+    if bytes.len() != size {
         return None;
     }
     fn arr<T, const W: usize>(shape: &[usize], bytes: &[u8], f: impl Fn([u8; W]) -> T) -> Option<ArrayD<T>> {

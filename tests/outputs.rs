@@ -288,3 +288,16 @@ fn a_pair_commit_failed_or_killed_at_any_step_never_reads_the_wrong_weights() {
         );
     }
 }
+
+#[test]
+fn qc_run_never_writes_over_its_model_or_inputs() {
+    let dir = digits_dir("run_inputs");
+    std::os::unix::fs::symlink(dir.join("digits_calib.npz"), dir.join("alias.npz")).unwrap();
+    let before = listing(&dir);
+    for output in ["digits_calib.npz", "alias.npz", "./digits_calib.npz"] {
+        let out = qc_in(&dir, &["run", "digits_cnn.qir", "--input", "x=digits_calib.npz:x", "-o", output]);
+        assert_eq!(out.status.code(), Some(2), "-o {output}: {}", stderr(&out));
+        assert!(stderr(&out).contains("it is an input"), "-o {output}: {}", stderr(&out));
+    }
+    assert_eq!(listing(&dir), before);
+}

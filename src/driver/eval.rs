@@ -3,8 +3,10 @@
 //! accuracy of both.
 //!
 //! The data is laid out like calibration data (see [`crate::interp::dataset`]), plus an
-//! optional `labels` array of i64 class indices, one per sample; top-1 compares the argmax of
-//! the first output's last dimension with them.
+//! optional `labels` array of class indices (any integer type), one per sample; top-1 compares
+//! the argmax of the first output's last dimension with them. A label outside that dimension's
+//! range is an error, and so is a NaN or infinite output of either graph: SQNR and accuracy
+//! would mean nothing.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -12,7 +14,7 @@ use std::path::Path;
 use crate::diag::{Diag, Diagnostics};
 use crate::interp::dataset::Dataset;
 use crate::interp::{bind_inputs, run_graph, RunOptions};
-use crate::ir::{DType, Dim, Module, TensorType};
+use crate::ir::{Module, TensorType};
 use crate::tensor::Tensor;
 
 /// The evaluation array holding class labels.
@@ -84,10 +86,8 @@ pub fn evaluate(float: &Module, compiled: &Module, data: &Path) -> Result<Report
     };
     let inputs: Vec<(String, TensorType)> =
         fg.inputs().iter().map(|&v| (fg.value_name(v).to_string(), fg.value_type(v).clone())).collect();
-    let batch = inputs.first().and_then(|(_, t)| t.shape.first().copied()).unwrap_or(Dim::Dynamic);
-    let labels = (LABELS.to_string(), TensorType::new(DType::I64, vec![batch]));
     let error = |m: String| vec![Diag::error(format!("--eval data: {m}"))];
-    let mut dataset = Dataset::open_with(data, inputs, vec![labels]).map_err(error)?;
+    let mut dataset = Dataset::open_with(data, inputs, Some(LABELS)).map_err(error)?;
     let names: Vec<String> = fg.outputs().iter().map(|&v| fg.value_name(v).to_string()).collect();
     let mut sqnr: Vec<Sqnr> = names.iter().map(|_| Sqnr::default()).collect();
     let mut top1: Option<Top1> = None;
@@ -104,25 +104,49 @@ pub fn evaluate(float: &Module, compiled: &Module, data: &Path) -> Result<Report
         if compiled_out.outputs.len() != float_out.outputs.len() {
             return Err(vec![Diag::error("--eval: the compiled graph returns a different number of values")]);
         }
+        // Sample indices count from the start of the data; the file says where that batch is.
+        let file = dataset.current_file().map_or_else(String::new, |p| format!(" (in {})", p.display()));
         let values = |t: &Tensor| t.to_f64_array().iter().copied().collect::<Vec<f64>>();
-        for (i, ((_, f), (_, q))) in float_out.outputs.iter().zip(&compiled_out.outputs).enumerate() {
-            sqnr[i].add(&values(f), &values(q));
+        for (i, ((name, f), (_, q))) in float_out.outputs.iter().zip(&compiled_out.outputs).enumerate() {
+            let (f, q) = (values(f), values(q));
+            for (graph, v) in [("float", &f), ("compiled", &q)] {
+                if let Some(at) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(vec![Diag::error(format!(
+                        "--eval: the {graph} graph's output `%{name}` is {} (element {at} of the batch starting at \
+                         sample {samples}{file}): SQNR and accuracy are undefined",
+                        v[at]
+                    ))
+                    .help("the data is finite (qc checks it), so the graph itself produced it")]);
+                }
+            }
+            sqnr[i].add(&f, &q);
         }
         let rows = float_out.outputs.first().map_or(0, |(_, t)| t.shape().first().copied().unwrap_or(1));
-        samples += rows;
-        if let (Some(labels), Some((_, f)), Some((_, q))) =
+        if let (Some(labels), Some((name, f)), Some((_, q))) =
             (labels, float_out.outputs.first(), compiled_out.outputs.first())
         {
-            let labels: Vec<f64> = values(&labels);
+            let classes = f.shape().last().copied().unwrap_or(1);
+            let labels: Vec<i64> = labels.to_f64_array().iter().map(|&l| l as i64).collect();
+            if let Some((i, label)) =
+                labels.iter().enumerate().find(|(_, &l)| usize::try_from(l).map_or(true, |l| l >= classes))
+            {
+                return Err(error(format!(
+                    "label {label} of sample {}{file} is out of range: the first output `%{name}` has {classes} \
+                     classes (0 to {})",
+                    samples + i,
+                    classes.saturating_sub(1)
+                )));
+            }
             let (pf, pq) = (argmax_rows(f), argmax_rows(q));
             let t = top1.get_or_insert_with(Top1::default);
-            for ((label, a), b) in labels.iter().zip(&pf).zip(&pq) {
-                t.float += usize::from(*a as f64 == *label);
-                t.quantized += usize::from(*b as f64 == *label);
+            for ((&label, &a), &b) in labels.iter().zip(&pf).zip(&pq) {
+                t.float += usize::from(a as i64 == label);
+                t.quantized += usize::from(b as i64 == label);
                 t.agree += usize::from(a == b);
                 t.samples += 1;
             }
         }
+        samples += rows;
     }
     if samples == 0 {
         return Err(error(format!("{} holds no samples", data.display())));

@@ -499,16 +499,29 @@ pub fn compile_with(
     Ok(Compiled { module, warnings: cx.warnings, timings })
 }
 
+/// The most QIR text qc reads: spans are 32-bit byte offsets.
+pub const MAX_INPUT_BYTES: u64 = u32::MAX as u64;
+
+/// Reads the module text from a file or `-` (standard input). Regular files, pipes and
+/// terminals are read (at most [`MAX_INPUT_BYTES`], checked before reading when the size is
+/// known); devices such as `/dev/zero` are refused, and a stream stops at its first byte that
+/// is not UTF-8, so neither makes qc read without end.
 pub(crate) fn read_input(input: &str) -> Result<(String, String, PathBuf), String> {
     if input == "-" {
-        let mut source = String::new();
-        std::io::stdin().read_to_string(&mut source).map_err(|e| format!("cannot read standard input: {e}"))?;
+        let stdin = std::io::stdin();
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsFd;
+            let fd = stdin.as_fd().try_clone_to_owned().map_err(|e| format!("cannot read standard input: {e}"))?;
+            check_text_source(&std::fs::File::from(fd), "standard input")?;
+        }
+        let source = read_text(stdin.lock(), "standard input")?;
         return Ok(("<stdin>".into(), source, PathBuf::from(".")));
     }
     let path = Path::new(input);
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {input}: {e}"))?;
-    let source = String::from_utf8(bytes)
-        .map_err(|e| format!("{input} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {input}: {e}"))?;
+    check_text_source(&file, input)?;
+    let source = read_text(file, input)?;
     // A module's `weights` path is relative to where the .qir really is (a symlink's target), as
     // qc writes it.
     let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
@@ -516,6 +529,73 @@ pub(crate) fn read_input(input: &str) -> Result<(String, String, PathBuf), Strin
         if is_link { std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()) } else { path.to_path_buf() };
     let dir = real.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     Ok((input.to_string(), source, dir))
+}
+
+/// Refuses what cannot be QIR text: a regular file larger than [`MAX_INPUT_BYTES`], or a device
+/// (`/dev/zero` and `/dev/urandom` never end). Pipes and terminals are streams and are read.
+fn check_text_source(file: &std::fs::File, name: &str) -> Result<(), String> {
+    let metadata = file.metadata().map_err(|e| format!("cannot read {name}: {e}"))?;
+    let file_type = metadata.file_type();
+    if file_type.is_file() {
+        if metadata.len() > MAX_INPUT_BYTES {
+            return Err(format!(
+                "{name} is {} bytes; qc reads QIR files of at most {MAX_INPUT_BYTES} bytes (4 GiB)",
+                metadata.len()
+            ));
+        }
+        return Ok(());
+    }
+    if file_type.is_dir() {
+        return Err(format!("cannot read {name}: it is a directory"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if file_type.is_fifo() || file.is_terminal() {
+            return Ok(());
+        }
+        if file_type.is_char_device() || file_type.is_block_device() || file_type.is_socket() {
+            return Err(format!("{name} is a device or socket, not QIR text; give a .qir file, a pipe or `-`"));
+        }
+    }
+    Ok(())
+}
+
+/// Reads UTF-8 text from `reader`, chunk by chunk: invalid UTF-8 is reported at its offset as
+/// soon as it arrives, and more than [`MAX_INPUT_BYTES`] is an error, not an allocation.
+fn read_text(reader: impl Read, name: &str) -> Result<String, String> {
+    const CHUNK: usize = 1 << 16;
+    let mut reader = reader.take(MAX_INPUT_BYTES + 1);
+    let mut bytes = Vec::new();
+    // Bytes before `checked` are valid UTF-8; a character may straddle two chunks.
+    let mut checked = 0;
+    loop {
+        let start = bytes.len();
+        bytes.resize(start + CHUNK, 0);
+        let read = reader.read(&mut bytes[start..]);
+        bytes.truncate(start + *read.as_ref().unwrap_or(&0));
+        let at_end = match read {
+            Ok(n) => n == 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("cannot read {name}: {e}")),
+        };
+        if bytes.len() as u64 > MAX_INPUT_BYTES {
+            return Err(format!("{name} is larger than {MAX_INPUT_BYTES} bytes (4 GiB), the most QIR text qc reads"));
+        }
+        match std::str::from_utf8(&bytes[checked..]) {
+            Ok(_) => checked = bytes.len(),
+            // A character cut by the end of a chunk may complete in the next one.
+            Err(e) if e.error_len().is_none() && !at_end => checked += e.valid_up_to(),
+            Err(e) => {
+                return Err(format!("{name} is not UTF-8 text (invalid byte at offset {})", checked + e.valid_up_to()))
+            }
+        }
+        if at_end {
+            break;
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| format!("{name} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
 }
 
 /// Splits at `// -----` lines. Each case keeps its original line numbers: the lines before it
@@ -540,9 +620,9 @@ pub fn split_cases(source: &str) -> Vec<String> {
 }
 
 /// Writes one output file as a transaction of its own (see [`output`]).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_atomically(destination: Destination, bytes: &[u8]) -> Result<(), String> {
     let mut transaction = Transaction::new();
-    transaction.stage(Destination::resolve(path)?, |out| out.write_all(bytes).map_err(|e| e.to_string()))?;
+    transaction.stage(destination, |out| out.write_all(bytes).map_err(|e| e.to_string()))?;
     transaction.commit()
 }
 

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use codespan_reporting::term::termcolor::StandardStream;
 use rustc_hash::FxHashMap;
 
-use super::{color_choice, read_input, write_atomically, Color};
+use super::output::Destination;
+use super::{color_choice, read_input, refuse_overwriting_inputs, write_atomically, Color};
 use crate::diag::{self, Files};
 use crate::interp::io::{read_tensors, write_npy, write_npz};
 use crate::interp::{bind_inputs, run_graph, RunOptions};
@@ -86,6 +87,18 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
             Failure::Usage(format!("no function `@{f}`; {}", diag::suggest(f, names.iter().copied())))
         })?,
     };
+    let destination = match &args.output {
+        Some(path) => {
+            check_output(path, graph.outputs().len(), args.save_intermediates)?;
+            let destination = Destination::resolve(path)?;
+            let mut read = vec![("the model", PathBuf::from(&args.model))];
+            read.extend(module.weight_file.as_ref().map(|f| ("the model's weights file", f.path.clone())));
+            read.extend(args.inputs.iter().map(|spec| ("an input", PathBuf::from(split_input_spec(spec).1))));
+            refuse_overwriting_inputs(&destination, &read).map_err(Failure::Usage)?;
+            Some(destination)
+        }
+        None => None,
+    };
     let mut inputs = FxHashMap::default();
     for spec in &args.inputs {
         for (name, tensor) in load_input(spec)? {
@@ -98,7 +111,7 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
     let options = RunOptions { keep_intermediates: args.save_intermediates };
     let result = run_graph(&module, graph, bound, &options, None).map_err(|d| report(&[d]))?;
 
-    let Some(path) = &args.output else {
+    let Some(destination) = destination else {
         print!("{}", summary(&result.outputs));
         return Ok(());
     };
@@ -110,33 +123,54 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
             .filter(|(n, _)| !result.outputs.iter().any(|(o, _)| o == n))
             .map(|(n, t)| (n.clone(), &**t)),
     );
-    let bytes = match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") if named.len() == 1 => write_npy(named[0].1),
-        Some("npy") => return Err(Failure::Usage(format!("{} values to write: use a .npz file", named.len()))),
-        Some("npz") => {
+    let bytes = match named.as_slice() {
+        [(_, only)] if is_npy(&destination.requested) => write_npy(only),
+        _ => {
             let mut buf = std::io::Cursor::new(Vec::new());
             write_npz(&mut buf, &named)?;
             buf.into_inner()
         }
-        _ => return Err(Failure::Usage(format!("{}: the output must be a .npz or .npy file", path.display()))),
     };
-    write_atomically(path, &bytes)?;
+    write_atomically(destination, &bytes)?;
+    Ok(())
+}
+
+fn is_npy(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "npy")
+}
+
+/// Checks `-o` before anything runs, so a bad name costs no time: a `.npz`, or a `.npy` when
+/// exactly one value is written, in a directory that exists.
+fn check_output(path: &Path, outputs: usize, save_intermediates: bool) -> Result<(), Failure> {
+    let usage = |m: String| Err(Failure::Usage(format!("{}: {m}", path.display())));
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npz") => {}
+        Some("npy") if outputs == 1 && !save_intermediates => {}
+        Some("npy") if save_intermediates => {
+            return usage("--save-intermediates writes several values: use a .npz file".into())
+        }
+        Some("npy") => return usage(format!("the function returns {outputs} values: use a .npz file")),
+        _ => return usage("the output must be a .npz or .npy file".into()),
+    }
+    if path.is_dir() {
+        return usage("is a directory".into());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return usage(format!("no directory {} to write into", dir.display()));
+    }
     Ok(())
 }
 
 /// `NAME=FILE[:ARRAY]` binds one array; a bare `.npz`/`.safetensors` path binds all of its
 /// arrays by name.
 fn load_input(spec: &str) -> Result<Vec<(String, Tensor)>, Failure> {
-    let Some((name, file)) = spec.split_once('=') else {
+    let (Some(name), path, key) = split_input_spec(spec) else {
         let all = read_tensors(Path::new(spec))?;
         if spec.ends_with(".npy") {
             return Err(Failure::Usage(format!("`{spec}`: name the input a .npy file feeds: NAME={spec}")));
         }
         return Ok(all);
-    };
-    let (path, key) = match file.rsplit_once(':') {
-        Some((p, k)) if p.ends_with(".npz") || p.ends_with(".safetensors") => (p, Some(k)),
-        _ => (file, None),
     };
     let tensors = read_tensors(Path::new(path))?;
     let tensor = match key {
@@ -158,6 +192,17 @@ fn load_input(spec: &str) -> Result<Vec<(String, Tensor)>, Failure> {
         }
     };
     Ok(vec![(name.to_string(), tensor)])
+}
+
+/// `NAME=FILE[:ARRAY]` or a bare `FILE` → (name, file, array).
+fn split_input_spec(spec: &str) -> (Option<&str>, &str, Option<&str>) {
+    let Some((name, file)) = spec.split_once('=') else {
+        return (None, spec, None);
+    };
+    match file.rsplit_once(':') {
+        Some((path, key)) if path.ends_with(".npz") || path.ends_with(".safetensors") => (Some(name), path, Some(key)),
+        _ => (Some(name), file, None),
+    }
 }
 
 /// One line per output: name, type, and min/max/mean of its elements.

@@ -6,6 +6,12 @@
 //!   array when that dimension is `?`). Arrays stored uncompressed (NumPy's `savez`) are read
 //!   straight from the file a batch at a time; compressed ones are decompressed per array.
 //! - a directory of such files, read one file at a time in name order.
+//!
+//! Sizes in headers are checked against the file before anything is allocated: an array's data
+//! must fit in the file (a stored array in its archive entry, whose size must be exactly what its
+//! header implies), so memory follows the data really present. Float samples must be finite: the
+//! first NaN or infinity is reported with its file, array and sample index, where it enters,
+//! rather than as a NaN statistic downstream.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -13,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
-use super::io::read_npy;
-use crate::ir::{Dim, TensorType};
+use super::io::{check_entry_size, check_regular_file, open_regular_file, read_npy_entry, read_npy_header, NpyHeader};
+use crate::ir::{DType, Dim, TensorType};
 use crate::tensor::Tensor;
 use crate::weights::decode;
 
@@ -24,8 +30,8 @@ pub type InputSpec = (String, TensorType);
 /// A source of calibration batches.
 pub struct Dataset {
     inputs: Vec<InputSpec>,
-    /// Arrays read when a file has them (evaluation labels), after the inputs.
-    optional: Vec<InputSpec>,
+    /// An array read when a file has it (evaluation labels), after the inputs.
+    labels: Option<String>,
     files: Vec<PathBuf>,
     current: Option<FileBatches>,
     next_file: usize,
@@ -34,12 +40,13 @@ pub struct Dataset {
 impl Dataset {
     /// Opens `path` (a file or a directory) for a graph with `inputs`.
     pub fn open(path: &Path, inputs: Vec<InputSpec>) -> Result<Dataset, String> {
-        Dataset::open_with(path, inputs, Vec::new())
+        Dataset::open_with(path, inputs, None)
     }
 
-    /// [`Dataset::open`], also reading the `optional` arrays of the files that have them
-    /// (batched like the inputs; a batch then holds them by name too).
-    pub fn open_with(path: &Path, inputs: Vec<InputSpec>, optional: Vec<InputSpec>) -> Result<Dataset, String> {
+    /// [`Dataset::open`], also reading the array named `labels` from the files that have it:
+    /// one integer class index per sample, of any integer type, batched like the inputs and
+    /// given as i64 under its name.
+    pub fn open_with(path: &Path, inputs: Vec<InputSpec>, labels: Option<&str>) -> Result<Dataset, String> {
         let files = if path.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -51,11 +58,18 @@ impl Dataset {
             if files.is_empty() {
                 return Err(format!("{} holds no .npz or .npy files", path.display()));
             }
+            files.iter().try_for_each(|f| check_regular_file(f))?;
             files
         } else {
+            check_regular_file(path)?;
             vec![path.to_path_buf()]
         };
-        Ok(Dataset { inputs, optional, files, current: None, next_file: 0 })
+        Ok(Dataset { inputs, labels: labels.map(str::to_string), files, current: None, next_file: 0 })
+    }
+
+    /// The file the last batch came from (for messages about it).
+    pub fn current_file(&self) -> Option<&Path> {
+        self.next_file.checked_sub(1).and_then(|i| self.files.get(i)).map(PathBuf::as_path)
     }
 
     /// The number of batches, when it can be known without reading data.
@@ -71,13 +85,14 @@ impl Dataset {
         loop {
             if let Some(current) = &mut self.current {
                 if let Some(batch) = current.next() {
-                    return Some(batch);
+                    let path = self.files[self.next_file - 1].display();
+                    return Some(batch.map_err(|e| format!("{path}: {e}")));
                 }
                 self.current = None;
             }
             let path = self.files.get(self.next_file)?.clone();
             self.next_file += 1;
-            match FileBatches::open(&path, &self.inputs, &self.optional) {
+            match FileBatches::open(&path, &self.inputs, self.labels.as_deref()) {
                 Ok(b) => self.current = Some(b),
                 Err(e) => return Some(Err(format!("{}: {e}", path.display()))),
             }
@@ -89,10 +104,14 @@ impl Dataset {
 struct ArrayReader {
     name: String,
     source: RowSource,
-    dtype: crate::ir::DType,
+    dtype: DType,
     rows: usize,
     /// Shape of one sample (the array shape without its first axis).
     row_shape: Vec<usize>,
+    /// Bytes of one sample; `rows * row_bytes` bytes of data are known to be present.
+    row_bytes: usize,
+    /// Labels: any integer type, given as i64.
+    is_labels: bool,
 }
 
 enum RowSource {
@@ -100,6 +119,23 @@ enum RowSource {
     File { file: File, offset: u64 },
     /// The little-endian data of a decompressed array.
     Memory(Vec<u8>),
+}
+
+impl ArrayReader {
+    fn new(name: &str, header: &NpyHeader, source: RowSource) -> Result<ArrayReader, String> {
+        let Some((&rows, row_shape)) = header.shape.split_first() else {
+            return Err(format!("`{name}` is a scalar; calibration data has samples along its first axis"));
+        };
+        Ok(ArrayReader {
+            name: name.to_string(),
+            dtype: header.dtype,
+            rows,
+            row_shape: row_shape.to_vec(),
+            row_bytes: header.row_bytes().map_err(|e| format!("`{name}`: {e}"))?,
+            is_labels: false,
+            source,
+        })
+    }
 }
 
 struct FileBatches {
@@ -111,47 +147,55 @@ struct FileBatches {
 }
 
 impl FileBatches {
-    fn open(path: &Path, inputs: &[InputSpec], optional: &[InputSpec]) -> Result<FileBatches, String> {
+    fn open(path: &Path, inputs: &[InputSpec], labels: Option<&str>) -> Result<FileBatches, String> {
         let is_npy = path.extension().is_some_and(|e| e == "npy");
         let mut arrays = Vec::with_capacity(inputs.len());
         let mut present: Vec<InputSpec> = inputs.to_vec();
+        let file_len = |file: &File| file.metadata().map(|m| m.len()).map_err(|e| e.to_string());
         if is_npy {
             let [(name, _)] = inputs else {
                 return Err(format!("a .npy file feeds one input, but the graph has {}: use an .npz", inputs.len()));
             };
-            let mut file = File::open(path).map_err(|e| e.to_string())?;
-            arrays.push(array_at(name, &mut file, 0)?);
+            let mut file = open_regular_file(path)?;
+            let len = file_len(&file)?;
+            let header = header_at(name, &mut file, 0, len)?;
+            arrays.push(ArrayReader::new(name, &header, RowSource::File { file, offset: header.data_start })?);
         } else {
-            let file = File::open(path).map_err(|e| e.to_string())?;
+            let file = open_regular_file(path)?;
+            let len = file_len(&file)?;
             let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("not a valid .npz archive: {e}"))?;
             let names: Vec<String> = zip.file_names().map(|n| n.trim_end_matches(".npy").to_string()).collect();
-            present.extend(optional.iter().filter(|(name, _)| names.contains(name)).cloned());
+            if let Some(labels) = labels.filter(|l| names.iter().any(|n| n == l)) {
+                // The dtype is checked below, as an integer type (any), not as this i64.
+                present.push((labels.to_string(), TensorType::new(DType::I64, vec![Dim::Dynamic])));
+            }
             for (name, _) in &present {
                 let entry_name = format!("{name}.npy");
                 let mut entry = zip.by_name(&entry_name).map_err(|_| {
                     let known = names.iter().map(String::as_str);
                     format!("no array `{name}` for input `%{name}`; {}", crate::diag::suggest(name, known))
                 })?;
-                if entry.compression() == zip::CompressionMethod::Stored {
+                let declared = entry.size();
+                let mut array = if entry.compression() == zip::CompressionMethod::Stored {
                     let offset = entry.data_start();
                     drop(entry);
-                    let mut file = File::open(path).map_err(|e| e.to_string())?;
-                    arrays.push(array_at(name, &mut file, offset)?);
+                    // The entry's data, header included, is exactly what the header implies and
+                    // lies inside the file.
+                    if offset.checked_add(declared).is_none_or(|end| end > len) {
+                        return Err(format!(
+                            "`{name}`: the archive says its data ends past the end of the file (truncated)"
+                        ));
+                    }
+                    let mut file = open_regular_file(path)?;
+                    let header = header_at(name, &mut file, offset, declared)?;
+                    check_entry_size(&header, declared).map_err(|e| format!("`{name}`: {e}"))?;
+                    ArrayReader::new(name, &header, RowSource::File { file, offset: offset + header.data_start })?
                 } else {
-                    let mut bytes = Vec::new();
-                    entry.read_to_end(&mut bytes).map_err(|e| format!("cannot read `{name}`: {e}"))?;
-                    let t = read_npy(&bytes).map_err(|e| format!("`{name}`: {e}"))?;
-                    let Some((&rows, row_shape)) = t.shape().split_first() else {
-                        return Err(format!("`{name}` is a scalar; calibration data has samples along its first axis"));
-                    };
-                    arrays.push(ArrayReader {
-                        name: name.clone(),
-                        dtype: t.dtype(),
-                        rows,
-                        row_shape: row_shape.to_vec(),
-                        source: RowSource::Memory(super::io::le_bytes(&t)),
-                    });
-                }
+                    let (header, data) = read_npy_entry(&mut entry, declared).map_err(|e| format!("`{name}`: {e}"))?;
+                    ArrayReader::new(name, &header, RowSource::Memory(data))?
+                };
+                array.is_labels = Some(name.as_str()) == labels;
+                arrays.push(array);
             }
             let extra: Vec<&String> = names.iter().filter(|n| !present.iter().any(|(i, _)| i == *n)).collect();
             if let Some(e) = extra.first() {
@@ -167,6 +211,18 @@ impl FileBatches {
             let n = a.rows;
             if *rows.get_or_insert(n) != n {
                 return Err(format!("`{name}` has {n} samples but `{}` has {}", inputs[0].0, rows.unwrap_or(0)));
+            }
+            if a.is_labels {
+                if !a.dtype.is_int() {
+                    return Err(format!("`{name}` is {}, but labels are integer class indices", a.dtype));
+                }
+                if !a.row_shape.is_empty() {
+                    return Err(format!(
+                        "`{name}` has samples of shape {:?}, but labels are one class index per sample",
+                        a.row_shape
+                    ));
+                }
+                continue;
             }
             if a.dtype != ty.dtype {
                 return Err(format!("`{name}` is {} but input `%{name}` is {}", a.dtype, ty.dtype));
@@ -211,32 +267,16 @@ impl FileBatches {
     }
 }
 
-/// Parses the `.npy` header at `offset` and returns a reader of its rows.
-fn array_at(name: &str, file: &mut File, offset: u64) -> Result<ArrayReader, String> {
+/// The `.npy` header at `offset` of `file`, an image of `available` bytes.
+fn header_at(name: &str, file: &mut File, offset: u64, available: u64) -> Result<NpyHeader, String> {
     file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-    let mut prefix = [0u8; 12];
-    file.read_exact(&mut prefix).map_err(|_| format!("`{name}`: truncated .npy header"))?;
-    let header_end = super::io::npy_header_end(&prefix).map_err(|e| format!("`{name}`: {e}"))?;
-    let mut header = vec![0u8; header_end];
-    file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
-    file.read_exact(&mut header).map_err(|_| format!("`{name}`: truncated .npy header"))?;
-    let (dtype, shape) = super::io::parse_npy_header(&header).map_err(|e| format!("`{name}`: {e}"))?;
-    let Some((&rows, row_shape)) = shape.split_first() else {
-        return Err(format!("`{name}` is a scalar; calibration data has samples along its first axis"));
-    };
-    let file = file.try_clone().map_err(|e| e.to_string())?;
-    Ok(ArrayReader {
-        name: name.to_string(),
-        dtype,
-        rows,
-        row_shape: row_shape.to_vec(),
-        source: RowSource::File { file, offset: offset + header_end as u64 },
-    })
+    read_npy_header(&mut std::io::BufReader::new(&*file), available).map_err(|e| format!("`{name}`: {e}"))
 }
 
 impl ArrayReader {
+    /// Samples `start..start + count` (within `rows`, whose bytes are known to be present).
     fn read(&mut self, start: usize, count: usize) -> Result<Tensor, String> {
-        let width = self.row_shape.iter().product::<usize>() * self.dtype.size_bytes();
+        let width = self.row_bytes;
         let mut shape = vec![count];
         shape.extend_from_slice(&self.row_shape);
         let bytes = match &mut self.source {
@@ -249,6 +289,32 @@ impl ArrayReader {
                 bytes
             }
         };
-        decode(self.dtype, &shape, &bytes).ok_or_else(|| format!("`{}`: bad data", self.name))
+        let t = decode(self.dtype, &shape, &bytes).ok_or_else(|| format!("`{}`: bad data", self.name))?;
+        if self.is_labels {
+            return Ok(t.cast(DType::I64));
+        }
+        if let Some((index, value)) = first_non_finite(&t) {
+            let per_sample = self.row_shape.iter().product::<usize>().max(1);
+            return Err(format!(
+                "`{}` sample {} holds {value} (the first non-finite value): data must be finite",
+                self.name,
+                start + index / per_sample
+            ));
+        }
+        Ok(t)
+    }
+}
+
+/// The flat index and value of the first NaN or infinity of a float tensor.
+fn first_non_finite(t: &Tensor) -> Option<(usize, f64)> {
+    fn find<T: Copy>(a: &ndarray::ArrayD<T>, widen: impl Fn(T) -> f64) -> Option<(usize, f64)> {
+        a.iter().map(|&v| widen(v)).enumerate().find(|(_, v)| !v.is_finite())
+    }
+    match t {
+        Tensor::F32(a) => find(a, f64::from),
+        Tensor::F64(a) => find(a, |v| v),
+        Tensor::F16(a) => find(a, half::f16::to_f64),
+        Tensor::BF16(a) => find(a, half::bf16::to_f64),
+        _ => None,
     }
 }

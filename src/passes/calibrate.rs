@@ -68,10 +68,12 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     while let Some(batch) = data.next_batch() {
         let batch = batch.map_err(|m| vec![Diag::error(format!("calibration data: {m}"))])?;
         let graph = &module.graphs[0];
-        let bound = bind_inputs(graph, batch).map_err(|d| vec![d.note(format!("in calibration batch {batches}"))])?;
+        let file = data.current_file().map_or_else(String::new, |p| format!(" (from {})", p.display()));
+        let bound =
+            bind_inputs(graph, batch).map_err(|d| vec![d.note(format!("in calibration batch {batches}{file}"))])?;
         let mut updates = Vec::new();
         let mut hook = |op: OpId, operands: &[&Tensor]| -> Result<Option<Tensor>, String> {
-            let in_batch = |m: String| format!("calibration batch {batches}: {m}");
+            let in_batch = |m: String| format!("calibration batch {batches}{file}: {m}");
             if let Some(&i) = op_instance.get(&op) {
                 let inst = &mut instances[i];
                 inst.state.observe(&inst.config, operands[0]).map_err(in_batch)?;
