@@ -663,6 +663,21 @@ fn nan_error(kind: ObserverKind, nans: usize, len: usize) -> Result<(), String> 
     Ok(())
 }
 
+/// The error for a batch holding `count` infinities (NaN already excluded): PyTorch's min/max
+/// observers would record an infinite range (scale inf) and its histogram observers drop them
+/// silently. The message says where the first one is, as an index into the tensor of `shape`.
+fn infinity_error(kind: ObserverKind, count: usize, data: &[f32], shape: &[usize]) -> String {
+    let first = data.iter().position(|v| v.is_infinite()).unwrap_or(0);
+    let index = crate::tensor::unravel_index(first, shape);
+    format!(
+        "the `{kind}` observer got {count} infinite value{} (of {} elements), the first, {:?}, at index {index:?}: \
+         an infinite value has no place in a quantization range",
+        if count == 1 { "" } else { "s" },
+        data.len(),
+        data[first],
+    )
+}
+
 /// `torch.aminmax` of NaN-free, non-empty data. Between `+0.0` and `-0.0` the later element wins,
 /// as in PyTorch's scalar loop (its vectorised loop picks by lane; see the module doc).
 ///
@@ -751,6 +766,11 @@ impl ObserverState {
             }
             let (lo, hi, nans) = per_channel_aminmax(data, shape, axis);
             nan_error(cfg.kind, nans, data.len())?;
+            // Without NaN, an infinite element is some channel's extreme.
+            if lo.iter().chain(&hi).any(|v| v.is_infinite()) {
+                let count = data.iter().filter(|v| v.is_infinite()).count();
+                return Err(infinity_error(cfg.kind, count, data, shape));
+            }
             if min_val.is_empty() {
                 (*min_val, *max_val) = (lo, hi);
             } else if min_val.len() != lo.len() {
@@ -772,6 +792,9 @@ impl ObserverState {
         }
         let summary = scan(data);
         nan_error(cfg.kind, summary.nans, data.len())?;
+        if summary.nonfinite > summary.nans {
+            return Err(infinity_error(cfg.kind, summary.nonfinite - summary.nans, data, x.shape()));
+        }
         match self {
             ObserverState::MinMax { min_val, max_val } => {
                 let (lo, hi) = summary.fix_zeros(data);
@@ -788,21 +811,12 @@ impl ObserverState {
                 }
             }
             ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) => {
-                // `x[x.abs() != inf]`: the data itself when it has no infinities.
-                let finite: Cow<'_, [f32]> = if summary.nonfinite == 0 {
-                    Cow::Borrowed(data)
-                } else {
-                    Cow::Owned(data.iter().copied().filter(|v| v.is_finite()).collect())
-                };
-                if finite.is_empty() {
-                    return Ok(());
-                }
-                let range = if summary.nonfinite == 0 { summary } else { scan(&finite) };
-                let (xmin, xmax) = range.fix_zeros(&finite);
+                // The data is finite (checked above), so PyTorch's `x[x.abs() != inf]` keeps it all.
+                let (xmin, xmax) = summary.fix_zeros(data);
                 if cfg.kind == ObserverKind::Entropy {
-                    abs_histogram_observe(h, &finite, xmin, xmax);
+                    abs_histogram_observe(h, data, xmin, xmax);
                 } else {
-                    histogram_observe(h, &finite, xmin, xmax);
+                    histogram_observe(h, data, xmin, xmax);
                 }
             }
             ObserverState::PerChannel { .. } | ObserverState::Stateless => {}
@@ -850,6 +864,31 @@ impl ObserverState {
                 let hi = torch_minimum(h.max_val, threshold);
                 per_tensor_qparams(lo, hi, &range)
             }
+        }
+    }
+
+    /// Checks, without the histogram searches, that [`ObserverState::qparams`] will give finite
+    /// qparams of the right shape: one range per channel of the observed value (`channels`,
+    /// its size along `ch_axis` when known) and a finite scale for each. A histogram's searched
+    /// range lies inside its full one, whose scale bounds the searched scale.
+    pub fn check_convertible(&self, cfg: &ObserverConfig, channels: Option<usize>) -> Result<(), String> {
+        let range = cfg.qrange();
+        match self {
+            ObserverState::PerChannel { min_val, .. } => {
+                if let Some(c) = channels.filter(|&c| !min_val.is_empty() && c != min_val.len()) {
+                    return Err(format!(
+                        "the statistics have {} channels, but the observed value has {c} along `ch_axis` {}",
+                        min_val.len(),
+                        cfg.ch_axis.unwrap_or(0)
+                    ));
+                }
+                self.qparams(cfg).map(drop)
+            }
+            ObserverState::MinMax { .. } => self.qparams(cfg).map(drop),
+            ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) if h.is_initialized() => {
+                per_tensor_qparams(h.min_val, h.max_val, &range).map(drop)
+            }
+            ObserverState::Histogram(_) | ObserverState::AbsHistogram(_) | ObserverState::Stateless => Ok(()),
         }
     }
 
@@ -1090,7 +1129,20 @@ fn per_tensor_qparams(min_val: f32, max_val: f32, range: &QRange) -> Result<QPar
         return Err(format!("invalid observer range: min {min_val:?} is not ≤ max {max_val:?}"));
     }
     let (scale, zero_point) = calculate_qparams(min_val, max_val, range);
+    check_scale(scale, min_val, max_val, "")?;
     Ok(QParams::per_tensor(scale, zero_point))
+}
+
+/// A scale must be finite: an infinite range, or one whose width overflows float32 (such as
+/// [-3e38, 3e38]), gives scale inf in PyTorch, which quantizes everything to the zero point.
+fn check_scale(scale: f32, min_val: f32, max_val: f32, what: &str) -> Result<(), String> {
+    if scale.is_finite() {
+        return Ok(());
+    }
+    Err(format!(
+        "the observer range {what}[{min_val:?}, {max_val:?}] gives scale {scale:?}: a range must be finite and its \
+         width must fit in float32"
+    ))
 }
 
 /// `_calculate_qparams` of per-channel ranges.
@@ -1107,10 +1159,17 @@ fn per_channel_qparams(min_val: &[f32], max_val: &[f32], range: &QRange) -> Resu
     if range.qscheme == QScheme::PerChannelAffineFloatQParams {
         let (scale, zp): (Vec<f32>, Vec<f32>) =
             min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_float_qparams(lo, hi, range)).unzip();
+        for (c, &s) in scale.iter().enumerate() {
+            check_scale(s, min_val[c], max_val[c], &format!("of channel {c} "))?;
+        }
         let rounded = zp.iter().map(|&z| z.round_ties_even() as i64).collect();
         return Ok(QParams { scale, zero_point: rounded, float_zero_point: Some(zp) });
     }
-    let (scale, zero_point) = min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_qparams(lo, hi, range)).unzip();
+    let (scale, zero_point): (Vec<f32>, Vec<i64>) =
+        min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_qparams(lo, hi, range)).unzip();
+    for (c, &s) in scale.iter().enumerate() {
+        check_scale(s, min_val[c], max_val[c], &format!("of channel {c} "))?;
+    }
     Ok(QParams { scale, zero_point, float_zero_point: None })
 }
 
