@@ -75,7 +75,7 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
             if let Some(&i) = op_instance.get(&op) {
                 let inst = &mut instances[i];
                 inst.state
-                    .observe(&inst.config, operands[0])
+                    .observe_finite(&inst.config, operands[0])
                     .map_err(|m| in_batch(format!("{}: {m}", observed_value(graph, op))))?;
                 return inst.state.fake_quantize(&inst.config, operands[0]).map_err(in_batch);
             }

@@ -62,12 +62,17 @@
 //! observers a single such pair, the channel count being unknown). Statistics PyTorch would
 //! reject in `calculate_qparams` (min > max, NaN) are errors.
 //!
-//! # NaN policy
+//! # Non-finite values
 //!
 //! PyTorch's `aminmax` propagates NaN into the statistics and `histc` skips NaN silently, so a
-//! single NaN either poisons the range or vanishes without a trace. qc refuses instead:
-//! [`ObserverState::observe`] returns an error naming how many NaN values the batch had, and
-//! leaves the state unchanged.
+//! single NaN either poisons the range or vanishes without a trace; an infinity makes a min/max
+//! range infinite (scale inf: everything quantizes to the zero point) and is dropped silently by
+//! the histogram observers. qc refuses NaN: [`ObserverState::observe`] returns an error naming
+//! how many NaN values the batch had, and leaves the state unchanged. Infinities it handles as
+//! PyTorch does (the fixtures check that too), while calibration records with
+//! [`ObserverState::observe_finite`], which refuses them as well (saying where the first one
+//! is), and `convert` refuses qparams with an infinite scale ([`QParams::check_finite`]), which a
+//! finite range too wide for float32 (such as [-3e38, 3e38]) also gives.
 //!
 //! # Bit-exactness
 //!
@@ -584,6 +589,17 @@ pub struct QParams {
 }
 
 impl QParams {
+    /// qc's rule on top of PyTorch's arithmetic: every scale must be finite. An infinite range,
+    /// or one whose width overflows float32 (such as [-3e38, 3e38]), gives scale inf in PyTorch,
+    /// which quantizes everything to the zero point.
+    pub fn check_finite(&self) -> Result<(), String> {
+        let Some((c, s)) = self.scale.iter().enumerate().find(|(_, s)| !s.is_finite()) else { return Ok(()) };
+        let which = if self.scale.len() > 1 { format!(" for channel {c}") } else { String::new() };
+        Err(format!(
+            "the observer statistics give scale {s:?}{which}: a range must be finite and its width must fit in float32"
+        ))
+    }
+
     fn per_tensor(scale: f32, zero_point: i64) -> QParams {
         QParams { scale: vec![scale], zero_point: vec![zero_point], float_zero_point: None }
     }
@@ -742,8 +758,20 @@ impl ObserverState {
         }
     }
 
-    /// Records one tensor (the observer's `forward`). Errors leave the state unchanged.
+    /// Records one tensor (the observer's `forward`) as PyTorch does, infinities included: a
+    /// min/max kind records them, a histogram kind drops them. Errors (NaN) leave the state
+    /// unchanged.
     pub fn observe(&mut self, cfg: &ObserverConfig, x: &Tensor) -> Result<(), String> {
+        self.record(cfg, x, false)
+    }
+
+    /// [`ObserverState::observe`], refusing infinities as it refuses NaN: what calibration
+    /// records (see the module doc).
+    pub fn observe_finite(&mut self, cfg: &ObserverConfig, x: &Tensor) -> Result<(), String> {
+        self.record(cfg, x, true)
+    }
+
+    fn record(&mut self, cfg: &ObserverConfig, x: &Tensor, refuse_infinities: bool) -> Result<(), String> {
         self.check_matches(cfg)?;
         if matches!(self, ObserverState::Stateless) {
             return Ok(());
@@ -767,7 +795,7 @@ impl ObserverState {
             let (lo, hi, nans) = per_channel_aminmax(data, shape, axis);
             nan_error(cfg.kind, nans, data.len())?;
             // Without NaN, an infinite element is some channel's extreme.
-            if lo.iter().chain(&hi).any(|v| v.is_infinite()) {
+            if refuse_infinities && lo.iter().chain(&hi).any(|v| v.is_infinite()) {
                 let count = data.iter().filter(|v| v.is_infinite()).count();
                 return Err(infinity_error(cfg.kind, count, data, shape));
             }
@@ -792,7 +820,7 @@ impl ObserverState {
         }
         let summary = scan(data);
         nan_error(cfg.kind, summary.nans, data.len())?;
-        if summary.nonfinite > summary.nans {
+        if refuse_infinities && summary.nonfinite > summary.nans {
             return Err(infinity_error(cfg.kind, summary.nonfinite - summary.nans, data, x.shape()));
         }
         match self {
@@ -811,12 +839,21 @@ impl ObserverState {
                 }
             }
             ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) => {
-                // The data is finite (checked above), so PyTorch's `x[x.abs() != inf]` keeps it all.
-                let (xmin, xmax) = summary.fix_zeros(data);
-                if cfg.kind == ObserverKind::Entropy {
-                    abs_histogram_observe(h, data, xmin, xmax);
+                // `x[x.abs() != inf]`: the data itself when it has no infinities.
+                let finite: Cow<'_, [f32]> = if summary.nonfinite == 0 {
+                    Cow::Borrowed(data)
                 } else {
-                    histogram_observe(h, data, xmin, xmax);
+                    Cow::Owned(data.iter().copied().filter(|v| v.is_finite()).collect())
+                };
+                if finite.is_empty() {
+                    return Ok(());
+                }
+                let range = if summary.nonfinite == 0 { summary } else { scan(&finite) };
+                let (xmin, xmax) = range.fix_zeros(&finite);
+                if cfg.kind == ObserverKind::Entropy {
+                    abs_histogram_observe(h, &finite, xmin, xmax);
+                } else {
+                    histogram_observe(h, &finite, xmin, xmax);
                 }
             }
             ObserverState::PerChannel { .. } | ObserverState::Stateless => {}
@@ -882,11 +919,11 @@ impl ObserverState {
                         cfg.ch_axis.unwrap_or(0)
                     ));
                 }
-                self.qparams(cfg).map(drop)
+                self.qparams(cfg)?.check_finite()
             }
-            ObserverState::MinMax { .. } => self.qparams(cfg).map(drop),
+            ObserverState::MinMax { .. } => self.qparams(cfg)?.check_finite(),
             ObserverState::Histogram(h) | ObserverState::AbsHistogram(h) if h.is_initialized() => {
-                per_tensor_qparams(h.min_val, h.max_val, &range).map(drop)
+                per_tensor_qparams(h.min_val, h.max_val, &range)?.check_finite()
             }
             ObserverState::Histogram(_) | ObserverState::AbsHistogram(_) | ObserverState::Stateless => Ok(()),
         }
@@ -1129,20 +1166,7 @@ fn per_tensor_qparams(min_val: f32, max_val: f32, range: &QRange) -> Result<QPar
         return Err(format!("invalid observer range: min {min_val:?} is not ≤ max {max_val:?}"));
     }
     let (scale, zero_point) = calculate_qparams(min_val, max_val, range);
-    check_scale(scale, min_val, max_val, "")?;
     Ok(QParams::per_tensor(scale, zero_point))
-}
-
-/// A scale must be finite: an infinite range, or one whose width overflows float32 (such as
-/// [-3e38, 3e38]), gives scale inf in PyTorch, which quantizes everything to the zero point.
-fn check_scale(scale: f32, min_val: f32, max_val: f32, what: &str) -> Result<(), String> {
-    if scale.is_finite() {
-        return Ok(());
-    }
-    Err(format!(
-        "the observer range {what}[{min_val:?}, {max_val:?}] gives scale {scale:?}: a range must be finite and its \
-         width must fit in float32"
-    ))
 }
 
 /// `_calculate_qparams` of per-channel ranges.
@@ -1159,17 +1183,10 @@ fn per_channel_qparams(min_val: &[f32], max_val: &[f32], range: &QRange) -> Resu
     if range.qscheme == QScheme::PerChannelAffineFloatQParams {
         let (scale, zp): (Vec<f32>, Vec<f32>) =
             min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_float_qparams(lo, hi, range)).unzip();
-        for (c, &s) in scale.iter().enumerate() {
-            check_scale(s, min_val[c], max_val[c], &format!("of channel {c} "))?;
-        }
         let rounded = zp.iter().map(|&z| z.round_ties_even() as i64).collect();
         return Ok(QParams { scale, zero_point: rounded, float_zero_point: Some(zp) });
     }
-    let (scale, zero_point): (Vec<f32>, Vec<i64>) =
-        min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_qparams(lo, hi, range)).unzip();
-    for (c, &s) in scale.iter().enumerate() {
-        check_scale(s, min_val[c], max_val[c], &format!("of channel {c} "))?;
-    }
+    let (scale, zero_point) = min_val.iter().zip(max_val).map(|(&lo, &hi)| calculate_qparams(lo, hi, range)).unzip();
     Ok(QParams { scale, zero_point, float_zero_point: None })
 }
 
@@ -2257,6 +2274,29 @@ mod tests {
             assert!(err.contains("2 NaN values"), "{err}");
             assert_eq!(s, before);
         }
+    }
+
+    #[test]
+    fn infinite_inputs_are_errors_that_leave_the_state_alone() {
+        for kind in ObserverKind::ALL.into_iter().filter(|k| k.is_min_max() || k.has_bins()) {
+            let qscheme = if kind.is_per_channel() { QScheme::PerChannelAffine } else { QScheme::PerTensorAffine };
+            let c = cfg(kind, qscheme);
+            let mut s = ObserverState::new(&c);
+            s.observe(&c, &t(&[1.0, 2.0])).unwrap();
+            let before = s.clone();
+            let err = s.observe_finite(&c, &t(&[1.0, f32::NEG_INFINITY, 3.0, f32::INFINITY])).unwrap_err();
+            assert!(err.contains("2 infinite values") && err.contains("-inf, at index [1]"), "{kind}: {err}");
+            assert_eq!(s, before, "{kind}");
+        }
+    }
+
+    #[test]
+    fn ranges_too_wide_for_a_finite_scale_are_errors() {
+        let c = cfg(ObserverKind::MinMax, QScheme::PerTensorAffine);
+        let mut s = ObserverState::new(&c);
+        s.observe(&c, &t(&[-3e38, 3e38])).unwrap();
+        let err = s.qparams(&c).unwrap().check_finite().unwrap_err();
+        assert!(err.contains("give scale inf"), "{err}");
     }
 
     #[test]
