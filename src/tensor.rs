@@ -304,7 +304,34 @@ impl std::fmt::Display for LiteralError {
     }
 }
 
+/// The multi-dimensional index of the `flat`-th element (row-major) of a tensor of `shape`.
+pub fn unravel_index(flat: usize, shape: &[usize]) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    let mut rest = flat;
+    for (i, &d) in index.iter_mut().zip(shape).rev() {
+        *i = rest % d.max(1);
+        rest /= d.max(1);
+    }
+    index
+}
+
 impl Tensor {
+    /// The first element (in row-major order) that is a float NaN or ±inf: its index and
+    /// value. `None` for integer tensors and finite data.
+    pub fn first_nonfinite(&self) -> Option<(Vec<usize>, f64)> {
+        fn find<T: Copy>(a: &ArrayD<T>, widen: impl Fn(T) -> f64) -> Option<(Vec<usize>, f64)> {
+            let (flat, v) = a.iter().map(|&v| widen(v)).enumerate().find(|(_, v)| !v.is_finite())?;
+            Some((unravel_index(flat, a.shape()), v))
+        }
+        match self {
+            Tensor::F32(a) => find(a, f64::from),
+            Tensor::F64(a) => find(a, |v| v),
+            Tensor::F16(a) => find(a, f16::to_f64),
+            Tensor::BF16(a) => find(a, bf16::to_f64),
+            _ => None,
+        }
+    }
+
     /// Every element widened to f64 (exact for all QIR types but i64 beyond 2^53).
     pub fn to_f64_array(&self) -> ArrayD<f64> {
         match self {

@@ -109,6 +109,10 @@ pub struct CompileArgs {
     /// `reference-repr` pass at the end).
     #[arg(long, value_enum, default_value_t = Emit::Qdq)]
     pub emit: Emit,
+    /// The most memory one op may allocate while calibrating or evaluating, such as `512M` or
+    /// `8G` (default: 3/4 of physical memory).
+    #[arg(long, value_name = "SIZE", value_parser = crate::interp::memory::parse_size)]
+    pub max_memory: Option<u64>,
     /// When to colour diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
@@ -158,6 +162,9 @@ pub fn run(cli: &Cli) -> i32 {
 }
 
 fn compile_command(cli: &CompileArgs) -> i32 {
+    if let Some(bytes) = cli.max_memory {
+        crate::interp::memory::set_max_memory(bytes);
+    }
     if cli.list_passes {
         print!("{}", list_passes());
         return 0;

@@ -30,9 +30,12 @@ pub struct RunArgs {
     /// The function to run (default: the module's first).
     #[arg(long, value_name = "NAME")]
     pub func: Option<String>,
-    /// Worker threads for the kernels (results are identical for any count).
-    #[arg(long, value_name = "N")]
+    /// Worker threads for the kernels (results are identical for any count; at most 256).
+    #[arg(long, value_name = "N", value_parser = crate::interp::parse_threads)]
     pub threads: Option<usize>,
+    /// The most memory one op may allocate, such as `512M` or `8G` (default: 3/4 of physical memory).
+    #[arg(long, value_name = "SIZE", value_parser = crate::interp::memory::parse_size)]
+    pub max_memory: Option<u64>,
     /// When to colour diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     pub color: Color,
@@ -69,7 +72,13 @@ impl From<String> for Failure {
 
 fn execute(args: &RunArgs) -> Result<(), Failure> {
     if let Some(n) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build_global().map_err(|e| e.to_string())?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .map_err(|e| format!("cannot start {n} worker threads: {e}; try a smaller --threads"))?;
+    }
+    if let Some(bytes) = args.max_memory {
+        crate::interp::memory::set_max_memory(bytes);
     }
     let (name, source, dir) = read_input(&args.model)?;
     let mut files = Files::new();

@@ -13,6 +13,7 @@
 pub mod dataset;
 pub mod io;
 pub mod kernels;
+pub mod memory;
 
 use std::sync::Arc;
 
@@ -24,6 +25,23 @@ use crate::ir::{Graph, Module, TensorType};
 use crate::tensor::Tensor;
 use crate::weights::Layout;
 use kernels::KernelCx;
+
+/// The most worker threads `--threads` accepts. Results are the same for any count, so more
+/// threads than cores only cost memory and start-up; the cap stays far above the cores of any
+/// machine qc runs on, and well below the per-user thread limits where thread creation fails
+/// (a fixed number, so that a command line works the same on every machine).
+pub const MAX_THREADS: usize = 256;
+
+/// Parses `--threads`: a whole number up to [`MAX_THREADS`].
+pub fn parse_threads(text: &str) -> Result<usize, String> {
+    let n: usize = text.trim().parse().map_err(|_| format!("`{text}` is not a thread count"))?;
+    if n > MAX_THREADS {
+        return Err(format!(
+            "{n} threads is more than the {MAX_THREADS} qc allows (results do not depend on the count)"
+        ));
+    }
+    Ok(n)
+}
 
 /// What to keep besides the graph outputs.
 #[derive(Default)]
@@ -153,6 +171,7 @@ pub fn eval_op(module: &Module, graph: &Graph, op: OpId, operands: &[&Tensor]) -
     let data = graph.op(op);
     let def = data.def();
     let result_types: Vec<TensorType> = data.results().map(|r| graph.value_type(r).clone()).collect();
+    check_result_memory(graph, op, operands, &result_types)?;
     let cx = KernelCx {
         def,
         inputs: operands,
@@ -169,6 +188,34 @@ pub fn eval_op(module: &Module, graph: &Graph, op: OpId, operands: &[&Tensor]) -
             .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
     }
     Ok(results)
+}
+
+/// Checks that the results of `op` on these operands fit in the memory budget before its kernel
+/// allocates them: their shapes are the type rule's on the operands' real shapes (the declared
+/// types may have dynamic dims). An op whose rule rejects the real shapes is left to its
+/// kernel, which reports the problem.
+fn check_result_memory(graph: &Graph, op: OpId, operands: &[&Tensor], declared: &[TensorType]) -> Result<(), Diag> {
+    let data = graph.op(op);
+    let def = data.def();
+    let actual: Vec<TensorType> = operands
+        .iter()
+        .map(|t| TensorType::fixed(t.dtype(), &t.shape().iter().map(|&d| d as u64).collect::<Vec<_>>()))
+        .collect();
+    let actual: Vec<&TensorType> = actual.iter().collect();
+    let Ok(results) = def.infer(&actual, graph.attrs_of(data.attrs), declared) else { return Ok(()) };
+    let mut total = Some(0u64);
+    let mut sized = Vec::with_capacity(results.len());
+    for ty in &results {
+        let Some(bytes) = memory::type_bytes(ty) else { return Ok(()) };
+        total = total.zip(bytes).and_then(|(t, b)| t.checked_add(b));
+        sized.push(ty.to_string());
+    }
+    memory::check(total, || format!("its result {}", sized.join(", "))).map_err(|m| {
+        let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);
+        Diag::error(format!("`%{name} = {}` cannot run: {m}", def.name))
+            .at(data.span, "this op")
+            .help("raise the budget with `--max-memory SIZE` (default: 3/4 of physical memory), or use smaller shapes")
+    })
 }
 
 /// The result of an op that needs no kernel call, shared instead of copied: a `weight` op's

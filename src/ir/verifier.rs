@@ -22,6 +22,8 @@ use super::quant::{EdgeOrValue, SpecRef};
 use super::types::TensorType;
 use crate::diag::{Diag, Diagnostics, Span};
 use crate::ops::{validate_attr_kind, Arity, OpDef, Presence};
+use crate::passes::observer_instances::observer_attrs;
+use crate::quant::observer::{ObserverConfig, ObserverState};
 
 /// Where the parts of each op were written: a side table that lowering fills so that verifier
 /// diagnostics can label an operand, attribute or type rather than the whole statement. Ops
@@ -220,6 +222,9 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
         if def.name == "weight" {
             verify_weight(module, g, op, &at, &declared, errors);
         }
+        if def.name == "observer" {
+            verify_stats(g, op, &at, errors);
+        }
         if let Some(annotation) = g.annotation(op) {
             if annotation.inputs.len() > n {
                 errors.push(
@@ -292,6 +297,31 @@ impl std::fmt::Display for OpLabel<'_> {
             Some(r) => write!(f, "%{}", self.0.value_name(r)),
             None => f.write_str(self.1.def().name),
         }
+    }
+}
+
+/// An observer's `stats` must be statistics `convert` can turn into qparams: readable, one
+/// range per channel of the observed value, and finite scales. (They are usually written by
+/// `calibrate`, which cannot produce bad ones, but may be written by hand.)
+fn verify_stats(g: &Graph, op: OpId, at: &Locator<'_>, errors: &mut Diagnostics) {
+    let Some(stats) = g.attr(op, "stats").and_then(|a| a.as_dict()) else { return };
+    // An invalid config is reported by the passes that read it, with their context.
+    let Ok(config) = ObserverConfig::from_dict(&observer_attrs(g, op)) else { return };
+    let channels = || {
+        let axis = config.ch_axis.unwrap_or(0);
+        let observed = g.value_type(*g.op(op).operands.first()?);
+        usize::try_from(observed.shape.get(axis)?.known()?).ok()
+    };
+    let checked = ObserverState::from_dict(&config, stats).and_then(|state| {
+        state.check_convertible(&config, if config.kind.is_per_channel() { channels() } else { None })
+    });
+    if let Err(message) = checked {
+        let here = at.attr("stats").map_or(at.whole, |(_, v)| v);
+        errors.push(
+            Diag::error(format!("invalid observer statistics: {message}"))
+                .at(here, "in these statistics")
+                .help("let `calibrate` write them (`--calib data.npz`), or fix them by hand"),
+        );
     }
 }
 

@@ -76,7 +76,9 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
             let in_batch = |m: String| format!("calibration batch {batches}{file}: {m}");
             if let Some(&i) = op_instance.get(&op) {
                 let inst = &mut instances[i];
-                inst.state.observe(&inst.config, operands[0]).map_err(in_batch)?;
+                inst.state
+                    .observe_finite(&inst.config, operands[0])
+                    .map_err(|m| in_batch(format!("{}: {m}", observed_value(graph, op))))?;
                 return inst.state.fake_quantize(&inst.config, operands[0]).map_err(in_batch);
             }
             if let (Some(&(mean, var)), [x, _, _, running_mean, running_var]) = (running_stats.get(&op), operands) {
@@ -103,6 +105,20 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     cx.warnings.extend(unobserved_warnings(module, &instances));
     write_stats(&mut module.graphs[0], &instances, &op_instance);
     Ok(true)
+}
+
+/// How an error names what the observer `op` observes: `%value`, and the weights-file key when
+/// the value is a weight (so that a bad element can be found in the file).
+fn observed_value(g: &Graph, op: OpId) -> String {
+    let Some(&v) = g.op(op).operands.first() else { return "the observed value".into() };
+    let key = g
+        .producer(v)
+        .filter(|&p| g.op(p).def().name == "weight")
+        .and_then(|p| g.attr(p, "key").and_then(Attr::as_str).map(str::to_string));
+    match key {
+        Some(key) => format!("`%{}` (weight `{key}`)", g.value_name(v)),
+        None => format!("`%{}`", g.value_name(v)),
+    }
 }
 
 /// Where a training-mode batch norm's running statistic lives, so that calibration can update it.

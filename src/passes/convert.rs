@@ -190,6 +190,7 @@ fn instance_qparams(
                     .note("its qparams are PyTorch's defaults: scale 1.0, zero point 0"),
             );
         }
+        let q = q.and_then(|q| q.check_finite().map(|()| q));
         out.push(Some(q.map_err(|m| vec![Diag::error(m).at(span, "in this observer")])?));
     }
     Ok(out)
@@ -222,6 +223,8 @@ fn plan(g: &Graph, op: OpId, instances: &Instances, qparams: &[Option<QParams>])
             }
         }
     };
+    // A derived scale is a product of finite scales, which can still overflow.
+    q.check_finite()?;
     if q.float_zero_point.is_some() {
         return Err(format!("{qscheme} (float zero points) has no quantize op yet"));
     }

@@ -33,7 +33,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::dce::eliminate_dead_ops;
 use super::rewrite::{constant_source, internal, is_op, op_attrs, op_kind, result, DEQUANTIZE_OPS, QUANTIZE_OPS};
 use super::{each_graph, PassContext, PassDef};
-use crate::diag::Diagnostics;
+use crate::diag::{Diag, Diagnostics};
 use crate::interp::eval_op;
 use crate::ir::{Graph, Module, OpId, ValueId};
 use crate::tensor::Tensor;
@@ -95,6 +95,25 @@ fn evaluate(module: &Module, g: &Graph, targets: &[OpId]) -> Result<Vec<Tensor>,
     targets.par_iter().map(|&target| evaluate_one(module, g, target)).collect()
 }
 
+/// A constant about to be quantized must be finite: the quantize op would clamp ±inf to the
+/// ends of the integer range and turn NaN into the zero point, silently.
+fn check_finite(g: &Graph, quantize: OpId, operands: &[&Tensor]) -> Result<(), Diagnostics> {
+    let data = g.op(quantize);
+    let (Some(&v), Some(x)) = (data.operands.first(), operands.first()) else { return Ok(()) };
+    let Some((index, value)) = x.first_nonfinite() else { return Ok(()) };
+    let key = g
+        .producer(v)
+        .filter(|&p| g.op(p).def().name == "weight")
+        .and_then(|p| g.attr(p, "key").and_then(|a| a.as_str()).map(|k| format!(" (weight `{k}`)")));
+    Err(vec![Diag::error(format!(
+        "cannot quantize `%{}`{}: its element {index:?} is {value}",
+        g.value_name(v),
+        key.unwrap_or_default()
+    ))
+    .at(data.span, "quantized here")
+    .note("a quantized constant must be finite: ±inf would become the ends of the integer range, NaN the zero point")])
+}
+
 /// `target`'s first result. Its dependencies are evaluated in a post-order walk with an
 /// explicit stack (a long chain of constant ops cannot exhaust the stack), into values of its
 /// own: they die with it, so folding thousands of weights holds a few decoded at a time and
@@ -123,6 +142,9 @@ fn evaluate_one(module: &Module, g: &Graph, target: OpId) -> Result<Tensor, Diag
             .map(|v| values.get(v).cloned().ok_or_else(|| internal("a constant operand was not evaluated")))
             .collect::<Result<_, _>>()?;
         let refs: Vec<&Tensor> = operands.iter().map(|t| &**t).collect();
+        if op == target {
+            check_finite(g, op, &refs)?;
+        }
         let results = eval_op(module, g, op, &refs).map_err(|d| vec![d])?;
         if op == target {
             return results.into_iter().next().ok_or_else(|| internal("a quantize op without a result"));

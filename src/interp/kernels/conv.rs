@@ -10,6 +10,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use super::linalg::{gemm_into, GemmScalar, Mat};
 use super::{float_array_as, float_zip, gemm_zip, par_chunks_mut, KernelCx, KernelResult};
+use crate::interp::memory::{check_scratch, product};
 use crate::ops::AttrAccess;
 
 /// Convolution geometry in 2-D (conv1d uses height 1).
@@ -98,6 +99,9 @@ pub fn conv2d_impl<T: GemmScalar>(
     let plane = oh * ow;
     let kdim = cg * kh * kw;
     let pointwise = kh == 1 && kw == 1 && g.stride == [1, 1] && g.padding == [0, 0];
+    if !pointwise {
+        check_scratch::<T>("im2col buffer", product(&[cg, kh, kw, oh, ow]))?;
+    }
     // The output starts as the bias (each channel's plane filled with it), or zeros.
     let mut out = match &bias {
         Some(bias) => {
@@ -274,6 +278,7 @@ fn conv_transpose2d_impl<T: GemmScalar>(
     let w = w.as_standard_layout();
     let (xs, ws) = (x.as_slice().ok_or("input not contiguous")?, w.as_slice().ok_or("weight not contiguous")?);
     let kdim = og * kh * kw;
+    check_scratch::<T>("column buffer", product(&[kdim, h, wd]))?;
     let mut out = vec![T::zero(); n * o * oh * ow];
     let mut cols = vec![T::zero(); kdim * h * wd];
     for b in 0..n {

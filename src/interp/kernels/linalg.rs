@@ -10,6 +10,7 @@ use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 use rayon::prelude::*;
 
 use super::{broadcast_shape, float_array_as, float_zip, gemm_zip, par_chunks_mut, KernelCx, KernelResult};
+use crate::interp::memory::{check_scratch, product};
 use crate::ir::TensorType;
 use crate::ops::AttrAccess;
 use crate::tensor::Tensor;
@@ -247,7 +248,9 @@ fn linear_impl<T: GemmScalar>(
     if w.shape() != [out_features, in_features] && w.shape() != [in_features] {
         return Err(format!("a weight of shape {:?} for {in_features} input features", w.shape()));
     }
-    let rows = x.len() / in_features.max(1);
+    // Counted from the leading dims, not `len / in_features`: with no input features (K = 0)
+    // every output is the bias (or 0), as in PyTorch.
+    let rows = x.shape()[..x.ndim() - 1].iter().product();
     let x = x.as_standard_layout();
     let xs = x.as_slice().ok_or("input not contiguous")?;
     let input = Mat::row_major(xs, rows, in_features);
@@ -280,6 +283,8 @@ fn linear_impl<T: GemmScalar>(
         Ok(out)
     };
     let out = if runs_in_blocks(rows, in_features, out_features) {
+        // The blocks are a second copy of the output.
+        check_scratch::<T>("output blocks", product(&[rows, out_features]))?;
         // Blocks of output features in parallel, each one product on one thread (the GEMM
         // packs the weight rows it reads, so this also spreads the packing over the threads).
         // The GEMM's per-element arithmetic depends only on `in_features` (its k blocking) and
@@ -338,6 +343,12 @@ pub fn matmul_impl<T: GemmScalar>(a: ArrayViewD<'_, T>, b: ArrayViewD<'_, T>) ->
     b_shape.extend([k, n]);
     let a = a.broadcast(IxDyn(&a_shape)).ok_or("batch dims do not broadcast")?;
     let b = b.broadcast(IxDyn(&b_shape)).ok_or("batch dims do not broadcast")?;
+    // A broadcast operand is copied out to the full batch.
+    for (x, name) in [(&a, "broadcast copy of the first operand"), (&b, "broadcast copy of the second operand")] {
+        if !x.is_standard_layout() {
+            check_scratch::<T>(name, Some(x.len()))?;
+        }
+    }
     let (a, b) = (a.as_standard_layout(), b.as_standard_layout());
     let (asl, bsl) = (a.as_slice().ok_or("not contiguous")?, b.as_slice().ok_or("not contiguous")?);
     let batches: usize = batch.iter().product();
@@ -378,6 +389,7 @@ pub fn addmm(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![float_zip!(cx.input(1), cx.input(2), out_dtype, |a, b: T| {
         let input = float_array_as::<T>(bias)?;
         let product = matmul_impl(a, b)?;
+        check_scratch::<T>("broadcast copy of `input`", Some(product.len()))?;
         let input =
             input.broadcast(IxDyn(product.shape())).ok_or("`input` does not broadcast to the product")?.to_owned();
         let (beta, alpha) = (beta as T, alpha as T);

@@ -119,7 +119,8 @@ fn over_planes<T: Copy + Default + Send + Sync>(
     let (h, w) = (shape[shape.len() - 2], shape[shape.len() - 1]);
     let a = a.as_standard_layout();
     let data = a.as_slice().ok_or("input not contiguous")?;
-    let planes = data.len() / (h * w).max(1);
+    // Counted from the leading dims, not `len / (h·w)`, which is 0 for an empty plane.
+    let planes = shape[..shape.len() - 2].iter().product::<usize>();
     let mut out = vec![T::default(); planes * oh * ow];
     if h * w > 0 && oh * ow > 0 {
         // Planes in parallel, each pooled by one thread.
@@ -217,6 +218,13 @@ pub fn avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
 pub fn adaptive_avg_pool2d(cx: &KernelCx<'_>) -> KernelResult {
     let size = cx.ints("output_size")?;
     let (oh, ow) = (size[0] as usize, size[1] as usize);
+    let x = cx.input(0).shape();
+    if let [.., h, w] = x {
+        if *h == 0 || *w == 0 {
+            // PyTorch refuses too: an output element would average an empty window.
+            return Err(format!("the input's spatial size is {h}x{w}: adaptive pooling needs a non-empty plane"));
+        }
+    }
     Ok(vec![numeric_map!(cx.input(0), cx.out_dtype(0), |a: T| over_planes(a, oh, ow, |src, h, w, dst| {
         for y in 0..oh {
             let (hs, he) = (y * h / oh, ((y + 1) * h).div_ceil(oh));

@@ -44,7 +44,11 @@ impl LayoutFn for Reshape {
 
 /// Resolves a `-1` in a target shape against `numel`.
 fn resolve_shape(target: &[i64], numel: usize) -> Result<Vec<usize>, String> {
-    let known: usize = target.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+    let known = target
+        .iter()
+        .filter(|&&d| d >= 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(usize::try_from(d).ok()?))
+        .ok_or_else(|| format!("the shape {target:?} has more elements than memory can address"))?;
     target
         .iter()
         .map(|&d| match d {
