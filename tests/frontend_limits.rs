@@ -189,3 +189,13 @@ fn prepare_is_linear_in_fan_out() {
     assert_eq!(observers, 2 + READERS + 1);
     assert_eq!(printed.lines().filter(|l| l.contains("= observer(%w)")).count(), 1);
 }
+
+/// Found by the `pipeline` fuzz target: a hand-written per-channel spec whose channel axis is
+/// past the value's rank made `prepare` build an invalid observer ("this is a bug in qc").
+#[test]
+fn a_spec_that_does_not_fit_the_value_is_a_diagnostic() {
+    let source = "module {\n  qspec @w8 = {dtype = i8, qmin = -127, qmax = 127, qscheme = \"per_channel_symmetric\", ch_axis = 5, observer = \"per_channel_minmax\"}\n  func @main(%x: f32[1,16], %w: f32[8,16]) -> f32[1,8] {\n    %fc = linear(%x, %w) : f32[1,8] quant[none, @w8]\n    return %fc\n  }\n}\n";
+    let stderr = fails_with("ch_axis.qir", source.as_bytes(), &["-p", "prepare"], "cannot observe `%w` (f32[8,16])");
+    assert!(stderr.contains("dimension 5 is out of range"), "{stderr}");
+    assert!(!stderr.contains("bug in qc"), "{stderr}");
+}

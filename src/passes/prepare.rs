@@ -447,7 +447,20 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                 slots[i] = Some(value.clone());
             }
         }
-        let attrs = g.intern_attrs(def.complete_attrs(slots));
+        let attrs = def.complete_attrs(slots);
+        let span = g.producer(input).map_or(g.value(input).span, |p| g.op(p).span);
+        // A hand-written spec may not fit the value (a channel axis past its rank): say so
+        // here rather than leave the verifier an invalid observer.
+        if let Err(message) = def.infer(&[g.value_type(input)], &attrs, &[]) {
+            return Err(vec![Diag::error(format!(
+                "cannot observe `%{}` ({}) with its spec: {message}",
+                g.value_name(input),
+                g.value_type(input)
+            ))
+            .at(span, "observed here")
+            .help("check the spec's `ch_axis` (and dtype) against the annotated value")]);
+        }
+        let attrs = g.intern_attrs(attrs);
         let name = loop {
             let candidate = format!("activation_post_process_{counter}");
             counter += 1;
@@ -455,7 +468,6 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                 break candidate;
             }
         };
-        let span = g.producer(input).map_or(g.value(input).span, |p| g.op(p).span);
         let ty = g.value_type(input).clone();
         let op = g
             .create_op(observer_kind, &[input], attrs, vec![ResultSpec { name: &name, ty, span }], span)
