@@ -199,3 +199,27 @@ fn a_spec_that_does_not_fit_the_value_is_a_diagnostic() {
     assert!(stderr.contains("dimension 5 is out of range"), "{stderr}");
     assert!(!stderr.contains("bug in qc"), "{stderr}");
 }
+
+/// 40 000 ops, each sharing its output's observer with the next op's (`shared(%next)`, a
+/// forward reference): every comparison walked the rest of the chain.
+#[test]
+fn prepare_is_linear_in_forward_sharing_chains() {
+    const LENGTH: usize = 40_000;
+    let mut source = String::from(
+        "module {\n  qspec @act = {dtype = i8, observer = \"histogram\"}\n  func @main(%x: f32[4]) -> f32[4] {\n",
+    );
+    let mut previous = "%x".to_string();
+    for k in 0..LENGTH {
+        source.push_str(&format!("    %a{k} = relu({previous}) : f32[4] quant[@act] -> shared(%a{})\n", k + 1));
+        previous = format!("%a{k}");
+    }
+    source.push_str(&format!("    %a{LENGTH} = relu({previous}) : f32[4] quant[@act] -> @act\n"));
+    source.push_str(&format!("    return %a{LENGTH}\n  }}\n}}\n"));
+    let path = input("chain.qir", source.as_bytes());
+    let out = qc(&["-p", "prepare", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The whole chain is one group (instance 1; `%x`'s edge is instance 0, printed without it).
+    let printed = text(&out.stdout);
+    assert_eq!(printed.matches("instance = 1}").count(), LENGTH + 1);
+    assert!(!printed.contains("instance = 2"), "one sharing group");
+}

@@ -128,6 +128,13 @@ struct Groups<'q> {
     specs: Vec<Resolved<'q>>,
     index: FxHashMap<EdgeOrValue, usize>,
     parent: Vec<usize>,
+    /// Per root with a `shared(...)` spec, once known: the key its chain of shared roots ends
+    /// at (`None`: a cycle, or a target without a spec). A chain of forward `shared(%next)`
+    /// references would otherwise be walked in full on every comparison (quadratic).
+    chain_end: Vec<Option<Option<usize>>>,
+    /// The roots whose `chain_end` was found through each root: when that root stops being
+    /// one, their chains go elsewhere and are forgotten with it.
+    chain_dependents: Vec<Vec<usize>>,
 }
 
 impl<'q> Groups<'q> {
@@ -140,6 +147,8 @@ impl<'q> Groups<'q> {
                 self.parent.push(self.keys.len());
                 self.keys.push(key);
                 self.specs.push(spec);
+                self.chain_end.push(None);
+                self.chain_dependents.push(Vec::new());
             }
         }
     }
@@ -163,22 +172,61 @@ impl<'q> Groups<'q> {
         if rp == rc {
             return;
         }
-        if matches!(self.specs[rp], Resolved::Shared(t) if self.index.get(&t) == Some(&rc)) {
+        let demoted = if matches!(self.specs[rp], Resolved::Shared(t) if self.index.get(&t) == Some(&rc)) {
             self.parent[rp] = rc;
+            rp
         } else {
             self.parent[rc] = rp;
+            rc
+        };
+        self.forget_chains_through(demoted);
+    }
+
+    /// Forgets the chain ends found through `root`, which is no longer a root.
+    fn forget_chains_through(&mut self, root: usize) {
+        let mut stack = vec![root];
+        while let Some(r) = stack.pop() {
+            self.chain_end[r] = None;
+            stack.append(&mut self.chain_dependents[r]);
         }
     }
 
     /// The concrete spec a (possibly shared) spec stands for, following current roots.
-    fn unwrap(&mut self, mut i: usize) -> Option<&Resolved<'q>> {
-        for _ in 0..=self.keys.len() {
-            match self.specs[i] {
-                Resolved::Shared(t) => i = self.find(*self.index.get(&t)?),
-                _ => return Some(&self.specs[i]),
+    fn unwrap(&mut self, i: usize) -> Option<&Resolved<'q>> {
+        let end = match self.specs[i] {
+            Resolved::Shared(t) => {
+                let root = self.find(*self.index.get(&t)?);
+                self.chain_end(root)?
             }
+            _ => i,
+        };
+        Some(&self.specs[end])
+    }
+
+    /// Where the chain of shared roots from `root` ends: the first root with a spec of its own.
+    /// Remembered for every root on the way, until one of the roots it passes stops being one.
+    fn chain_end(&mut self, root: usize) -> Option<usize> {
+        let mut path: Vec<usize> = Vec::new();
+        let mut on_path: FxHashSet<usize> = FxHashSet::default();
+        let mut r = root;
+        let end = loop {
+            let Resolved::Shared(target) = self.specs[r] else { break Some(r) };
+            if let Some(known) = self.chain_end[r] {
+                break known;
+            }
+            if !on_path.insert(r) {
+                break None; // A cycle of shared specs.
+            }
+            path.push(r);
+            let Some(&t) = self.index.get(&target) else { break None };
+            let next = self.find(t);
+            self.chain_dependents[next].push(r);
+            r = next;
+        };
+        for r in path {
+            self.chain_end[r] = Some(end);
         }
-        None
+        end
     }
 }
 
@@ -286,7 +334,14 @@ fn key_span(g: &Graph, key: EdgeOrValue) -> crate::diag::Span {
 fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
     let original: Vec<OpId> = g.op_ids();
     // 1. Specs by edge and value, in program order.
-    let mut groups = Groups { keys: Vec::new(), specs: Vec::new(), index: FxHashMap::default(), parent: Vec::new() };
+    let mut groups = Groups {
+        keys: Vec::new(),
+        specs: Vec::new(),
+        index: FxHashMap::default(),
+        parent: Vec::new(),
+        chain_end: Vec::new(),
+        chain_dependents: Vec::new(),
+    };
     for &op in &original {
         let Some(annotation) = g.annotation(op) else { continue };
         for (i, spec) in annotation.inputs.iter().enumerate() {
