@@ -241,8 +241,14 @@ struct Readers {
     /// whether those keys are already one group.
     by_fields: FxHashMap<SharingFields, (Vec<usize>, bool)>,
     /// Positions in `members` of `shared(...)` keys: what they compare as depends on the
-    /// groups so far, so they are compared every time.
+    /// groups so far, so they are compared again for each edge, but for those already in
+    /// the edge's group (a union with them changes nothing).
     shared: Vec<usize>,
+    /// The last edge compared, and the positions of the `shared(...)` keys that were not in
+    /// its group then. Groups only grow, so for an edge in the same group only these need a
+    /// look: one edge joins a value's readers, the others find nothing left to join.
+    last: Option<usize>,
+    outside_last: Vec<usize>,
 }
 
 impl Readers {
@@ -276,7 +282,7 @@ impl Readers {
                 }
             }
         }
-        Readers { members, by_fields, shared }
+        Readers { members, by_fields, shared, last: None, outside_last: Vec::new() }
     }
 
     /// Unions edge `i` (whose spec compares as `fields`) with each other member that compares
@@ -291,8 +297,10 @@ impl Readers {
             Some((same, true)) => &same[..same.len().min(1)],
             Some((same, false)) => same,
         };
+        let in_last_group = self.last.is_some_and(|last| groups.find(last) == groups.find(i));
+        let shared: &[usize] = if in_last_group { &self.outside_last } else { &self.shared };
         // Both lists are in member order: merge them.
-        let (mut a, mut b) = (same.iter().peekable(), self.shared.iter().peekable());
+        let (mut a, mut b) = (same.iter().peekable(), shared.iter().peekable());
         loop {
             let position = match (a.peek(), b.peek()) {
                 (Some(&&x), Some(&&y)) if x < y => a.next(),
@@ -306,6 +314,11 @@ impl Readers {
                 groups.union(j, i);
             }
         }
+        let root = groups.find(i);
+        let outside: Vec<usize> =
+            shared.iter().copied().filter(|&position| groups.find(self.members[position]) != root).collect();
+        self.outside_last = outside;
+        self.last = Some(i);
         if plain_edge {
             if let Some((_, joined)) = self.by_fields.get_mut(fields) {
                 *joined = true;
