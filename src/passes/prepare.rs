@@ -24,8 +24,10 @@
 //! Requires: a verified, annotated module (`annotate`, or annotations written by hand).
 //! Leaves: observers on every annotated edge and output; annotations stay (convert reads
 //! them). Errors: a `shared(...)` target with no spec, a sharing cycle, a derived spec whose
-//! sources are unobserved, an observer kind that cannot do the spec's qscheme. Not idempotent:
-//! run it once.
+//! sources are unobserved, an observer kind that cannot do the spec's qscheme, a spec that does
+//! not fit the observed value (a channel axis past its rank). Not idempotent: run it once.
+//! Linear in the graph: see `Readers` and `Groups::chain_end` for how PT2E's comparisons of
+//! every reader with every other are kept to those that can change a group.
 //!
 //! ```text
 //! %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight] -> @act
