@@ -6,7 +6,8 @@
 
 use codespan_reporting::diagnostic::{Diagnostic, Label, Severity};
 use codespan_reporting::files::SimpleFiles;
-use codespan_reporting::term::{self, termcolor::WriteColor};
+use codespan_reporting::term;
+use codespan_reporting::term::termcolor::{Buffer, WriteColor};
 
 /// A byte range in one source file. `Span::NONE` marks IR built without source text.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -107,6 +108,23 @@ impl Diag {
         }
     }
 
+    /// The same diagnostic with every span moved `offset` bytes later: for text compiled out of
+    /// a larger file (a `--split-input-file` case).
+    pub fn shifted(mut self, offset: usize) -> Diag {
+        let shift = |span: &mut Span| {
+            if !span.is_none() {
+                *span = Span::new(span.start as usize + offset, span.end as usize + offset);
+            }
+        };
+        if let Some((span, _)) = &mut self.primary {
+            shift(span);
+        }
+        for (span, _) in &mut self.secondary {
+            shift(span);
+        }
+        self
+    }
+
     pub fn is_error(&self) -> bool {
         self.severity >= Severity::Error
     }
@@ -114,12 +132,15 @@ impl Diag {
     pub fn to_codespan(&self, file: FileId) -> Diagnostic<FileId> {
         let mut labels = Vec::new();
         if let Some((span, msg)) = &self.primary {
-            labels.push(Label::primary(file, span.range()).with_message(msg));
+            labels.push(Label::primary(file, span.range()).with_message(escape_controls(msg)));
         }
         for (span, msg) in &self.secondary {
-            labels.push(Label::secondary(file, span.range()).with_message(msg));
+            labels.push(Label::secondary(file, span.range()).with_message(escape_controls(msg)));
         }
-        Diagnostic::new(self.severity).with_message(&self.message).with_labels(labels).with_notes(self.notes.clone())
+        Diagnostic::new(self.severity)
+            .with_message(escape_controls(&self.message))
+            .with_labels(labels)
+            .with_notes(self.notes.iter().map(|n| escape_controls(n)).collect())
     }
 }
 
@@ -130,9 +151,13 @@ pub type Diagnostics = Vec<Diag>;
 pub fn emit(out: &mut dyn WriteColor, files: &Files, file: FileId, diags: &[Diag]) -> std::io::Result<()> {
     let config = term::Config::default();
     for d in diags {
-        term::emit_to_write_style(out, &config, files, &d.to_codespan(file)).map_err(std::io::Error::other)?;
+        // The renderer writes a few bytes at a time, and standard error is unbuffered: one
+        // write per diagnostic, not one per character of a long source line.
+        let mut buffer = if out.supports_color() { Buffer::ansi() } else { Buffer::no_color() };
+        term::emit_to_write_style(&mut buffer, &config, files, &d.to_codespan(file)).map_err(std::io::Error::other)?;
+        out.write_all(buffer.as_slice())?;
     }
-    Ok(())
+    out.flush()
 }
 
 /// Renders diagnostics without colour, as tests snapshot them.
@@ -148,9 +173,7 @@ pub fn render(files: &Files, file: FileId, diags: &[Diag]) -> String {
 
 /// Edit distance with adjacent transpositions (optimal string alignment), for suggestions:
 /// `rleu` is one edit from `relu`.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
+fn edit_distance(a: &[char], b: &[char]) -> usize {
     // Three rows: two back (for transpositions), one back, current.
     let mut prev2: Vec<usize> = vec![0; b.len() + 1];
     let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -171,18 +194,108 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Words longer than this (in characters) get no "did you mean": a typo of a name this long
+/// is rare, and comparing it costs length² per candidate.
+pub const SUGGEST_MAX_CHARS: usize = 64;
+
+/// How many edit-distance cells one suggestion may compute over all its candidates (about 4M:
+/// a few milliseconds). A graph with a million values still answers at once; past the budget
+/// the best candidate found so far is kept.
+const SUGGEST_BUDGET: usize = 1 << 22;
+
+/// How many candidates one suggestion looks at (the first ones): a file with many errors
+/// against a graph of a million values must not scan the graph once per error.
+const SUGGEST_MAX_CANDIDATES: usize = 10_000;
+
 /// The candidate closest to `word`, if close enough to be a plausible typo. A candidate that
-/// differs only in case always qualifies.
+/// differs only in case always qualifies. Bounded: see [`SUGGEST_MAX_CHARS`],
+/// `SUGGEST_MAX_CANDIDATES` and `SUGGEST_BUDGET`.
 pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(1);
+    // A char is at most 4 bytes: a longer word cannot be within the cap.
+    if word.len() > 4 * SUGGEST_MAX_CHARS {
+        return None;
+    }
+    let chars: Vec<char> = word.chars().collect();
+    if chars.len() > SUGGEST_MAX_CHARS {
+        return None;
+    }
+    let limit = (chars.len() / 3).max(1);
     let lower = word.to_lowercase();
-    candidates
-        .into_iter()
-        .filter(|c| *c != word)
-        .map(|c| (if c.to_lowercase() == lower { 0 } else { edit_distance(word, c) }, c))
-        .filter(|(d, _)| *d <= limit)
-        .min()
-        .map(|(_, c)| c)
+    let mut budget = SUGGEST_BUDGET;
+    let mut best: Option<(usize, &str)> = None;
+    let mut candidate_chars = Vec::new();
+    for c in candidates.into_iter().take(SUGGEST_MAX_CANDIDATES) {
+        // Cheap rejections first: the distance is at least the difference in length.
+        if c == word || c.len() > 4 * (chars.len() + limit) {
+            continue;
+        }
+        candidate_chars.clear();
+        candidate_chars.extend(c.chars());
+        if candidate_chars.len().abs_diff(chars.len()) > limit {
+            continue;
+        }
+        let d = if c.to_lowercase() == lower {
+            0
+        } else {
+            let cells = chars.len() * candidate_chars.len();
+            if cells > budget {
+                break;
+            }
+            budget -= cells;
+            edit_distance(&chars, &candidate_chars)
+        };
+        if d <= limit && best.is_none_or(|b| (d, c) < b) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// How many characters of a long name a message shows.
+const SHOWN_CHARS: usize = 48;
+
+/// A name or literal as messages quote it: a long one is cut to its first characters with an
+/// ellipsis and its length, so that a megabyte-long identifier gives a one-line message.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(SHOWN_CHARS) {
+        Some((cut, _)) => std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..cut], text.len())),
+        None => std::borrow::Cow::Borrowed(text),
+    }
+}
+
+/// Message text with control characters escaped (`\u{1b}`), but for line breaks: a raw ESC
+/// quoted from the input would drive the terminal.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The text the renderer shows for a source file: control characters (but tab and line
+/// endings) become `?`, byte for byte, so spans still fit and a raw ESC in the input cannot
+/// drive the terminal; a carriage return without a line feed becomes a line feed, so the
+/// snippet shows the line qc reports (the lexer rejects such line endings).
+pub fn printable_source(source: &str) -> std::borrow::Cow<'_, str> {
+    let clean = |c: char| !c.is_control() || c == '\t' || c == '\n' || c == '\r';
+    if source.chars().all(clean) && !source.contains('\r') {
+        return std::borrow::Cow::Borrowed(source);
+    }
+    let mut out = String::with_capacity(source.len());
+    let mut chars = source.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() != Some(&'\n') => out.push('\n'),
+            c if clean(c) => out.push(c),
+            c => out.extend(std::iter::repeat_n('?', c.len_utf8())),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// "did you mean `x`?" or, failing that, the list of what is accepted.
@@ -199,10 +312,11 @@ mod tests {
 
     #[test]
     fn transpositions_are_one_edit() {
-        assert_eq!(edit_distance("rleu", "relu"), 1);
-        assert_eq!(edit_distance("inptu", "input"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let distance = |a: &str, b: &str| edit_distance(&a.chars().collect::<Vec<_>>(), &b.chars().collect::<Vec<_>>());
+        assert_eq!(distance("rleu", "relu"), 1);
+        assert_eq!(distance("inptu", "input"), 1);
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(distance("kitten", "sitting"), 3);
     }
 
     #[test]
@@ -212,5 +326,18 @@ mod tests {
         assert_eq!(closest("conv", ["linear", "matmul"]), None);
         // The word itself is never suggested.
         assert_eq!(closest("relu", ["relu"]), None);
+    }
+
+    #[test]
+    fn long_words_get_no_suggestion_and_are_shown_cut() {
+        let long = "a".repeat(SUGGEST_MAX_CHARS + 1);
+        assert_eq!(closest(&long, [&long[1..]]), None);
+        assert_eq!(shown(&long), format!("{}… ({} bytes)", &long[..SHOWN_CHARS], long.len()));
+        assert_eq!(escape_controls("re\u{1b}lu\n"), "re\\u{1b}lu\n");
+    }
+
+    #[test]
+    fn printable_source_keeps_offsets() {
+        assert_eq!(printable_source("a\u{0}b\r\nc\rd\u{9b}"), "a?b\r\nc\nd??");
     }
 }

@@ -10,7 +10,9 @@
 
 use codespan_reporting::diagnostic::Severity;
 
-use crate::diag::{Diag, Span};
+use crate::diag::{closest, shown, Diag, Span};
+
+use super::split::Case;
 
 /// One `expected-…` comment.
 #[derive(Clone, Debug)]
@@ -25,30 +27,45 @@ pub struct Expectation {
     pub comment_line: usize,
 }
 
-/// Finds every expectation comment in `source`, or a diagnostic for a malformed one.
-pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
+/// Finds every expectation comment in `case`, or a diagnostic for a malformed one. Spans and
+/// lines are the whole file's.
+pub fn parse_expectations(case: &Case<'_>) -> Result<Vec<Expectation>, Diag> {
     let mut out = Vec::new();
-    let mut offset = 0;
-    for (line_no, line) in source.split_inclusive('\n').enumerate() {
+    let mut offset = case.start;
+    let lines = case.text.matches('\n').count() + 1;
+    for (line_no, line) in case.text.split_inclusive('\n').enumerate() {
+        let line_no = case.first_line + line_no;
         let line_start = offset;
         offset += line.len();
         let Some(comment) = line.find("//") else {
             continue;
         };
-        // Byte offset in `source` of a suffix of `line`.
+        // Byte offset in the file of a suffix of `line`.
         let at = |rest: &str| line_start + (line.len() - rest.len());
         let line_end = line_start + line.trim_end().len();
         let mut rest = &line[comment..];
         while let Some(pos) = rest.find("expected-") {
             let start = at(rest) + pos;
             let after = &rest[pos + "expected-".len()..];
-            let (severity, after) = if let Some(a) = after.strip_prefix("error") {
-                (Severity::Error, a)
-            } else if let Some(a) = after.strip_prefix("warning") {
-                (Severity::Warning, a)
-            } else {
-                rest = after;
-                continue;
+            let kind_len = after.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(after.len());
+            let (kind, after) = after.split_at(kind_len);
+            let severity = match kind {
+                "error" => Severity::Error,
+                "warning" => Severity::Warning,
+                // Prose that happens to contain "expected-".
+                _ if !(after.starts_with('@') || after.trim_start().starts_with("{{")) => {
+                    rest = after;
+                    continue;
+                }
+                _ => {
+                    let d = Diag::error(format!("unknown expectation `expected-{}`", shown(kind)))
+                        .at(Span::new(start, at(after)), "not checked by qc")
+                        .note("qc checks `expected-error` and `expected-warning`; it reports no notes or remarks");
+                    return Err(match closest(kind, ["error", "warning"]) {
+                        Some(best) => d.help(format!("did you mean `expected-{best}`?")),
+                        None => d,
+                    });
+                }
             };
             let whole = Span::new(start, line_end);
             let bad = |span: Span, label: &str, msg: &str| {
@@ -66,15 +83,27 @@ pub fn parse_expectations(source: &str) -> Result<Vec<Expectation>, Diag> {
                             let delta: i64 = spec.parse().map_err(|_| {
                                 bad(spec_span, "not a line offset", "expected `@+N`, `@-N` or `@unknown`")
                             })?;
-                            let target = line_no as i64 + delta;
-                            if target < 0 {
-                                return Err(bad(
-                                    spec_span,
-                                    "before the first line",
+                            // Within this case: a diagnostic is never reported on another one.
+                            let first = case.first_line as i64;
+                            let last = first + lines as i64 - 1;
+                            let (before, after_end) = if case.is_whole() {
+                                (
                                     "the target line is before the start of the file",
-                                ));
+                                    "the target line is after the end of the file",
+                                )
+                            } else {
+                                (
+                                    "the target line is before the start of this case",
+                                    "the target line is after the end of this case",
+                                )
+                            };
+                            match (line_no as i64).checked_add(delta) {
+                                Some(target) if target < first => {
+                                    return Err(bad(spec_span, "before the first line", before))
+                                }
+                                Some(target) if target <= last => Some(target as usize),
+                                _ => return Err(bad(spec_span, "after the last line", after_end)),
                             }
-                            Some(target as usize)
                         }
                     };
                     (target, a)
@@ -113,15 +142,19 @@ fn line_of(line_starts: &[usize], offset: usize) -> usize {
     line_starts.partition_point(|&s| s <= offset).saturating_sub(1)
 }
 
-/// Matches produced diagnostics against expectations. Returns the diagnostics to report: each
-/// unexpected one, plus an error for each expectation nothing met. Empty means success.
-pub fn check(source: &str, expectations: Vec<Expectation>, produced: Vec<Diag>) -> Vec<Diag> {
-    let line_starts: Vec<usize> = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
+/// Matches produced diagnostics against expectations, all in the whole file's coordinates.
+/// Returns the diagnostics to report: each unexpected one, plus an error for each expectation
+/// nothing met. Empty means success.
+pub fn check(case: &Case<'_>, expectations: Vec<Expectation>, produced: Vec<Diag>) -> Vec<Diag> {
+    // Line starts in the whole file, counted over this case only.
+    let line_starts: Vec<usize> =
+        std::iter::once(case.start).chain(case.text.match_indices('\n').map(|(i, _)| case.start + i + 1)).collect();
+    let file_line = |offset: usize| case.first_line + line_of(&line_starts, offset);
     let mut pending: Vec<Option<Expectation>> = expectations.into_iter().map(Some).collect();
     // Unmatched diagnostics with the line they are on.
     let mut unexpected: Vec<(Option<usize>, Diag)> = Vec::new();
     for diag in produced {
-        let line = diag.primary.as_ref().map(|(span, _)| line_of(&line_starts, span.start as usize));
+        let line = diag.primary.as_ref().map(|(span, _)| file_line(span.start as usize));
         let hit = pending.iter_mut().find(|e| {
             e.as_ref().is_some_and(|e| e.severity == diag.severity && e.line == line && diag.message.contains(&e.text))
         });

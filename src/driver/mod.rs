@@ -4,6 +4,9 @@ pub mod eval;
 mod expectations;
 pub mod output;
 mod run;
+mod split;
+
+pub use split::{split_cases, Case};
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -242,16 +245,19 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     };
 
     let mut files = Files::new();
-    let cases = if cli.split_input_file { split_cases(&source) } else { vec![source.clone()] };
+    let file = files.add(display_name.clone(), diag::printable_source(&source).into_owned());
+    let cases = if cli.split_input_file { split_cases(&source) } else { vec![Case::whole(&source)] };
     let mut outputs = Vec::with_capacity(cases.len());
     let mut failed = false;
     let mut all_timings: Timings = Vec::new();
     for case in cases {
-        let file = files.add(display_name.clone(), case.clone());
         let mut dumps = String::new();
         let cx =
             PassContext { quantizer: cli.quantizer.clone(), calibration: cli.calib.clone(), ..PassContext::default() };
-        let result = compile_with(&case, Some(&input_dir), &passes, &instrumentation, cx, &mut dumps);
+        let result = match case.empty_case_error() {
+            Some(empty) => Err(empty),
+            None => compile_with(case.text, Some(&input_dir), &passes, &instrumentation, cx, &mut dumps),
+        };
         if !dumps.is_empty() {
             eprint!("{dumps}");
         }
@@ -262,6 +268,7 @@ fn compile_command(cli: &CompileArgs) -> i32 {
             }
             Err(diags) => (None, diags),
         };
+        let diags = case.place(diags);
         let to_report = if cli.verify_diagnostics {
             match expectations::parse_expectations(&case) {
                 Ok(expected) => expectations::check(&case, expected, diags),
@@ -275,12 +282,12 @@ fn compile_command(cli: &CompileArgs) -> i32 {
         }
         failed |= to_report.iter().any(Diag::is_error);
         if let (Some(module), Some(data), false) = (&output, &cli.eval, failed) {
-            let report = crate::syntax::parse_module(&case, Some(&input_dir))
+            let report = crate::syntax::parse_module(case.text, Some(&input_dir))
                 .and_then(|float| eval::evaluate(&float, module, data));
             match report {
                 Ok(report) => eprint!("{}", report.render(data)),
                 Err(diags) => {
-                    let _ = diag::emit(&mut stderr.lock(), &files, file, &diags);
+                    let _ = diag::emit(&mut stderr.lock(), &files, file, &case.place(diags));
                     failed = true;
                 }
             }
@@ -603,27 +610,6 @@ fn read_text(reader: impl Read, name: &str) -> Result<String, String> {
     }
     String::from_utf8(bytes)
         .map_err(|e| format!("{name} is not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
-}
-
-/// Splits at `// -----` lines. Each case keeps its original line numbers: the lines before it
-/// are blanked, so diagnostics point at the right place in the whole file.
-pub fn split_cases(source: &str) -> Vec<String> {
-    let mut cases = Vec::new();
-    let mut current = String::new();
-    let mut blank_prefix = String::new();
-    for line in source.split_inclusive('\n') {
-        if line.trim_end() == SPLIT_MARKER {
-            cases.push(std::mem::take(&mut current));
-            let newlines = line.matches('\n').count();
-            blank_prefix.push_str(&"\n".repeat(newlines));
-            current = blank_prefix.clone();
-            continue;
-        }
-        blank_prefix.push_str(&"\n".repeat(line.matches('\n').count()));
-        current.push_str(line);
-    }
-    cases.push(current);
-    cases
 }
 
 /// Writes one output file as a transaction of its own (see [`output`]).

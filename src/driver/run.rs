@@ -82,7 +82,7 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
     }
     let (name, source, dir) = read_input(&args.model)?;
     let mut files = Files::new();
-    let file = files.add(name, source.clone());
+    let file = files.add(name, diag::printable_source(&source).into_owned());
     let stderr = StandardStream::stderr(color_choice(args.color));
     let report = |diags: &[crate::diag::Diag]| {
         let _ = diag::emit(&mut stderr.lock(), &files, file, diags);

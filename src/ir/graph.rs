@@ -616,6 +616,25 @@ impl Graph {
         self.ops[op].operands[index] = v;
     }
 
+    /// [`Graph::set_operand`] for many operands at once: each `(op, index, value)` in order. One
+    /// pass over each old value's uses in all, where one `set_operand` at a time searches the
+    /// use list each time (quadratic in a value's readers).
+    pub fn set_operands(&mut self, changes: &[(OpId, usize, ValueId)]) {
+        let mut removed: rustc_hash::FxHashSet<(ValueId, Use)> = rustc_hash::FxHashSet::default();
+        for &(op, index, v) in changes {
+            let u = Use { user: User::Op(op), index: index as u32 };
+            removed.insert((self.ops[op].operands[index], u));
+            self.values[v].uses.push(u);
+            self.ops[op].operands[index] = v;
+        }
+        let mut old_values: Vec<ValueId> = removed.iter().map(|&(v, _)| v).collect();
+        old_values.sort_unstable();
+        old_values.dedup();
+        for v in old_values {
+            self.values[v].uses.retain(|u| !removed.contains(&(v, *u)));
+        }
+    }
+
     /// Rewrites `op` in place as another kind with new operands and attributes; its results
     /// (names and types), location, metadata and position stay.
     pub fn rewrite_op(&mut self, op: OpId, kind: OpKind, operands: &[ValueId], attrs: AttrsId) {

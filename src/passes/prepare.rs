@@ -24,8 +24,10 @@
 //! Requires: a verified, annotated module (`annotate`, or annotations written by hand).
 //! Leaves: observers on every annotated edge and output; annotations stay (convert reads
 //! them). Errors: a `shared(...)` target with no spec, a sharing cycle, a derived spec whose
-//! sources are unobserved, an observer kind that cannot do the spec's qscheme. Not idempotent:
-//! run it once.
+//! sources are unobserved, an observer kind that cannot do the spec's qscheme, a spec that does
+//! not fit the observed value (a channel axis past its rank). Not idempotent: run it once.
+//! Linear in the graph: see `Readers` and `Groups::chain_end` for how PT2E's comparisons of
+//! every reader with every other are kept to those that can change a group.
 //!
 //! ```text
 //! %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight] -> @act
@@ -39,13 +41,14 @@
 //! ```
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::attr::{Attr, Dict};
-use crate::ir::graph::{Graph, OpId, ResultSpec, Use, User, ValueId};
+use crate::ir::graph::{Graph, OpId, ResultSpec, User, ValueId};
 use crate::ir::quant::{EdgeOrValue, QSpec, SpecRef};
 use crate::ir::{DType, Module};
 use crate::ops::OpKind;
@@ -92,7 +95,7 @@ fn resolve<'q>(spec: &SpecRef, qspecs: &'q [QSpec]) -> Resolved<'q> {
 /// The fields implicit sharing compares (PT2E's `_has_same_attr` over dtype, is_dynamic,
 /// quant_min, quant_max, qscheme, ch_axis, scale, zero_point): a fixed spec has no `ch_axis`
 /// field and the others no `scale`, so those never match each other.
-#[derive(PartialEq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct SharingFields {
     dtype: DType,
     dynamic: bool,
@@ -127,6 +130,13 @@ struct Groups<'q> {
     specs: Vec<Resolved<'q>>,
     index: FxHashMap<EdgeOrValue, usize>,
     parent: Vec<usize>,
+    /// Per root with a `shared(...)` spec, once known: the key its chain of shared roots ends
+    /// at (`None`: a cycle, or a target without a spec). A chain of forward `shared(%next)`
+    /// references would otherwise be walked in full on every comparison (quadratic).
+    chain_end: Vec<Option<Option<usize>>>,
+    /// The roots whose `chain_end` was found through each root: when that root stops being
+    /// one, their chains go elsewhere and are forgotten with it.
+    chain_dependents: Vec<Vec<usize>>,
 }
 
 impl<'q> Groups<'q> {
@@ -139,6 +149,8 @@ impl<'q> Groups<'q> {
                 self.parent.push(self.keys.len());
                 self.keys.push(key);
                 self.specs.push(spec);
+                self.chain_end.push(None);
+                self.chain_dependents.push(Vec::new());
             }
         }
     }
@@ -162,22 +174,158 @@ impl<'q> Groups<'q> {
         if rp == rc {
             return;
         }
-        if matches!(self.specs[rp], Resolved::Shared(t) if self.index.get(&t) == Some(&rc)) {
+        let demoted = if matches!(self.specs[rp], Resolved::Shared(t) if self.index.get(&t) == Some(&rc)) {
             self.parent[rp] = rc;
+            rp
         } else {
             self.parent[rc] = rp;
+            rc
+        };
+        self.forget_chains_through(demoted);
+    }
+
+    /// Forgets the chain ends found through `root`, which is no longer a root.
+    fn forget_chains_through(&mut self, root: usize) {
+        let mut stack = vec![root];
+        while let Some(r) = stack.pop() {
+            self.chain_end[r] = None;
+            stack.append(&mut self.chain_dependents[r]);
         }
     }
 
     /// The concrete spec a (possibly shared) spec stands for, following current roots.
-    fn unwrap(&mut self, mut i: usize) -> Option<&Resolved<'q>> {
-        for _ in 0..=self.keys.len() {
-            match self.specs[i] {
-                Resolved::Shared(t) => i = self.find(*self.index.get(&t)?),
-                _ => return Some(&self.specs[i]),
+    fn unwrap(&mut self, i: usize) -> Option<&Resolved<'q>> {
+        let end = match self.specs[i] {
+            Resolved::Shared(t) => {
+                let root = self.find(*self.index.get(&t)?);
+                self.chain_end(root)?
+            }
+            _ => i,
+        };
+        Some(&self.specs[end])
+    }
+
+    /// Where the chain of shared roots from `root` ends: the first root with a spec of its own.
+    /// Remembered for every root on the way, until one of the roots it passes stops being one.
+    fn chain_end(&mut self, root: usize) -> Option<usize> {
+        let mut path: Vec<usize> = Vec::new();
+        let mut on_path: FxHashSet<usize> = FxHashSet::default();
+        let mut r = root;
+        let end = loop {
+            let Resolved::Shared(target) = self.specs[r] else { break Some(r) };
+            if let Some(known) = self.chain_end[r] {
+                break known;
+            }
+            if !on_path.insert(r) {
+                break None; // A cycle of shared specs.
+            }
+            path.push(r);
+            let Some(&t) = self.index.get(&target) else { break None };
+            let next = self.find(t);
+            self.chain_dependents[next].push(r);
+            r = next;
+        };
+        for r in path {
+            self.chain_end[r] = Some(end);
+        }
+        end
+    }
+}
+
+/// What implicit sharing compares a value's input edges with: the edges of its other readers
+/// (each consumer once, in use order), then the value's own output. PT2E compares each edge
+/// with all of them, which is quadratic in a value's readers; this gives the same unions
+/// touching only the members that can change anything.
+struct Readers {
+    /// Keys (of `Groups`) in comparison order.
+    members: Vec<usize>,
+    /// Positions in `members` of keys with a plain spec, by the fields they compare with, and
+    /// whether those keys are already one group.
+    by_fields: FxHashMap<SharingFields, (Vec<usize>, bool)>,
+    /// Positions in `members` of `shared(...)` keys: what they compare as depends on the
+    /// groups so far, so they are compared again for each edge, but for those already in
+    /// the edge's group (a union with them changes nothing).
+    shared: Vec<usize>,
+    /// The last edge compared, and the positions of the `shared(...)` keys that were not in
+    /// its group then. Groups only grow, so for an edge in the same group only these need a
+    /// look: one edge joins a value's readers, the others find nothing left to join.
+    last: Option<usize>,
+    outside_last: Vec<usize>,
+}
+
+impl Readers {
+    fn of(g: &Graph, groups: &Groups<'_>, value: ValueId) -> Readers {
+        let mut members = Vec::new();
+        let mut seen = FxHashSet::default();
+        let keys = g
+            .uses(value)
+            .iter()
+            .filter_map(|u| match u.user {
+                User::Op(user) => Some(EdgeOrValue::Edge { value, consumer: user }),
+                User::Output => None,
+            })
+            .chain(std::iter::once(EdgeOrValue::Value(value)));
+        for key in keys {
+            if let Some(&j) = groups.index.get(&key) {
+                if seen.insert(j) {
+                    members.push(j);
+                }
             }
         }
-        None
+        let mut by_fields: FxHashMap<SharingFields, (Vec<usize>, bool)> = FxHashMap::default();
+        let mut shared = Vec::new();
+        for (position, &j) in members.iter().enumerate() {
+            match &groups.specs[j] {
+                Resolved::Shared(_) => shared.push(position),
+                spec => {
+                    if let Some(fields) = sharing_fields(spec) {
+                        by_fields.entry(fields).or_default().0.push(position);
+                    }
+                }
+            }
+        }
+        Readers { members, by_fields, shared, last: None, outside_last: Vec::new() }
+    }
+
+    /// Unions edge `i` (whose spec compares as `fields`) with each other member that compares
+    /// the same, in member order. Members with a plain spec compare as they always will, so
+    /// only those with `fields` can match; once an edge with a plain spec has joined them all,
+    /// they stay one group and only the first of them can still change anything.
+    fn share_implicitly(&mut self, groups: &mut Groups<'_>, i: usize, fields: &SharingFields) {
+        let plain_edge = !matches!(groups.specs[i], Resolved::Shared(_));
+        let same: &[usize] = match self.by_fields.get(fields) {
+            None => &[],
+            Some((same, true)) if plain_edge => &same[..0],
+            Some((same, true)) => &same[..same.len().min(1)],
+            Some((same, false)) => same,
+        };
+        let in_last_group = self.last.is_some_and(|last| groups.find(last) == groups.find(i));
+        let shared: &[usize] = if in_last_group { &self.outside_last } else { &self.shared };
+        // Both lists are in member order: merge them.
+        let (mut a, mut b) = (same.iter().peekable(), shared.iter().peekable());
+        loop {
+            let position = match (a.peek(), b.peek()) {
+                (Some(&&x), Some(&&y)) if x < y => a.next(),
+                (Some(_), None) => a.next(),
+                (_, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            let Some(&position) = position else { break };
+            let j = self.members[position];
+            if j != i && groups.unwrap(j).and_then(sharing_fields).as_ref() == Some(fields) {
+                groups.union(j, i);
+            }
+        }
+        let root = groups.find(i);
+        let outside: Vec<usize> =
+            shared.iter().copied().filter(|&position| groups.find(self.members[position]) != root).collect();
+        self.outside_last = outside;
+        self.last = Some(i);
+        if plain_edge {
+            if let Some((_, joined)) = self.by_fields.get_mut(fields) {
+                *joined = true;
+            }
+        }
     }
 }
 
@@ -201,7 +349,14 @@ fn key_span(g: &Graph, key: EdgeOrValue) -> crate::diag::Span {
 fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
     let original: Vec<OpId> = g.op_ids();
     // 1. Specs by edge and value, in program order.
-    let mut groups = Groups { keys: Vec::new(), specs: Vec::new(), index: FxHashMap::default(), parent: Vec::new() };
+    let mut groups = Groups {
+        keys: Vec::new(),
+        specs: Vec::new(),
+        index: FxHashMap::default(),
+        parent: Vec::new(),
+        chain_end: Vec::new(),
+        chain_dependents: Vec::new(),
+    };
     for &op in &original {
         let Some(annotation) = g.annotation(op) else { continue };
         for (i, spec) in annotation.inputs.iter().enumerate() {
@@ -230,6 +385,7 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
     };
 
     // 2. Union-find, in dict order, as PT2E's `_get_edge_or_node_to_group_id`.
+    let mut fanouts: FxHashMap<ValueId, Readers> = FxHashMap::default();
     for i in 0..groups.keys.len() {
         let key = groups.keys[i];
         match key {
@@ -241,30 +397,12 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                     }
                 }
             }
-            EdgeOrValue::Edge { value, consumer } => {
+            EdgeOrValue::Edge { value, .. } => {
                 let fields = groups.unwrap(i).and_then(sharing_fields);
                 if let Some(fields) = fields {
                     // Implicit sharing: other users of the value first, then its producer.
-                    let others: Vec<EdgeOrValue> = g
-                        .uses(value)
-                        .iter()
-                        .filter_map(|u| match u.user {
-                            User::Op(user) if user != consumer => Some(EdgeOrValue::Edge { value, consumer: user }),
-                            _ => None,
-                        })
-                        .chain(std::iter::once(EdgeOrValue::Value(value)))
-                        .collect();
-                    let mut seen = FxHashSet::default();
-                    for other in others {
-                        let Some(&j) = groups.index.get(&other) else { continue };
-                        if !seen.insert(j) {
-                            continue;
-                        }
-                        let other_fields = groups.unwrap(j).and_then(sharing_fields);
-                        if other_fields.as_ref() == Some(&fields) {
-                            groups.union(j, i);
-                        }
-                    }
+                    let readers = fanouts.entry(value).or_insert_with(|| Readers::of(g, &groups, value));
+                    readers.share_implicitly(&mut groups, i, &fields);
                 }
                 if let Resolved::Shared(target) = groups.specs[i] {
                     match groups.index.get(&target) {
@@ -363,9 +501,14 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
     // 4. Insertion, over the original ops in order.
     let Some(observer_kind) = OpKind::from_name("observer") else { return Ok(false) };
     let mut inserted: FxHashMap<ValueId, u32> = FxHashMap::default(); // observer result → instance
+                                                                      // The observer of each value per instance (there is at most one), and the operands to
+                                                                      // point at observers, set together at the end: one at a time, both would search a use
+                                                                      // list per reader, quadratic in a value's readers.
+    let mut observer_of: FxHashMap<(ValueId, u32), ValueId> = FxHashMap::default();
+    let mut new_operands: Vec<(OpId, usize, ValueId)> = Vec::new();
     let mut counter = 0usize;
     // The last observer placed after each graph input, to keep input order at the top.
-    let mut input_anchors: FxHashMap<u32, OpId> = FxHashMap::default();
+    let mut input_anchors: BTreeMap<u32, OpId> = BTreeMap::new();
     let mut make_observer = |g: &mut Graph, input: ValueId, id: u32, loc| -> Result<ValueId, Diagnostics> {
         let def = observer_kind.def();
         let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
@@ -374,7 +517,20 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                 slots[i] = Some(value.clone());
             }
         }
-        let attrs = g.intern_attrs(def.complete_attrs(slots));
+        let attrs = def.complete_attrs(slots);
+        let span = g.producer(input).map_or(g.value(input).span, |p| g.op(p).span);
+        // A hand-written spec may not fit the value (a channel axis past its rank): say so
+        // here rather than leave the verifier an invalid observer.
+        if let Err(message) = def.infer(&[g.value_type(input)], &attrs, &[]) {
+            return Err(vec![Diag::error(format!(
+                "cannot observe `%{}` ({}) with its spec: {message}",
+                g.value_name(input),
+                g.value_type(input)
+            ))
+            .at(span, "observed here")
+            .help("check the spec's `ch_axis` (and dtype) against the annotated value")]);
+        }
+        let attrs = g.intern_attrs(attrs);
         let name = loop {
             let candidate = format!("activation_post_process_{counter}");
             counter += 1;
@@ -382,7 +538,6 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                 break candidate;
             }
         };
-        let span = g.producer(input).map_or(g.value(input).span, |p| g.op(p).span);
         let ty = g.value_type(input).clone();
         let op = g
             .create_op(observer_kind, &[input], attrs, vec![ResultSpec { name: &name, ty, span }], span)
@@ -407,48 +562,39 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
             if instance_of_key(&EdgeOrValue::Value(original_arg)) == Some(id) {
                 continue;
             }
-            let existing = g.uses(arg).iter().find_map(|u| match u.user {
-                User::Op(user) => g.op(user).result(0).filter(|r| inserted.get(r) == Some(&id)),
-                User::Output => None,
-            });
-            let observed = match existing {
-                Some(r) => r,
+            let observed = match observer_of.get(&(arg, id)) {
+                Some(&r) => r,
                 None => {
                     let r = make_observer(g, arg, id, loc)?;
                     inserted.insert(r, id);
+                    observer_of.insert((arg, id), r);
                     r
                 }
             };
-            g.set_operand(op, i, observed);
+            new_operands.push((op, i, observed));
         }
         let Some(result) = g.op(op).result(0) else { continue };
         let Some(id) = instance_of_key(&EdgeOrValue::Value(result)) else { continue };
         let observed = make_observer(g, result, id, loc)?;
         inserted.insert(observed, id);
-        let observer_op = g.producer(observed);
-        let uses: Vec<Use> =
-            g.uses(result).iter().copied().filter(|u| u.user != User::Op(observer_op.unwrap_or(op))).collect();
-        for u in uses {
-            match u.user {
-                User::Op(user) => g.set_operand(user, u.index as usize, observed),
-                User::Output => {
-                    let mut outputs = g.outputs().to_vec();
-                    outputs[u.index as usize] = observed;
-                    g.set_outputs(outputs);
-                }
-            }
+        observer_of.insert((result, id), observed);
+        // Every reader of the result reads the observer, but the observer itself.
+        g.replace_all_uses(result, observed);
+        if let Some(observer_op) = g.producer(observed) {
+            g.set_operand(observer_op, 0, result);
         }
     }
+    g.set_operands(&new_operands);
     Ok(true)
 }
 
 /// Links a new observer right after the definition of `input`. Observers of graph inputs go
 /// at the top in input order, as PT2E places them after each placeholder.
-fn link_after(g: &mut Graph, op: OpId, input: ValueId, anchors: &mut FxHashMap<u32, OpId>) {
+fn link_after(g: &mut Graph, op: OpId, input: ValueId, anchors: &mut BTreeMap<u32, OpId>) {
     match g.value(input).def {
         crate::ir::graph::ValueDef::Result(producer, _) => g.insert_after(producer, op),
         crate::ir::graph::ValueDef::Input(index) => {
-            let anchor = anchors.iter().filter(|(&i, _)| i <= index).max_by_key(|(&i, _)| i).map(|(_, &a)| a);
+            let anchor = anchors.range(..=index).next_back().map(|(_, &a)| a);
             match (anchor, g.ops().next()) {
                 (Some(a), _) => g.insert_after(a, op),
                 (None, Some(first)) => g.insert_before(first, op),

@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use logos::Logos;
 
+use crate::diag::shown;
+
 /// Why a piece of text is not a token.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub enum LexError {
@@ -12,13 +14,23 @@ pub enum LexError {
     IntOutOfRange,
     UnterminatedString,
     BadEscape,
+    /// An opening bracket deeper than [`MAX_NESTING`].
+    TooDeep,
 }
+
+/// How deep `[`, `{` and `(` may nest, counting the module's and the function's braces. Real
+/// QIR nests a handful deep (a rank-6 tensor literal in an op's attributes is 9); the limit
+/// bounds the recursion of lowering, printing and dropping nested values, which must fit the
+/// 2 MB stack of a spawned thread in a debug build with room to spare.
+pub const MAX_NESTING: usize = 256;
 
 /// A QIR token. Names keep their sigil-less text; literals are decoded.
 #[derive(Logos, Clone, Debug, PartialEq)]
 #[logos(error = LexError)]
-#[logos(skip r"[ \t\r\n\f]+")]
-#[logos(skip(r"//[^\n]*", allow_greedy = true))]
+// A carriage return only as part of CRLF: a lone one (old Mac line endings) is an error rather
+// than a line break the diagnostics' line numbers would not count.
+#[logos(skip r"([ \t\n\f]|\r\n)+")]
+#[logos(skip(r"//[^\r\n]*", allow_greedy = true))]
 pub enum Token<'s> {
     #[token("module")]
     Module,
@@ -153,10 +165,24 @@ pub struct SpannedLexError {
     pub end: usize,
 }
 
-/// Tokens of `source` as lalrpop expects them.
+/// Tokens of `source` as lalrpop expects them. An opening bracket nested deeper than
+/// [`MAX_NESTING`] is an error (the parser stops there, before the tree gets deep).
 pub fn tokens(source: &str) -> impl Iterator<Item = Result<(usize, Token<'_>, usize), SpannedLexError>> {
-    Token::lexer(source).spanned().map(|(result, range)| match result {
-        Ok(token) => Ok((range.start, token, range.end)),
+    let mut depth = 0usize;
+    Token::lexer(source).spanned().map(move |(result, range)| match result {
+        Ok(token) => {
+            match token {
+                Token::LBrace | Token::LBracket | Token::LParen => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err(SpannedLexError { error: LexError::TooDeep, start: range.start, end: range.end });
+                    }
+                }
+                Token::RBrace | Token::RBracket | Token::RParen => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            Ok((range.start, token, range.end))
+        }
         Err(error) => Err(SpannedLexError { error, start: range.start, end: range.end }),
     })
 }
@@ -165,12 +191,12 @@ impl Token<'_> {
     /// How a token is named in "expected ..." messages.
     pub fn describe(&self) -> String {
         match self {
-            Token::Value(v) => format!("value `%{v}`"),
-            Token::Symbol(s) => format!("symbol `@{s}`"),
-            Token::Ident(i) => format!("identifier `{i}`"),
+            Token::Value(v) => format!("value `%{}`", shown(v)),
+            Token::Symbol(s) => format!("symbol `@{}`", shown(s)),
+            Token::Ident(i) => format!("identifier `{}`", shown(i)),
             Token::Int(i) => format!("integer `{i}`"),
-            Token::Float(f) => format!("float `{f}`"),
-            Token::Str(s) => format!("string {s:?}"),
+            Token::Float(f) => format!("float `{}`", shown(f)),
+            Token::Str(s) => format!("string {:?}", shown(s)),
             other => format!("`{}`", other.spelling()),
         }
     }

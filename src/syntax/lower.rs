@@ -18,7 +18,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use smallvec::SmallVec;
 
 use super::ast::{self, Spanned};
-use crate::diag::{Diag, Diagnostics, Span};
+use crate::diag::{shown, Diag, Diagnostics, Span};
 use crate::ir::attr::{Attr, Dict};
 use crate::ir::graph::{Graph, Module, OpId, ResultSpec, ValueId, WeightsDecl};
 use crate::ir::quant::{Annotation, EdgeOrValue, NamedQSpec, QSpec, SpecRef};
@@ -367,7 +367,7 @@ impl<'s> Lowerer<'s> {
                 if let Some(&i) = self.qspec_index.get(name.node) {
                     let first: &NamedQSpec = &self.module.qspecs[i];
                     self.errors.push(
-                        Diag::error(format!("quantization spec `@{}` is defined twice", name.node))
+                        Diag::error(format!("quantization spec `@{}` is defined twice", shown(name.node)))
                             .at(name.span, "redefined here")
                             .with(first.span, "first defined here"),
                     );
@@ -403,7 +403,7 @@ impl<'s> Lowerer<'s> {
 
     fn ty(&mut self, ty: &ast::Type<'_>) -> Option<TensorType> {
         let Some(dtype) = DType::from_name(ty.dtype.node) else {
-            let mut d = Diag::error(format!("unknown element type `{}`", ty.dtype.node))
+            let mut d = Diag::error(format!("unknown element type `{}`", shown(ty.dtype.node)))
                 .at(ty.dtype.span, "not an element type");
             d = match dtype_alias(ty.dtype.node) {
                 Some(alias) => d.help(format!("did you mean `{alias}`?")),
@@ -441,7 +441,7 @@ impl<'s> Lowerer<'s> {
     ) -> Option<FuncState<'a, 's>> {
         if let Some(&first) = self.graph_names.get(head.name.node) {
             self.errors.push(
-                Diag::error(format!("function `@{}` is defined twice", head.name.node))
+                Diag::error(format!("function `@{}` is defined twice", shown(head.name.node)))
                     .at(head.name.span, "redefined here")
                     .with(first, "first defined here"),
             );
@@ -511,7 +511,7 @@ impl<'s> Lowerer<'s> {
 
     fn duplicate(&mut self, graph: &Graph, name: &ast::Name<'_>, existing: ValueId) {
         self.errors.push(
-            Diag::error(format!("value `%{}` is defined twice", name.node))
+            Diag::error(format!("value `%{}` is defined twice", shown(name.node)))
                 .at(name.span, "redefined here")
                 .with(graph.value(existing).span, "first defined here")
                 .help("every value has one definition (SSA); give this one a new name"),
@@ -526,7 +526,7 @@ impl<'s> Lowerer<'s> {
             // Its definition already has an error.
             return None;
         }
-        let mut d = Diag::error(format!("use of undefined value `%{}`", name.node))
+        let mut d = Diag::error(format!("use of undefined value `%{}`", shown(name.node)))
             .at(name.span, "not defined before this use");
         match scope.defined_at(name.node) {
             Some(later) => d = d.with(later, "defined later here").help("ops must come after the values they read"),
@@ -538,7 +538,7 @@ impl<'s> Lowerer<'s> {
 
     fn op(&mut self, graph: &mut Graph, stmt: &ast::OpStmt<'s>, scope: &FuncScope<'_, '_>) -> Option<OpId> {
         let Some(kind) = OpKind::from_name(stmt.op.node) else {
-            let mut d = Diag::error(format!("unknown op `{}`", stmt.op.node))
+            let mut d = Diag::error(format!("unknown op `{}`", shown(stmt.op.node)))
                 .at(stmt.op.span, "not in the op registry")
                 .suggest(stmt.op.node, OpKind::all().map(OpKind::name));
             if let Some((base, overload)) = stmt.op.node.split_once('.') {
@@ -549,7 +549,8 @@ impl<'s> Lowerer<'s> {
                         OpKind::all().map(OpKind::name).filter(|n| n.starts_with(&prefix)).map(|n| format!("`{n}`")),
                     );
                     d = d.note(format!(
-                        "`{base}` has no overload `.{overload}`; it is written {}",
+                        "`{base}` has no overload `.{}`; it is written {}",
+                        shown(overload),
                         spellings.join(" or ")
                     ));
                 }
@@ -707,7 +708,7 @@ impl<'s> Lowerer<'s> {
         let mut ok = true;
         for (key, value) in stmt.attrs.iter().flat_map(|a| &a.node) {
             let Some(index) = def.attr_index(key.node) else {
-                let mut d = Diag::error(format!("`{}` has no attribute `{}`", def.name, key.node))
+                let mut d = Diag::error(format!("`{}` has no attribute `{}`", def.name, shown(key.node)))
                     .at(key.span, "unknown attribute");
                 d = if def.attrs.is_empty() {
                     d.note(format!("`{}` takes no attributes", def.name))
@@ -724,7 +725,7 @@ impl<'s> Lowerer<'s> {
             };
             if let Some(first) = spans[index] {
                 self.errors.push(
-                    Diag::error(format!("attribute `{}` is given twice", key.node))
+                    Diag::error(format!("attribute `{}` is given twice", shown(key.node)))
                         .at(key.span, "again here")
                         .with(first, "first given here"),
                 );
@@ -784,17 +785,33 @@ impl<'s> Lowerer<'s> {
     fn value(&mut self, value: &Spanned<ast::Value<'_>>) -> Option<Attr> {
         Some(match &value.node {
             ast::Value::Int(v) => Attr::Int(*v),
+            ast::Value::Float(text) if overflows_f64(text) => {
+                self.errors.push(
+                    Diag::error("float literal out of range")
+                        .at(value.span, "too large for f64")
+                        .note(format!("the largest finite f64 is {:e}; write `inf` for infinity", f64::MAX)),
+                );
+                return None;
+            }
             ast::Value::Float(text) => Attr::Float(parse_float(text)),
+            ast::Value::NanBits(bits) if !f64::from_bits(*bits).is_nan() => {
+                self.errors.push(
+                    Diag::error("`nan(0x…)` does not hold a NaN")
+                        .at(value.span, format!("these bits are the f64 {}", f64::from_bits(*bits)))
+                        .note(NAN_BITS_NOTE),
+                );
+                return None;
+            }
             ast::Value::NanBits(bits) => Attr::Float(f64::from_bits(*bits)),
             ast::Value::Bool(v) => Attr::Bool(*v),
             ast::Value::Str(v) => Attr::Str(v.as_str().into()),
             ast::Value::Ident(word) => match DType::from_name(word) {
                 Some(d) => Attr::DType(d),
                 None => {
-                    let d = Diag::error(format!("unknown word `{word}`")).at(value.span, "not a dtype");
+                    let d = Diag::error(format!("unknown word `{}`", shown(word))).at(value.span, "not a dtype");
                     self.errors.push(match dtype_alias(word) {
                         Some(alias) => d.help(format!("did you mean the dtype `{alias}`?")),
-                        None => d.help(format!("strings are quoted: \"{word}\"")),
+                        None => d.help(format!("strings are quoted: \"{}\"", shown(word))),
                     });
                     return None;
                 }
@@ -811,7 +828,7 @@ impl<'s> Lowerer<'s> {
         for (key, value) in entries {
             if let Some(&first) = seen.get(key.node) {
                 self.errors.push(
-                    Diag::error(format!("key `{}` is given twice", key.node))
+                    Diag::error(format!("key `{}` is given twice", shown(key.node)))
                         .at(key.span, "again here")
                         .with(first, "first given here"),
                 );
@@ -870,12 +887,15 @@ impl<'s> Lowerer<'s> {
             return None;
         }
         let literals: Vec<Literal> = elems.iter().map(|(l, _)| *l).collect();
-        match Tensor::from_literals(ty.dtype, &shape, &literals) {
+        match Tensor::from_literals(ty.dtype, &shape, &literals).and_then(|t| check_float_elements(t, &literals)) {
             Ok(t) => Some(Attr::Tensor(Arc::new(t))),
             Err(e) => {
                 let (span, label) = match e {
                     LiteralError::OutOfRange { index, dtype } => {
                         (elems.get(index).map(|(_, s)| *s), format!("does not fit in {dtype}"))
+                    }
+                    LiteralError::Kind { index, dtype } if matches!(literals.get(index), Some(Literal::NanBits(_))) => {
+                        (elems.get(index).map(|(_, s)| *s), format!("these bits are not a NaN in {dtype}"))
                     }
                     LiteralError::Kind { index, dtype } => {
                         (elems.get(index).map(|(_, s)| *s), format!("not a valid {dtype} value"))
@@ -888,6 +908,17 @@ impl<'s> Lowerer<'s> {
                     d = d.note(e.to_string());
                     if let Some((lo, hi)) = ty.dtype.int_range() {
                         d = d.note(format!("{} holds integers in [{lo}, {hi}]", ty.dtype));
+                    }
+                    match (&e, largest_finite(ty.dtype)) {
+                        (LiteralError::OutOfRange { .. }, Some(max)) => {
+                            d = d.note(format!("the largest finite {} is {max}; write `inf` for infinity", ty.dtype));
+                        }
+                        (LiteralError::Kind { index, .. }, _)
+                            if matches!(literals.get(*index), Some(Literal::NanBits(_))) =>
+                        {
+                            d = d.note(NAN_BITS_NOTE);
+                        }
+                        _ => {}
                     }
                 }
                 self.errors.push(d);
@@ -955,7 +986,7 @@ impl<'s> Lowerer<'s> {
             ast::SpecExpr::Named(name) => match self.qspec_index.get(name.node) {
                 Some(&i) => SpecRef::Named(i),
                 None => {
-                    let d = Diag::error(format!("unknown quantization spec `@{}`", name.node))
+                    let d = Diag::error(format!("unknown quantization spec `@{}`", shown(name.node)))
                         .at(name.span, "not defined in this module");
                     let d = match crate::diag::closest(name.node, self.qspec_index.keys().copied()) {
                         Some(best) => d.help(format!("did you mean `@{best}`?")),
@@ -994,7 +1025,8 @@ impl<'s> Lowerer<'s> {
             None if this.poisoned.contains(name.node) => None,
             None => {
                 this.errors.push(undefined_help(
-                    Diag::error(format!("undefined value `%{}` in annotation", name.node)).at(name.span, "not defined"),
+                    Diag::error(format!("undefined value `%{}` in annotation", shown(name.node)))
+                        .at(name.span, "not defined"),
                     name.node,
                     graph,
                 ));
@@ -1019,7 +1051,7 @@ impl<'s> Lowerer<'s> {
                 graph.op(consumer).operands.iter().map(|&v| format!("`%{}`", graph.value_name(v))).collect();
             let reads = if reads.is_empty() { "no values".to_string() } else { reads.join(", ") };
             self.errors.push(
-                Diag::error(format!("`%{}` does not read `%{}`", consumer_name.node, e.value.node))
+                Diag::error(format!("`%{}` does not read `%{}`", shown(consumer_name.node), shown(e.value.node)))
                     .at(e.value.span.to(consumer_name.span), "no such edge")
                     .with(graph.value(consumer_value).span, format!("defined by an op that reads {reads}"))
                     .help("an edge `%v -> %r` is the value `%v` as read by the op that defines `%r`, directly or through observer and quantize/dequantize ops"),
@@ -1133,7 +1165,8 @@ fn undefined_help(d: Diag, name: &str, graph: &Graph) -> Diag {
     if let Some(best) = crate::diag::closest(name, graph.value_names()) {
         return d.help(format!("did you mean `%{best}`?"));
     }
-    let names: Vec<String> = graph.value_names().map(|n| format!("`%{n}`")).collect();
+    // Nine at most: enough to tell "few" from "many" without a pass over a big graph per error.
+    let names: Vec<String> = graph.value_names().take(9).map(|n| format!("`%{}`", shown(n))).collect();
     match names.len() {
         0 => d,
         1..=8 => d.note(format!("defined so far: {}", names.join(", "))),
@@ -1210,6 +1243,9 @@ fn check_literal(
             return items.iter().try_for_each(|item| check_literal(item, shape, depth + 1, out));
         }
         ast::Value::Int(v) => Literal::Int(*v),
+        ast::Value::Float(text) if overflows_f64(text) => {
+            return Err((value.span, "this number is too large for any float type".into()));
+        }
         ast::Value::Float(text) => {
             Literal::Float { value: parse_float(text), as_f32: text.parse().unwrap_or(f32::NAN) }
         }
@@ -1227,4 +1263,45 @@ fn check_literal(
 /// Float token text (validated by the lexer) → f64.
 fn parse_float(text: &str) -> f64 {
     text.parse().unwrap_or(f64::NAN)
+}
+
+/// A number written out (not `inf`) whose value is beyond f64's range.
+fn overflows_f64(text: &str) -> bool {
+    !matches!(text, "inf" | "-inf") && parse_float(text).is_infinite()
+}
+
+const NAN_BITS_NOTE: &str =
+    "`nan(0x…)` gives the bits of a NaN of the element type: all exponent bits set and a nonzero mantissa";
+
+/// The largest finite value of a float type, as messages write it.
+fn largest_finite(dtype: DType) -> Option<String> {
+    Some(match dtype {
+        DType::F16 => half::f16::MAX.to_string(),
+        DType::BF16 => format!("{:e}", half::bf16::MAX.to_f32()),
+        DType::F32 => format!("{:e}", f32::MAX),
+        DType::F64 => format!("{:e}", f64::MAX),
+        _ => return None,
+    })
+}
+
+/// Checks what `Tensor::from_literals` converts without complaint: a number written out must
+/// stay finite in the element type (as `300` must fit in i8; `inf` stays allowed), and
+/// `nan(0x…)` must be a NaN of it (else `nan(0x3f800000)` would be an f32 1.0).
+fn check_float_elements(t: Tensor, literals: &[Literal]) -> Result<Tensor, LiteralError> {
+    let dtype = t.dtype();
+    if !dtype.is_float() {
+        return Ok(t);
+    }
+    let values = t.to_f64_array();
+    for (index, (literal, value)) in literals.iter().zip(values.iter()).enumerate() {
+        match literal {
+            Literal::Float { value: written, .. } if written.is_finite() && value.is_infinite() => {
+                return Err(LiteralError::OutOfRange { index, dtype })
+            }
+            Literal::Int(_) if value.is_infinite() => return Err(LiteralError::OutOfRange { index, dtype }),
+            Literal::NanBits(_) if !value.is_nan() => return Err(LiteralError::Kind { index, dtype }),
+            _ => {}
+        }
+    }
+    Ok(t)
 }

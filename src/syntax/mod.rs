@@ -164,9 +164,16 @@ fn lex_error(source: &str, e: SpannedLexError) -> Diag {
     let span = Span::new(e.start, e.end);
     let text = source.get(e.start..e.end).unwrap_or_default();
     match e.error {
-        LexError::UnexpectedChar if text == "\u{feff}" => Diag::error("unexpected byte order mark")
+        LexError::UnexpectedChar if text == "\u{feff}" && e.start == 0 => Diag::error("unexpected byte order mark")
             .at(span, "U+FEFF at the start of the file")
             .help("save the file as UTF-8 without a byte order mark"),
+        LexError::UnexpectedChar if text == "\u{feff}" => Diag::error("unexpected byte order mark")
+            .at(span, "U+FEFF (invisible) in the middle of the text")
+            .help("remove it; it often comes from joining files that were saved with a byte order mark"),
+        // Labelled as an empty span: the snippet shows the carriage return as a line break.
+        LexError::UnexpectedChar if text == "\r" => Diag::error("carriage return without a line feed")
+            .at(Span::new(e.start, e.start), "this line ends with a lone carriage return")
+            .help("save the file with LF (Unix) or CRLF (Windows) line endings"),
         LexError::UnexpectedChar => {
             let shown = if text.chars().any(char::is_control) { text.escape_debug().to_string() } else { text.into() };
             let d = Diag::error(format!("unexpected character `{shown}`")).at(span, "not part of any QIR token");
@@ -184,6 +191,12 @@ fn lex_error(source: &str, e: SpannedLexError) -> Diag {
         LexError::IntOutOfRange => Diag::error("integer literal out of range")
             .at(span, "does not fit in 64 bits")
             .note(format!("integers are signed 64-bit: {} to {}", i64::MIN, i64::MAX)),
+        LexError::TooDeep => Diag::error("too deeply nested")
+            .at(span, format!("more than {} brackets deep here", lexer::MAX_NESTING))
+            .note(format!(
+                "`[`, `{{` and `(` nest at most {} deep, counting the module's and the function's braces",
+                lexer::MAX_NESTING
+            )),
         LexError::UnterminatedString => Diag::error("unterminated string")
             .at(span, "this string has no closing quote")
             .help("strings end on the same line with `\"`"),
@@ -276,7 +289,9 @@ fn hint_for(d: Diag, token: &Token<'_>, expected: &[String]) -> Diag {
         Token::Ident(name) if expects("%value") && expects("return") && OpKind::from_name(name).is_some() => {
             d.help(format!("an op statement names its results first: `%y = {name}(...) : f32[4]`"))
         }
-        Token::Ident(name) if expects("%value") => d.help(format!("values are written with a `%` sigil: `%{name}`")),
+        Token::Ident(name) if expects("%value") => {
+            d.help(format!("values are written with a `%` sigil: `%{}`", crate::diag::shown(name)))
+        }
         Token::Int(_) | Token::Float(_) if expects("%value") => {
             d.help("constants are ops: `%c = const {value = 2.0} : f32[]`")
         }
