@@ -267,6 +267,25 @@ fn fifos_are_refused_as_weights_and_data() {
     std::fs::create_dir(&data).unwrap();
     mkfifo(&data.join("a.npz"));
     fails(&qc(&[s(&m), "--calib", s(&data)]), 1, &["a.npz is not a regular file"]);
+    // A quantizer file is read whole, so it must be a regular file too.
+    let recipe = dir.join("recipe.toml");
+    mkfifo(&recipe);
+    fails(&qc(&[s(&m), "--quantizer", s(&recipe)]), 1, &["recipe.toml is not a regular file"]);
+}
+
+#[test]
+fn a_compressed_array_must_fit_the_memory_budget() {
+    // A deflated entry whose headers agree is held whole once decompressed: 64 KiB of f32 zeros
+    // (a few hundred bytes on disk) is over a 16 KiB budget before anything is decompressed.
+    let dir = scratch("budget");
+    let m = module(&dir, "?");
+    let data = dir.join("d.npz");
+    npz(&data, &[("x", npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4096, 4), }", &[0; 65536]))], true);
+    fails(
+        &qc(&[s(&m), "--calib", s(&data), "--max-memory", "16K"]),
+        1,
+        &["the f32 array of shape [4096, 4] needs 65536 bytes (64.0 KiB), more than the memory budget"],
+    );
 }
 
 #[test]

@@ -169,6 +169,9 @@ pub fn check_entry_size(header: &NpyHeader, declared: u64) -> Result<(), String>
 pub fn read_npy_entry(entry: &mut impl Read, declared: u64) -> Result<(NpyHeader, Vec<u8>), String> {
     let header = read_npy_header(entry, declared)?;
     check_entry_size(&header, declared)?;
+    // A compressed array is held whole: it must fit the memory budget like any other tensor.
+    super::memory::check(Some(header.data_bytes), || format!("the {} array of shape {:?}", header.dtype, header.shape))
+        .map_err(|m| format!("{m} (raise it with `--max-memory`)"))?;
     // Growing as data arrives (from at most a modest first reservation) rather than reserving
     // what the archive claims: memory follows the bytes really decompressed. One byte past the
     // end detects an entry longer than declared; reaching the end also checks its CRC.

@@ -32,6 +32,15 @@ pub fn dump_header(out: &mut String, when: &str, pass: &str) {
 /// Per-pass wall time of one run.
 pub type Timings = Vec<(&'static str, Duration)>;
 
+/// How the pass manager reports a pass that broke the IR: a bug in qc, never the input's fault.
+const INVALID_IR: &str = "produced invalid IR";
+
+/// Whether `d` is the pass manager's report of a pass that broke the IR (a quoted string in
+/// another message may hold the same words, so the whole message shape is matched).
+pub fn is_invalid_ir(d: &Diag) -> bool {
+    d.message.starts_with("pass `") && d.message.ends_with(INVALID_IR)
+}
+
 /// Runs `passes` in order. IR dumps are appended to `dumps`; the first pass that fails (or
 /// leaves invalid IR, with `verify_each`) stops the pipeline with its diagnostics.
 pub fn run_pipeline(
@@ -55,7 +64,7 @@ pub fn run_pipeline(
         if inst.verify_each {
             let errors = verify(module);
             if !errors.is_empty() {
-                let mut out: Diagnostics = vec![Diag::error(format!("pass `{}` produced invalid IR", pass.name))
+                let mut out: Diagnostics = vec![Diag::error(format!("pass `{}` {INVALID_IR}", pass.name))
                     .note("this is a bug in qc; please report it with the input file")];
                 out.extend(errors);
                 return Err(out);

@@ -38,6 +38,7 @@
 //! first rule to claim an op wins. The patterns are XNNPACK's (see [`super::quantizer`]), so
 //! `examples/quantizers/xnnpack.toml` reproduces `--quantizer xnnpack` exactly.
 
+use std::io::Read;
 use std::path::Path;
 
 use toml::{Table, Value};
@@ -49,7 +50,10 @@ use crate::ir::DType;
 
 /// Reads a quantizer file. Errors name the file and the offending entry.
 pub fn load(path: &Path) -> Result<Quantizer, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut text = String::new();
+    crate::interp::io::open_regular_file(path)?
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
