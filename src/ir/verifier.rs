@@ -97,12 +97,48 @@ impl Locator<'_> {
     }
 }
 
+/// Numbers the ops in program order (from 1) and checks the order list's invariant: it links
+/// every live op exactly once and no erased one. A pass that created an op without linking it, or
+/// linked one twice (which would make the walk loop), is caught here; `false` stops the graph's
+/// verification, since nothing else can be checked against a broken order.
+fn link_positions(g: &Graph, position: &mut SideTable<OpId, u32>, errors: &mut Diagnostics) -> bool {
+    let mut linked = 0usize;
+    for op in g.ops() {
+        let data = g.op(op);
+        if *position.get(op) != 0 {
+            errors.push(
+                Diag::error(format!("internal: `{}` is linked twice in the program order", OpLabel(g, data)))
+                    .at(data.span, "this op"),
+            );
+            return false;
+        }
+        if !data.alive {
+            errors.push(
+                Diag::error(format!("internal: the erased op `{}` is still in the program order", OpLabel(g, data)))
+                    .at(data.span, "this op"),
+            );
+            return false;
+        }
+        linked += 1;
+        position.set(op, linked as u32);
+    }
+    if linked != g.num_ops() {
+        errors.push(Diag::error(format!(
+            "internal: {} live op(s) of `@{}` are not in the program order",
+            g.num_ops() - linked.min(g.num_ops()),
+            g.name
+        )));
+        return false;
+    }
+    true
+}
+
 fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Diagnostics) {
     // Position of each defining op in program order; inputs come before everything.
     // A dense table (0: not a live op), since every op is looked up.
     let mut position: SideTable<OpId, u32> = SideTable::with_capacity(g.num_op_ids());
-    for (i, op) in (1..).zip(g.ops()) {
-        position.set(op, i);
+    if !link_positions(g, &mut position, errors) {
+        return;
     }
     // Searching each operand's use list would be quadratic for a value read by many ops (a
     // shared weight); this checks every use list in one pass.
