@@ -3,15 +3,4 @@
 //! module that compiles must stay valid through the passes.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use qc::passes::manager::Instrumentation;
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let passes = qc::passes::registry::expand(&["cleanup".to_string()]).unwrap_or_default();
-    let inst = Instrumentation { verify_each: true, ..Default::default() };
-    if let Err(diags) = qc::driver::compile(text, None, &passes, &inst, &mut String::new()) {
-        assert!(!diags.is_empty());
-        assert!(!diags.iter().any(qc::passes::manager::is_invalid_ir));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| qc_fuzz::compile_through(data, "cleanup"));
