@@ -71,7 +71,7 @@ fn qir_dtype(d: Dtype) -> Result<DType, String> {
 impl WeightFile {
     /// Maps `path` and reads its header. Errors are one-line messages for a diagnostic.
     pub fn open(path: &Path) -> Result<WeightFile, String> {
-        let file = crate::interp::io::open_regular_file(path)?;
+        let file = crate::regular_file::open(path)?;
         let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
         // SAFETY: the map is read-only and qc never writes the file it maps; another process
         // truncating it while we run is outside what any mmap-based reader can defend against.

@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 
 use rustc_hash::FxHashMap;
 
-use super::io::{check_entry_size, check_regular_file, open_regular_file, read_npy_entry, read_npy_header, NpyHeader};
+use super::io::{check_entry_size, read_npy_entry, read_npy_header, NpyHeader};
 use crate::ir::{DType, Dim, TensorType};
+use crate::regular_file;
 use crate::tensor::Tensor;
 use crate::weights::decode;
 
@@ -58,10 +59,10 @@ impl Dataset {
             if files.is_empty() {
                 return Err(format!("{} holds no .npz or .npy files", path.display()));
             }
-            files.iter().try_for_each(|f| check_regular_file(f))?;
+            files.iter().try_for_each(|f| regular_file::check(f))?;
             files
         } else {
-            check_regular_file(path)?;
+            regular_file::check(path)?;
             vec![path.to_path_buf()]
         };
         Ok(Dataset { inputs, labels: labels.map(str::to_string), files, current: None, next_file: 0 })
@@ -156,12 +157,12 @@ impl FileBatches {
             let [(name, _)] = inputs else {
                 return Err(format!("a .npy file feeds one input, but the graph has {}: use an .npz", inputs.len()));
             };
-            let mut file = open_regular_file(path)?;
+            let mut file = regular_file::open(path)?;
             let len = file_len(&file)?;
             let header = header_at(name, &mut file, 0, len)?;
             arrays.push(ArrayReader::new(name, &header, RowSource::File { file, offset: header.data_start })?);
         } else {
-            let file = open_regular_file(path)?;
+            let file = regular_file::open(path)?;
             let len = file_len(&file)?;
             let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("not a valid .npz archive: {e}"))?;
             let names: Vec<String> = zip.file_names().map(|n| n.trim_end_matches(".npy").to_string()).collect();
@@ -186,7 +187,7 @@ impl FileBatches {
                             "`{name}`: the archive says its data ends past the end of the file (truncated)"
                         ));
                     }
-                    let mut file = open_regular_file(path)?;
+                    let mut file = regular_file::open(path)?;
                     let header = header_at(name, &mut file, offset, declared)?;
                     check_entry_size(&header, declared).map_err(|e| format!("`{name}`: {e}"))?;
                     ArrayReader::new(name, &header, RowSource::File { file, offset: offset + header.data_start })?

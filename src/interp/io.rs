@@ -7,6 +7,7 @@ use std::path::Path;
 use half::bf16;
 
 use crate::ir::DType;
+use crate::regular_file;
 use crate::tensor::Tensor;
 use crate::weights::{decode, WeightFile};
 
@@ -269,25 +270,6 @@ pub fn write_npz(writer: impl Write + Seek, tensors: &[(String, &Tensor)]) -> Re
     Ok(())
 }
 
-/// Opens a data file qc reads whole or maps: only a regular file (or a symlink to one), checked
-/// before opening, since opening a FIFO blocks until a writer comes and a device such as
-/// `/dev/zero` never ends.
-pub fn open_regular_file(path: &Path) -> Result<std::fs::File, String> {
-    check_regular_file(path)?;
-    std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))
-}
-
-/// The check of [`open_regular_file`], without opening.
-pub fn check_regular_file(path: &Path) -> Result<(), String> {
-    let display = path.display();
-    let metadata = std::fs::metadata(path).map_err(|e| format!("cannot open {display}: {e}"))?;
-    if !metadata.is_file() {
-        let kind = if metadata.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
-        return Err(format!("{display} is {kind}; qc reads data from regular files"));
-    }
-    Ok(())
-}
-
 /// Reads named tensors from a `.npy` (one tensor, named after the file), `.npz` or
 /// `.safetensors` file.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
@@ -296,11 +278,11 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
     match ext {
         "npy" => {
             let mut bytes = Vec::new();
-            open_regular_file(path)?.read_to_end(&mut bytes).map_err(|e| format!("cannot read {display}: {e}"))?;
+            regular_file::open(path)?.read_to_end(&mut bytes).map_err(|e| format!("cannot read {display}: {e}"))?;
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("array").to_string();
             Ok(vec![(stem, read_npy(&bytes).map_err(|e| format!("{display}: {e}"))?)])
         }
-        "npz" => read_npz(std::io::BufReader::new(open_regular_file(path)?)).map_err(|e| format!("{display}: {e}")),
+        "npz" => read_npz(std::io::BufReader::new(regular_file::open(path)?)).map_err(|e| format!("{display}: {e}")),
         "safetensors" => {
             let file = WeightFile::open(path)?;
             file.keys().into_iter().map(|k| Ok((k.to_string(), file.tensor(k)?))).collect()

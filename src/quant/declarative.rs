@@ -51,7 +51,7 @@ use crate::ir::DType;
 /// Reads a quantizer file. Errors name the file and the offending entry.
 pub fn load(path: &Path) -> Result<Quantizer, String> {
     let mut text = String::new();
-    crate::interp::io::open_regular_file(path)?
+    crate::regular_file::open(path)?
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse(&text).map_err(|e| format!("{}: {e}", path.display()))
