@@ -219,6 +219,65 @@ impl OpData {
     pub fn def(&self) -> &'static OpDef {
         self.kind.def()
     }
+
+    pub fn kind(&self) -> OpKind {
+        self.kind
+    }
+
+    pub fn operands(&self) -> &[ValueId] {
+        &self.operands
+    }
+
+    /// The `index`-th operand, if the op has it (optional operands may be absent).
+    pub fn operand(&self, index: usize) -> Option<ValueId> {
+        self.operands.get(index).copied()
+    }
+
+    /// The interned attribute set (see [`Graph::attrs_of`]).
+    pub fn attrs_id(&self) -> AttrsId {
+        self.attrs
+    }
+
+    /// The interned location (see [`Graph::loc`] for its text).
+    pub fn loc_sym(&self) -> Option<Sym> {
+        self.loc
+    }
+
+    /// Metadata and annotation, when the op has either.
+    pub fn extra(&self) -> Option<&OpExtra> {
+        self.extra.as_deref()
+    }
+
+    pub fn span(&self) -> Span {
+        self.span
+    }
+
+    /// Whether the op is still in the graph (erased ops keep their ids but are dead).
+    pub fn is_alive(&self) -> bool {
+        self.alive
+    }
+}
+
+impl ValueData {
+    pub fn name_sym(&self) -> Sym {
+        self.name
+    }
+
+    pub fn type_id(&self) -> TypeId {
+        self.ty
+    }
+
+    pub fn def(&self) -> ValueDef {
+        self.def
+    }
+
+    pub fn uses(&self) -> &[Use] {
+        &self.uses
+    }
+
+    pub fn span(&self) -> Span {
+        self.span
+    }
 }
 
 /// What a new op's results are called and typed as.
@@ -440,6 +499,19 @@ impl Graph {
         self.ops[op].extra.get_or_insert_with(Default::default)
     }
 
+    pub(super) fn set_extra(&mut self, op: OpId, extra: Option<OpExtra>) {
+        self.ops[op].extra = extra.map(Box::new);
+    }
+
+    pub(super) fn op_data_mut(&mut self, op: OpId) -> &mut OpData {
+        &mut self.ops[op]
+    }
+
+    /// The first live op in program order.
+    pub fn first_op(&self) -> Option<OpId> {
+        self.first
+    }
+
     pub fn num_ops(&self) -> usize {
         self.live_ops
     }
@@ -567,7 +639,7 @@ impl Graph {
         }
     }
 
-    fn unlink(&mut self, op: OpId) {
+    pub(super) fn unlink(&mut self, op: OpId) {
         let (prev, next) = (self.ops[op].prev, self.ops[op].next);
         match prev {
             Some(p) => self.ops[p].next = next,
@@ -605,6 +677,13 @@ impl Graph {
         }
         self.ops[op].alive = false;
         self.live_ops -= 1;
+    }
+
+    /// Appends operand `v` to `op`, recording its use.
+    pub(super) fn push_operand(&mut self, op: OpId, v: ValueId) {
+        let index = self.ops[op].operands.len() as u32;
+        self.values[v].uses.push(Use { user: User::Op(op), index });
+        self.ops[op].operands.push(v);
     }
 
     /// Sets operand `index` of `op` to `v`, keeping use lists exact.

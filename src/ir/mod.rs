@@ -4,8 +4,10 @@
 pub mod attr;
 pub mod entity;
 pub mod graph;
+pub mod matching;
 pub mod printer;
 pub mod quant;
+pub mod rewriter;
 pub mod types;
 pub mod verifier;
 

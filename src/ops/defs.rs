@@ -1,8 +1,7 @@
 //! The table of ops. Semantics follow PyTorch ATen; `spec/ops.md` documents each entry.
 
 use super::infer as rule;
-use super::{Arity, AttrDef, AttrKind, DefaultValue as D, OpDef, OperandDef, Presence};
-use crate::interp::kernels as k;
+use super::{Arity, AttrDef, AttrKind, DefaultValue as D, OpDef, OpKind, OperandDef, Presence, Traits as T};
 use crate::ir::types::DType;
 
 const fn one(name: &'static str) -> OperandDef {
@@ -63,13 +62,13 @@ const DQ_CHANNEL: &[AttrDef] = &[
     QUANT_RANGE[2],
     dflt("out_dtype", AttrKind::DType, D::DType(DType::F32)),
 ];
-const CONV1D: &[AttrDef] = &[
+const CONV1D_ATTRS: &[AttrDef] = &[
     dflt("stride", Ints, D::Ints(&[1])),
     dflt("padding", Ints, D::Ints(&[0])),
     dflt("dilation", Ints, D::Ints(&[1])),
     dflt("groups", Int, D::Int(1)),
 ];
-const CONV2D: &[AttrDef] = &[
+const CONV2D_ATTRS: &[AttrDef] = &[
     dflt("stride", Ints, D::Ints(&[1, 1])),
     dflt("padding", Ints, D::Ints(&[0, 0])),
     dflt("dilation", Ints, D::Ints(&[1, 1])),
@@ -83,396 +82,467 @@ const CONV_T2D: &[AttrDef] = &[
     dflt("dilation", Ints, D::Ints(&[1, 1])),
 ];
 
-macro_rules! op {
-    ($name:literal, $summary:literal, $operands:expr, $attrs:expr, $infer:expr, $kernel:expr) => {
-        op!($name, $summary, $operands, $attrs, $infer, $kernel, results = 1, pure = true)
-    };
-    ($name:literal, $summary:literal, $operands:expr, $attrs:expr, $infer:expr, $kernel:expr, results = $n:literal, pure = $pure:literal) => {
-        OpDef {
-            name: $name,
-            summary: $summary,
-            operands: $operands,
-            num_results: $n,
-            attrs: $attrs,
-            infer: $infer,
-            kernel: $kernel,
-            pure: $pure,
+/// Declares the table: each entry `(NAME, def)` becomes `OPS[i]` and the typed kind `ops::NAME`
+/// (an [`OpKind`] whose index is the entry's position, so the two cannot disagree).
+macro_rules! registry {
+    ($(($kind:ident, $def:expr)),* $(,)?) => {
+        /// The position of each entry, which is its kind's index.
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[repr(u16)]
+        enum Index {
+            $($kind),*
         }
+        $(
+            #[doc = concat!("The `", stringify!($kind), "` op (see [`OPS`]).")]
+            pub const $kind: OpKind = OpKind(Index::$kind as u16);
+        )*
+        /// Every op QIR knows, in the order `spec/ops.md` lists them.
+        pub static OPS: &[OpDef] = &[$($def),*];
     };
 }
 
-/// Every op QIR knows, in the order `spec/ops.md` lists them.
-pub static OPS: &[OpDef] = &[
+registry![
     // Constants.
-    op!("const", "A dense constant written inline.", &[], &[req("value", Tensor)], rule::constant, k::shape::constant),
-    op!(
-        "weight",
-        "A tensor read from the module's safetensors file under `key`.",
-        &[],
-        &[req("key", Str(&[]))],
-        rule::declared,
-        k::shape::weight
+    (
+        CONST,
+        OpDef::new("const", "A dense constant written inline.", &[], &[req("value", Tensor)], rule::constant)
+            .traits(T::CONSTANT)
+    ),
+    (
+        WEIGHT,
+        OpDef::new(
+            "weight",
+            "A tensor read from the module's safetensors file under `key`.",
+            &[],
+            &[req("key", Str(&[]))],
+            rule::declared
+        )
+        .traits(T::CONSTANT)
     ),
     // Convolution and linear algebra.
-    op!("conv1d", "1-D convolution over [N,C,L] (or unbatched [C,L]) input.", XWB, CONV1D, rule::conv1d, k::conv::conv),
-    op!(
-        "conv2d",
-        "2-D convolution over [N,C,H,W] (or unbatched [C,H,W]) input.",
-        XWB,
+    (
+        CONV1D,
+        OpDef::new(
+            "conv1d",
+            "1-D convolution over [N,C,L] (or unbatched [C,L]) input.",
+            XWB,
+            CONV1D_ATTRS,
+            rule::conv1d
+        )
+    ),
+    (
         CONV2D,
-        rule::conv2d,
-        k::conv::conv
+        OpDef::new(
+            "conv2d",
+            "2-D convolution over [N,C,H,W] (or unbatched [C,H,W]) input.",
+            XWB,
+            CONV2D_ATTRS,
+            rule::conv2d
+        )
     ),
-    op!(
-        "conv_transpose2d",
-        "2-D transposed convolution; weight is [C_in, C_out/groups, kH, kW].",
-        XWB,
-        CONV_T2D,
-        rule::conv_transpose,
-        k::conv::conv_transpose
+    (
+        CONV_TRANSPOSE2D,
+        OpDef::new(
+            "conv_transpose2d",
+            "2-D transposed convolution; weight is [C_in, C_out/groups, kH, kW].",
+            XWB,
+            CONV_T2D,
+            rule::conv_transpose
+        )
     ),
-    op!("linear", "y = x·Wᵀ + b over the last dimension.", XWB, NONE, rule::linear, k::linalg::linear),
-    op!("matmul", "Matrix product with torch.matmul broadcasting.", XY, NONE, rule::matmul, k::linalg::matmul),
-    op!("bmm", "Batched matrix product of two rank-3 tensors.", XY, NONE, rule::bmm, k::linalg::bmm),
-    op!(
-        "addmm",
-        "beta·input + alpha·(mat1 @ mat2).",
-        &[one("input"), one("mat1"), one("mat2")],
-        &[dflt("beta", Float, D::Float(1.0)), dflt("alpha", Float, D::Float(1.0))],
-        rule::addmm,
-        k::linalg::addmm
+    (LINEAR, OpDef::new("linear", "y = x·Wᵀ + b over the last dimension.", XWB, NONE, rule::linear)),
+    (MATMUL, OpDef::new("matmul", "Matrix product with torch.matmul broadcasting.", XY, NONE, rule::matmul)),
+    (BMM, OpDef::new("bmm", "Batched matrix product of two rank-3 tensors.", XY, NONE, rule::bmm)),
+    (
+        ADDMM,
+        OpDef::new(
+            "addmm",
+            "beta·input + alpha·(mat1 @ mat2).",
+            &[one("input"), one("mat1"), one("mat2")],
+            &[dflt("beta", Float, D::Float(1.0)), dflt("alpha", Float, D::Float(1.0))],
+            rule::addmm
+        )
     ),
     // Normalisation.
-    op!(
-        "batch_norm",
-        "Batch normalisation: by the running statistics, or by the batch's with `training`.",
-        &[one("input"), one("weight"), one("bias"), one("running_mean"), one("running_var")],
-        &[
-            dflt("eps", Float, D::Float(1e-5)),
-            dflt("momentum", Float, D::Float(0.1)),
-            dflt("training", Bool, D::Bool(false)),
-        ],
-        rule::batch_norm,
-        k::norm::batch_norm
+    (
+        BATCH_NORM,
+        OpDef::new(
+            "batch_norm",
+            "Batch normalisation: by the running statistics, or by the batch's with `training`.",
+            &[one("input"), one("weight"), one("bias"), one("running_mean"), one("running_var")],
+            &[
+                dflt("eps", Float, D::Float(1e-5)),
+                dflt("momentum", Float, D::Float(0.1)),
+                dflt("training", Bool, D::Bool(false)),
+            ],
+            rule::batch_norm
+        )
+        .traits(T::STATEFUL)
     ),
-    op!(
-        "layer_norm",
-        "Layer normalisation over the trailing `normalized_shape` dims.",
-        NORM,
-        &[req("normalized_shape", Ints), dflt("eps", Float, D::Float(1e-5))],
-        rule::layer_norm,
-        k::norm::layer_norm
+    (
+        LAYER_NORM,
+        OpDef::new(
+            "layer_norm",
+            "Layer normalisation over the trailing `normalized_shape` dims.",
+            NORM,
+            &[req("normalized_shape", Ints), dflt("eps", Float, D::Float(1e-5))],
+            rule::layer_norm
+        )
     ),
-    op!(
-        "group_norm",
-        "Group normalisation over channel groups.",
-        NORM,
-        &[req("num_groups", Int), dflt("eps", Float, D::Float(1e-5))],
-        rule::group_norm,
-        k::norm::group_norm
+    (
+        GROUP_NORM,
+        OpDef::new(
+            "group_norm",
+            "Group normalisation over channel groups.",
+            NORM,
+            &[req("num_groups", Int), dflt("eps", Float, D::Float(1e-5))],
+            rule::group_norm
+        )
     ),
     // Activations.
-    op!("relu", "max(x, 0).", X, NONE, rule::unary_float, k::elementwise::relu),
-    op!("relu6", "min(max(x, 0), 6).", X, NONE, rule::unary_float, k::elementwise::relu6),
-    op!(
-        "hardtanh",
-        "clamp(x, min_val, max_val).",
-        X,
-        &[dflt("min_val", Float, D::Float(-1.0)), dflt("max_val", Float, D::Float(1.0))],
-        rule::hardtanh,
-        k::elementwise::hardtanh
+    (RELU, OpDef::new("relu", "max(x, 0).", X, NONE, rule::unary_float)),
+    (RELU6, OpDef::new("relu6", "min(max(x, 0), 6).", X, NONE, rule::unary_float)),
+    (
+        HARDTANH,
+        OpDef::new(
+            "hardtanh",
+            "clamp(x, min_val, max_val).",
+            X,
+            &[dflt("min_val", Float, D::Float(-1.0)), dflt("max_val", Float, D::Float(1.0))],
+            rule::hardtanh
+        )
     ),
-    op!("hardswish", "x · relu6(x + 3) / 6.", X, NONE, rule::unary_float, k::elementwise::hardswish),
-    op!("hardsigmoid", "relu6(x + 3) / 6.", X, NONE, rule::unary_float, k::elementwise::hardsigmoid),
-    op!("sigmoid", "1 / (1 + exp(-x)).", X, NONE, rule::unary_float, k::elementwise::sigmoid),
-    op!("tanh", "Hyperbolic tangent.", X, NONE, rule::unary_float, k::elementwise::tanh),
-    op!("sqrt", "Square root, correctly rounded.", X, NONE, rule::unary_float, k::elementwise::sqrt),
-    op!(
-        "gelu",
-        "Gaussian error linear unit, exact (erf) or tanh approximation.",
-        X,
-        &[dflt("approximate", Str(&["none", "tanh"]), D::Str("none"))],
-        rule::unary_float,
-        k::elementwise::gelu
+    (HARDSWISH, OpDef::new("hardswish", "x · relu6(x + 3) / 6.", X, NONE, rule::unary_float)),
+    (HARDSIGMOID, OpDef::new("hardsigmoid", "relu6(x + 3) / 6.", X, NONE, rule::unary_float)),
+    (SIGMOID, OpDef::new("sigmoid", "1 / (1 + exp(-x)).", X, NONE, rule::unary_float)),
+    (TANH, OpDef::new("tanh", "Hyperbolic tangent.", X, NONE, rule::unary_float)),
+    (SQRT, OpDef::new("sqrt", "Square root, correctly rounded.", X, NONE, rule::unary_float)),
+    (
+        GELU,
+        OpDef::new(
+            "gelu",
+            "Gaussian error linear unit, exact (erf) or tanh approximation.",
+            X,
+            &[dflt("approximate", Str(&["none", "tanh"]), D::Str("none"))],
+            rule::unary_float
+        )
     ),
-    op!("silu", "x · sigmoid(x).", X, NONE, rule::unary_float, k::elementwise::silu),
-    op!("softmax", "Softmax along `dim`.", X, DIM, rule::softmax, k::reduce::softmax),
-    op!("log_softmax", "Log-softmax along `dim`.", X, DIM, rule::softmax, k::reduce::log_softmax),
+    (SILU, OpDef::new("silu", "x · sigmoid(x).", X, NONE, rule::unary_float)),
+    (SOFTMAX, OpDef::new("softmax", "Softmax along `dim`.", X, DIM, rule::softmax)),
+    (LOG_SOFTMAX, OpDef::new("log_softmax", "Log-softmax along `dim`.", X, DIM, rule::softmax)),
     // Elementwise arithmetic.
-    op!("add", "input + alpha·other, broadcasting.", XY, ALPHA, rule::binary, k::elementwise::add),
-    op!("sub", "input - alpha·other, broadcasting.", XY, ALPHA, rule::binary, k::elementwise::sub),
-    op!("mul", "input · other, broadcasting.", XY, NONE, rule::binary, k::elementwise::mul),
-    op!(
-        "div",
-        "input / other (true division; integer operands give f32), broadcasting.",
-        XY,
-        NONE,
-        rule::div,
-        k::elementwise::div
+    (ADD, OpDef::new("add", "input + alpha·other, broadcasting.", XY, ALPHA, rule::binary)),
+    (SUB, OpDef::new("sub", "input - alpha·other, broadcasting.", XY, ALPHA, rule::binary)),
+    (MUL, OpDef::new("mul", "input · other, broadcasting.", XY, NONE, rule::binary)),
+    (
+        DIV,
+        OpDef::new(
+            "div",
+            "input / other (true division; integer operands give f32), broadcasting.",
+            XY,
+            NONE,
+            rule::div
+        )
     ),
-    op!(
-        "add.scalar",
-        "input + alpha·other for a scalar `other`.",
-        X,
-        SCALAR_ALPHA,
-        rule::scalar_binary,
-        k::elementwise::add_scalar
+    (
+        ADD_SCALAR,
+        OpDef::new("add.scalar", "input + alpha·other for a scalar `other`.", X, SCALAR_ALPHA, rule::scalar_binary)
     ),
-    op!(
-        "sub.scalar",
-        "input - alpha·other for a scalar `other`.",
-        X,
-        SCALAR_ALPHA,
-        rule::scalar_binary,
-        k::elementwise::sub_scalar
+    (
+        SUB_SCALAR,
+        OpDef::new("sub.scalar", "input - alpha·other for a scalar `other`.", X, SCALAR_ALPHA, rule::scalar_binary)
     ),
-    op!(
-        "mul.scalar",
-        "input · other for a scalar `other`.",
-        X,
-        SCALAR,
-        rule::scalar_binary,
-        k::elementwise::mul_scalar
-    ),
-    op!(
-        "div.scalar",
-        "input / other for a scalar `other`.",
-        X,
-        SCALAR,
-        rule::scalar_binary,
-        k::elementwise::div_scalar
-    ),
+    (MUL_SCALAR, OpDef::new("mul.scalar", "input · other for a scalar `other`.", X, SCALAR, rule::scalar_binary)),
+    (DIV_SCALAR, OpDef::new("div.scalar", "input / other for a scalar `other`.", X, SCALAR, rule::scalar_binary)),
     // Reductions and pooling.
-    op!("mean", "Mean over `dim` (all dims when empty).", X, REDUCE, rule::mean, k::reduce::mean),
-    op!("sum", "Sum over `dim` (all dims when empty).", X, REDUCE, rule::sum, k::reduce::sum),
-    op!(
-        "max_pool2d",
-        "2-D max pooling; an empty `stride` means the kernel size.",
-        X,
-        &[
-            req("kernel_size", Ints),
-            dflt("stride", Ints, D::Ints(&[])),
-            dflt("padding", Ints, D::Ints(&[0, 0])),
-            dflt("dilation", Ints, D::Ints(&[1, 1])),
-            dflt("ceil_mode", Bool, D::Bool(false)),
-        ],
-        rule::max_pool2d,
-        k::pool::max_pool2d
+    (MEAN, OpDef::new("mean", "Mean over `dim` (all dims when empty).", X, REDUCE, rule::mean)),
+    (SUM, OpDef::new("sum", "Sum over `dim` (all dims when empty).", X, REDUCE, rule::sum)),
+    (
+        MAX_POOL2D,
+        OpDef::new(
+            "max_pool2d",
+            "2-D max pooling; an empty `stride` means the kernel size.",
+            X,
+            &[
+                req("kernel_size", Ints),
+                dflt("stride", Ints, D::Ints(&[])),
+                dflt("padding", Ints, D::Ints(&[0, 0])),
+                dflt("dilation", Ints, D::Ints(&[1, 1])),
+                dflt("ceil_mode", Bool, D::Bool(false)),
+            ],
+            rule::max_pool2d
+        )
     ),
-    op!(
-        "avg_pool2d",
-        "2-D average pooling; an empty `stride` means the kernel size.",
-        X,
-        &[
-            req("kernel_size", Ints),
-            dflt("stride", Ints, D::Ints(&[])),
-            dflt("padding", Ints, D::Ints(&[0, 0])),
-            dflt("ceil_mode", Bool, D::Bool(false)),
-            dflt("count_include_pad", Bool, D::Bool(true)),
-            maybe("divisor_override", Int),
-        ],
-        rule::avg_pool2d,
-        k::pool::avg_pool2d
+    (
+        AVG_POOL2D,
+        OpDef::new(
+            "avg_pool2d",
+            "2-D average pooling; an empty `stride` means the kernel size.",
+            X,
+            &[
+                req("kernel_size", Ints),
+                dflt("stride", Ints, D::Ints(&[])),
+                dflt("padding", Ints, D::Ints(&[0, 0])),
+                dflt("ceil_mode", Bool, D::Bool(false)),
+                dflt("count_include_pad", Bool, D::Bool(true)),
+                maybe("divisor_override", Int),
+            ],
+            rule::avg_pool2d
+        )
     ),
-    op!(
-        "adaptive_avg_pool2d",
-        "Average pooling to a fixed `output_size`.",
-        X,
-        &[req("output_size", Ints)],
-        rule::adaptive_avg_pool2d,
-        k::pool::adaptive_avg_pool2d
+    (
+        ADAPTIVE_AVG_POOL2D,
+        OpDef::new(
+            "adaptive_avg_pool2d",
+            "Average pooling to a fixed `output_size`.",
+            X,
+            &[req("output_size", Ints)],
+            rule::adaptive_avg_pool2d
+        )
     ),
     // Shape and data movement.
-    op!("reshape", "Reshape to `shape` (one entry may be -1).", X, SHAPE, rule::reshape, k::shape::reshape),
-    op!("view", "Reshape to `shape` as a view (one entry may be -1).", X, SHAPE, rule::reshape, k::shape::reshape),
-    op!(
-        "flatten",
-        "Merge dims `start_dim..=end_dim` into one.",
-        X,
-        &[dflt("start_dim", Int, D::Int(0)), dflt("end_dim", Int, D::Int(-1))],
-        rule::flatten,
-        k::shape::flatten
+    (RESHAPE, OpDef::new("reshape", "Reshape to `shape` (one entry may be -1).", X, SHAPE, rule::reshape)),
+    (VIEW, OpDef::new("view", "Reshape to `shape` as a view (one entry may be -1).", X, SHAPE, rule::reshape)),
+    (
+        FLATTEN,
+        OpDef::new(
+            "flatten",
+            "Merge dims `start_dim..=end_dim` into one.",
+            X,
+            &[dflt("start_dim", Int, D::Int(0)), dflt("end_dim", Int, D::Int(-1))],
+            rule::flatten
+        )
     ),
-    op!("permute", "Reorder dims by `dims`.", X, &[req("dims", Ints)], rule::permute, k::shape::permute),
-    op!(
-        "transpose",
-        "Swap dims `dim0` and `dim1`.",
-        X,
-        &[req("dim0", Int), req("dim1", Int)],
-        rule::transpose,
-        k::shape::transpose
+    (PERMUTE, OpDef::new("permute", "Reorder dims by `dims`.", X, &[req("dims", Ints)], rule::permute)),
+    (
+        TRANSPOSE,
+        OpDef::new(
+            "transpose",
+            "Swap dims `dim0` and `dim1`.",
+            X,
+            &[req("dim0", Int), req("dim1", Int)],
+            rule::transpose
+        )
     ),
-    op!(
-        "cat",
-        "Concatenate inputs along `dim`.",
-        &[many("inputs")],
-        &[dflt("dim", Int, D::Int(0))],
-        rule::cat,
-        k::shape::cat
+    (
+        CAT,
+        OpDef::new(
+            "cat",
+            "Concatenate inputs along `dim`.",
+            &[many("inputs")],
+            &[dflt("dim", Int, D::Int(0))],
+            rule::cat
+        )
     ),
-    op!(
-        "slice",
-        "Elements start..end by step along `dim`; bounds clamp as in PyTorch.",
-        X,
-        &[dflt("dim", Int, D::Int(0)), maybe("start", Int), maybe("end", Int), dflt("step", Int, D::Int(1)),],
-        rule::slice,
-        k::shape::slice
+    (
+        SLICE,
+        OpDef::new(
+            "slice",
+            "Elements start..end by step along `dim`; bounds clamp as in PyTorch.",
+            X,
+            &[dflt("dim", Int, D::Int(0)), maybe("start", Int), maybe("end", Int), dflt("step", Int, D::Int(1)),],
+            rule::slice
+        )
     ),
-    op!(
-        "squeeze",
-        "Drop size-1 dims (those in `dims`, or all).",
-        X,
-        &[maybe("dims", Ints)],
-        rule::squeeze,
-        k::shape::squeeze
+    (
+        SQUEEZE,
+        OpDef::new("squeeze", "Drop size-1 dims (those in `dims`, or all).", X, &[maybe("dims", Ints)], rule::squeeze)
     ),
-    op!("unsqueeze", "Insert a size-1 dim at `dim`.", X, DIM, rule::unsqueeze, k::shape::unsqueeze),
-    op!("expand", "Broadcast to `size` (-1 keeps a dim).", X, &[req("size", Ints)], rule::expand, k::shape::expand),
-    op!("contiguous", "Identity on values (memory layout only).", X, NONE, rule::identity, k::shape::identity),
-    op!("zeros_like", "Zeros of the input's type and shape.", X, NONE, rule::identity, k::shape::zeros_like),
-    op!(
-        "convert_element_type",
-        "Elements converted to `dtype` as `.to(dtype)`: floats round, float to int truncates.",
-        X,
-        &[req("dtype", AttrKind::DType)],
-        rule::convert_element_type,
-        k::shape::convert_element_type
+    (UNSQUEEZE, OpDef::new("unsqueeze", "Insert a size-1 dim at `dim`.", X, DIM, rule::unsqueeze)),
+    (EXPAND, OpDef::new("expand", "Broadcast to `size` (-1 keeps a dim).", X, &[req("size", Ints)], rule::expand)),
+    (
+        CONTIGUOUS,
+        OpDef::new("contiguous", "Identity on values (memory layout only).", X, NONE, rule::identity)
+            .traits(T::ALIASES_INPUT)
     ),
-    op!(
-        "dropout",
-        "Identity at inference.",
-        X,
-        &[dflt("p", Float, D::Float(0.5)), dflt("train", Bool, D::Bool(false))],
-        rule::identity,
-        k::shape::identity
+    (ZEROS_LIKE, OpDef::new("zeros_like", "Zeros of the input's type and shape.", X, NONE, rule::identity)),
+    (
+        CONVERT_ELEMENT_TYPE,
+        OpDef::new(
+            "convert_element_type",
+            "Elements converted to `dtype` as `.to(dtype)`: floats round, float to int truncates.",
+            X,
+            &[req("dtype", AttrKind::DType)],
+            rule::convert_element_type
+        )
     ),
-    op!(
-        "embedding",
-        "Rows of `weight` selected by integer `indices`.",
-        &[one("weight"), one("indices")],
-        &[dflt("padding_idx", Int, D::Int(-1))],
-        rule::embedding,
-        k::shape::embedding
+    (
+        DROPOUT,
+        OpDef::new(
+            "dropout",
+            "Identity at inference.",
+            X,
+            &[dflt("p", Float, D::Float(0.5)), dflt("train", Bool, D::Bool(false))],
+            rule::identity
+        )
+        .traits(T::ALIASES_INPUT)
+    ),
+    (
+        EMBEDDING,
+        OpDef::new(
+            "embedding",
+            "Rows of `weight` selected by integer `indices`.",
+            &[one("weight"), one("indices")],
+            &[dflt("padding_idx", Int, D::Int(-1))],
+            rule::embedding
+        )
     ),
     // Quantization.
-    op!(
-        "quantize_per_tensor",
-        "clamp(round(x · (1/scale)) + zero_point, qmin, qmax) as `dtype`.",
-        X,
-        Q_TENSOR,
-        rule::quantize_per_tensor,
-        k::quant::quantize_per_tensor
+    (
+        QUANTIZE_PER_TENSOR,
+        OpDef::new(
+            "quantize_per_tensor",
+            "clamp(round(x · (1/scale)) + zero_point, qmin, qmax) as `dtype`.",
+            X,
+            Q_TENSOR,
+            rule::quantize_per_tensor
+        )
+        .traits(T::QUANTIZE)
     ),
-    op!(
-        "dequantize_per_tensor",
-        "(q - zero_point) · scale as `out_dtype`.",
-        X,
-        DQ_TENSOR,
-        rule::dequantize_per_tensor,
-        k::quant::dequantize_per_tensor
+    (
+        DEQUANTIZE_PER_TENSOR,
+        OpDef::new(
+            "dequantize_per_tensor",
+            "(q - zero_point) · scale as `out_dtype`.",
+            X,
+            DQ_TENSOR,
+            rule::dequantize_per_tensor
+        )
+        .traits(T::DEQUANTIZE)
     ),
-    op!(
-        "quantize_per_tensor.tensor",
-        "quantize_per_tensor with scale and zero point as one-element tensors.",
-        QPARAMS,
-        Q_DYN,
-        rule::quantize_per_tensor_dyn,
-        k::quant::quantize_per_tensor_dyn
+    (
+        QUANTIZE_PER_TENSOR_TENSOR,
+        OpDef::new(
+            "quantize_per_tensor.tensor",
+            "quantize_per_tensor with scale and zero point as one-element tensors.",
+            QPARAMS,
+            Q_DYN,
+            rule::quantize_per_tensor_dyn
+        )
+        .traits(T::QUANTIZE)
     ),
-    op!(
-        "dequantize_per_tensor.tensor",
-        "dequantize_per_tensor with scale and zero point as one-element tensors.",
-        QPARAMS,
-        DQ_DYN,
-        rule::dequantize_per_tensor_dyn,
-        k::quant::dequantize_per_tensor_dyn
+    (
+        DEQUANTIZE_PER_TENSOR_TENSOR,
+        OpDef::new(
+            "dequantize_per_tensor.tensor",
+            "dequantize_per_tensor with scale and zero point as one-element tensors.",
+            QPARAMS,
+            DQ_DYN,
+            rule::dequantize_per_tensor_dyn
+        )
+        .traits(T::DEQUANTIZE)
     ),
-    op!(
-        "quantize_per_channel",
-        "Per-channel quantize along `axis` with vector scales and zero points.",
-        CHANNEL_QPARAMS,
-        Q_CHANNEL,
-        rule::quantize_per_channel,
-        k::quant::quantize_per_channel
+    (
+        QUANTIZE_PER_CHANNEL,
+        OpDef::new(
+            "quantize_per_channel",
+            "Per-channel quantize along `axis` with vector scales and zero points.",
+            CHANNEL_QPARAMS,
+            Q_CHANNEL,
+            rule::quantize_per_channel
+        )
+        .traits(T::QUANTIZE)
     ),
-    op!(
-        "dequantize_per_channel",
-        "Per-channel dequantize along `axis`.",
-        CHANNEL_QPARAMS,
-        DQ_CHANNEL,
-        rule::dequantize_per_channel,
-        k::quant::dequantize_per_channel
+    (
+        DEQUANTIZE_PER_CHANNEL,
+        OpDef::new(
+            "dequantize_per_channel",
+            "Per-channel dequantize along `axis`.",
+            CHANNEL_QPARAMS,
+            DQ_CHANNEL,
+            rule::dequantize_per_channel
+        )
+        .traits(T::DEQUANTIZE)
     ),
-    op!(
-        "requantize",
-        "clamp(round(x · scale) + zero_point, qmin, qmax) of an integer x, as `dtype`.",
-        X,
-        Q_TENSOR,
-        rule::requantize,
-        k::quant::requantize
+    (
+        REQUANTIZE,
+        OpDef::new(
+            "requantize",
+            "clamp(round(x · scale) + zero_point, qmin, qmax) of an integer x, as `dtype`.",
+            X,
+            Q_TENSOR,
+            rule::requantize
+        )
     ),
-    op!(
-        "requantize_per_channel",
-        "requantize with one scale per channel along `axis`.",
-        &[one("input"), one("scales")],
-        REQ_CHANNEL,
-        rule::requantize_per_channel,
-        k::quant::requantize_per_channel
+    (
+        REQUANTIZE_PER_CHANNEL,
+        OpDef::new(
+            "requantize_per_channel",
+            "requantize with one scale per channel along `axis`.",
+            &[one("input"), one("scales")],
+            REQ_CHANNEL,
+            rule::requantize_per_channel
+        )
     ),
-    op!(
-        "choose_qparams",
-        "Dynamic per-tensor qparams of the input: (scale f64[1], zero_point i64[1]).",
-        X,
-        &[QUANT_RANGE[0], QUANT_RANGE[1], QUANT_RANGE[2], req("eps", Float), dflt("symmetric", Bool, D::Bool(false))],
-        rule::choose_qparams,
-        k::quant::choose_qparams,
-        results = 2,
-        pure = true
+    (
+        CHOOSE_QPARAMS,
+        OpDef::new(
+            "choose_qparams",
+            "Dynamic per-tensor qparams of the input: (scale f64[1], zero_point i64[1]).",
+            X,
+            &[
+                QUANT_RANGE[0],
+                QUANT_RANGE[1],
+                QUANT_RANGE[2],
+                req("eps", Float),
+                dflt("symmetric", Bool, D::Bool(false))
+            ],
+            rule::choose_qparams
+        )
+        .results(2)
     ),
-    op!(
-        "fake_quantize_per_tensor",
-        "Quantize then dequantize in float (straight-through in training).",
-        X,
-        &[req("scale", Float), req("zero_point", Int), req("qmin", Int), req("qmax", Int)],
-        rule::fake_quantize_per_tensor,
-        k::quant::fake_quantize_per_tensor
+    (
+        FAKE_QUANTIZE_PER_TENSOR,
+        OpDef::new(
+            "fake_quantize_per_tensor",
+            "Quantize then dequantize in float (straight-through in training).",
+            X,
+            &[req("scale", Float), req("zero_point", Int), req("qmin", Int), req("qmax", Int)],
+            rule::fake_quantize_per_tensor
+        )
+        .traits(T::FAKE_QUANTIZE)
     ),
-    op!(
-        "fake_quantize_per_channel",
-        "Per-channel fake quantization along `axis`.",
-        CHANNEL_QPARAMS,
-        &[req("axis", Int), req("qmin", Int), req("qmax", Int)],
-        rule::fake_quantize_per_channel,
-        k::quant::fake_quantize_per_channel
+    (
+        FAKE_QUANTIZE_PER_CHANNEL,
+        OpDef::new(
+            "fake_quantize_per_channel",
+            "Per-channel fake quantization along `axis`.",
+            CHANNEL_QPARAMS,
+            &[req("axis", Int), req("qmin", Int), req("qmax", Int)],
+            rule::fake_quantize_per_channel
+        )
+        .traits(T::FAKE_QUANTIZE)
     ),
-    op!(
-        "observer",
-        "Records statistics of the values flowing through it; identity on values.",
-        X,
-        &[
-            req("kind", Str(&[])),
-            QUANT_RANGE[2],
-            QUANT_RANGE[0],
-            QUANT_RANGE[1],
-            dflt(
-                "qscheme",
-                Str(&[
-                    "per_tensor_affine",
-                    "per_tensor_symmetric",
-                    "per_channel_affine",
-                    "per_channel_symmetric",
-                    "per_channel_affine_float_qparams"
-                ]),
-                D::Str("per_tensor_affine")
-            ),
-            maybe("ch_axis", Int),
-            dflt("instance", Int, D::Int(0)),
-            maybe("options", Dict),
-            maybe("stats", Dict),
-        ],
-        rule::observer,
-        k::shape::identity,
-        results = 1,
-        pure = false
+    (
+        OBSERVER,
+        OpDef::new(
+            "observer",
+            "Records statistics of the values flowing through it; identity on values.",
+            X,
+            &[
+                req("kind", Str(&[])),
+                QUANT_RANGE[2],
+                QUANT_RANGE[0],
+                QUANT_RANGE[1],
+                dflt(
+                    "qscheme",
+                    Str(&[
+                        "per_tensor_affine",
+                        "per_tensor_symmetric",
+                        "per_channel_affine",
+                        "per_channel_symmetric",
+                        "per_channel_affine_float_qparams"
+                    ]),
+                    D::Str("per_tensor_affine")
+                ),
+                maybe("ch_axis", Int),
+                dflt("instance", Int, D::Int(0)),
+                maybe("options", Dict),
+                maybe("stats", Dict),
+            ],
+            rule::observer
+        )
+        .traits(T::OBSERVER.with(T::ALIASES_INPUT).with(T::STATEFUL))
+        .impure()
     ),
 ];

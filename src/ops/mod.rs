@@ -12,7 +12,7 @@ use rustc_hash::FxHashMap;
 use crate::ir::attr::{Attr, Attrs};
 use crate::ir::types::{DType, TensorType};
 
-pub use defs::OPS;
+pub use defs::*;
 pub use infer::InferCx;
 
 /// An op's identity: an index into [`OPS`].
@@ -26,6 +26,11 @@ impl OpKind {
 
     pub fn name(self) -> &'static str {
         self.def().name
+    }
+
+    /// Whether the op has any of `traits`.
+    pub fn has(self, traits: Traits) -> bool {
+        self.def().has(traits)
     }
 
     /// Looks an op up by its QIR name (a hash lookup: lowering does it once per op).
@@ -183,6 +188,51 @@ pub trait AttrAccess {
     }
 }
 
+/// What passes, quantizers and the interpreter may assume about an op, as flags. Every
+/// question of the form "is this one of the ops that …" is answered here, never by a list of
+/// names.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Traits(u16);
+
+impl Traits {
+    pub const NONE: Traits = Traits(0);
+    /// No side effects: DCE may delete it when unused and CSE may merge equal copies.
+    pub const PURE: Traits = Traits(1);
+    /// Yields a constant tensor from attributes alone (`const`, `weight`).
+    pub const CONSTANT: Traits = Traits(1 << 1);
+    /// A quantize op: float in, integer out, with its qparams (`fold-quantize` folds them).
+    pub const QUANTIZE: Traits = Traits(1 << 2);
+    /// A dequantize op: integer in, float out.
+    pub const DEQUANTIZE: Traits = Traits(1 << 3);
+    /// Quantizes and dequantizes in float, as QAT trains.
+    pub const FAKE_QUANTIZE: Traits = Traits(1 << 4);
+    /// Records statistics of what flows through it (`observer`).
+    pub const OBSERVER: Traits = Traits(1 << 5);
+    /// Its one result is its first operand, unchanged: the interpreter shares the tensor.
+    pub const ALIASES_INPUT: Traits = Traits(1 << 6);
+    /// Carries state a run may update (observer statistics, batch-norm running statistics):
+    /// calibration hooks see these ops.
+    pub const STATEFUL: Traits = Traits(1 << 7);
+
+    /// The ops that `prepare` and `convert` put on a quantized edge: an annotation of the edge
+    /// stays valid through them.
+    pub const ON_QUANT_EDGE: Traits =
+        Traits(Traits::QUANTIZE.0 | Traits::DEQUANTIZE.0 | Traits::FAKE_QUANTIZE.0 | Traits::OBSERVER.0);
+
+    pub const fn with(self, other: Traits) -> Traits {
+        Traits(self.0 | other.0)
+    }
+
+    const fn without(self, other: Traits) -> Traits {
+        Traits(self.0 & !other.0)
+    }
+
+    /// Whether `self` has any of the flags of `any`.
+    pub const fn intersects(self, any: Traits) -> bool {
+        self.0 & any.0 != 0
+    }
+}
+
 /// One op's description.
 pub struct OpDef {
     pub name: &'static str,
@@ -191,10 +241,45 @@ pub struct OpDef {
     pub num_results: usize,
     pub attrs: &'static [AttrDef],
     pub infer: InferFn,
-    /// Evaluates the op on concrete tensors (the interpreter).
-    pub kernel: crate::interp::kernels::KernelFn,
-    /// No side effects: DCE may delete it when unused and CSE may merge equal copies.
-    pub pure: bool,
+    pub traits: Traits,
+}
+
+impl OpDef {
+    /// A pure op with one result and no other traits; the builder methods below add the rest.
+    pub const fn new(
+        name: &'static str,
+        summary: &'static str,
+        operands: &'static [OperandDef],
+        attrs: &'static [AttrDef],
+        infer: InferFn,
+    ) -> OpDef {
+        OpDef { name, summary, operands, num_results: 1, attrs, infer, traits: Traits::PURE }
+    }
+
+    pub const fn results(mut self, count: usize) -> OpDef {
+        self.num_results = count;
+        self
+    }
+
+    pub const fn traits(mut self, traits: Traits) -> OpDef {
+        self.traits = self.traits.with(traits);
+        self
+    }
+
+    /// Has side effects: never deleted or merged.
+    pub const fn impure(mut self) -> OpDef {
+        self.traits = self.traits.without(Traits::PURE);
+        self
+    }
+
+    /// Whether DCE may delete it and CSE merge it.
+    pub fn is_pure(&self) -> bool {
+        self.traits.intersects(Traits::PURE)
+    }
+
+    pub fn has(&self, traits: Traits) -> bool {
+        self.traits.intersects(traits)
+    }
 }
 
 impl OpDef {

@@ -80,7 +80,7 @@ pub fn eliminate_common_subexpressions(graph: &mut Graph) -> bool {
     while let Some(op) = cursor {
         cursor = graph.next_op(op);
         let data = graph.op(op);
-        if !data.def().pure || data.extra.is_some() {
+        if !data.def().is_pure() || data.extra.is_some() {
             continue;
         }
         let hash = key_hash(graph, op);

@@ -39,7 +39,7 @@ pub fn eliminate_dead_ops(graph: &mut Graph) -> bool {
     while let Some(op) = cursor {
         cursor = graph.prev_op(op);
         let data = graph.op(op);
-        if data.def().pure && data.results().all(|r| !graph.has_uses(r)) {
+        if data.def().is_pure() && data.results().all(|r| !graph.has_uses(r)) {
             graph.erase_op(op);
             changed = true;
         }

@@ -79,7 +79,7 @@ fn constant_values(g: &Graph) -> FxHashSet<ValueId> {
         let data = g.op(op);
         let def = data.def();
         let is_source = matches!(def.name, "weight" | "const");
-        let derived = def.pure
+        let derived = def.is_pure()
             && !data.operands.is_empty()
             && !is_op(g, op, DEQUANTIZE_OPS)
             && data.operands.iter().all(|v| constant.contains(v));

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use crate::ir::attr::Attr;
 use crate::ir::TensorType;
-use crate::ops::{AttrAccess, OpDef};
+use crate::ops::{self, AttrAccess, OpDef, OpKind};
 use crate::tensor::Tensor;
 
 /// What a kernel sees: operand tensors, the op's complete attributes, its declared result types.
@@ -58,6 +58,78 @@ pub type KernelResult = Result<Vec<Tensor>, String>;
 
 /// The kernel type stored in the registry.
 pub type KernelFn = fn(&KernelCx<'_>) -> KernelResult;
+
+/// The kernel that evaluates `kind`: the interpreter's side of the op registry. Every op has
+/// one (checked by the test below); `None` would mean an op was registered without it.
+pub fn kernel(kind: OpKind) -> Option<KernelFn> {
+    Some(match kind {
+        ops::CONST => shape::constant,
+        ops::WEIGHT => shape::weight,
+        ops::CONV1D => conv::conv,
+        ops::CONV2D => conv::conv,
+        ops::CONV_TRANSPOSE2D => conv::conv_transpose,
+        ops::LINEAR => linalg::linear,
+        ops::MATMUL => linalg::matmul,
+        ops::BMM => linalg::bmm,
+        ops::ADDMM => linalg::addmm,
+        ops::BATCH_NORM => norm::batch_norm,
+        ops::LAYER_NORM => norm::layer_norm,
+        ops::GROUP_NORM => norm::group_norm,
+        ops::RELU => elementwise::relu,
+        ops::RELU6 => elementwise::relu6,
+        ops::HARDTANH => elementwise::hardtanh,
+        ops::HARDSWISH => elementwise::hardswish,
+        ops::HARDSIGMOID => elementwise::hardsigmoid,
+        ops::SIGMOID => elementwise::sigmoid,
+        ops::TANH => elementwise::tanh,
+        ops::SQRT => elementwise::sqrt,
+        ops::GELU => elementwise::gelu,
+        ops::SILU => elementwise::silu,
+        ops::SOFTMAX => reduce::softmax,
+        ops::LOG_SOFTMAX => reduce::log_softmax,
+        ops::ADD => elementwise::add,
+        ops::SUB => elementwise::sub,
+        ops::MUL => elementwise::mul,
+        ops::DIV => elementwise::div,
+        ops::ADD_SCALAR => elementwise::add_scalar,
+        ops::SUB_SCALAR => elementwise::sub_scalar,
+        ops::MUL_SCALAR => elementwise::mul_scalar,
+        ops::DIV_SCALAR => elementwise::div_scalar,
+        ops::MEAN => reduce::mean,
+        ops::SUM => reduce::sum,
+        ops::MAX_POOL2D => pool::max_pool2d,
+        ops::AVG_POOL2D => pool::avg_pool2d,
+        ops::ADAPTIVE_AVG_POOL2D => pool::adaptive_avg_pool2d,
+        ops::RESHAPE => shape::reshape,
+        ops::VIEW => shape::reshape,
+        ops::FLATTEN => shape::flatten,
+        ops::PERMUTE => shape::permute,
+        ops::TRANSPOSE => shape::transpose,
+        ops::CAT => shape::cat,
+        ops::SLICE => shape::slice,
+        ops::SQUEEZE => shape::squeeze,
+        ops::UNSQUEEZE => shape::unsqueeze,
+        ops::EXPAND => shape::expand,
+        ops::CONTIGUOUS => shape::identity,
+        ops::ZEROS_LIKE => shape::zeros_like,
+        ops::CONVERT_ELEMENT_TYPE => shape::convert_element_type,
+        ops::DROPOUT => shape::identity,
+        ops::EMBEDDING => shape::embedding,
+        ops::QUANTIZE_PER_TENSOR => quant::quantize_per_tensor,
+        ops::DEQUANTIZE_PER_TENSOR => quant::dequantize_per_tensor,
+        ops::QUANTIZE_PER_TENSOR_TENSOR => quant::quantize_per_tensor_dyn,
+        ops::DEQUANTIZE_PER_TENSOR_TENSOR => quant::dequantize_per_tensor_dyn,
+        ops::QUANTIZE_PER_CHANNEL => quant::quantize_per_channel,
+        ops::DEQUANTIZE_PER_CHANNEL => quant::dequantize_per_channel,
+        ops::REQUANTIZE => quant::requantize,
+        ops::REQUANTIZE_PER_CHANNEL => quant::requantize_per_channel,
+        ops::CHOOSE_QPARAMS => quant::choose_qparams,
+        ops::FAKE_QUANTIZE_PER_TENSOR => quant::fake_quantize_per_tensor,
+        ops::FAKE_QUANTIZE_PER_CHANNEL => quant::fake_quantize_per_channel,
+        ops::OBSERVER => shape::identity,
+        _ => return None,
+    })
+}
 
 /// The tensor's data as f32, borrowed when it is f32 and widened exactly from f16/bf16.
 pub fn as_f32(t: &Tensor) -> Result<CowArray<'_, f32, IxDyn>, String> {
@@ -286,4 +358,15 @@ pub fn row_folds<T: Copy, P: Copy>(data: &[T], len: usize, params: &[P], init: T
         }
     }
     folds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_op_has_a_kernel() {
+        let missing: Vec<&str> = OpKind::all().filter(|&k| kernel(k).is_none()).map(OpKind::name).collect();
+        assert!(missing.is_empty(), "ops without a kernel: {missing:?}");
+    }
 }
