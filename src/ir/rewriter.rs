@@ -216,11 +216,29 @@ impl<'m> Rewriter<'m> {
     pub fn constant(&mut self, base: &str, value: Tensor) -> Result<ValueId, Diagnostics> {
         let shape: Vec<u64> = value.shape().iter().map(|&d| d as u64).collect();
         let ty = TensorType::fixed(value.dtype(), &shape);
+        let (kind, attrs) = self.constant_source(base, value)?;
+        let results = self.build_with_attrs(kind, &[], attrs, &[(base, ty)])?;
+        results.first().copied().ok_or_else(|| internal("a constant without a result"))
+    }
+
+    /// Rewrites `op` in place as the op [`Rewriter::constant`] would build for `value`, which
+    /// must have its result's type: a folded op keeps its result's name, location and position.
+    pub fn fold_to_constant(&mut self, op: OpId, value: Tensor) -> Result<(), Diagnostics> {
+        let result = self.op(op).result(0).ok_or_else(|| internal("a folded op without a result"))?;
+        let base = self.value_name(result).to_string();
+        let (kind, attrs) = self.constant_source(&base, value)?;
+        self.update(op).rewrite(kind, &[], attrs);
+        Ok(())
+    }
+
+    /// How an op yields `value`: its kind and attributes (see [`Rewriter::constant`]).
+    fn constant_source(&mut self, base: &str, value: Tensor) -> Result<(OpKind, AttrsId), Diagnostics> {
         if value.len() <= INLINE_LIMIT {
-            return self.build1(ops::CONST, &[], &[("value", Attr::Tensor(Arc::new(value)))], base, ty);
+            let attrs = self.attrs(ops::CONST, &[("value", Attr::Tensor(Arc::new(value)))])?;
+            return Ok((ops::CONST, attrs));
         }
         let key = self.new_weight(base, value);
-        self.build1(ops::WEIGHT, &[], &[("key", Attr::Str(key.as_str().into()))], base, ty)
+        Ok((ops::WEIGHT, self.attrs(ops::WEIGHT, &[("key", Attr::Str(key.as_str().into()))])?))
     }
 
     /// Stores `value` in the module's created weights under `base` (made unique: a key neither
@@ -327,11 +345,20 @@ impl OpUpdate<'_> {
 
     /// Sets the attribute `name` (which the op's kind must have).
     pub fn set_attr(&mut self, name: &str, value: Attr) -> Result<&mut Self, Diagnostics> {
+        self.put_attr(name, Some(value))
+    }
+
+    /// Removes the optional attribute `name` (which the op's kind must have).
+    pub fn clear_attr(&mut self, name: &str) -> Result<&mut Self, Diagnostics> {
+        self.put_attr(name, None)
+    }
+
+    fn put_attr(&mut self, name: &str, value: Option<Attr>) -> Result<&mut Self, Diagnostics> {
         let data = self.graph.op(self.op);
         let def = data.def();
         let index = def.attr_index(name).ok_or_else(|| internal(&format!("`{}` has no attribute `{name}`", def.name)))?;
         let mut attrs = self.graph.attrs_of(data.attrs_id()).to_vec();
-        attrs[index] = Some(value);
+        attrs[index] = value;
         let id = self.graph.intern_attrs(attrs.into_boxed_slice());
         self.graph.op_data_mut(self.op).attrs = id;
         Ok(self)

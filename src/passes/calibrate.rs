@@ -35,7 +35,10 @@ use crate::interp::kernels::norm::batch_norm_training_update;
 use crate::interp::{bind_inputs, run_graph, RunOptions};
 use crate::ir::attr::Attr;
 use crate::ir::graph::{Graph, OpId, ValueId};
+use crate::ir::matching::producer_of;
+use crate::ir::rewriter::Rewriter;
 use crate::ir::Module;
+use crate::ops;
 use crate::tensor::Tensor;
 
 pub const PASS: PassDef = PassDef {
@@ -92,8 +95,9 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
         };
         run_graph(module, graph, bound, &RunOptions::default(), Some(&mut hook)).map_err(|d| vec![d])?;
         // Between batches, as PyTorch's in-place buffer updates: the next batch reads them.
+        let mut rw = Rewriter::new(module, 0);
         for (holder, value) in updates {
-            holder.store(module, value);
+            holder.store(&mut rw, value)?;
         }
         batches += 1;
         progress.inc(1);
@@ -103,17 +107,15 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
         return Err(vec![Diag::error(format!("calibration data in {} holds no batches", path.display()))]);
     }
     cx.warnings.extend(unobserved_warnings(module, &instances));
-    write_stats(&mut module.graphs[0], &instances, &op_instance);
+    write_stats(&mut Rewriter::new(module, 0), &instances, &op_instance)?;
     Ok(true)
 }
 
 /// How an error names what the observer `op` observes: `%value`, and the weights-file key when
 /// the value is a weight (so that a bad element can be found in the file).
 fn observed_value(g: &Graph, op: OpId) -> String {
-    let Some(&v) = g.op(op).operands.first() else { return "the observed value".into() };
-    let key = g
-        .producer(v)
-        .filter(|&p| g.op(p).def().name == "weight")
+    let Some(v) = g.op(op).operand(0) else { return "the observed value".into() };
+    let key = producer_of(g, v, ops::WEIGHT)
         .and_then(|p| g.attr(p, "key").and_then(Attr::as_str).map(str::to_string));
     match key {
         Some(key) => format!("`%{}` (weight `{key}`)", g.value_name(v)),
@@ -131,23 +133,18 @@ enum StatHolder {
 }
 
 impl StatHolder {
-    fn store(self, module: &mut Module, value: Tensor) {
-        let value = Arc::new(value);
-        let g = &mut module.graphs[0];
+    fn store(self, rw: &mut Rewriter<'_>, value: Tensor) -> Result<(), Diagnostics> {
         match self {
             StatHolder::Weight(op) => {
-                if let Some(key) = g.attr(op, "key").and_then(Attr::as_str).map(str::to_string) {
-                    module.created_weights.insert(key, value);
+                if let Some(key) = rw.attr(op, "key").and_then(Attr::as_str).map(str::to_string) {
+                    rw.set_created_weight(&key, value);
                 }
             }
             StatHolder::Const(op) => {
-                let Some(slot) = g.op(op).def().attr_index("value") else { return };
-                let mut attrs = g.attrs_of(g.op(op).attrs).to_vec();
-                attrs[slot] = Some(Attr::Tensor(value));
-                let id = g.intern_attrs(attrs.into_boxed_slice());
-                g.op_mut(op).attrs = id;
+                rw.update(op).set_attr("value", Attr::Tensor(Arc::new(value)))?;
             }
         }
+        Ok(())
     }
 }
 
@@ -158,21 +155,21 @@ fn training_batch_norms(g: &Graph) -> Result<FxHashMap<OpId, (StatHolder, StatHo
     let mut errors = Vec::new();
     for op in g.ops() {
         let data = g.op(op);
-        if data.def().name != "batch_norm" || g.attr(op, "training").and_then(Attr::as_bool) != Some(true) {
+        if data.kind() != ops::BATCH_NORM || g.attr(op, "training").and_then(Attr::as_bool) != Some(true) {
             continue;
         }
-        let holder = |v: ValueId| match g.producer(v).map(|p| (p, g.op(p).def().name)) {
-            Some((p, "weight")) => Some(StatHolder::Weight(p)),
-            Some((p, "const")) => Some(StatHolder::Const(p)),
+        let holder = |v: ValueId| match g.producer(v).map(|p| (p, g.op(p).kind())) {
+            Some((p, ops::WEIGHT)) => Some(StatHolder::Weight(p)),
+            Some((p, ops::CONST)) => Some(StatHolder::Const(p)),
             _ => None,
         };
-        match (holder(data.operands[3]), holder(data.operands[4])) {
+        match (holder(data.operands()[3]), holder(data.operands()[4])) {
             (Some(mean), Some(var)) => {
                 stats.insert(op, (mean, var));
             }
             _ => errors.push(
                 Diag::error("calibration cannot update this batch norm's running statistics")
-                    .at(data.span, "a training-mode batch_norm")
+                    .at(data.span(), "a training-mode batch_norm")
                     .note("its `running_mean` and `running_var` must be read from `weight` or `const` ops")
                     .help("export the model in eval mode, or fold the batch norm first"),
             ),
@@ -192,23 +189,26 @@ fn unobserved_warnings(module: &Module, instances: &[Instance]) -> Diagnostics {
         .filter(|i| !i.state.is_initialized())
         .map(|i| {
             Diag::warning("an observer saw no data during calibration")
-                .at(g.op(i.first).span, "this observer")
+                .at(g.op(i.first).span(), "this observer")
                 .note("its qparams will be PyTorch's defaults (scale 1.0, zero point 0)")
         })
         .collect()
 }
 
 /// Statistics on each instance's first op; none on the others.
-fn write_stats(g: &mut Graph, instances: &[Instance], op_instance: &FxHashMap<OpId, usize>) {
-    let mut ops: Vec<(OpId, usize)> = op_instance.iter().map(|(&op, &i)| (op, i)).collect();
-    ops.sort_unstable();
-    for (op, i) in ops {
-        let def = g.op(op).def();
-        let Some(slot) = def.attr_index("stats") else { continue };
-        let mut attrs = g.attrs_of(g.op(op).attrs).to_vec();
+fn write_stats(
+    rw: &mut Rewriter<'_>,
+    instances: &[Instance],
+    op_instance: &FxHashMap<OpId, usize>,
+) -> Result<(), Diagnostics> {
+    let mut observers: Vec<(OpId, usize)> = op_instance.iter().map(|(&op, &i)| (op, i)).collect();
+    observers.sort_unstable();
+    for (op, i) in observers {
         let inst = &instances[i];
-        attrs[slot] = (inst.first == op && inst.state.is_initialized()).then(|| Attr::Dict(inst.state.to_dict()));
-        let id = g.intern_attrs(attrs.into_boxed_slice());
-        g.op_mut(op).attrs = id;
+        match (inst.first == op && inst.state.is_initialized()).then(|| Attr::Dict(inst.state.to_dict())) {
+            Some(stats) => rw.update(op).set_attr("stats", stats)?,
+            None => rw.update(op).clear_attr("stats")?,
+        };
     }
+    Ok(())
 }

@@ -38,12 +38,14 @@ use ndarray::{Array1, ArrayD};
 use rayon::prelude::*;
 
 use super::observer_instances::{self, is_derived, Instances};
-use super::rewrite::{internal, new_op, result, tensor_op};
 use super::{each_graph, PassContext, PassDef};
-use crate::diag::{Diag, Diagnostics, Span};
+use crate::diag::{Diag, Diagnostics};
 use crate::ir::attr::Attr;
 use crate::ir::quant::QScheme;
+use crate::ir::matching::ops_of;
+use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{DType, Graph, Module, OpId, ValueId};
+use crate::ops::{self, OpKind};
 use crate::quant::observer::{ObserverKind, QParams};
 use crate::tensor::Tensor;
 
@@ -101,7 +103,7 @@ impl Rewrite {
 
 fn convert_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
     let g = &module.graphs[gi];
-    let observers: Vec<OpId> = g.ops().filter(|&op| g.op(op).def().name == "observer").collect();
+    let observers = ops_of(g, &[ops::OBSERVER]);
     if observers.is_empty() {
         return Ok(false);
     }
@@ -122,9 +124,10 @@ fn convert_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> 
         let (po, pv) = plan.created();
         (o + po, v + pv)
     });
-    module.graphs[gi].reserve(new_ops, new_values);
+    let mut rw = Rewriter::new(module, gi);
+    rw.reserve(new_ops, new_values);
     for (op, plan) in plans {
-        apply(module, gi, op, plan)?;
+        apply(&mut rw, op, plan)?;
     }
     Ok(true)
 }
@@ -266,91 +269,58 @@ fn derived_qparams(g: &Graph, op: OpId, instances: &Instances, qparams: &[Option
 }
 
 /// Rewrites observer `op` as planned.
-fn apply(module: &mut Module, gi: usize, op: OpId, plan: Rewrite) -> Result<(), Diagnostics> {
-    let g = &module.graphs[gi];
-    let (input, output) = (g.op(op).operands[0], result(g, op, 0)?);
-    let span = g.op(op).span;
-    let name = g.value_name(input).to_string();
-    let ty = g.value_type(input).clone();
+fn apply(rw: &mut Rewriter<'_>, op: OpId, plan: Rewrite) -> Result<(), Diagnostics> {
+    let input = rw.op(op).operands()[0];
+    let span = rw.op(op).span();
+    rw.set_insertion_before(op).set_span(span);
+    let name = rw.value_name(input).to_string();
+    let ty = rw.value_type(input).clone();
     let float = ty.dtype;
     let replacement = match plan {
         Rewrite::Remove => input,
         Rewrite::Cast(dtype) => {
-            let g = &mut module.graphs[gi];
-            let there = new_op(
-                g,
-                "convert_element_type",
+            let cast = |dtype: DType| [("dtype", Attr::DType(dtype))];
+            let there = rw.build1(
+                ops::CONVERT_ELEMENT_TYPE,
                 &[input],
-                &[("dtype", Attr::DType(dtype))],
-                &[(&format!("{name}_{dtype}"), ty.with_dtype(dtype))],
-                span,
+                &cast(dtype),
+                &format!("{name}_{dtype}"),
+                ty.with_dtype(dtype),
             )?;
-            g.insert_before(op, there);
-            let cast = result(g, there, 0)?;
-            let back = new_op(
-                g,
-                "convert_element_type",
-                &[cast],
-                &[("dtype", Attr::DType(float))],
-                &[(&format!("{name}_{float}"), ty.clone())],
-                span,
-            )?;
-            g.insert_before(op, back);
-            result(g, back, 0)?
+            rw.build1(ops::CONVERT_ELEMENT_TYPE, &[there], &cast(float), &format!("{name}_{float}"), ty.clone())?
         }
         Rewrite::Dynamic { qmin, qmax, dtype, eps, symmetric } => {
-            let g = &mut module.graphs[gi];
             let range = range_fields(qmin, qmax, dtype);
             let mut fields = range.clone();
             fields.push(("eps", Attr::Float(f64::from(eps))));
             fields.push(("symmetric", Attr::Bool(symmetric)));
             let scalar = |d: DType| crate::ir::TensorType::fixed(d, &[1]);
-            let choose = new_op(
-                g,
-                "choose_qparams",
+            let qparams = rw.build(
+                ops::CHOOSE_QPARAMS,
                 &[input],
                 &fields,
                 &[(&format!("{name}_scale"), scalar(DType::F64)), (&format!("{name}_zero_point"), scalar(DType::I64))],
-                span,
             )?;
-            g.insert_before(op, choose);
-            let (scale, zp) = (result(g, choose, 0)?, result(g, choose, 1)?);
-            quantize_dequantize(
-                g,
-                op,
-                "quantize_per_tensor.tensor",
-                "dequantize_per_tensor.tensor",
-                &[input, scale, zp],
-                &range,
-                float,
-            )?
+            let operands = [input, qparams[0], qparams[1]];
+            let kinds = (ops::QUANTIZE_PER_TENSOR_TENSOR, ops::DEQUANTIZE_PER_TENSOR_TENSOR);
+            quantize_dequantize(rw, kinds, &operands, &range, float)?
         }
         Rewrite::PerTensor { scale, zero_point, qmin, qmax, dtype } => {
-            let g = &mut module.graphs[gi];
             let mut fields = vec![("scale", Attr::Float(f64::from(scale))), ("zero_point", Attr::Int(zero_point))];
             fields.extend(range_fields(qmin, qmax, dtype));
-            quantize_dequantize(g, op, "quantize_per_tensor", "dequantize_per_tensor", &[input], &fields, float)?
+            let kinds = (ops::QUANTIZE_PER_TENSOR, ops::DEQUANTIZE_PER_TENSOR);
+            quantize_dequantize(rw, kinds, &[input], &fields, float)?
         }
         Rewrite::PerChannel { axis, scales, zero_points, qmin, qmax, dtype } => {
-            let scales = constant(module, gi, op, &format!("{name}_scale"), Tensor::F32(vector(scales)), span)?;
-            let zps = constant(module, gi, op, &format!("{name}_zero_point"), Tensor::I64(vector(zero_points)), span)?;
-            let g = &mut module.graphs[gi];
+            let scales = rw.constant(&format!("{name}_scale"), Tensor::F32(vector(scales)))?;
+            let zps = rw.constant(&format!("{name}_zero_point"), Tensor::I64(vector(zero_points)))?;
             let mut fields = vec![("axis", Attr::Int(axis))];
             fields.extend(range_fields(qmin, qmax, dtype));
-            quantize_dequantize(
-                g,
-                op,
-                "quantize_per_channel",
-                "dequantize_per_channel",
-                &[input, scales, zps],
-                &fields,
-                float,
-            )?
+            let kinds = (ops::QUANTIZE_PER_CHANNEL, ops::DEQUANTIZE_PER_CHANNEL);
+            quantize_dequantize(rw, kinds, &[input, scales, zps], &fields, float)?
         }
     };
-    let g = &mut module.graphs[gi];
-    g.replace_all_uses(output, replacement);
-    g.erase_op(op);
+    rw.replace_op(op, &[replacement]);
     Ok(())
 }
 
@@ -362,49 +332,29 @@ fn vector<T>(v: Vec<T>) -> ArrayD<T> {
     Array1::from_vec(v).into_dyn()
 }
 
-/// A `const` (or created `weight`) holding `value`, placed right before `anchor`.
-fn constant(
-    module: &mut Module,
-    gi: usize,
-    anchor: OpId,
-    name: &str,
-    value: Tensor,
-    span: Span,
-) -> Result<ValueId, Diagnostics> {
-    let op = tensor_op(module, gi, name, value, span)?;
-    let g = &mut module.graphs[gi];
-    g.insert_before(anchor, op);
-    result(g, op, 0)
-}
-
-/// `q = quantize(operands) {fields}` and `dq = dequantize(q, operands[1..]) {fields}` before
-/// `anchor`; returns the dequantized value. The dequantize gives back the observed float type.
+/// `q = quantize(operands) {fields}` and `dq = dequantize(q, operands[1..]) {fields}` at the
+/// insertion point; returns the dequantized value. The dequantize gives back the observed float
+/// type.
 fn quantize_dequantize(
-    g: &mut Graph,
-    anchor: OpId,
-    quantize: &str,
-    dequantize: &str,
+    rw: &mut Rewriter<'_>,
+    (quantize, dequantize): (OpKind, OpKind),
     operands: &[ValueId],
     fields: &[(&str, Attr)],
     float: DType,
 ) -> Result<ValueId, Diagnostics> {
     let input = operands[0];
-    let name = g.value_name(input).to_string();
-    let ty = g.value_type(input).clone();
+    let name = rw.value_name(input).to_string();
+    let ty = rw.value_type(input).clone();
     let dtype = fields
         .iter()
         .find_map(|(k, v)| (*k == "dtype").then(|| v.as_dtype()).flatten())
         .ok_or_else(|| internal("quantize without a dtype"))?;
-    let span = g.op(anchor).span;
-    let q = new_op(g, quantize, operands, fields, &[(&format!("{name}_q"), ty.with_dtype(dtype))], span)?;
-    g.insert_before(anchor, q);
-    let mut dq_operands = vec![result(g, q, 0)?];
+    let q = rw.build1(quantize, operands, fields, &format!("{name}_q"), ty.with_dtype(dtype))?;
+    let mut dq_operands = vec![q];
     dq_operands.extend_from_slice(&operands[1..]);
     let mut dq_fields = fields.to_vec();
     if float != DType::F32 {
         dq_fields.push(("out_dtype", Attr::DType(float)));
     }
-    let dq = new_op(g, dequantize, &dq_operands, &dq_fields, &[(&format!("{name}_dq"), ty)], span)?;
-    g.insert_before(anchor, dq);
-    result(g, dq, 0)
+    rw.build1(dequantize, &dq_operands, &dq_fields, &format!("{name}_dq"), ty)
 }

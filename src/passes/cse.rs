@@ -30,6 +30,7 @@ use smallvec::SmallVec;
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::ir::graph::OpId;
+use crate::ir::rewriter::Rewriter;
 use crate::ir::{Graph, Module, ValueId};
 
 pub const PASS: PassDef =
@@ -37,8 +38,8 @@ pub const PASS: PassDef =
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
-    for graph in &mut module.graphs {
-        changed |= eliminate_common_subexpressions(graph);
+    for gi in 0..module.graphs.len() {
+        changed |= eliminate_common_subexpressions(&mut Rewriter::new(module, gi));
     }
     Ok(changed)
 }
@@ -48,12 +49,12 @@ fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> 
 fn key_hash(graph: &Graph, op: OpId) -> u64 {
     let data = graph.op(op);
     let mut h = FxHasher::default();
-    data.kind.hash(&mut h);
-    data.operands.hash(&mut h);
-    data.attrs.hash(&mut h);
-    data.loc.hash(&mut h);
+    data.kind().hash(&mut h);
+    data.operands().hash(&mut h);
+    data.attrs_id().hash(&mut h);
+    data.loc_sym().hash(&mut h);
     for r in data.results() {
-        graph.value(r).ty.hash(&mut h);
+        graph.value(r).type_id().hash(&mut h);
     }
     h.finish()
 }
@@ -61,16 +62,16 @@ fn key_hash(graph: &Graph, op: OpId) -> u64 {
 /// Whether `a` and `b` have equal keys (see [`key_hash`]).
 fn same_key(graph: &Graph, a: OpId, b: OpId) -> bool {
     let (x, y) = (graph.op(a), graph.op(b));
-    x.kind == y.kind
-        && x.operands == y.operands
-        && x.attrs == y.attrs
-        && x.loc == y.loc
+    x.kind() == y.kind()
+        && x.operands() == y.operands()
+        && x.attrs_id() == y.attrs_id()
+        && x.loc_sym() == y.loc_sym()
         && x.num_results() == y.num_results()
-        && x.results().zip(y.results()).all(|(r, s)| graph.value(r).ty == graph.value(s).ty)
+        && x.results().zip(y.results()).all(|(r, s)| graph.value(r).type_id() == graph.value(s).type_id())
 }
 
 /// Returns whether any op was merged.
-pub fn eliminate_common_subexpressions(graph: &mut Graph) -> bool {
+pub fn eliminate_common_subexpressions(graph: &mut Rewriter<'_>) -> bool {
     // The ops seen so far, found by the hash of their key; the key is read from the graph, so a
     // table entry is just an id. An op's key never changes once it is in the table: merging
     // rewrites only the readers of the merged op, which come after it.
@@ -80,18 +81,14 @@ pub fn eliminate_common_subexpressions(graph: &mut Graph) -> bool {
     while let Some(op) = cursor {
         cursor = graph.next_op(op);
         let data = graph.op(op);
-        if !data.def().is_pure() || data.extra.is_some() {
+        if !data.def().is_pure() || data.extra().is_some() {
             continue;
         }
         let hash = key_hash(graph, op);
         match seen.find(hash, |&earlier| same_key(graph, earlier, op)).copied() {
             Some(earlier) => {
-                let pairs: SmallVec<[(ValueId, ValueId); 2]> =
-                    graph.op(op).results().zip(graph.op(earlier).results()).collect();
-                for (from, to) in pairs {
-                    graph.replace_all_uses(from, to);
-                }
-                graph.erase_op(op);
+                let results: SmallVec<[ValueId; 2]> = graph.op(earlier).results().collect();
+                graph.replace_op(op, &results);
                 changed = true;
             }
             None => {

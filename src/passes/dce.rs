@@ -20,27 +20,28 @@
 
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
-use crate::ir::{Graph, Module};
+use crate::ir::rewriter::Rewriter;
+use crate::ir::Module;
 
 pub const PASS: PassDef = PassDef { name: "dce", description: "Delete pure ops whose results are unused.", run };
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
-    for graph in &mut module.graphs {
-        changed |= eliminate_dead_ops(graph);
+    for gi in 0..module.graphs.len() {
+        changed |= eliminate_dead_ops(&mut Rewriter::new(module, gi));
     }
     Ok(changed)
 }
 
 /// Returns whether anything was deleted.
-pub fn eliminate_dead_ops(graph: &mut Graph) -> bool {
+pub fn eliminate_dead_ops(graph: &mut Rewriter<'_>) -> bool {
     let mut changed = false;
     let mut cursor = graph.ops().last();
     while let Some(op) = cursor {
         cursor = graph.prev_op(op);
         let data = graph.op(op);
         if data.def().is_pure() && data.results().all(|r| !graph.has_uses(r)) {
-            graph.erase_op(op);
+            graph.erase(op);
             changed = true;
         }
     }

@@ -25,11 +25,13 @@
 //! %b = sigmoid(%x_dq_1) : f32[4] quant[@act] -> @act
 //! ```
 
-use super::rewrite::{internal, is_op, producer_in, result, DEQUANTIZE_OPS};
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
-use crate::ir::graph::{ResultSpec, User};
+use crate::ir::graph::User;
+use crate::ir::matching::producer_of;
+use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{Graph, Module, OpId};
+use crate::ops::{self, Traits};
 
 pub const PASS: PassDef = PassDef {
     name: "duplicate-dq",
@@ -39,10 +41,11 @@ pub const PASS: PassDef = PassDef {
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
-    for g in &mut module.graphs {
-        let dqs: Vec<OpId> = g.ops().filter(|&op| is_op(g, op, DEQUANTIZE_OPS)).collect();
+    for gi in 0..module.graphs.len() {
+        let mut rw = Rewriter::new(module, gi);
+        let dqs: Vec<OpId> = rw.ops().filter(|&op| rw.op(op).kind().has(Traits::DEQUANTIZE)).collect();
         for dq in dqs {
-            changed |= duplicate(g, dq)?;
+            changed |= duplicate(&mut rw, dq)?;
         }
     }
     Ok(changed)
@@ -50,11 +53,12 @@ fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> 
 
 /// Whether the dequantize reads qparams computed at run time (`choose_qparams`).
 fn is_dynamic(g: &Graph, dq: OpId) -> bool {
-    g.op(dq).operands.get(1).is_some_and(|&scale| producer_in(g, scale, &["choose_qparams"]).is_some())
+    g.op(dq).operand(1).is_some_and(|scale| producer_of(g, scale, ops::CHOOSE_QPARAMS).is_some())
 }
 
-fn duplicate(g: &mut Graph, dq: OpId) -> Result<bool, Diagnostics> {
-    let value = result(g, dq, 0)?;
+fn duplicate(rw: &mut Rewriter<'_>, dq: OpId) -> Result<bool, Diagnostics> {
+    let g: &Graph = rw;
+    let value = g.op(dq).result(0).ok_or_else(|| internal("a dequantize without a result"))?;
     // Distinct readers in use order; the return counts as one unannotated reader.
     let mut readers: Vec<Option<OpId>> = Vec::new();
     for u in g.uses(value) {
@@ -77,26 +81,14 @@ fn duplicate(g: &mut Graph, dq: OpId) -> Result<bool, Diagnostics> {
     if readers.iter().all(annotated) {
         owners.remove(0); // keeps the original
     }
-    let (kind, attrs, span, loc) = (g.op(dq).kind, g.op(dq).attrs, g.op(dq).span, g.op(dq).loc);
-    let extra = g.op(dq).extra.clone();
-    let operands = g.op(dq).operands.clone();
-    let ty = g.value_type(value).clone();
-    let base = g.value_name(value).to_string();
-    let mut anchor = dq;
+    let operands = g.op(dq).operands().to_vec();
+    let span = g.op(dq).span();
+    rw.set_insertion_after(dq).set_span(span);
     for owner in owners {
-        let name = g.fresh_name(&base);
-        let spec = ResultSpec { name: &name, ty: ty.clone(), span };
-        let copy =
-            g.create_op(kind, &operands, attrs, vec![spec], span).map_err(|_| internal("a fresh name is taken"))?;
-        g.op_mut(copy).loc = loc;
-        g.op_mut(copy).extra = extra.clone();
-        g.insert_after(anchor, copy);
-        anchor = copy;
-        let copied = result(g, copy, 0)?;
-        for i in 0..g.op(owner).operands.len() {
-            if g.op(owner).operands[i] == value {
-                g.set_operand(owner, i, copied);
-            }
+        let copied = rw.clone_op(dq, &operands)?[0];
+        let reads: Vec<usize> = (0..rw.op(owner).operands().len()).filter(|&i| rw.op(owner).operands()[i] == value).collect();
+        for i in reads {
+            rw.update(owner).set_operand(i, copied);
         }
     }
     Ok(true)

@@ -121,7 +121,7 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
                 }
             }
         }
-        changed |= dce::eliminate_dead_ops(&mut module.graphs[gi]);
+        changed |= dce::eliminate_dead_ops(&mut crate::ir::rewriter::Rewriter::new(module, gi));
     }
     Ok(changed)
 }

@@ -31,11 +31,13 @@ use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::dce::eliminate_dead_ops;
-use super::rewrite::{constant_source, internal, is_op, op_attrs, op_kind, result, DEQUANTIZE_OPS, QUANTIZE_OPS};
 use super::{each_graph, PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
 use crate::interp::eval_op;
+use crate::ir::matching::producer_of;
+use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{Graph, Module, OpId, ValueId};
+use crate::ops::{self, Traits};
 use crate::tensor::Tensor;
 
 pub const PASS: PassDef = PassDef {
@@ -53,22 +55,17 @@ fn fold_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {
     let constant = constant_values(g);
     let targets: Vec<OpId> = g
         .ops()
-        .filter(|&op| is_op(g, op, QUANTIZE_OPS) && g.op(op).operands.iter().all(|v| constant.contains(v)))
+        .filter(|&op| g.op(op).kind().has(Traits::QUANTIZE) && g.op(op).operands().iter().all(|v| constant.contains(v)))
         .collect();
     if targets.is_empty() {
         return Ok(false);
     }
     let folded = evaluate(module, &module.graphs[gi], &targets)?;
+    let mut rw = Rewriter::new(module, gi);
     for (q, value) in targets.into_iter().zip(folded) {
-        let g = &module.graphs[gi];
-        let name = g.value_name(result(g, q, 0)?).to_string();
-        let (kind_name, field) = constant_source(module, &name, value);
-        let kind = op_kind(kind_name)?;
-        let g = &mut module.graphs[gi];
-        let attrs = op_attrs(g, kind, &[field])?;
-        g.rewrite_op(q, kind, &[], attrs);
+        rw.fold_to_constant(q, value)?;
     }
-    eliminate_dead_ops(&mut module.graphs[gi]);
+    eliminate_dead_ops(&mut rw);
     Ok(true)
 }
 
@@ -78,11 +75,11 @@ fn constant_values(g: &Graph) -> FxHashSet<ValueId> {
     for op in g.ops() {
         let data = g.op(op);
         let def = data.def();
-        let is_source = matches!(def.name, "weight" | "const");
+        let is_source = def.has(Traits::CONSTANT);
         let derived = def.is_pure()
-            && !data.operands.is_empty()
-            && !is_op(g, op, DEQUANTIZE_OPS)
-            && data.operands.iter().all(|v| constant.contains(v));
+            && !data.operands().is_empty()
+            && !def.has(Traits::DEQUANTIZE)
+            && data.operands().iter().all(|v| constant.contains(v));
         if is_source || derived {
             constant.extend(data.results());
         }
@@ -99,18 +96,16 @@ fn evaluate(module: &Module, g: &Graph, targets: &[OpId]) -> Result<Vec<Tensor>,
 /// ends of the integer range and turn NaN into the zero point, silently.
 fn check_finite(g: &Graph, quantize: OpId, operands: &[&Tensor]) -> Result<(), Diagnostics> {
     let data = g.op(quantize);
-    let (Some(&v), Some(x)) = (data.operands.first(), operands.first()) else { return Ok(()) };
+    let (Some(v), Some(x)) = (data.operand(0), operands.first()) else { return Ok(()) };
     let Some((index, value)) = x.first_nonfinite() else { return Ok(()) };
-    let key = g
-        .producer(v)
-        .filter(|&p| g.op(p).def().name == "weight")
+    let key = producer_of(g, v, ops::WEIGHT)
         .and_then(|p| g.attr(p, "key").and_then(|a| a.as_str()).map(|k| format!(" (weight `{k}`)")));
     Err(vec![Diag::error(format!(
         "cannot quantize `%{}`{}: its element {index:?} is {value}",
         g.value_name(v),
         key.unwrap_or_default()
     ))
-    .at(data.span, "quantized here")
+    .at(data.span(), "quantized here")
     .note("a quantized constant must be finite: ±inf would become the ends of the integer range, NaN the zero point")])
 }
 
@@ -126,7 +121,7 @@ fn evaluate_one(module: &Module, g: &Graph, target: OpId) -> Result<Tensor, Diag
         let data = g.op(op);
         if !operands_ready {
             stack.push((op, true));
-            for &v in &data.operands {
+            for &v in data.operands() {
                 if let Some(p) = g.producer(v).filter(|_| !values.contains_key(&v)) {
                     stack.push((p, false));
                 }
@@ -137,7 +132,7 @@ fn evaluate_one(module: &Module, g: &Graph, target: OpId) -> Result<Tensor, Diag
             continue; // reached twice, evaluated once
         }
         let operands: Vec<Arc<Tensor>> = data
-            .operands
+            .operands()
             .iter()
             .map(|v| values.get(v).cloned().ok_or_else(|| internal("a constant operand was not evaluated")))
             .collect::<Result<_, _>>()?;

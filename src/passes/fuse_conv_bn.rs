@@ -163,7 +163,7 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
                 Err(skip) => cx.warnings.push(skip.warning(&module.graphs[gi], bn, FOLDED)),
             }
         }
-        changed |= dce::eliminate_dead_ops(&mut module.graphs[gi]);
+        changed |= dce::eliminate_dead_ops(&mut crate::ir::rewriter::Rewriter::new(module, gi));
     }
     Ok(changed)
 }

@@ -112,18 +112,19 @@ pub(super) const CONVS: [&str; 3] = ["conv1d", "conv2d", "conv_transpose2d"];
 
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
-    for g in &mut module.graphs {
-        changed |= fuse_graph(g, &mut cx.warnings)?;
+    for gi in 0..module.graphs.len() {
+        changed |= fuse_graph(module, gi, &mut cx.warnings)?;
     }
     Ok(changed)
 }
 
-fn fuse_graph(g: &mut Graph, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
+fn fuse_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
     // PT2E returns early, without DCE, when there is no batch norm at all.
-    if !g.ops().any(|op| is_op(g, op, "batch_norm")) {
+    if !module.graphs[gi].ops().any(|op| is_op(&module.graphs[gi], op, "batch_norm")) {
         return Ok(false);
     }
-    let mut changed = dce::eliminate_dead_ops(g);
+    let mut changed = dce::eliminate_dead_ops(&mut crate::ir::rewriter::Rewriter::new(module, gi));
+    let g = &mut module.graphs[gi];
     for conv in CONVS {
         for with_bias in [true, false] {
             let bns: Vec<OpId> = g.ops().filter(|&op| is_op(g, op, "batch_norm")).collect();

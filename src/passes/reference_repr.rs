@@ -73,6 +73,7 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::dce::eliminate_dead_ops;
+use crate::ir::rewriter::Rewriter;
 use super::rewrite::{internal, new_op, op_attrs, op_kind, producer_in, result, tensor_op};
 use super::{each_graph, PassContext, PassDef};
 use crate::diag::{Diagnostics, Span};
@@ -126,7 +127,7 @@ fn rewrite_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {
         }
     }
     if changed {
-        eliminate_dead_ops(&mut module.graphs[gi]);
+        eliminate_dead_ops(&mut Rewriter::new(module, gi));
     }
     Ok(changed)
 }
