@@ -179,7 +179,8 @@ pub fn eval_op(module: &Module, graph: &Graph, op: OpId, operands: &[&Tensor]) -
         result_types: &result_types,
         weights: module.weights(),
     };
-    let kernel = kernels::kernel(data.kind).ok_or_else(|| internal(data.span, &format!("`{}` has no kernel", def.name)))?;
+    let kernel =
+        kernels::kernel(data.kind).ok_or_else(|| internal(data.span, &format!("`{}` has no kernel", def.name)))?;
     let results = kernel(&cx).map_err(|m| {
         let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);
         Diag::error(format!("`%{name} = {}` failed: {m}", def.name)).at(data.span, "while running this op")

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use super::attr::{Attr, Dict};
+use super::attr::{Attr, Attrs, Dict};
 use super::graph::{AttrsId, Graph, Module, OpId, ResultSpec, Sym, ValueId};
 use super::quant::Annotation;
 use super::types::TensorType;
@@ -138,12 +138,17 @@ impl<'m> Rewriter<'m> {
         let def = kind.def();
         let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
         for (field, value) in fields {
-            let i = def
-                .attr_index(field)
-                .ok_or_else(|| internal(&format!("`{}` has no attribute `{field}`", def.name)))?;
+            let i =
+                def.attr_index(field).ok_or_else(|| internal(&format!("`{}` has no attribute `{field}`", def.name)))?;
             slots[i] = Some(value.clone());
         }
         Ok(self.g().intern_attrs(def.complete_attrs(slots)))
+    }
+
+    /// Interns a complete attribute set (in the kind's schema order), for
+    /// [`Rewriter::build_with_attrs`] and [`OpUpdate::set_attrs`].
+    pub fn intern_attrs(&mut self, attrs: Attrs) -> AttrsId {
+        self.g().intern_attrs(attrs)
     }
 
     /// Creates `kind(operands) {fields}` at the insertion point, with results named after
@@ -182,8 +187,10 @@ impl<'m> Rewriter<'m> {
     ) -> Result<Results, Diagnostics> {
         let span = self.span;
         let names: Vec<String> = results.iter().map(|(base, _)| self.fresh_name(base)).collect();
-        let specs = names.iter().zip(results).map(|(n, (_, ty))| ResultSpec { name: n, ty: ty.clone(), span }).collect();
-        let op = self.g().create_op(kind, operands, attrs, specs, span).map_err(|_| internal("a fresh name is taken"))?;
+        let specs =
+            names.iter().zip(results).map(|(n, (_, ty))| ResultSpec { name: n, ty: ty.clone(), span }).collect();
+        let op =
+            self.g().create_op(kind, operands, attrs, specs, span).map_err(|_| internal("a fresh name is taken"))?;
         let loc = self.loc;
         self.g().op_data_mut(op).loc = loc;
         self.link(op);
@@ -356,7 +363,8 @@ impl OpUpdate<'_> {
     fn put_attr(&mut self, name: &str, value: Option<Attr>) -> Result<&mut Self, Diagnostics> {
         let data = self.graph.op(self.op);
         let def = data.def();
-        let index = def.attr_index(name).ok_or_else(|| internal(&format!("`{}` has no attribute `{name}`", def.name)))?;
+        let index =
+            def.attr_index(name).ok_or_else(|| internal(&format!("`{}` has no attribute `{name}`", def.name)))?;
         let mut attrs = self.graph.attrs_of(data.attrs_id()).to_vec();
         attrs[index] = value;
         let id = self.graph.intern_attrs(attrs.into_boxed_slice());

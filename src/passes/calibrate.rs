@@ -115,8 +115,7 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
 /// the value is a weight (so that a bad element can be found in the file).
 fn observed_value(g: &Graph, op: OpId) -> String {
     let Some(v) = g.op(op).operand(0) else { return "the observed value".into() };
-    let key = producer_of(g, v, ops::WEIGHT)
-        .and_then(|p| g.attr(p, "key").and_then(Attr::as_str).map(str::to_string));
+    let key = producer_of(g, v, ops::WEIGHT).and_then(|p| g.attr(p, "key").and_then(Attr::as_str).map(str::to_string));
     match key {
         Some(key) => format!("`%{}` (weight `{key}`)", g.value_name(v)),
         None => format!("`%{}`", g.value_name(v)),

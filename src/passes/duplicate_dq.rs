@@ -86,7 +86,8 @@ fn duplicate(rw: &mut Rewriter<'_>, dq: OpId) -> Result<bool, Diagnostics> {
     rw.set_insertion_after(dq).set_span(span);
     for owner in owners {
         let copied = rw.clone_op(dq, &operands)?[0];
-        let reads: Vec<usize> = (0..rw.op(owner).operands().len()).filter(|&i| rw.op(owner).operands()[i] == value).collect();
+        let reads: Vec<usize> =
+            (0..rw.op(owner).operands().len()).filter(|&i| rw.op(owner).operands()[i] == value).collect();
         for i in reads {
             rw.update(owner).set_operand(i, copied);
         }

@@ -29,12 +29,13 @@
 //! %y = linear(%x_dq, %w_dq) : f32[1,2] loc("fc") quant[@act, @w8] -> @act
 //! ```
 
-use super::rewrite::{is_op, producer_in, DEQUANTIZE_OPS, QUANTIZE_OPS};
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
-use crate::ir::graph::User;
+use crate::ir::matching::{producer_of, producer_with, sole_user};
 use crate::ir::quant::SpecRef;
-use crate::ir::{Graph, Module, OpId};
+use crate::ir::rewriter::Rewriter;
+use crate::ir::{Graph, Module, OpId, ValueId};
+use crate::ops::{self, OpKind, Traits};
 
 pub const PASS: PassDef = PassDef {
     name: "port-metadata",
@@ -44,32 +45,39 @@ pub const PASS: PassDef = PassDef {
 
 /// Ops a weight reaches its quantize through whose location follows the weight's (PT2E's list,
 /// with `reshape`, which export spells `view`).
-const VIEW_OPS: &[&str] = &["view", "reshape", "permute", "transpose", "flatten", "squeeze", "slice"];
+const VIEW_OPS: &[OpKind] =
+    &[ops::VIEW, ops::RESHAPE, ops::PERMUTE, ops::TRANSPOSE, ops::FLATTEN, ops::SQUEEZE, ops::SLICE];
 
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
-    for g in &mut module.graphs {
+    for gi in 0..module.graphs.len() {
+        let mut rw = Rewriter::new(module, gi);
         let owners: Vec<OpId> =
-            g.ops().filter(|&op| g.annotation(op).is_some_and(|a| a.quantizes_anything())).collect();
+            rw.ops().filter(|&op| rw.annotation(op).is_some_and(|a| a.quantizes_anything())).collect();
         for op in owners {
-            changed |= port(g, op);
+            changed |= port(&mut rw, op);
         }
     }
     Ok(changed)
 }
 
-fn port(g: &mut Graph, op: OpId) -> bool {
+/// The op producing `v`, when it is a view op of [`VIEW_OPS`].
+fn view_producer(g: &Graph, v: ValueId) -> Option<OpId> {
+    g.producer(v).filter(|&p| VIEW_OPS.contains(&g.op(p).kind()))
+}
+
+fn port(g: &mut Rewriter<'_>, op: OpId) -> bool {
     let Some(annotation) = g.annotation(op) else { return false };
     let annotated_inputs: Vec<usize> =
         annotation.inputs.iter().enumerate().filter(|(_, s)| **s != SpecRef::None).map(|(i, _)| i).collect();
     let output_annotated = annotation.output.as_ref().is_some_and(|s| *s != SpecRef::None);
     let mut changed = false;
     for i in annotated_inputs {
-        let Some(&input) = g.op(op).operands.get(i) else { continue };
-        let Some(dq) = producer_in(g, input, DEQUANTIZE_OPS) else { continue };
+        let Some(input) = g.op(op).operand(i) else { continue };
+        let Some(dq) = producer_with(g, input, Traits::DEQUANTIZE) else { continue };
         changed |= copy_meta(g, op, dq);
-        let Some(q) = producer_in(g, g.op(dq).operands[0], QUANTIZE_OPS) else { continue };
-        let choose = g.op(dq).operands.get(1).and_then(|&s| producer_in(g, s, &["choose_qparams"]));
+        let Some(q) = producer_with(g, g.op(dq).operands()[0], Traits::QUANTIZE) else { continue };
+        let choose = g.op(dq).operand(1).and_then(|s| producer_of(g, s, ops::CHOOSE_QPARAMS));
         if let Some(choose) = choose {
             changed |= copy_meta(g, op, q);
             changed |= copy_meta(g, op, choose);
@@ -77,40 +85,34 @@ fn port(g: &mut Graph, op: OpId) -> bool {
         }
         // A weight's quantize (and the view ops before it) belongs to the weight.
         let mut chain = vec![q];
-        let mut v = g.op(q).operands[0];
-        while let Some(view) = producer_in(g, v, VIEW_OPS) {
+        let mut v = g.op(q).operands()[0];
+        while let Some(view) = view_producer(g, v) {
             chain.push(view);
-            v = g.op(view).operands[0];
+            v = g.op(view).operands()[0];
         }
-        if let Some(constant) = producer_in(g, v, &["weight", "const"]) {
+        if let Some(constant) = producer_with(g, v, Traits::CONSTANT) {
             for target in chain {
                 changed |= copy_meta(g, constant, target);
             }
         }
     }
     if output_annotated {
-        if let Some(out) = g.op(op).result(0) {
-            if let [u] = g.uses(out) {
-                if let User::Op(q) = u.user {
-                    if is_op(g, q, QUANTIZE_OPS) {
-                        changed |= copy_meta(g, op, q);
-                    }
-                }
-            }
+        let sole_quantize = g.op(op).result(0).and_then(|out| sole_user(g, out)).map(|(user, _)| user);
+        if let Some(q) = sole_quantize.filter(|&q| g.op(q).kind().has(Traits::QUANTIZE)) {
+            changed |= copy_meta(g, op, q);
         }
     }
     changed
 }
 
 /// Gives `to` the location and metadata of `from`; whether anything changed.
-fn copy_meta(g: &mut Graph, from: OpId, to: OpId) -> bool {
-    let loc = g.op(from).loc;
+fn copy_meta(g: &mut Rewriter<'_>, from: OpId, to: OpId) -> bool {
+    let loc = g.op(from).loc_sym();
     let meta = g.meta(from).cloned().unwrap_or_default();
-    let before = (g.op(to).loc, g.meta(to).cloned().unwrap_or_default());
+    let before = (g.op(to).loc_sym(), g.meta(to).cloned().unwrap_or_default());
     if before == (loc, meta.clone()) {
         return false;
     }
-    g.op_mut(to).loc = loc;
-    g.extra_mut(to).meta = meta;
+    g.update(to).set_loc(loc).set_meta(meta);
     true
 }

@@ -48,10 +48,11 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use super::{PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::attr::{Attr, Dict};
-use crate::ir::graph::{Graph, OpId, ResultSpec, User, ValueId};
+use crate::ir::graph::{Graph, OpId, Sym, User, ValueDef, ValueId};
 use crate::ir::quant::{EdgeOrValue, QSpec, SpecRef};
+use crate::ir::rewriter::{InsertPoint, Rewriter};
 use crate::ir::{DType, Module};
-use crate::ops::OpKind;
+use crate::ops;
 
 pub const PASS: PassDef =
     PassDef { name: "prepare", description: "Insert observers for the annotations, sharing them as PT2E does.", run };
@@ -59,8 +60,8 @@ pub const PASS: PassDef =
 fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
     let qspecs: Vec<QSpec> = module.qspecs.iter().map(|q| q.spec.clone()).collect();
-    for graph in &mut module.graphs {
-        changed |= prepare_graph(graph, &qspecs)?;
+    for gi in 0..module.graphs.len() {
+        changed |= prepare_graph(&mut Rewriter::new(module, gi), &qspecs)?;
     }
     Ok(changed)
 }
@@ -341,14 +342,27 @@ fn describe(g: &Graph, key: EdgeOrValue) -> String {
 
 fn key_span(g: &Graph, key: EdgeOrValue) -> crate::diag::Span {
     match key {
-        EdgeOrValue::Value(v) => g.producer(v).map_or(g.value(v).span, |op| g.op(op).span),
-        EdgeOrValue::Edge { consumer, .. } => g.op(consumer).span,
+        EdgeOrValue::Value(v) => g.producer(v).map_or(g.value(v).span(), |op| g.op(op).span()),
+        EdgeOrValue::Edge { consumer, .. } => g.op(consumer).span(),
     }
 }
 
-fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
-    let original: Vec<OpId> = g.op_ids();
-    // 1. Specs by edge and value, in program order.
+/// Prepares one graph in four phases: collect the specs, group them, give each group an
+/// observer instance, insert the observers.
+fn prepare_graph(rw: &mut Rewriter<'_>, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
+    let original: Vec<OpId> = rw.op_ids();
+    let mut groups = collect_specs(rw, &original, qspecs);
+    if groups.keys.is_empty() {
+        return Ok(false);
+    }
+    share(rw, &mut groups)?;
+    let plan = InstancePlan::new(rw, &mut groups)?;
+    insert_observers(rw, &original, &groups, &plan)?;
+    Ok(true)
+}
+
+/// 1. Specs by edge and value, in program order.
+fn collect_specs<'q>(g: &Graph, original: &[OpId], qspecs: &'q [QSpec]) -> Groups<'q> {
     let mut groups = Groups {
         keys: Vec::new(),
         specs: Vec::new(),
@@ -357,10 +371,10 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
         chain_end: Vec::new(),
         chain_dependents: Vec::new(),
     };
-    for &op in &original {
+    for &op in original {
         let Some(annotation) = g.annotation(op) else { continue };
         for (i, spec) in annotation.inputs.iter().enumerate() {
-            let value = g.op(op).operands[i];
+            let value = g.op(op).operands()[i];
             groups.insert(EdgeOrValue::Edge { value, consumer: op }, resolve(spec, qspecs));
         }
         if let (Some(out), Some(result)) = (&annotation.output, g.op(op).result(0)) {
@@ -370,11 +384,14 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
             }
         }
     }
-    if groups.keys.is_empty() {
-        return Ok(false);
-    }
+    groups
+}
+
+/// 2. Union-find, in dict order, as PT2E's `_get_edge_or_node_to_group_id`: explicit
+/// `shared(...)` specs, and implicit sharing between a value's readers and its output.
+fn share(g: &Graph, groups: &mut Groups<'_>) -> Result<(), Diagnostics> {
     let mut errors = Vec::new();
-    let missing_target = |g: &Graph, key: EdgeOrValue, target: EdgeOrValue| {
+    let missing_target = |key: EdgeOrValue, target: EdgeOrValue| {
         Diag::error(format!(
             "{} shares the observer of {}, which has no quantization spec",
             describe(g, key),
@@ -383,88 +400,105 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
         .at(key_span(g, key), "annotated here")
         .help("annotate the target too (or share with something that is annotated)")
     };
-
-    // 2. Union-find, in dict order, as PT2E's `_get_edge_or_node_to_group_id`.
     let mut fanouts: FxHashMap<ValueId, Readers> = FxHashMap::default();
     for i in 0..groups.keys.len() {
         let key = groups.keys[i];
-        match key {
-            EdgeOrValue::Value(_) => {
-                if let Resolved::Shared(target) = groups.specs[i] {
-                    match groups.index.get(&target) {
-                        Some(&t) => groups.union(t, i),
-                        None => errors.push(missing_target(g, key, target)),
-                    }
-                }
+        if let EdgeOrValue::Edge { value, .. } = key {
+            if let Some(fields) = groups.unwrap(i).and_then(sharing_fields) {
+                // Implicit sharing: other users of the value first, then its producer.
+                let readers = fanouts.entry(value).or_insert_with(|| Readers::of(g, groups, value));
+                readers.share_implicitly(groups, i, &fields);
             }
-            EdgeOrValue::Edge { value, .. } => {
-                let fields = groups.unwrap(i).and_then(sharing_fields);
-                if let Some(fields) = fields {
-                    // Implicit sharing: other users of the value first, then its producer.
-                    let readers = fanouts.entry(value).or_insert_with(|| Readers::of(g, &groups, value));
-                    readers.share_implicitly(&mut groups, i, &fields);
-                }
-                if let Resolved::Shared(target) = groups.specs[i] {
-                    match groups.index.get(&target) {
-                        Some(&t) => groups.union(t, i),
-                        None => errors.push(missing_target(g, key, target)),
-                    }
-                }
+        }
+        if let Resolved::Shared(target) = groups.specs[i] {
+            match groups.index.get(&target) {
+                Some(&t) => groups.union(t, i),
+                None => errors.push(missing_target(key, target)),
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// 3. One observer instance per group, from its first concrete member in program order, with
+/// the attributes of its observers.
+struct InstancePlan {
+    /// Each key's group root.
+    roots: Vec<usize>,
+    /// Each root's instance (`None`: the group quantizes nothing).
+    instance_of_root: FxHashMap<usize, Option<u32>>,
+    /// The observer attributes of each instance.
+    observer_attrs: Vec<Vec<(&'static str, Attr)>>,
+}
+
+impl InstancePlan {
+    fn new(g: &Graph, groups: &mut Groups<'_>) -> Result<InstancePlan, Diagnostics> {
+        let n = groups.keys.len();
+        let roots: Vec<usize> = (0..n).map(|i| groups.find(i)).collect();
+        let mut creator: FxHashMap<usize, usize> = FxHashMap::default();
+        for (i, &root) in roots.iter().enumerate() {
+            if !matches!(groups.specs[i], Resolved::Shared(_)) {
+                creator.entry(root).or_insert(i);
+            }
+        }
+        // Instance ids follow the order in which PT2E would create them: first member order.
+        let mut instance_of_root: FxHashMap<usize, Option<u32>> = FxHashMap::default();
+        let mut instances: Vec<usize> = Vec::new();
+        for (i, &root) in roots.iter().enumerate() {
+            if instance_of_root.contains_key(&root) {
+                continue;
+            }
+            let Some(&c) = creator.get(&root) else {
+                return Err(vec![Diag::error(format!(
+                    "{} is in a cycle of shared specs with no concrete spec",
+                    describe(g, groups.keys[i])
+                ))
+                .at(key_span(g, groups.keys[i]), "part of the cycle")
+                .help("one member of a sharing group must have a spec of its own")]);
+            };
+            let id = match groups.specs[c] {
+                Resolved::None => None,
+                _ => {
+                    instances.push(c);
+                    Some(instances.len() as u32 - 1)
+                }
+            };
+            instance_of_root.insert(root, id);
+        }
+        let mut plan = InstancePlan { roots, instance_of_root, observer_attrs: Vec::with_capacity(instances.len()) };
+        for (id, &c) in instances.iter().enumerate() {
+            let attrs = plan.observer_fields(g, groups, id as u32, c)?;
+            plan.observer_attrs.push(attrs);
+        }
+        Ok(plan)
     }
 
-    // 3. One instance per group, from its first concrete member in program order.
-    let n = groups.keys.len();
-    let roots: Vec<usize> = (0..n).map(|i| groups.find(i)).collect();
-    let mut creator: FxHashMap<usize, usize> = FxHashMap::default();
-    for (i, &root) in roots.iter().enumerate() {
-        if !matches!(groups.specs[i], Resolved::Shared(_)) {
-            creator.entry(root).or_insert(i);
-        }
+    /// The instance observing `key`, if any.
+    fn instance_of(&self, groups: &Groups<'_>, key: &EdgeOrValue) -> Option<u32> {
+        groups.index.get(key).and_then(|&i| self.instance_of_root.get(&self.roots[i]).copied().flatten())
     }
-    // Instance ids follow the order in which PT2E would create them: first member order.
-    let mut instance_of_root: FxHashMap<usize, Option<u32>> = FxHashMap::default();
-    let mut instances: Vec<usize> = Vec::new();
-    for (i, &root) in roots.iter().enumerate() {
-        if instance_of_root.contains_key(&root) {
-            continue;
-        }
-        let Some(&c) = creator.get(&root) else {
-            return Err(vec![Diag::error(format!(
-                "{} is in a cycle of shared specs with no concrete spec",
-                describe(g, groups.keys[i])
-            ))
-            .at(key_span(g, groups.keys[i]), "part of the cycle")
-            .help("one member of a sharing group must have a spec of its own")]);
-        };
-        let id = match groups.specs[c] {
-            Resolved::None => None,
-            _ => {
-                instances.push(c);
-                Some(instances.len() as u32 - 1)
-            }
-        };
-        instance_of_root.insert(root, id);
-    }
-    let instance = |i: usize| instance_of_root.get(&roots[i]).copied().flatten();
-    let instance_of_key = |key: &EdgeOrValue| groups.index.get(key).and_then(|&i| instance(i));
 
-    // Observer attributes per instance.
-    let mut observer_attrs: Vec<Vec<(&'static str, Attr)>> = Vec::with_capacity(instances.len());
-    for (id, &c) in instances.iter().enumerate() {
-        let attrs = match &groups.specs[c] {
-            Resolved::Spec(spec) => observer_fields(spec, id as u32).map_err(|m| {
+    /// The observer attributes of instance `id`, created by key `c`.
+    fn observer_fields(
+        &self,
+        g: &Graph,
+        groups: &Groups<'_>,
+        id: u32,
+        c: usize,
+    ) -> Result<Vec<(&'static str, Attr)>, Diagnostics> {
+        Ok(match &groups.specs[c] {
+            Resolved::Spec(spec) => observer_fields(spec, id).map_err(|m| {
                 vec![Diag::error(format!("cannot observe {}: {m}", describe(g, groups.keys[c])))
                     .at(key_span(g, groups.keys[c]), "annotated here")]
             })?,
             Resolved::Derived { from, spec } => {
                 let mut sources = Vec::new();
                 for f in from {
-                    match instance_of_key(f) {
+                    match self.instance_of(groups, f) {
                         Some(s) => sources.push(Attr::Int(i64::from(s))),
                         None => {
                             return Err(vec![Diag::error(format!(
@@ -483,7 +517,7 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                     ("qmin", Attr::Int(spec.qmin)),
                     ("qmax", Attr::Int(spec.qmax)),
                     ("qscheme", Attr::Str(spec.qscheme.name().into())),
-                    ("instance", Attr::Int(i64::from(id as u32))),
+                    ("instance", Attr::Int(i64::from(id))),
                 ];
                 if let (Some(axis), true) = (spec.ch_axis, spec.qscheme.is_per_channel()) {
                     fields.push(("ch_axis", Attr::Int(axis)));
@@ -494,78 +528,45 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
                 fields
             }
             Resolved::None | Resolved::Shared(_) => Vec::new(),
-        };
-        observer_attrs.push(attrs);
+        })
     }
+}
 
-    // 4. Insertion, over the original ops in order.
-    let Some(observer_kind) = OpKind::from_name("observer") else { return Ok(false) };
+/// 4. Observers, over the original ops in order: one per observed input edge (shared by the
+/// edges of one value and instance) and one per observed output.
+fn insert_observers(
+    rw: &mut Rewriter<'_>,
+    original: &[OpId],
+    groups: &Groups<'_>,
+    plan: &InstancePlan,
+) -> Result<(), Diagnostics> {
+    let mut observers = ObserverMaker { plan, counter: 0, input_anchors: BTreeMap::new() };
     let mut inserted: FxHashMap<ValueId, u32> = FxHashMap::default(); // observer result → instance
-                                                                      // The observer of each value per instance (there is at most one), and the operands to
-                                                                      // point at observers, set together at the end: one at a time, both would search a use
-                                                                      // list per reader, quadratic in a value's readers.
+                                                                      // The observer of each value per instance (there is at most one), and the operands to point
+                                                                      // at observers, set together at the end: one at a time, both would search a use list per
+                                                                      // reader, quadratic in a value's readers.
     let mut observer_of: FxHashMap<(ValueId, u32), ValueId> = FxHashMap::default();
     let mut new_operands: Vec<(OpId, usize, ValueId)> = Vec::new();
-    let mut counter = 0usize;
-    // The last observer placed after each graph input, to keep input order at the top.
-    let mut input_anchors: BTreeMap<u32, OpId> = BTreeMap::new();
-    let mut make_observer = |g: &mut Graph, input: ValueId, id: u32, loc| -> Result<ValueId, Diagnostics> {
-        let def = observer_kind.def();
-        let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
-        for (name, value) in &observer_attrs[id as usize] {
-            if let Some(i) = def.attr_index(name) {
-                slots[i] = Some(value.clone());
-            }
-        }
-        let attrs = def.complete_attrs(slots);
-        let span = g.producer(input).map_or(g.value(input).span, |p| g.op(p).span);
-        // A hand-written spec may not fit the value (a channel axis past its rank): say so
-        // here rather than leave the verifier an invalid observer.
-        if let Err(message) = def.infer(&[g.value_type(input)], &attrs, &[]) {
-            return Err(vec![Diag::error(format!(
-                "cannot observe `%{}` ({}) with its spec: {message}",
-                g.value_name(input),
-                g.value_type(input)
-            ))
-            .at(span, "observed here")
-            .help("check the spec's `ch_axis` (and dtype) against the annotated value")]);
-        }
-        let attrs = g.intern_attrs(attrs);
-        let name = loop {
-            let candidate = format!("activation_post_process_{counter}");
-            counter += 1;
-            if g.value_by_name(&candidate).is_none() {
-                break candidate;
-            }
-        };
-        let ty = g.value_type(input).clone();
-        let op = g
-            .create_op(observer_kind, &[input], attrs, vec![ResultSpec { name: &name, ty, span }], span)
-            .map_err(|_| vec![Diag::error("internal: observer name clash").note("this is a bug in qc")])?;
-        link_after(g, op, input, &mut input_anchors);
-        g.op_mut(op).loc = loc;
-        g.op(op).result(0).ok_or_else(|| vec![Diag::error("internal: observer without result")])
-    };
-
-    for &op in &original {
-        if g.annotation(op).is_none() {
+    for &op in original {
+        if rw.annotation(op).is_none() {
             continue;
         }
-        let loc = g.op(op).loc;
-        for i in 0..g.op(op).operands.len() {
-            let arg = g.op(op).operands[i];
+        let loc = rw.op(op).loc_sym();
+        for i in 0..rw.op(op).operands().len() {
+            let arg = rw.op(op).operands()[i];
             let mut original_arg = arg;
-            while let Some(p) = g.producer(original_arg).filter(|_| inserted.contains_key(&original_arg)) {
-                original_arg = g.op(p).operands[0];
+            while let Some(p) = rw.producer(original_arg).filter(|_| inserted.contains_key(&original_arg)) {
+                original_arg = rw.op(p).operands()[0];
             }
-            let Some(id) = instance_of_key(&EdgeOrValue::Edge { value: original_arg, consumer: op }) else { continue };
-            if instance_of_key(&EdgeOrValue::Value(original_arg)) == Some(id) {
+            let edge = EdgeOrValue::Edge { value: original_arg, consumer: op };
+            let Some(id) = plan.instance_of(groups, &edge) else { continue };
+            if plan.instance_of(groups, &EdgeOrValue::Value(original_arg)) == Some(id) {
                 continue;
             }
             let observed = match observer_of.get(&(arg, id)) {
                 Some(&r) => r,
                 None => {
-                    let r = make_observer(g, arg, id, loc)?;
+                    let r = observers.make(rw, arg, id, loc)?;
                     inserted.insert(r, id);
                     observer_of.insert((arg, id), r);
                     r
@@ -573,35 +574,86 @@ fn prepare_graph(g: &mut Graph, qspecs: &[QSpec]) -> Result<bool, Diagnostics> {
             };
             new_operands.push((op, i, observed));
         }
-        let Some(result) = g.op(op).result(0) else { continue };
-        let Some(id) = instance_of_key(&EdgeOrValue::Value(result)) else { continue };
-        let observed = make_observer(g, result, id, loc)?;
+        let Some(result) = rw.op(op).result(0) else { continue };
+        let Some(id) = plan.instance_of(groups, &EdgeOrValue::Value(result)) else { continue };
+        let observed = observers.make(rw, result, id, loc)?;
         inserted.insert(observed, id);
         observer_of.insert((result, id), observed);
         // Every reader of the result reads the observer, but the observer itself.
-        g.replace_all_uses(result, observed);
-        if let Some(observer_op) = g.producer(observed) {
-            g.set_operand(observer_op, 0, result);
+        rw.replace_all_uses(result, observed);
+        if let Some(observer_op) = rw.producer(observed) {
+            rw.update(observer_op).set_operand(0, result);
         }
     }
-    g.set_operands(&new_operands);
-    Ok(true)
+    rw.set_operands(&new_operands);
+    Ok(())
 }
 
-/// Links a new observer right after the definition of `input`. Observers of graph inputs go
-/// at the top in input order, as PT2E places them after each placeholder.
-fn link_after(g: &mut Graph, op: OpId, input: ValueId, anchors: &mut BTreeMap<u32, OpId>) {
-    match g.value(input).def {
-        crate::ir::graph::ValueDef::Result(producer, _) => g.insert_after(producer, op),
-        crate::ir::graph::ValueDef::Input(index) => {
-            let anchor = anchors.range(..=index).next_back().map(|(_, &a)| a);
-            match (anchor, g.ops().next()) {
-                (Some(a), _) => g.insert_after(a, op),
-                (None, Some(first)) => g.insert_before(first, op),
-                (None, None) => g.append(op),
+/// Builds observers: names them `activation_post_process_<n>` as PT2E does, and places them.
+struct ObserverMaker<'p> {
+    plan: &'p InstancePlan,
+    counter: usize,
+    /// The last observer placed after each graph input, to keep input order at the top.
+    input_anchors: BTreeMap<u32, OpId>,
+}
+
+impl ObserverMaker<'_> {
+    /// An observer of `input` for instance `id`, right after `input`'s definition; its result.
+    fn make(
+        &mut self,
+        rw: &mut Rewriter<'_>,
+        input: ValueId,
+        id: u32,
+        loc: Option<Sym>,
+    ) -> Result<ValueId, Diagnostics> {
+        let def = ops::OBSERVER.def();
+        let mut slots: Vec<Option<Attr>> = vec![None; def.attrs.len()];
+        for (name, value) in &self.plan.observer_attrs[id as usize] {
+            if let Some(i) = def.attr_index(name) {
+                slots[i] = Some(value.clone());
             }
-            anchors.insert(index, op);
         }
+        let attrs = def.complete_attrs(slots);
+        let span = rw.producer(input).map_or(rw.value(input).span(), |p| rw.op(p).span());
+        // A hand-written spec may not fit the value (a channel axis past its rank): say so
+        // here rather than leave the verifier an invalid observer.
+        if let Err(message) = def.infer(&[rw.value_type(input)], &attrs, &[]) {
+            return Err(vec![Diag::error(format!(
+                "cannot observe `%{}` ({}) with its spec: {message}",
+                rw.value_name(input),
+                rw.value_type(input)
+            ))
+            .at(span, "observed here")
+            .help("check the spec's `ch_axis` (and dtype) against the annotated value")]);
+        }
+        let name = loop {
+            let candidate = format!("activation_post_process_{}", self.counter);
+            self.counter += 1;
+            if rw.value_by_name(&candidate).is_none() {
+                break candidate;
+            }
+        };
+        let ty = rw.value_type(input).clone();
+        // Observers of graph inputs go at the top in input order, as PT2E places them after each
+        // placeholder.
+        let input_index = match rw.value(input).def() {
+            ValueDef::Input(index) => Some(index),
+            ValueDef::Result(..) => None,
+        };
+        match input_index {
+            None => rw.set_insertion_after_def(input),
+            Some(index) => match self.input_anchors.range(..=index).next_back() {
+                Some((_, &anchor)) => rw.set_insertion_after(anchor),
+                None => rw.set_insertion_point(InsertPoint::Start),
+            },
+        };
+        let attrs = rw.intern_attrs(attrs);
+        let observed =
+            rw.set_span(span).set_loc(loc).build_with_attrs(ops::OBSERVER, &[input], attrs, &[(&name, ty)])?;
+        if let (Some(index), Some(op)) = (input_index, rw.producer(observed[0])) {
+            self.input_anchors.insert(index, op);
+        }
+        Ok(observed[0])
     }
 }
 

@@ -73,13 +73,13 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::dce::eliminate_dead_ops;
-use crate::ir::rewriter::Rewriter;
 use super::rewrite::{internal, new_op, op_attrs, op_kind, producer_in, result, tensor_op};
 use super::{each_graph, PassContext, PassDef};
 use crate::diag::{Diagnostics, Span};
 use crate::interp::eval_op;
 use crate::ir::attr::Attr;
 use crate::ir::graph::{AttrsId, ResultSpec, Sym, User};
+use crate::ir::rewriter::Rewriter;
 use crate::ir::{DType, Dim, Graph, Module, OpId, TensorType, ValueId};
 use crate::ops::infer::norm_dim;
 use crate::ops::OpKind;
