@@ -73,16 +73,16 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::dce::eliminate_dead_ops;
-use super::rewrite::{internal, new_op, op_attrs, op_kind, producer_in, result, tensor_op};
 use super::{each_graph, PassContext, PassDef};
-use crate::diag::{Diagnostics, Span};
+use crate::diag::Diagnostics;
 use crate::interp::eval_op;
 use crate::ir::attr::Attr;
-use crate::ir::graph::{AttrsId, ResultSpec, Sym, User};
-use crate::ir::rewriter::Rewriter;
+use crate::ir::graph::AttrsId;
+use crate::ir::matching::{producer_of, producer_with, sole_user};
+use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{DType, Dim, Graph, Module, OpId, TensorType, ValueId};
 use crate::ops::infer::norm_dim;
-use crate::ops::OpKind;
+use crate::ops::{self, OpKind, Traits};
 use crate::tensor::Tensor;
 
 pub const PASS: PassDef = PassDef {
@@ -92,21 +92,21 @@ pub const PASS: PassDef = PassDef {
 };
 
 /// Ops rewritten on the integers of their one input: pooling and data movement.
-const UNARY_OPS: &[&str] = &[
-    "max_pool2d",
-    "avg_pool2d",
-    "adaptive_avg_pool2d",
-    "view",
-    "reshape",
-    "permute",
-    "transpose",
-    "flatten",
-    "squeeze",
-    "unsqueeze",
-    "slice",
-    "contiguous",
-    "dropout",
-    "expand",
+const UNARY_OPS: &[OpKind] = &[
+    ops::MAX_POOL2D,
+    ops::AVG_POOL2D,
+    ops::ADAPTIVE_AVG_POOL2D,
+    ops::VIEW,
+    ops::RESHAPE,
+    ops::PERMUTE,
+    ops::TRANSPOSE,
+    ops::FLATTEN,
+    ops::SQUEEZE,
+    ops::UNSQUEEZE,
+    ops::SLICE,
+    ops::CONTIGUOUS,
+    ops::DROPOUT,
+    ops::EXPAND,
 ];
 
 /// At most this many bits of fraction below the output's unit in add/sub's rescaled operands.
@@ -118,11 +118,11 @@ fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> 
 
 fn rewrite_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {
     let g = &module.graphs[gi];
-    let quantizes: Vec<OpId> = g.ops().filter(|&op| g.op(op).def().name == "quantize_per_tensor").collect();
+    let quantizes = crate::ir::matching::ops_of(g, &[ops::QUANTIZE_PER_TENSOR]);
     let mut changed = false;
     for q in quantizes {
         if let Some(group) = match_group(module, &module.graphs[gi], q)? {
-            rewrite(module, gi, group)?;
+            rewrite(&mut Rewriter::new(module, gi), group)?;
             changed = true;
         }
     }
@@ -243,11 +243,11 @@ struct Group {
 
 /// The group ending in quantize `q`, if it is one this pass rewrites.
 fn match_group(module: &Module, g: &Graph, q: OpId) -> Result<Option<Group>, Diagnostics> {
-    let (Some(mut out), Some(&input)) = (QParams::of(g, q), g.op(q).operands.first()) else { return Ok(None) };
-    let Some(mut op) = producer_if_sole_reader(g, input, q) else { return Ok(None) };
-    if g.op(op).def().name == "relu" {
+    let (Some(mut out), Some(input)) = (QParams::of(g, q), g.op(q).operand(0)) else { return Ok(None) };
+    let Some(mut op) = producer_if_sole_reader(g, input) else { return Ok(None) };
+    if g.op(op).kind() == ops::RELU {
         let relu = op;
-        let Some(x) = g.op(relu).operands.first().and_then(|&v| producer_if_sole_reader(g, v, relu)) else {
+        let Some(x) = g.op(relu).operand(0).and_then(|v| producer_if_sole_reader(g, v)) else {
             return Ok(None);
         };
         op = x;
@@ -257,34 +257,32 @@ fn match_group(module: &Module, g: &Graph, q: OpId) -> Result<Option<Group>, Dia
     if data.num_results() != 1 || data.results().any(|r| g.value_type(r).dtype != DType::F32) {
         return Ok(None);
     }
-    let operands = &data.operands;
-    let form = match (data.def().name, operands.as_slice()) {
-        ("linear" | "conv1d" | "conv2d", [x, w, rest @ ..]) => layer(module, g, op, *x, *w, rest.first().copied())?,
-        ("mul" | "matmul" | "bmm", &[x, y]) => product(g, op, x, y),
-        ("add" | "sub", &[x, y]) => sum(g, op, x, y, &out),
-        ("mean", &[x]) => mean(g, op, x),
-        ("cat", inputs) => {
+    let form = match (data.kind(), data.operands()) {
+        (ops::LINEAR | ops::CONV1D | ops::CONV2D, [x, w, rest @ ..]) => {
+            layer(module, g, op, *x, *w, rest.first().copied())?
+        }
+        (ops::MUL | ops::MATMUL | ops::BMM, &[x, y]) => product(g, op, x, y),
+        (ops::ADD | ops::SUB, &[x, y]) => sum(g, op, x, y, &out),
+        (ops::MEAN, &[x]) => mean(g, op, x),
+        (ops::CAT, inputs) => {
             inputs.iter().map(|&v| dequantized(g, v)).collect::<Option<_>>().map(|inputs| Form::Cat { inputs })
         }
-        (name, &[x]) if UNARY_OPS.contains(&name) => dequantized(g, x).map(|x| Form::Unary { x }),
+        (kind, &[x]) if UNARY_OPS.contains(&kind) => dequantized(g, x).map(|x| Form::Unary { x }),
         _ => None,
     };
     let centered_ok = form.as_ref().is_some_and(|f| centered_inputs(f, &out).iter().all(QParams::centers_in_i32));
     Ok(form.filter(|_| centered_ok).map(|form| Group { q, op, out, form }))
 }
 
-/// The producer of `v` when `reader` is its only reader.
-fn producer_if_sole_reader(g: &Graph, v: ValueId, reader: OpId) -> Option<OpId> {
-    match g.uses(v) {
-        [u] if u.user == User::Op(reader) => g.producer(v),
-        _ => None,
-    }
+/// The producer of `v` when one op (the one asking) is its only reader.
+fn producer_if_sole_reader(g: &Graph, v: ValueId) -> Option<OpId> {
+    sole_user(g, v).and_then(|_| g.producer(v))
 }
 
 /// `v` as a static per-tensor dequantize to f32.
 fn dequantized(g: &Graph, v: ValueId) -> Option<Quantized> {
-    let dq = producer_in(g, v, &["dequantize_per_tensor"])?;
-    let value = *g.op(dq).operands.first()?;
+    let dq = producer_of(g, v, ops::DEQUANTIZE_PER_TENSOR)?;
+    let value = g.op(dq).operand(0)?;
     (g.value_type(v).dtype == DType::F32).then_some(Quantized { value, qp: QParams::of(g, dq)? })
 }
 
@@ -300,7 +298,7 @@ fn centered_inputs(form: &Form, out: &QParams) -> Vec<QParams> {
 
 /// The value of `v` when a `weight` or `const` op produces it.
 fn constant(module: &Module, g: &Graph, v: ValueId) -> Result<Option<Tensor>, Diagnostics> {
-    let Some(p) = producer_in(g, v, &["weight", "const"]) else { return Ok(None) };
+    let Some(p) = producer_with(g, v, Traits::CONSTANT) else { return Ok(None) };
     let mut values = eval_op(module, g, p, &[]).map_err(|d| vec![d])?;
     Ok(values.pop())
 }
@@ -311,8 +309,8 @@ fn weight(module: &Module, g: &Graph, v: ValueId) -> Result<Option<Weight>, Diag
         let QParams { scale, zero_point, qmin, qmax, dtype } = qp;
         return Ok(Some(Weight { value, scales: vec![scale], zero_points: vec![zero_point], qmin, qmax, dtype }));
     }
-    let Some(dq) = producer_in(g, v, &["dequantize_per_channel"]) else { return Ok(None) };
-    let &[value, scales, zero_points] = g.op(dq).operands.as_slice() else { return Ok(None) };
+    let Some(dq) = producer_of(g, v, ops::DEQUANTIZE_PER_CHANNEL) else { return Ok(None) };
+    let &[value, scales, zero_points] = g.op(dq).operands() else { return Ok(None) };
     let int = |name: &str| g.attr(dq, name).and_then(Attr::as_int);
     let (Some(axis), Some(qmin), Some(qmax), Some(dtype)) =
         (int("axis"), int("qmin"), int("qmax"), g.attr(dq, "dtype").and_then(Attr::as_dtype))
@@ -359,7 +357,7 @@ fn layer(
         return Ok(None);
     }
     // Terms per output: in_features for linear, C/groups·k for a conv.
-    let first = if g.op(op).def().name == "linear" { w_type.rank() - 1 } else { 1 };
+    let first = if g.op(op).kind() == ops::LINEAR { w_type.rank() - 1 } else { 1 };
     let Some(terms) = w_type.shape[first..].iter().try_fold(1i128, |n, d| n.checked_mul(d.known()?.into())) else {
         return Ok(None);
     };
@@ -420,8 +418,8 @@ fn layer_bias(
 fn product(g: &Graph, op: OpId, x: ValueId, y: ValueId) -> Option<Form> {
     let (xq, yq) = (dequantized(g, x)?, dequantized(g, y)?);
     // Terms per output: 1 for mul, the inner dimension for matmul/bmm.
-    let terms = match g.op(op).def().name {
-        "mul" => 1,
+    let terms = match g.op(op).kind() {
+        ops::MUL => 1,
         _ => i128::from(g.value_type(x).shape.last()?.known()?),
     };
     let worst = terms.saturating_mul(xq.qp.centered_bound()).saturating_mul(yq.qp.centered_bound());
@@ -457,7 +455,7 @@ fn mean(g: &Graph, op: OpId, x: ValueId) -> Option<Form> {
 /// instead of `x_q − zero_point`: all unary ops but an average pool whose divisor is not the
 /// number of input elements it sums (padding counted, or an override).
 fn commutes_with_offset(g: &Graph, op: OpId) -> bool {
-    if g.op(op).def().name != "avg_pool2d" {
+    if g.op(op).kind() != ops::AVG_POOL2D {
         return true;
     }
     let padded = g.attr(op, "padding").and_then(Attr::as_ints).is_none_or(|p| p.iter().any(|&v| v != 0));
@@ -466,40 +464,21 @@ fn commutes_with_offset(g: &Graph, op: OpId) -> bool {
 }
 
 /// Creates the group's new ops right before its float op, with that op's location and span.
-struct Builder<'m> {
-    module: &'m mut Module,
-    gi: usize,
-    anchor: OpId,
-    loc: Option<Sym>,
-    span: Span,
+struct Builder<'r, 'm> {
+    rw: &'r mut Rewriter<'m>,
 }
 
-impl Builder<'_> {
-    fn graph(&mut self) -> &mut Graph {
-        &mut self.module.graphs[self.gi]
-    }
-
-    /// Links `op` before the anchor with its location; returns its result.
-    fn place(&mut self, op: OpId) -> Result<ValueId, Diagnostics> {
-        let (anchor, loc) = (self.anchor, self.loc);
-        let g = self.graph();
-        g.insert_before(anchor, op);
-        g.op_mut(op).loc = loc;
-        result(g, op, 0)
-    }
-
-    /// `name(operands) {fields} : ty`, its result called after `base`.
+impl Builder<'_, '_> {
+    /// `kind(operands) {fields} : ty`, its result called after `base`.
     fn op(
         &mut self,
-        name: &str,
+        kind: OpKind,
         operands: &[ValueId],
         fields: &[(&str, Attr)],
         base: &str,
         ty: TensorType,
     ) -> Result<ValueId, Diagnostics> {
-        let span = self.span;
-        let op = new_op(self.graph(), name, operands, fields, &[(base, ty)], span)?;
-        self.place(op)
+        self.rw.build1(kind, operands, fields, base, ty)
     }
 
     /// An op of `kind` with the attributes `attrs` of an existing op.
@@ -511,27 +490,19 @@ impl Builder<'_> {
         base: &str,
         ty: TensorType,
     ) -> Result<ValueId, Diagnostics> {
-        let span = self.span;
-        let g = self.graph();
-        let name = g.fresh_name(base);
-        let op = g
-            .create_op(kind, operands, attrs, vec![ResultSpec { name: &name, ty, span }], span)
-            .map_err(|_| internal("a fresh name is taken"))?;
-        self.place(op)
+        Ok(self.rw.build_with_attrs(kind, operands, attrs, &[(base, ty)])?[0])
     }
 
     fn constant(&mut self, base: &str, value: Tensor) -> Result<ValueId, Diagnostics> {
-        let span = self.span;
-        let op = tensor_op(self.module, self.gi, base, value, span)?;
-        self.place(op)
+        self.rw.constant(base, value)
     }
 
-    fn name(&mut self, v: ValueId) -> String {
-        self.graph().value_name(v).to_string()
+    fn name(&self, v: ValueId) -> String {
+        self.rw.value_name(v).to_string()
     }
 
-    fn ty(&mut self, v: ValueId) -> TensorType {
-        self.graph().value_type(v).clone()
+    fn ty(&self, v: ValueId) -> TensorType {
+        self.rw.value_type(v).clone()
     }
 
     /// `value − zero_points` in i32; per-channel zero points run along axis 0.
@@ -540,7 +511,7 @@ impl Builder<'_> {
         let wide = match ty.dtype {
             DType::I32 => value,
             _ => self.op(
-                "convert_element_type",
+                ops::CONVERT_ELEMENT_TYPE,
                 &[value],
                 &[("dtype", Attr::DType(DType::I32))],
                 &format!("{name}_i32"),
@@ -558,7 +529,7 @@ impl Builder<'_> {
         let data = zero_points.iter().map(|&z| z as i32).collect();
         let zps = ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| internal(&e.to_string()))?;
         let zps = self.constant(&format!("{name}_zero_point"), Tensor::I32(zps))?;
-        self.op("sub", &[wide, zps], &[], &format!("{name}_centered"), ty.with_dtype(DType::I32))
+        self.op(ops::SUB, &[wide, zps], &[], &format!("{name}_centered"), ty.with_dtype(DType::I32))
     }
 
     fn centered_input(&mut self, x: &Quantized) -> Result<ValueId, Diagnostics> {
@@ -568,7 +539,7 @@ impl Builder<'_> {
     /// `requantize(value) {scale, out}`, its result called after `base`.
     fn requantize(&mut self, value: ValueId, scale: f64, out: &QParams, base: &str) -> Result<ValueId, Diagnostics> {
         let ty = self.ty(value).with_dtype(out.dtype);
-        self.op("requantize", &[value], &requantize_fields(Attr::Float(scale), out), base, ty)
+        self.op(ops::REQUANTIZE, &[value], &requantize_fields(Attr::Float(scale), out), base, ty)
     }
 }
 
@@ -590,23 +561,29 @@ type Final = (OpKind, Vec<ValueId>, AttrsId);
 
 /// The quantize rewritten as `requantize` (`lead` a scale) or `requantize_per_channel` (`lead`
 /// an axis) of `operands`.
-fn final_requantize(g: &mut Graph, operands: Vec<ValueId>, lead: Attr, out: &QParams) -> Result<Final, Diagnostics> {
-    let kind = op_kind(if matches!(lead, Attr::Float(_)) { "requantize" } else { "requantize_per_channel" })?;
-    let attrs = op_attrs(g, kind, &requantize_fields(lead, out))?;
+fn final_requantize(
+    rw: &mut Rewriter<'_>,
+    operands: Vec<ValueId>,
+    lead: Attr,
+    out: &QParams,
+) -> Result<Final, Diagnostics> {
+    let kind = if matches!(lead, Attr::Float(_)) { ops::REQUANTIZE } else { ops::REQUANTIZE_PER_CHANNEL };
+    let attrs = rw.attrs(kind, &requantize_fields(lead, out))?;
     Ok((kind, operands, attrs))
 }
 
 /// Rewrites the group: new integer ops before X, and the quantize turned into the last one.
-fn rewrite(module: &mut Module, gi: usize, group: Group) -> Result<(), Diagnostics> {
+fn rewrite(rw: &mut Rewriter<'_>, group: Group) -> Result<(), Diagnostics> {
     let Group { q, op, out, form } = group;
-    let g = &module.graphs[gi];
-    let (kind, attrs, loc, span) = (g.op(op).kind, g.op(op).attrs, g.op(op).loc, g.op(op).span);
-    let x_out = result(g, op, 0)?;
+    let g: &Graph = rw;
+    let (kind, attrs) = (g.op(op).kind(), g.op(op).attrs_id());
+    let x_out = g.op(op).result(0).ok_or_else(|| internal("a rewritten op without a result"))?;
     let name = g.value_name(x_out).to_string();
     let int_type = g.value_type(x_out).with_dtype(DType::I32);
     let direct = |x: &Quantized| x.qp.passes_through(&out) && (x.qp.zero_point == 0 || commutes_with_offset(g, op));
     let unary_direct = matches!(&form, Form::Unary { x } if direct(x));
-    let mut b = Builder { module, gi, anchor: op, loc, span };
+    rw.set_insertion_before(op).set_origin(op);
+    let mut b = Builder { rw };
     let (final_kind, operands, final_attrs) = match form {
         Form::Layer { x, w, bias } => {
             let mut operands = vec![b.centered_input(&x)?, b.centered(w.value, &w.zero_points)?];
@@ -620,22 +597,22 @@ fn rewrite(module: &mut Module, gi: usize, group: Group) -> Result<(), Diagnosti
             }
             let acc = b.op_like(kind, attrs, &operands, &format!("{name}_i32"), int_type.clone())?;
             if let [scale] = w.scales[..] {
-                final_requantize(b.graph(), vec![acc], Attr::Float(x.qp.scale * scale / out.scale), &out)?
+                final_requantize(b.rw, vec![acc], Attr::Float(x.qp.scale * scale / out.scale), &out)?
             } else {
                 let multipliers = w.scales.iter().map(|&s| x.qp.scale * s / out.scale).collect();
                 let multipliers = b.constant(&format!("{name}_multiplier"), Tensor::F64(vector(multipliers)?))?;
                 // The channel axis of the accumulator: the last for linear, 1 for a batched conv.
-                let axis = match kind.def().name {
-                    "linear" => int_type.rank() - 1,
+                let axis = match kind {
+                    ops::LINEAR => int_type.rank() - 1,
                     _ => usize::from(b.ty(x.value).rank() == b.ty(w.value).rank()),
                 };
-                final_requantize(b.graph(), vec![acc, multipliers], Attr::Int(axis as i64), &out)?
+                final_requantize(b.rw, vec![acc, multipliers], Attr::Int(axis as i64), &out)?
             }
         }
         Form::Product { x, y } => {
             let operands = [b.centered_input(&x)?, b.centered_input(&y)?];
             let p = b.op_like(kind, attrs, &operands, &format!("{name}_i32"), int_type)?;
-            final_requantize(b.graph(), vec![p], Attr::Float(x.qp.scale * y.qp.scale / out.scale), &out)?
+            final_requantize(b.rw, vec![p], Attr::Float(x.qp.scale * y.qp.scale / out.scale), &out)?
         }
         Form::Sum { x, y, fraction_bits } => {
             let unit = f64::from(1 << fraction_bits);
@@ -648,21 +625,21 @@ fn rewrite(module: &mut Module, gi: usize, group: Group) -> Result<(), Diagnosti
                 operands.push(b.requantize(centered, unit * a.qp.scale / out.scale, &wide, &base)?);
             }
             let s = b.op_like(kind, attrs, &operands, &format!("{name}_i32"), int_type)?;
-            final_requantize(b.graph(), vec![s], Attr::Float(1.0 / unit), &out)?
+            final_requantize(b.rw, vec![s], Attr::Float(1.0 / unit), &out)?
         }
         Form::Unary { x } if unary_direct => (kind, vec![x.value], attrs),
         Form::Unary { x } => {
             let centered = b.centered_input(&x)?;
             let y = b.op_like(kind, attrs, &[centered], &format!("{name}_i32"), int_type)?;
-            final_requantize(b.graph(), vec![y], Attr::Float(x.qp.scale / out.scale), &out)?
+            final_requantize(b.rw, vec![y], Attr::Float(x.qp.scale / out.scale), &out)?
         }
         Form::Mean { x, count } => {
             let centered = b.centered_input(&x)?;
             // `sum` has mean's attributes (dim, keepdim); integer sums are i64.
             let sum_type = int_type.with_dtype(DType::I64);
-            let sum = b.op_like(op_kind("sum")?, attrs, &[centered], &format!("{name}_sum"), sum_type)?;
+            let sum = b.op_like(ops::SUM, attrs, &[centered], &format!("{name}_sum"), sum_type)?;
             let scale = x.qp.scale / (out.scale * count as f64);
-            final_requantize(b.graph(), vec![sum], Attr::Float(scale), &out)?
+            final_requantize(b.rw, vec![sum], Attr::Float(scale), &out)?
         }
         Form::Cat { inputs } => {
             let mut operands = Vec::with_capacity(inputs.len());
@@ -678,7 +655,7 @@ fn rewrite(module: &mut Module, gi: usize, group: Group) -> Result<(), Diagnosti
             (kind, operands, attrs)
         }
     };
-    module.graphs[gi].rewrite_op(q, final_kind, &operands, final_attrs);
+    b.rw.update(q).rewrite(final_kind, &operands, final_attrs);
     Ok(())
 }
 
