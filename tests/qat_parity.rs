@@ -27,6 +27,7 @@ use qc::interp::eval_op;
 use qc::interp::io::read_tensors;
 use qc::ir::attr::Attr;
 use qc::ir::graph::User;
+use qc::ir::rewriter::Rewriter;
 use qc::ir::{Module, OpId};
 use qc::passes::manager::Instrumentation;
 use qc::passes::registry::{expand, find};
@@ -208,9 +209,9 @@ fn converting_a_trained_model_freezes_pt2e_int_weights() {
         let stats = read_tensors(&dir.join("trained_stats.npz")).expect("trained_stats.npz");
         let stat =
             |name: &str, key: &str| floats(&stats.iter().find(|(k, _)| *k == format!("{name}.{key}")).unwrap().1);
-        let g = &mut m.graphs[0];
+        let mut g = Rewriter::new(&mut m, 0);
         for op in g.op_ids() {
-            if g.op(op).def().name != "observer" {
+            if g.op(op).kind() != qc::ops::OBSERVER {
                 continue;
             }
             let name = g.value_name(g.op(op).result(0).unwrap()).to_string();
@@ -224,11 +225,7 @@ fn converting_a_trained_model_freezes_pt2e_int_weights() {
             } else {
                 ObserverState::MinMax { min_val: min_val[0], max_val: max_val[0] }
             };
-            let slot = g.op(op).def().attr_index("stats").expect("observers have stats");
-            let mut attrs = g.attrs_of(g.op(op).attrs).to_vec();
-            attrs[slot] = Some(Attr::Dict(state.to_dict()));
-            let id = g.intern_attrs(attrs.into_boxed_slice());
-            g.op_mut(op).attrs = id;
+            g.update(op).set_attr("stats", Attr::Dict(state.to_dict())).expect("observers have stats");
         }
         for pass in ["convert", "fold-conv-bn-qat"] {
             (find(pass).unwrap().run)(&mut m, &mut PassContext::default())

@@ -22,6 +22,7 @@ use rustc_hash::FxHashMap;
 use crate::diag::{Diag, Span};
 use crate::ir::graph::{OpId, User, ValueId};
 use crate::ir::{Graph, Module, TensorType};
+use crate::ops::{self, Traits};
 use crate::tensor::Tensor;
 use crate::weights::Layout;
 use kernels::KernelCx;
@@ -130,14 +131,14 @@ pub fn run_graph(
         }
         let operands: Vec<&Tensor> = operand_refs.iter().map(|t| &**t).collect();
         let mut replaced = None;
-        if matches!(def.name, "observer" | "batch_norm") {
+        if def.has(Traits::STATEFUL) {
             if let Some(hook) = hook.as_mut() {
                 replaced = hook(op, &operands)
                     .map_err(|m| Diag::error(m).at(data.span, format!("in this {}", def.name.replace('_', " "))))?;
             }
         }
         let results = match (replaced, shared_result(module, graph, op, &operand_refs)?) {
-            (Some(t), _) if def.name == "observer" => vec![Arc::new(t)],
+            (Some(t), _) if def.has(Traits::OBSERVER) => vec![Arc::new(t)],
             (_, Some(t)) => vec![t],
             _ => eval_op(module, graph, op, &operands)?.into_iter().map(Arc::new).collect(),
         };
@@ -232,8 +233,8 @@ fn shared_result(
     let data = graph.op(op);
     let def = data.def();
     let (Some(r), 1) = (data.result(0), data.results().count()) else { return Ok(None) };
-    let t = match (def.name, operands) {
-        ("weight", []) => {
+    let t = match operands {
+        [] if data.kind() == ops::WEIGHT => {
             let attrs = graph.attrs_of(data.attrs);
             let key = def.attr_index("key").and_then(|i| attrs.get(i)?.as_ref()).and_then(|a| a.as_str());
             let Some(key) = key else { return Ok(None) };
@@ -242,7 +243,7 @@ fn shared_result(
                     .at(data.span, "while running this op")
             })?
         }
-        ("observer" | "contiguous" | "dropout", [x]) => Arc::clone(x),
+        [x] if def.has(Traits::ALIASES_INPUT) => Arc::clone(x),
         _ => return Ok(None),
     };
     check_input(graph.value_type(r), &t)
@@ -254,8 +255,8 @@ fn shared_result(
 /// [`kernels::linalg::weight_layout`]; only `linear` has a preference), else row-major.
 fn weight_layout(graph: &Graph, w: ValueId) -> Layout {
     let wanted = |u: &crate::ir::graph::Use| match u.user {
-        User::Op(op) if u.index == 1 && graph.op(op).def().name == "linear" => {
-            let x = graph.op(op).operands[0];
+        User::Op(op) if u.index == 1 && graph.op(op).kind() == ops::LINEAR => {
+            let x = graph.op(op).operands()[0];
             kernels::linalg::weight_layout(graph.value_type(x), graph.value_type(w))
         }
         _ => Layout::RowMajor,

@@ -2,6 +2,7 @@
 //! annotations, plus the printer and verifier.
 
 pub mod attr;
+pub mod builder;
 pub mod entity;
 pub mod graph;
 pub mod matching;

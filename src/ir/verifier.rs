@@ -21,7 +21,7 @@ use super::graph::{Graph, Module, OpData, OpId, Use, User, ValueDef, ValueId};
 use super::quant::{EdgeOrValue, SpecRef};
 use super::types::TensorType;
 use crate::diag::{Diag, Diagnostics, Span};
-use crate::ops::{validate_attr_kind, Arity, OpDef, Presence};
+use crate::ops::{self, validate_attr_kind, Arity, OpDef, Presence, Traits};
 use crate::passes::observer_instances::observer_attrs;
 use crate::quant::observer::{ObserverConfig, ObserverState};
 
@@ -255,10 +255,10 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
             }
         }
 
-        if def.name == "weight" {
+        if data.kind() == ops::WEIGHT {
             verify_weight(module, g, op, &at, &declared, errors);
         }
-        if def.name == "observer" {
+        if data.kind() == ops::OBSERVER {
             verify_stats(g, op, &at, errors);
         }
         if let Some(annotation) = g.annotation(op) {
@@ -608,17 +608,6 @@ fn verify_spec_ref(module: &Module, g: &Graph, name: &str, op: OpId, spec: &Spec
 /// Whether `consumer` reads `value` directly or through the observer and quantize/dequantize
 /// ops that `prepare` and `convert` put on the edge (an annotated edge survives them).
 pub fn reads_through_quant_ops(g: &Graph, consumer: OpId, value: ValueId) -> bool {
-    const ON_EDGE: &[&str] = &[
-        "observer",
-        "quantize_per_tensor",
-        "dequantize_per_tensor",
-        "quantize_per_tensor.tensor",
-        "dequantize_per_tensor.tensor",
-        "quantize_per_channel",
-        "dequantize_per_channel",
-        "fake_quantize_per_tensor",
-        "fake_quantize_per_channel",
-    ];
     g.op(consumer).operands.iter().any(|&operand| {
         let mut v = operand;
         // Each step moves to an earlier op, so the walk ends.
@@ -627,9 +616,64 @@ pub fn reads_through_quant_ops(g: &Graph, consumer: OpId, value: ValueId) -> boo
                 return true;
             }
             match g.producer(v) {
-                Some(p) if ON_EDGE.contains(&g.op(p).def().name) => v = g.op(p).operands[0],
+                Some(p) if g.op(p).kind().has(Traits::ON_QUANT_EDGE) => v = g.op(p).operands()[0],
                 _ => return false,
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The verifier checks the program order itself (invariant 4 of `ir::graph`): an op created
+    //! but never linked would otherwise verify and print as if it did not exist. Only code
+    //! inside `ir` can make such a graph (passes build through the rewriter, which links every
+    //! op it creates), so the check is tested here.
+
+    use super::*;
+    use crate::ir::builder::GraphBuilder;
+    use crate::ir::graph::ResultSpec;
+    use crate::ir::types::DType;
+
+    /// `@f(%x) { %a = relu(%x); return %a }`, plus `%name = relu(%x)` created but not linked.
+    fn module_with_unlinked_relu(name: &str) -> (Module, OpId) {
+        let ty = TensorType::fixed(DType::F32, &[4]);
+        let mut b = GraphBuilder::new("f");
+        let x = b.add_input("x", ty.clone(), Span::NONE).expect("a fresh name");
+        b.set_output_types(vec![ty.clone()]);
+        let attrs = b.intern_attrs(ops::RELU.def().complete_attrs(Vec::new()));
+        let a = b.push_op(
+            ops::RELU,
+            &[x],
+            attrs,
+            vec![ResultSpec { name: "a", ty: ty.clone(), span: Span::NONE }],
+            Span::NONE,
+        );
+        let a = b.op(a.expect("a fresh name")).result(0).expect("relu has a result");
+        b.set_outputs(vec![a]);
+        let mut module = Module { graphs: vec![b.finish()], ..Module::default() };
+        let g = &mut module.graphs[0];
+        let result = ResultSpec { name, ty, span: Span::NONE };
+        let lost = g.create_op(ops::RELU, &[x], attrs, vec![result], Span::NONE).expect("the name is free");
+        (module, lost)
+    }
+
+    #[test]
+    fn a_live_op_missing_from_the_order_is_an_error() {
+        let (module, _) = module_with_unlinked_relu("lost");
+        let errors = verify(&module);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.contains("1 live op(s) of `@f` are not in the program order"),
+            "{}",
+            errors[0].message
+        );
+    }
+
+    #[test]
+    fn a_linked_op_verifies() {
+        let (mut module, op) = module_with_unlinked_relu("found");
+        module.graphs[0].append(op);
+        assert!(verify(&module).is_empty());
+    }
 }

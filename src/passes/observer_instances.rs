@@ -85,7 +85,7 @@ pub fn configs(g: &Graph) -> Result<Instances, Diagnostics> {
     let mut errors = Vec::new();
     for op in g.ops() {
         let data = g.op(op);
-        if data.def().name != "observer" || is_derived(g, op) {
+        if data.kind() != crate::ops::OBSERVER || is_derived(g, op) {
             continue;
         }
         let config = match ObserverConfig::from_dict(&observer_attrs(g, op)) {

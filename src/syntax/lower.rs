@@ -20,6 +20,7 @@ use smallvec::SmallVec;
 use super::ast::{self, Spanned};
 use crate::diag::{shown, Diag, Diagnostics, Span};
 use crate::ir::attr::{Attr, Dict};
+use crate::ir::builder::GraphBuilder;
 use crate::ir::graph::{Graph, Module, OpId, ResultSpec, ValueId, WeightsDecl};
 use crate::ir::quant::{Annotation, EdgeOrValue, NamedQSpec, QSpec, SpecRef};
 use crate::ir::types::{DType, Dim, TensorType};
@@ -67,7 +68,7 @@ fn lower(
                     continue;
                 };
                 if let Some(loc) = &stmt.loc {
-                    set_loc(&mut f.graph, op, &loc.node);
+                    f.graph.set_loc(op, &loc.node);
                 }
                 if let Some(clause) = &stmt.quant {
                     f.pending_quant.push((op, Cow::Borrowed(&**clause)));
@@ -149,10 +150,10 @@ impl<'s> Sink<'s> {
                 // Each location is interned one statement late, so that the bucket it is
                 // looked up in (a cache miss in a big table) loads meanwhile.
                 if let Some(loc) = &stmt.loc {
-                    f.graph.strings.prefetch(&loc.node);
+                    f.graph.prefetch_loc(&loc.node);
                 }
                 if let Some((op, loc)) = f.pending_loc.take() {
-                    set_loc(&mut f.graph, op, &loc);
+                    f.graph.set_loc(op, &loc);
                 }
                 let mut stmt = stmt;
                 if let Some(op) = s.cx.stmt(f, &stmt) {
@@ -205,7 +206,7 @@ struct Lowerer<'s> {
 
 /// A function being lowered.
 struct FuncState<'a, 's> {
-    graph: Graph,
+    graph: GraphBuilder,
     spans: GraphSpans,
     scope: FuncScope<'a, 's>,
     /// Annotations may refer to ops later in the function, so they resolve once all exist.
@@ -448,10 +449,10 @@ impl<'s> Lowerer<'s> {
             return None;
         }
         self.graph_names.insert(head.name.node, head.name.span);
-        let mut graph = Graph::new(head.name.node);
+        let mut graph = GraphBuilder::new(head.name.node);
         graph.reserve(size.ops, head.params.len() + size.values);
         graph.reserve_text(head.params.iter().map(|(name, _)| name.node.len()).sum::<usize>() + size.text);
-        graph.output_span = head.results_span;
+        graph.set_output_span(head.results_span);
         self.poisoned.clear();
         let spans = GraphSpans {
             ops: FxHashMap::default(),
@@ -468,7 +469,7 @@ impl<'s> Lowerer<'s> {
             }
         }
         let output_types: Vec<_> = head.results.iter().filter_map(|t| self.ty(t)).collect();
-        graph.output_types = output_types.into_iter().map(|t| graph.intern_type(t)).collect();
+        graph.set_output_types(output_types);
         let scope = FuncScope { body, defined_at: Default::default() };
         Some(FuncState { graph, spans, scope, pending_quant: Vec::new(), pending_loc: None })
     }
@@ -490,30 +491,29 @@ impl<'s> Lowerer<'s> {
     fn end_func(&mut self, mut f: FuncState<'_, 's>, ret: &Spanned<Vec<ast::Name<'s>>>, span: Span) {
         let graph = &mut f.graph;
         if let Some((op, loc)) = f.pending_loc.take() {
-            set_loc(graph, op, &loc);
+            graph.set_loc(op, &loc);
         }
-        graph.strings.shrink_to_fit();
-        graph.span = span;
+        graph.set_span(span);
         f.spans.returns = ret.node.iter().map(|v| v.span).collect();
         let outputs: Option<Vec<ValueId>> = ret.node.iter().map(|v| self.use_value(graph, v, &f.scope)).collect();
         if let Some(outputs) = outputs {
             graph.set_outputs(outputs);
         }
-        graph.output_span = ret.span;
+        graph.set_output_span(ret.span);
         for (op, clause) in &f.pending_quant {
             if let Some(annotation) = self.annotation(graph, *op, clause) {
-                graph.extra_mut(*op).annotation = Some(annotation);
+                graph.set_annotation(*op, annotation);
             }
         }
         self.spans.graphs.insert(f.graph.name.clone(), f.spans);
-        self.module.graphs.push(f.graph);
+        self.module.graphs.push(f.graph.finish());
     }
 
     fn duplicate(&mut self, graph: &Graph, name: &ast::Name<'_>, existing: ValueId) {
         self.errors.push(
             Diag::error(format!("value `%{}` is defined twice", shown(name.node)))
                 .at(name.span, "redefined here")
-                .with(graph.value(existing).span, "first defined here")
+                .with(graph.value(existing).span(), "first defined here")
                 .help("every value has one definition (SSA); give this one a new name"),
         );
     }
@@ -536,7 +536,7 @@ impl<'s> Lowerer<'s> {
         None
     }
 
-    fn op(&mut self, graph: &mut Graph, stmt: &ast::OpStmt<'s>, scope: &FuncScope<'_, '_>) -> Option<OpId> {
+    fn op(&mut self, graph: &mut GraphBuilder, stmt: &ast::OpStmt<'s>, scope: &FuncScope<'_, '_>) -> Option<OpId> {
         let Some(kind) = OpKind::from_name(stmt.op.node) else {
             let mut d = Diag::error(format!("unknown op `{}`", shown(stmt.op.node)))
                 .at(stmt.op.span, "not in the op registry")
@@ -672,7 +672,7 @@ impl<'s> Lowerer<'s> {
             .zip(types)
             .map(|(name, ty)| ResultSpec { name: name.node, ty, span: name.span })
             .collect();
-        let op = match graph.create_op(kind, &operands, attrs, results, stmt.span) {
+        let op = match graph.push_op(kind, &operands, attrs, results, stmt.span) {
             Ok(op) => op,
             Err(existing) => {
                 let name = stmt
@@ -685,11 +685,10 @@ impl<'s> Lowerer<'s> {
                 return None;
             }
         };
-        graph.append(op);
-        // The location is set by the caller (see `set_loc`).
+        // The location is set by the caller (see `GraphBuilder::set_loc`).
         if let Some(meta) = &stmt.meta {
             if let Some(dict) = self.dict(&meta.node) {
-                graph.extra_mut(op).meta = dict;
+                graph.set_meta(op, dict);
             }
         }
         Some(op)
@@ -954,7 +953,7 @@ impl<'s> Lowerer<'s> {
     }
 
     fn annotation(&mut self, graph: &Graph, op: OpId, clause: &ast::QuantClause<'_>) -> Option<Annotation> {
-        let operands = graph.op(op).operands.len();
+        let operands = graph.op(op).operands().len();
         if clause.inputs.len() > operands {
             let extra = &clause.inputs[operands..];
             self.errors.push(
@@ -965,7 +964,7 @@ impl<'s> Lowerer<'s> {
                 ))
                 .at(extra[0].span.to(extra[extra.len() - 1].span), "no operand for this entry")
                 .with(
-                    graph.op(op).result(0).map_or(Span::NONE, |r| graph.value(r).span),
+                    graph.op(op).result(0).map_or(Span::NONE, |r| graph.value(r).span()),
                     format!("`{}` takes {}", graph.op(op).def().name, plural(operands, "operand")),
                 )
                 .help("`quant[...]` has one entry per operand, in order; `-> ...` is the output"),
@@ -1048,24 +1047,18 @@ impl<'s> Lowerer<'s> {
         };
         if !crate::ir::verifier::reads_through_quant_ops(graph, consumer, value) {
             let reads: Vec<String> =
-                graph.op(consumer).operands.iter().map(|&v| format!("`%{}`", graph.value_name(v))).collect();
+                graph.op(consumer).operands().iter().map(|&v| format!("`%{}`", graph.value_name(v))).collect();
             let reads = if reads.is_empty() { "no values".to_string() } else { reads.join(", ") };
             self.errors.push(
                 Diag::error(format!("`%{}` does not read `%{}`", shown(consumer_name.node), shown(e.value.node)))
                     .at(e.value.span.to(consumer_name.span), "no such edge")
-                    .with(graph.value(consumer_value).span, format!("defined by an op that reads {reads}"))
+                    .with(graph.value(consumer_value).span(), format!("defined by an op that reads {reads}"))
                     .help("an edge `%v -> %r` is the value `%v` as read by the op that defines `%r`, directly or through observer and quantize/dequantize ops"),
             );
             return None;
         }
         Some(EdgeOrValue::Edge { value, consumer })
     }
-}
-
-/// Sets `op`'s location, interning it.
-fn set_loc(graph: &mut Graph, op: OpId, loc: &str) {
-    let sym = graph.strings.intern(loc);
-    graph.op_mut(op).loc = Some(sym);
 }
 
 /// What a function body holds, to size its graph up front.
