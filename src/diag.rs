@@ -74,6 +74,11 @@ impl Diag {
         Diag { severity: Severity::Warning, ..Diag::error(message) }
     }
 
+    /// A remark that is neither an error nor a warning (`--explain-rewrites`).
+    pub fn remark(message: impl Into<String>) -> Diag {
+        Diag { severity: Severity::Note, ..Diag::error(message) }
+    }
+
     /// Labels the fault; a label on `Span::NONE` is dropped.
     pub fn at(mut self, span: Span, label: impl Into<String>) -> Diag {
         if !span.is_none() {

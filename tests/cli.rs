@@ -138,6 +138,26 @@ fn ir_dumps_go_to_stderr_in_snapshot_format() {
 }
 
 #[test]
+fn explain_rewrites_says_why_a_quantize_stays() {
+    // A converted graph: the relu's quantize is rewritten; the sigmoid's stays (no integer form),
+    // and so does the input's (a graph input).
+    let module = "module {\n  func @f(%x: f32[4]) -> f32[4] {\n\
+        %x_q = quantize_per_tensor(%x) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : i8[4]\n\
+        %x_dq = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : f32[4]\n\
+        %s = sigmoid(%x_dq) : f32[4]\n\
+        %s_q = quantize_per_tensor(%s) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : i8[4]\n\
+        %s_dq = dequantize_per_tensor(%s_q) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : f32[4]\n\
+        return %s_dq\n  }\n}\n";
+    let out = qc(&["-", "-p", "reference-repr", "--explain-rewrites"], Some(module));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("note: reference-repr: `%s_q` stays in q/dq form: `sigmoid` has no integer form"), "{err}");
+    assert!(err.contains("note: reference-repr: `%x_q` stays in q/dq form: it quantizes a graph input"), "{err}");
+    let quiet = qc(&["-", "-p", "reference-repr"], Some(module));
+    assert!(text(&quiet.stderr).is_empty(), "{}", text(&quiet.stderr));
+}
+
+#[test]
 fn timing_report() {
     let out = qc(&["-", "-p", "cleanup", "--timing"], Some(GOOD));
     let err = text(&out.stderr);

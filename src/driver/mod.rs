@@ -87,6 +87,10 @@ pub struct CompileArgs {
     /// Report the time each pass took (to stderr).
     #[arg(long)]
     pub timing: bool,
+    /// Say (as notes on stderr) why a pass left an op alone where its pattern could have
+    /// applied, such as each quantize `reference-repr` keeps in q/dq form.
+    #[arg(long)]
+    pub explain_rewrites: bool,
     /// Treat the input as independent cases separated by `// -----` lines.
     #[arg(long)]
     pub split_input_file: bool,
@@ -252,8 +256,12 @@ fn compile_command(cli: &CompileArgs) -> i32 {
     let mut all_timings: Timings = Vec::new();
     for case in cases {
         let mut dumps = String::new();
-        let cx =
-            PassContext { quantizer: cli.quantizer.clone(), calibration: cli.calib.clone(), ..PassContext::default() };
+        let cx = PassContext {
+            quantizer: cli.quantizer.clone(),
+            calibration: cli.calib.clone(),
+            explain_rewrites: cli.explain_rewrites,
+            ..PassContext::default()
+        };
         let result = match case.empty_case_error() {
             Some(empty) => Err(empty),
             None => compile_with(case.text, Some(&input_dir), &passes, &instrumentation, cx, &mut dumps),

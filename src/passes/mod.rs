@@ -18,7 +18,7 @@ pub mod reference_repr;
 pub mod registry;
 pub mod rewrite;
 
-use crate::diag::Diagnostics;
+use crate::diag::{Diag, Diagnostics};
 use crate::ir::Module;
 
 /// What a pass run may read besides the module (options, data); grows with the passes.
@@ -30,6 +30,18 @@ pub struct PassContext {
     pub quantizer: Option<String>,
     /// The data `calibrate` runs (`--calib`): an `.npz`/`.npy` file or a directory of them.
     pub calibration: Option<std::path::PathBuf>,
+    /// `--explain-rewrites`: passes say, as notes among the warnings, why a pattern did not
+    /// apply where it could have.
+    pub explain_rewrites: bool,
+}
+
+impl PassContext {
+    /// With `--explain-rewrites`, a note that `pass` left `subject` (at `span`) alone, and why.
+    pub fn explain(&mut self, pass: &str, span: crate::diag::Span, subject: &str, why: &crate::ir::matching::Mismatch) {
+        if self.explain_rewrites {
+            self.warnings.push(Diag::remark(format!("{pass}: {subject}: {}", why.0)).at(span, "not rewritten"));
+        }
+    }
 }
 
 /// A registered pass. `run` returns whether it changed the module.

@@ -78,7 +78,7 @@ use crate::diag::Diagnostics;
 use crate::interp::eval_op;
 use crate::ir::attr::Attr;
 use crate::ir::graph::AttrsId;
-use crate::ir::matching::{producer_of, producer_with, sole_user};
+use crate::ir::matching::{ops_of, producer_of, producer_with, require, sole_user, Match, Mismatch};
 use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{DType, Dim, Graph, Module, OpId, TensorType, ValueId};
 use crate::ops::infer::norm_dim;
@@ -112,18 +112,25 @@ const UNARY_OPS: &[OpKind] = &[
 /// At most this many bits of fraction below the output's unit in add/sub's rescaled operands.
 const MAX_FRACTION_BITS: i32 = 16;
 
-fn run(module: &mut Module, _cx: &mut PassContext) -> Result<bool, Diagnostics> {
-    each_graph(module, rewrite_graph)
+fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
+    each_graph(module, |module, gi| rewrite_graph(module, gi, cx))
 }
 
-fn rewrite_graph(module: &mut Module, gi: usize) -> Result<bool, Diagnostics> {
+fn rewrite_graph(module: &mut Module, gi: usize, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let g = &module.graphs[gi];
-    let quantizes = crate::ir::matching::ops_of(g, &[ops::QUANTIZE_PER_TENSOR]);
+    let quantizes = ops_of(g, &[ops::QUANTIZE_PER_TENSOR]);
     let mut changed = false;
     for q in quantizes {
-        if let Some(group) = match_group(module, &module.graphs[gi], q)? {
-            rewrite(&mut Rewriter::new(module, gi), group)?;
-            changed = true;
+        match match_group(module, &module.graphs[gi], q)? {
+            Ok(group) => {
+                rewrite(&mut Rewriter::new(module, gi), group)?;
+                changed = true;
+            }
+            Err(why) => {
+                let g = &module.graphs[gi];
+                let name = g.op(q).result(0).map_or("?", |r| g.value_name(r));
+                cx.explain(PASS.name, g.op(q).span(), &format!("`%{name}` stays in q/dq form"), &why);
+            }
         }
     }
     if changed {
@@ -241,21 +248,23 @@ struct Group {
     form: Form,
 }
 
-/// The group ending in quantize `q`, if it is one this pass rewrites.
-fn match_group(module: &Module, g: &Graph, q: OpId) -> Result<Option<Group>, Diagnostics> {
-    let (Some(mut out), Some(input)) = (QParams::of(g, q), g.op(q).operand(0)) else { return Ok(None) };
-    let Some(mut op) = producer_if_sole_reader(g, input) else { return Ok(None) };
+/// The group ending in quantize `q`, or why it is not one this pass rewrites.
+fn match_group(module: &Module, g: &Graph, q: OpId) -> Result<Match<Group>, Diagnostics> {
+    let Some(mut out) = QParams::of(g, q) else { return Ok(Err(Mismatch::new("its qparams are not static"))) };
+    let mut op = match sole_producer(g, g.op(q).operand(0)) {
+        Ok(op) => op,
+        Err(why) => return Ok(Err(why)),
+    };
     if g.op(op).kind() == ops::RELU {
-        let relu = op;
-        let Some(x) = g.op(relu).operand(0).and_then(|v| producer_if_sole_reader(g, v)) else {
-            return Ok(None);
+        let Ok(x) = sole_producer(g, g.op(op).operand(0)) else {
+            return Ok(Err(Mismatch::new("the input of its relu has other readers, or is a graph input")));
         };
         op = x;
         out.qmin = out.zero_point.clamp(out.qmin, out.qmax);
     }
     let data = g.op(op);
     if data.num_results() != 1 || data.results().any(|r| g.value_type(r).dtype != DType::F32) {
-        return Ok(None);
+        return Ok(Err(Mismatch::new(format!("`{}` does not compute one f32 result", data.def().name))));
     }
     let form = match (data.kind(), data.operands()) {
         (ops::LINEAR | ops::CONV1D | ops::CONV2D, [x, w, rest @ ..]) => {
@@ -270,13 +279,34 @@ fn match_group(module: &Module, g: &Graph, q: OpId) -> Result<Option<Group>, Dia
         (kind, &[x]) if UNARY_OPS.contains(&kind) => dequantized(g, x).map(|x| Form::Unary { x }),
         _ => None,
     };
-    let centered_ok = form.as_ref().is_some_and(|f| centered_inputs(f, &out).iter().all(QParams::centers_in_i32));
-    Ok(form.filter(|_| centered_ok).map(|form| Group { q, op, out, form }))
+    let Some(form) = form else {
+        let name = data.def().name;
+        let has_form = matches!(
+            data.kind(),
+            ops::LINEAR | ops::CONV1D | ops::CONV2D | ops::MUL | ops::MATMUL | ops::BMM | ops::ADD | ops::SUB
+        ) || [ops::MEAN, ops::CAT].contains(&data.kind())
+            || UNARY_OPS.contains(&data.kind());
+        return Ok(Err(Mismatch::new(if has_form {
+            format!(
+                "the operands of `{name}` are not all static per-tensor dequantized f32 values (a weight may be \
+                 per-channel on axis 0), or its accumulation could leave i32"
+            )
+        } else {
+            format!("`{name}` has no integer form")
+        })));
+    };
+    if !centered_inputs(&form, &out).iter().all(QParams::centers_in_i32) {
+        return Ok(Err(Mismatch::new("an input minus its zero point would not fit i32")));
+    }
+    Ok(Ok(Group { q, op, out, form }))
 }
 
-/// The producer of `v` when one op (the one asking) is its only reader.
-fn producer_if_sole_reader(g: &Graph, v: ValueId) -> Option<OpId> {
-    sole_user(g, v).and_then(|_| g.producer(v))
+/// The producer of the operand `v` when one op (the one asking) is its only reader.
+fn sole_producer(g: &Graph, v: Option<ValueId>) -> Match<OpId> {
+    let v = require(v, "it has no operand")?;
+    let producer = require(g.producer(v), "it quantizes a graph input")?;
+    require(sole_user(g, v), "the value it quantizes has other readers")?;
+    Ok(producer)
 }
 
 /// `v` as a static per-tensor dequantize to f32.
