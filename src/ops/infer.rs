@@ -286,12 +286,8 @@ pub fn softmax(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
 pub fn hardtanh(cx: &InferCx<'_>) -> R<Vec<TensorType>> {
     let (lo, hi) = (cx.get("min_val", InferCx::float)?, cx.get("max_val", InferCx::float)?);
     if lo.is_nan() || hi.is_nan() {
-        let message = "`min_val` and `max_val` must be numbers, not nan";
-        return Err(match (lo.is_nan(), hi.is_nan()) {
-            (true, true) => cx.err_attr("min_val", message).and_attr("max_val"),
-            (true, false) => cx.err_attr("min_val", message),
-            _ => cx.err_attr("max_val", message),
-        });
+        let nan = if lo.is_nan() { "min_val" } else { "max_val" };
+        return Err(cx.err_attr(nan, "`min_val` and `max_val` must be numbers, not nan"));
     }
     if lo > hi {
         return Err(cx
