@@ -21,7 +21,7 @@ use super::graph::{Graph, Module, OpData, OpId, Use, User, ValueDef, ValueId};
 use super::quant::{EdgeOrValue, SpecRef};
 use super::types::TensorType;
 use crate::diag::{Diag, Diagnostics, Span};
-use crate::ops::{self, validate_attr_kind, Arity, OpDef, Presence, Traits};
+use crate::ops::{self, validate_attr_kind, Arity, Blame, OpDef, Presence, Traits, TypeError};
 use crate::passes::observer_instances::observer_attrs;
 use crate::quant::observer::{ObserverConfig, ObserverState};
 
@@ -233,7 +233,7 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
         operand_types.extend(data.operands.iter().map(|&v| g.value_type(v)));
         let declared: Vec<TensorType> = data.results().map(|r| g.value_type(r).clone()).collect();
         match def.infer(&operand_types, attrs, &declared) {
-            Err(message) => errors.push(infer_error(g, data, &at, &message)),
+            Err(error) => errors.push(infer_error(g, data, &at, &error)),
             Ok(inferred) => {
                 for (i, (want, have)) in inferred.iter().zip(&declared).enumerate() {
                     if !want.compatible(have) {
@@ -425,36 +425,40 @@ fn verify_weight(
     }
 }
 
-/// A type rule's message as a diagnostic, labelling what it talks about: the operands and
-/// attributes it names (`input`, `stride`), or else the op and its operand types.
-fn infer_error(g: &Graph, data: &OpData, at: &Locator<'_>, message: &str) -> Diag {
+/// A type rule's error as a diagnostic. The first part it blames carries the primary label, the
+/// others secondary ones; a blamed attribute left at its default gets a note instead. When nothing
+/// blamed was written (the op as a whole, or an op a pass created), the label goes on the op,
+/// with the types of its operands.
+fn infer_error(g: &Graph, data: &OpData, at: &Locator<'_>, error: &TypeError) -> Diag {
     let def = data.def();
-    let mut d = Diag::error(format!("invalid `{}`: {message}", def.name));
+    let mut d = Diag::error(format!("invalid `{}`: {}", def.name, error.message));
     let mut primary = false;
     let mut notes = Vec::new();
-    for mention in mentions(def, data, message, g) {
-        let (span, label) = match mention {
-            Mention::Operand(i) => {
-                let role = operand_role(def, i);
-                (at.operand(i), format!("{role} is {}", g.value_type(data.operands[i])))
-            }
-            Mention::Attr(index) => {
-                let schema = &def.attrs[index];
-                let value = g.attrs_of(data.attrs).get(index).and_then(Option::as_ref).map(|a| {
-                    let mut text = String::new();
-                    crate::ir::printer::write_attr(&mut text, a);
-                    text
-                });
-                match (at.attr(schema.name), value) {
+    for blame in &error.blame {
+        let (span, label) = match *blame {
+            Blame::Operand(i) => match data.operands.get(i) {
+                Some(&v) => (at.operand(i), format!("{} is {}", operand_role(def, i), g.value_type(v))),
+                None => (None, String::new()),
+            },
+            Blame::Attr(name) => {
+                let index = def.attr_index(name);
+                let value = index.and_then(|i| g.attrs_of(data.attrs).get(i)?.as_ref());
+                match (at.attr(name), value) {
                     // The source shows the value; the underline is enough.
                     (Some((k, v)), Some(_)) => (Some(k.to(v)), String::new()),
-                    (None, Some(value)) if matches!(schema.presence, Presence::Default(_)) && at.parts.is_some() => {
-                        notes.push(format!("`{}` is not written, so it has its default value {value}", schema.name));
+                    (None, Some(value))
+                        if index.is_some_and(|i| matches!(def.attrs[i].presence, Presence::Default(_)))
+                            && at.parts.is_some() =>
+                    {
+                        let mut text = String::new();
+                        crate::ir::printer::write_attr(&mut text, value);
+                        notes.push(format!("`{name}` is not written, so it has its default value {text}"));
                         (None, String::new())
                     }
                     _ => (None, String::new()),
                 }
             }
+            Blame::Op => (None, String::new()),
         };
         let Some(span) = span else { continue };
         if primary {
@@ -481,91 +485,12 @@ fn infer_error(g: &Graph, data: &OpData, at: &Locator<'_>, message: &str) -> Dia
     d
 }
 
-/// What a type rule's message refers to.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Mention {
-    Operand(usize),
-    Attr(usize),
-}
-
 /// `input`, `weight`, …, or `input 2` of a variadic op.
 fn operand_role(def: &OpDef, i: usize) -> String {
     match def.operands.get(i) {
         Some(o) if o.arity != Arity::Variadic => format!("`{}`", o.name),
         _ => format!("input {i}"),
     }
-}
-
-/// The operands and attributes a message names, in the order it names them: `backticked`
-/// names, bare words that are operand or attribute names, `input N` of variadic ops, "the
-/// input", the bounds of "the range [..]" and the attribute holding an out-of-range
-/// dimension.
-fn mentions(def: &OpDef, data: &OpData, message: &str, g: &Graph) -> Vec<Mention> {
-    let written = data.operands.len();
-    let resolve = |word: &str| -> Option<Mention> {
-        if let Some(i) = def.operands.iter().position(|o| o.name == word && o.arity != Arity::Variadic) {
-            return (i < written).then_some(Mention::Operand(i));
-        }
-        def.attr_index(word).map(Mention::Attr)
-    };
-    let mut found: Vec<(usize, Mention)> = Vec::new();
-    // Words: maximal runs of identifier characters, with their byte offsets.
-    let bytes = message.as_bytes();
-    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let mut i = 0;
-    while i < bytes.len() {
-        if !is_word(bytes[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < bytes.len() && is_word(bytes[i]) {
-            i += 1;
-        }
-        let word = &message[start..i];
-        if let Some(m) = resolve(word) {
-            found.push((start, m));
-        }
-        // `input 2` of a variadic op.
-        let variadic = def.operands.last().is_some_and(|o| o.arity == Arity::Variadic);
-        if variadic && word == "input" {
-            let digits: String =
-                message[i..].strip_prefix(' ').unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
-            if let Ok(n) = digits.parse::<usize>() {
-                if n < written {
-                    found.push((start, Mention::Operand(n)));
-                }
-            }
-        }
-    }
-    if let Some(pos) = message.find("the range [") {
-        for name in ["qmin", "qmax"] {
-            if let Some(index) = def.attr_index(name) {
-                found.push((pos, Mention::Attr(index)));
-            }
-        }
-    }
-    if let Some(rest) = message.strip_prefix("dimension ") {
-        let number: String = rest.chars().take_while(|c| *c == '-' || c.is_ascii_digit()).collect();
-        if let Ok(dim) = number.parse::<i64>() {
-            let attrs = g.attrs_of(data.attrs);
-            let holds = |a: &crate::ir::attr::Attr| match a {
-                crate::ir::attr::Attr::Int(v) => *v == dim,
-                other => other.as_ints().is_some_and(|v| v.contains(&dim)),
-            };
-            if let Some(index) = attrs.iter().position(|a| a.as_ref().is_some_and(holds)) {
-                found.push((0, Mention::Attr(index)));
-            }
-        }
-    }
-    found.sort_by_key(|&(pos, _)| pos);
-    let mut out: Vec<Mention> = Vec::new();
-    for (_, m) in found {
-        if !out.contains(&m) {
-            out.push(m);
-        }
-    }
-    out
 }
 
 fn verify_spec_ref(module: &Module, g: &Graph, name: &str, op: OpId, spec: &SpecRef, errors: &mut Diagnostics) {

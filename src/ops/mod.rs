@@ -13,7 +13,7 @@ use crate::ir::attr::{Attr, Attrs};
 use crate::ir::types::{DType, TensorType};
 
 pub use defs::*;
-pub use infer::InferCx;
+pub use infer::{Blame, InferCx, TypeError};
 
 /// An op's identity: an index into [`OPS`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,8 +148,9 @@ pub struct AttrDef {
     pub presence: Presence,
 }
 
-/// The result type rule: operand types and attributes in, result types out (or a message).
-pub type InferFn = fn(&InferCx<'_>) -> Result<Vec<TensorType>, String>;
+/// The result type rule: operand types and attributes in, result types out (or what is wrong,
+/// and which part of the op it blames).
+pub type InferFn = fn(&InferCx<'_>) -> Result<Vec<TensorType>, TypeError>;
 
 /// Typed access to an op's attributes by name; the type rules and the kernels share it.
 pub trait AttrAccess {
@@ -333,7 +334,7 @@ impl OpDef {
         operands: &[&TensorType],
         attrs: &[Option<Attr>],
         declared: &[TensorType],
-    ) -> Result<Vec<TensorType>, String> {
+    ) -> Result<Vec<TensorType>, TypeError> {
         (self.infer)(&InferCx { def: self, operands, attrs, declared })
     }
 }
