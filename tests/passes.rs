@@ -1,13 +1,15 @@
 //! Per-pass snapshot tests: every `tests/passes/<pass>/<case>.qir` starts with a
 //! `// RUN: -p <passes>` line; its snapshot holds the input IR and the IR after each pass, in
 //! the format of `qc --print-ir-after-all`, then any warnings (or the rendered diagnostics if
-//! the run fails).
+//! the run fails). Each pass's `doc_example.qir` is also the example in the pass's `//!` doc,
+//! which must show what the pass does to it.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use qc::diag::{render, Files};
 use qc::driver::compile_with;
-use qc::ir::printer::write_module;
+use qc::ir::printer::{print_module, write_module};
 use qc::passes::manager::{dump_header, Instrumentation};
 use qc::passes::registry::{expand, PASSES};
 use qc::passes::PassContext;
@@ -87,16 +89,118 @@ fn pass_cases() {
     });
 }
 
+/// Every pass's `//!` doc shows an example as a ```` ```qir before ```` block and a
+/// ```` ```qir after ```` block: the before is the body of `tests/passes/<pass>/doc_example.qir`
+/// (whose RUN line runs the pass alone, with any options it needs), and running the pass on it
+/// prints exactly the after. So the examples in the docs cannot rot.
 #[test]
-fn every_registered_pass_has_cases() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/passes");
-    for pass in PASSES {
-        let dir = root.join(pass.name);
-        let cases = std::fs::read_dir(&dir)
-            .map(|entries| {
-                entries.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "qir")).count()
-            })
-            .unwrap_or(0);
-        assert!(cases > 0, "pass `{}` has no snapshot cases in {}", pass.name, dir.display());
+fn doc_examples_are_what_the_passes_do() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = BTreeMap::new();
+    pass_sources(&root.join("src/passes"), &mut sources);
+    let failures: Vec<String> =
+        PASSES.iter().filter_map(|pass| check_doc_example(root, pass.name, &sources).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Pass name → the files under `dir` whose `PASS: PassDef` carries that name: found by content,
+/// so that pass files can move.
+fn pass_sources(dir: &Path, out: &mut BTreeMap<String, Vec<PathBuf>>) {
+    for path in std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()) {
+        if path.is_dir() {
+            pass_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let name = text
+                .split_once("PASS: PassDef")
+                .and_then(|(_, def)| def.split_once("name: \""))
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(name, _)| name.to_string());
+            if let Some(name) = name {
+                out.entry(name).or_default().push(path);
+            }
+        }
     }
+}
+
+/// Checks the example in `pass`'s doc against its `doc_example.qir` and what the pass prints;
+/// the error says which file and what differs.
+fn check_doc_example(root: &Path, pass: &str, sources: &BTreeMap<String, Vec<PathBuf>>) -> Result<(), String> {
+    let shown = |path: &Path| path.strip_prefix(root).unwrap_or(path).display().to_string();
+    let file = match sources.get(pass).map(Vec::as_slice) {
+        Some([file]) => file,
+        Some(files) => return Err(format!("pass `{pass}` is defined in several files: {files:?}")),
+        None => return Err(format!("no file under src/passes has a `PASS: PassDef` named \"{pass}\"")),
+    };
+    let file = shown(file);
+    let text = std::fs::read_to_string(root.join(&file)).unwrap();
+    let doc: Vec<&str> = text
+        .lines()
+        .map_while(|line| line.trim_start().strip_prefix("//!"))
+        .map(|line| line.strip_prefix(' ').unwrap_or(line))
+        .collect();
+    let before = fenced(&doc, "before").map_err(|e| format!("{file}: {e}"))?;
+    let after = fenced(&doc, "after").map_err(|e| format!("{file}: {e}"))?;
+
+    let case = root.join("tests/passes").join(pass).join("doc_example.qir");
+    let source =
+        std::fs::read_to_string(&case).map_err(|e| format!("{file}: its example has no case {}: {e}", shown(&case)))?;
+    let (names, cx) = run_line(&source, &case);
+    if names != [pass] {
+        return Err(format!("{}: the RUN line must run `{pass}` alone, not {names:?}", shown(&case)));
+    }
+    let body = source.split_once('\n').map_or("", |(_, body)| body);
+    if body != before {
+        let case = shown(&case);
+        return Err(format!(
+            "{file}: the ```qir before example is not the body of {case}\n{}",
+            difference(&before, body, &case)
+        ));
+    }
+
+    let passes = expand(&names).map_err(|e| format!("{}: {e}", shown(&case)))?;
+    let inst = Instrumentation { verify_each: true, ..Default::default() };
+    let compiled = compile_with(&source, case.parent(), &passes, &inst, cx, &mut String::new()).map_err(|diags| {
+        let mut files = Files::new();
+        let id = files.add(shown(&case), source.clone());
+        format!("{file}: `{pass}` fails on its example:\n{}", render(&files, id, &diags))
+    })?;
+    let printed = print_module(&compiled.module);
+    if printed != after {
+        return Err(format!(
+            "{file}: the ```qir after example is not what `{pass}` prints\n{}",
+            difference(&after, &printed, pass)
+        ));
+    }
+    Ok(())
+}
+
+/// The text of the one ```` ```qir <label> ```` block of a doc, each line ending in a newline.
+fn fenced(doc: &[&str], label: &str) -> Result<String, String> {
+    let open = format!("```qir {label}");
+    let starts: Vec<usize> = (0..doc.len()).filter(|&i| doc[i] == open).collect();
+    let [start] = starts[..] else {
+        return Err(format!("its `//!` doc has {} ```qir {label} blocks, not one", starts.len()));
+    };
+    let block = &doc[start + 1..];
+    let end = block.iter().position(|&line| line == "```").ok_or(format!("its ```qir {label} block is not closed"))?;
+    Ok(block[..end].iter().map(|line| format!("{line}\n")).collect())
+}
+
+/// The first line where `other` (named `other_name`) departs from the doc's text, then the whole
+/// of `other`, ready to paste into the doc when it is the truth.
+fn difference(doc: &str, other: &str, other_name: &str) -> String {
+    let (doc_lines, other_lines): (Vec<&str>, Vec<&str>) = (doc.lines().collect(), other.lines().collect());
+    let line = (0..doc_lines.len().max(other_lines.len())).find(|&i| doc_lines.get(i) != other_lines.get(i));
+    let show = |line: Option<&&str>| line.map_or("(no line)".to_string(), |line| format!("`{line}`"));
+    let first = match line {
+        Some(i) => format!(
+            "  first difference, line {} of the example:\n    doc: {}\n    {other_name}: {}\n",
+            i + 1,
+            show(doc_lines.get(i)),
+            show(other_lines.get(i))
+        ),
+        None => "  the lines agree; the difference is in line endings or a last newline\n".to_string(),
+    };
+    format!("{first}  {other_name} is:\n{other}")
 }

@@ -18,16 +18,27 @@
 //! `add.scalar`/`mul.scalar` of f32 tensors into `add`/`mul` of an f32 constant (not with
 //! `x86`, whose transform is the identity).
 //!
-//! ```text
-//! %fc = linear(%x, %w) : f32[1,10]
-//! %act = relu(%fc) : f32[1,10]
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[1,16], %w: f32[10,16]) -> f32[1,10] {
+//!     %fc = linear(%x, %w) : f32[1,10]
+//!     %act = relu(%fc) : f32[1,10]
+//!     return %act
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "histogram", eps = 0.000244140625}
-//! qspec @weight = {dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, observer = "per_channel_minmax", eps = 0.000244140625}
-//! %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight]
-//! %act = relu(%fc) : f32[1,10] quant[] -> @act
+//! ```qir after
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "histogram", eps = 0.000244140625}
+//!   qspec @weight = {dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, observer = "per_channel_minmax", eps = 0.000244140625}
+//!
+//!   func @main(%x: f32[1,16], %w: f32[10,16]) -> f32[1,10] {
+//!     %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight]
+//!     %act = relu(%fc) : f32[1,10] quant[] -> @act
+//!     return %act
+//!   }
+//! }
 //! ```
 
 use super::{PassContext, PassDef};

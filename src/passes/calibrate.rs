@@ -15,12 +15,24 @@
 //! data. The interpreter runs only the first function. Data errors (names, shapes, dtypes,
 //! NaN values, truncated files) are diagnostics; nothing is written on failure.
 //!
-//! ```text
-//! %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127} : f32[1,4]
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,4] {
+//!     %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127} : f32[1,4]
+//!     %y = relu(%activation_post_process_0) : f32[1,4]
+//!     return %y
+//!   }
+//! }
 //! ```
 //! becomes, after batches whose values span [-1.5, 2.25],
-//! ```text
-//! %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127, stats = {min_val = -1.5, max_val = 2.25}} : f32[1,4]
+//! ```qir after
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,4] {
+//!     %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127, stats = {min_val = -1.5, max_val = 2.25}} : f32[1,4]
+//!     %y = relu(%activation_post_process_0) : f32[1,4]
+//!     return %y
+//!   }
+//! }
 //! ```
 
 use std::sync::Arc;

@@ -23,15 +23,25 @@
 //! scale 1.0 and zero point 0, with a warning; a module where no instance has statistics is an
 //! error). Leaves: no observers; annotations stay, for `duplicate-dq` and `port-metadata`.
 //!
-//! ```text
-//! %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127, stats = {min_val = -1.0, max_val = 2.0}} : f32[1,4]
-//! %y = relu(%activation_post_process_0) : f32[1,4]
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,4] {
+//!     %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127, stats = {min_val = -1.0, max_val = 2.0}} : f32[1,4]
+//!     %y = relu(%activation_post_process_0) : f32[1,4]
+//!     return %y
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %x_q = quantize_per_tensor(%x) {scale = 0.0117647061124444, zero_point = -43, qmin = -128, qmax = 127, dtype = i8} : i8[1,4]
-//! %x_dq = dequantize_per_tensor(%x_q) {scale = 0.0117647061124444, zero_point = -43, qmin = -128, qmax = 127, dtype = i8} : f32[1,4]
-//! %y = relu(%x_dq) : f32[1,4]
+//! ```qir after
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,4] {
+//!     %x_q = quantize_per_tensor(%x) {scale = 0.0117647061124444, zero_point = -43, qmin = -128, qmax = 127, dtype = i8} : i8[1,4]
+//!     %x_dq = dequantize_per_tensor(%x_q) {scale = 0.0117647061124444, zero_point = -43, qmin = -128, qmax = 127, dtype = i8} : f32[1,4]
+//!     %y = relu(%x_dq) : f32[1,4]
+//!     return %y
+//!   }
+//! }
 //! ```
 
 use ndarray::{Array1, ArrayD};

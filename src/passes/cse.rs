@@ -10,15 +10,25 @@
 //! Idempotent. Linear: one forward sweep with a hash table (operands are already canonical when
 //! an op is reached, so chains of duplicates collapse in one sweep).
 //!
-//! ```text
-//! %a = relu(%x) : f32[4]
-//! %b = relu(%x) : f32[4]
-//! %c = add(%a, %b) : f32[4]
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[4]) -> f32[4] {
+//!     %a = relu(%x) : f32[4]
+//!     %b = relu(%x) : f32[4]
+//!     %c = add(%a, %b) : f32[4]
+//!     return %c
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %a = relu(%x) : f32[4]
-//! %c = add(%a, %a) : f32[4]
+//! ```qir after
+//! module {
+//!   func @main(%x: f32[4]) -> f32[4] {
+//!     %a = relu(%x) : f32[4]
+//!     %c = add(%a, %a) : f32[4]
+//!     return %c
+//!   }
+//! }
 //! ```
 
 use std::hash::{Hash, Hasher};

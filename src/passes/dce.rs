@@ -7,15 +7,23 @@
 //! result. Idempotent. Linear: one sweep in reverse program order, since an op's producers
 //! come before it.
 //!
-//! ```text
-//! %a = relu(%x) : f32[4]             // unused: deleted
-//! %b = sigmoid(%x) : f32[4]
-//! return %b
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[4]) -> f32[4] {
+//!     %a = relu(%x) : f32[4]  // unused: deleted
+//!     %b = sigmoid(%x) : f32[4]
+//!     return %b
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %b = sigmoid(%x) : f32[4]
-//! return %b
+//! ```qir after
+//! module {
+//!   func @main(%x: f32[4]) -> f32[4] {
+//!     %b = sigmoid(%x) : f32[4]
+//!     return %b
+//!   }
+//! }
 //! ```
 
 use super::{PassContext, PassDef};

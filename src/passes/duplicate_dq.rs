@@ -12,17 +12,33 @@
 //! Requires: a converted module (quantize/dequantize ops; annotations kept). Leaves: each
 //! annotated op reading its own dequantize ops. Idempotent.
 //!
-//! ```text
-//! %x_dq = dequantize_per_tensor(%x_q) {...} : f32[4]
-//! %a = relu(%x_dq) : f32[4] quant[@act] -> @act
-//! %b = sigmoid(%x_dq) : f32[4] quant[@act] -> @act
+//! ```qir before
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!
+//!   func @main(%x: f32[4]) -> (f32[4], f32[4]) {
+//!     %x_q = quantize_per_tensor(%x) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : i8[4]
+//!     %x_dq = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : f32[4]
+//!     %a = relu(%x_dq) : f32[4] quant[@act] -> @act
+//!     %b = sigmoid(%x_dq) : f32[4] quant[@act] -> @act
+//!     return %a, %b
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %x_dq = dequantize_per_tensor(%x_q) {...} : f32[4]
-//! %x_dq_1 = dequantize_per_tensor(%x_q) {...} : f32[4]
-//! %a = relu(%x_dq) : f32[4] quant[@act] -> @act
-//! %b = sigmoid(%x_dq_1) : f32[4] quant[@act] -> @act
+//! ```qir after
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!
+//!   func @main(%x: f32[4]) -> (f32[4], f32[4]) {
+//!     %x_q = quantize_per_tensor(%x) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : i8[4]
+//!     %x_dq = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : f32[4]
+//!     %x_dq_1 = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : f32[4]
+//!     %a = relu(%x_dq) : f32[4] quant[@act] -> @act
+//!     %b = sigmoid(%x_dq_1) : f32[4] quant[@act] -> @act
+//!     return %a, %b
+//!   }
+//! }
 //! ```
 
 use super::{PassContext, PassDef};

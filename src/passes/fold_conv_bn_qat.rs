@@ -58,21 +58,41 @@
 //! Requires: a verified module. Leaves: a verified module. Idempotent (nothing left to match);
 //! a module without the pattern is unchanged.
 //!
-//! ```text
-//! %conv_scaled_weight_scale = const {value = [...]} : f32[8]
-//! %conv_scaled_weight_zero_point = const {value = [...]} : i64[8]
-//! %conv_scaled_weight_q = quantize_per_channel(%conv_scaled_weight, %conv_scaled_weight_scale, %conv_scaled_weight_zero_point) {...}
-//! %conv_scaled_weight_dq = dequantize_per_channel(%conv_scaled_weight_q, ...) {...}
-//! %conv = conv2d(%x_dq, %conv_scaled_weight_dq, %conv_zero_bias) : f32[1,8,4,4] loc("conv")
-//! ... div, add, batch_norm ...
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[1,2,4,4]) -> f32[1,3,4,4] {
+//!     %w = const {value = [[[[0.5]], [[-1.0]]], [[[0.25]], [[2.0]]], [[[-0.75]], [[1.5]]]]} : f32[3,2,1,1]
+//!     %gamma = const {value = [1.0, 0.5, 2.0]} : f32[3]
+//!     %beta = const {value = [0.0, 0.1, -0.1]} : f32[3]
+//!     %mean = const {value = [0.1, -0.2, 0.0]} : f32[3]
+//!     %var = const {value = [1.0, 0.25, 4.0]} : f32[3]
+//!     %conv_var_eps = add.scalar(%var) {other = 1e-5} : f32[3]
+//!     %conv_running_std = sqrt(%conv_var_eps) : f32[3]
+//!     %conv_scale_factor = div(%gamma, %conv_running_std) : f32[3]
+//!     %conv_scale_factor_w = reshape(%conv_scale_factor) {shape = [-1, 1, 1, 1]} : f32[3,1,1,1]
+//!     %conv_scaled_weight = mul(%w, %conv_scale_factor_w) : f32[3,2,1,1]
+//!     %conv_scaled_weight_q = quantize_per_tensor(%conv_scaled_weight) {scale = 0.015625, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : i8[3,2,1,1]
+//!     %conv_scaled_weight_dq = dequantize_per_tensor(%conv_scaled_weight_q) {scale = 0.015625, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[3,2,1,1]
+//!     %conv = conv2d(%x, %conv_scaled_weight_dq) : f32[1,3,4,4] loc("conv")
+//!     %conv_scale_factor_out = reshape(%conv_scale_factor) {shape = [1, -1, 1, 1]} : f32[1,3,1,1]
+//!     %conv_unscaled = div(%conv, %conv_scale_factor_out) : f32[1,3,4,4]
+//!     %bn = batch_norm(%conv_unscaled, %gamma, %beta, %mean, %var) {training = true} : f32[1,3,4,4] loc("bn")
+//!     return %bn
+//!   }
+//! }
 //! ```
-//! becomes (`%w` and `%b` folded)
-//! ```text
-//! %conv_scaled_weight_scale = const {value = [...]} : f32[8]
-//! %conv_scaled_weight_zero_point = const {value = [...]} : i64[8]
-//! %w_q = quantize_per_channel(%w, %conv_scaled_weight_scale, %conv_scaled_weight_zero_point) {...}
-//! %w_dq = dequantize_per_channel(%w_q, ...) {...}
-//! %conv = conv2d(%x_dq, %w_dq, %b) : f32[1,8,4,4] loc("conv")
+//! becomes (`%w` folded; the conv, which had no bias, reads the new folded bias `%w_bias`)
+//! ```qir after
+//! module {
+//!   func @main(%x: f32[1,2,4,4]) -> f32[1,3,4,4] {
+//!     %w = const {value = [[[[0.4999975]], [[-0.999995]]], [[[0.249995]], [[1.99996]]], [[[-0.7499991]], [[1.4999982]]]]} : f32[3,2,1,1]
+//!     %w_q = quantize_per_tensor(%w) {scale = 0.015625, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : i8[3,2,1,1]
+//!     %w_dq = dequantize_per_tensor(%w_q) {scale = 0.015625, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[3,2,1,1]
+//!     %w_bias = const {value = [-0.0999995, 0.299996, -0.1]} : f32[3] loc("conv")
+//!     %conv = conv2d(%x, %w_dq, %w_bias) : f32[1,3,4,4] loc("conv")
+//!     return %conv
+//!   }
+//! }
 //! ```
 
 use rustc_hash::FxHashSet;

@@ -14,15 +14,27 @@
 //!
 //! Requires: a converted module. Leaves: no quantize op with constant operands. Idempotent.
 //!
-//! ```text
-//! %w = weight {key = "fc.weight"} : f32[2,4]
-//! %w_q = quantize_per_tensor(%w) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : i8[2,4]
-//! %w_dq = dequantize_per_tensor(%w_q) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,2] {
+//!     %w = const {value = [[1.0, -0.5, 0.0, 2.0], [0.5, 0.5, -1.5, 0.0]]} : f32[2,4]
+//!     %w_q = quantize_per_tensor(%w) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : i8[2,4]
+//!     %w_dq = dequantize_per_tensor(%w_q) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
+//!     %fc = linear(%x, %w_dq) : f32[1,2]
+//!     return %fc
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %w_q = const {value = [[2, -1, 0, 4], [1, 1, -3, 0]]} : i8[2,4]
-//! %w_dq = dequantize_per_tensor(%w_q) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
+//! ```qir after
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,2] {
+//!     %w_q = const {value = [[2, -1, 0, 4], [1, 1, -3, 0]]} : i8[2,4]
+//!     %w_dq = dequantize_per_tensor(%w_q) {scale = 0.5, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
+//!     %fc = linear(%x, %w_dq) : f32[1,2]
+//!     return %fc
+//!   }
+//! }
 //! ```
 
 use std::sync::Arc;

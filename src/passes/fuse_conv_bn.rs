@@ -77,22 +77,36 @@
 //! no dead pure op. Idempotent: what is left is exactly what a second run skips again. Linear in
 //! the graph size, plus the parameter arithmetic.
 //!
-//! ```text
-//! %conv2.weight = weight {key = "conv2.weight"} : f32[32,16,3,3]
-//! %conv2 = conv2d(%pool, %conv2.weight) {padding = [1, 1]} : f32[1,32,16,16] loc("conv2")
-//! %bn2.weight = weight {key = "bn2.weight"} : f32[32]
-//! %bn2.bias = weight {key = "bn2.bias"} : f32[32]
-//! %bn2.running_mean = weight {key = "bn2.running_mean"} : f32[32]
-//! %bn2.running_var = weight {key = "bn2.running_var"} : f32[32]
-//! %bn2 = batch_norm(%conv2, %bn2.weight, %bn2.bias, %bn2.running_mean, %bn2.running_var) : f32[1,32,16,16] loc("bn2")
-//! %relu_1 = relu(%bn2) : f32[1,32,16,16] loc("relu")
+//! ```qir before
+//! module {
+//!   weights "weights.safetensors"
+//!
+//!   func @main(%x: f32[1,2,4,4]) -> f32[1,3,4,4] {
+//!     %conv1.weight = weight {key = "conv1.weight"} : f32[3,2,1,1]
+//!     %conv1 = conv2d(%x, %conv1.weight) : f32[1,3,4,4] loc("conv1")
+//!     %bn1.weight = weight {key = "bn1.weight"} : f32[3]
+//!     %bn1.bias = weight {key = "bn1.bias"} : f32[3]
+//!     %bn1.running_mean = weight {key = "bn1.running_mean"} : f32[3]
+//!     %bn1.running_var = weight {key = "bn1.running_var"} : f32[3]
+//!     %bn1 = batch_norm(%conv1, %bn1.weight, %bn1.bias, %bn1.running_mean, %bn1.running_var) : f32[1,3,4,4] loc("bn1")
+//!     %relu = relu(%bn1) : f32[1,3,4,4] loc("relu")
+//!     return %relu
+//!   }
+//! }
 //! ```
-//! becomes (`conv2.weight` and `conv2.weight_bias` are created tensors)
-//! ```text
-//! %conv2.weight = weight {key = "conv2.weight"} : f32[32,16,3,3]
-//! %conv2.weight_bias = weight {key = "conv2.weight_bias"} : f32[32] loc("conv2")
-//! %conv2 = conv2d(%pool, %conv2.weight, %conv2.weight_bias) {padding = [1, 1]} : f32[1,32,16,16] loc("conv2")
-//! %relu_1 = relu(%conv2) : f32[1,32,16,16] loc("relu")
+//! becomes (`conv1.weight` and `conv1.weight_bias` are created tensors)
+//! ```qir after
+//! module {
+//!   weights "weights.safetensors"
+//!
+//!   func @main(%x: f32[1,2,4,4]) -> f32[1,3,4,4] {
+//!     %conv1.weight = weight {key = "conv1.weight"} : f32[3,2,1,1]
+//!     %conv1.weight_bias = weight {key = "conv1.weight_bias"} : f32[3] loc("conv1")
+//!     %conv1 = conv2d(%x, %conv1.weight, %conv1.weight_bias) : f32[1,3,4,4] loc("conv1")
+//!     %relu = relu(%conv1) : f32[1,3,4,4] loc("relu")
+//!     return %relu
+//!   }
+//! }
 //! ```
 
 use std::sync::Arc;

@@ -64,24 +64,40 @@
 //! keep their names. Requires: a verified module. Leaves: a verified module. Idempotent: the
 //! new batch norm reads an `add` or `div`, not a conv.
 //!
-//! ```text
-//! %conv = conv2d(%x, %w, %b) {padding = [1, 1]} : f32[1,8,4,4] loc("conv") quant[@act, @w8]
-//! %bn = batch_norm(%conv, %gamma, %beta, %mean, %var) {training = true} : f32[1,8,4,4] loc("bn") quant[] -> @act
+//! ```qir before
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!   qspec @w8 = {dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, observer = "per_channel_minmax"}
+//!
+//!   func @main(%x: f32[1,3,4,4], %w: f32[8,3,3,3], %b: f32[8], %gamma: f32[8], %beta: f32[8], %mean: f32[8], %var: f32[8]) -> f32[1,8,4,4] {
+//!     %conv = conv2d(%x, %w, %b) {padding = [1, 1]} : f32[1,8,4,4] loc("conv") quant[@act, @w8]
+//!     %bn = batch_norm(%conv, %gamma, %beta, %mean, %var) {training = true} : f32[1,8,4,4] loc("bn") quant[] -> @act
+//!     return %bn
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %conv_var_eps = add.scalar(%var) {other = 1e-5} : f32[8]
-//! %conv_running_std = sqrt(%conv_var_eps) : f32[8]
-//! %conv_scale_factor = div(%gamma, %conv_running_std) : f32[8]
-//! %conv_scale_factor_w = reshape(%conv_scale_factor) {shape = [-1, 1, 1, 1]} : f32[8,1,1,1]
-//! %conv_scaled_weight = mul(%w, %conv_scale_factor_w) : f32[8,3,3,3] loc("conv")
-//! %conv_zero_bias = zeros_like(%b) : f32[8]
-//! %conv = conv2d(%x, %conv_scaled_weight, %conv_zero_bias) {padding = [1, 1]} : f32[1,8,4,4] loc("conv") quant[@act, @w8]
-//! %conv_scale_factor_out = reshape(%conv_scale_factor) {shape = [1, -1, 1, 1]} : f32[1,8,1,1]
-//! %conv_unscaled = div(%conv, %conv_scale_factor_out) : f32[1,8,4,4]
-//! %conv_bias_out = reshape(%b) {shape = [1, -1, 1, 1]} : f32[1,8,1,1]
-//! %conv_with_bias = add(%conv_unscaled, %conv_bias_out) : f32[1,8,4,4]
-//! %bn = batch_norm(%conv_with_bias, %gamma, %beta, %mean, %var) {training = true} : f32[1,8,4,4] loc("bn") quant[] -> @act
+//! ```qir after
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!   qspec @w8 = {dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, observer = "per_channel_minmax"}
+//!
+//!   func @main(%x: f32[1,3,4,4], %w: f32[8,3,3,3], %b: f32[8], %gamma: f32[8], %beta: f32[8], %mean: f32[8], %var: f32[8]) -> f32[1,8,4,4] {
+//!     %conv_var_eps = add.scalar(%var) {other = 1e-5} : f32[8]
+//!     %conv_running_std = sqrt(%conv_var_eps) : f32[8]
+//!     %conv_scale_factor = div(%gamma, %conv_running_std) : f32[8]
+//!     %conv_scale_factor_w = reshape(%conv_scale_factor) {shape = [-1, 1, 1, 1]} : f32[8,1,1,1]
+//!     %conv_scaled_weight = mul(%w, %conv_scale_factor_w) : f32[8,3,3,3] loc("conv")
+//!     %conv_zero_bias = zeros_like(%b) : f32[8]
+//!     %conv = conv2d(%x, %conv_scaled_weight, %conv_zero_bias) {padding = [1, 1]} : f32[1,8,4,4] loc("conv") quant[@act, @w8]
+//!     %conv_scale_factor_out = reshape(%conv_scale_factor) {shape = [1, -1, 1, 1]} : f32[1,8,1,1]
+//!     %conv_unscaled = div(%conv, %conv_scale_factor_out) : f32[1,8,4,4]
+//!     %conv_bias_out = reshape(%b) {shape = [1, -1, 1, 1]} : f32[1,8,1,1]
+//!     %conv_with_bias = add(%conv_unscaled, %conv_bias_out) : f32[1,8,4,4]
+//!     %bn = batch_norm(%conv_with_bias, %gamma, %beta, %mean, %var) {training = true} : f32[1,8,4,4] loc("bn") quant[] -> @act
+//!     return %bn
+//!   }
+//! }
 //! ```
 
 use rustc_hash::FxHashMap;

@@ -19,14 +19,30 @@
 //! owner; otherwise the last owner in program order wins). Leaves: the same graph with ported
 //! locations. Idempotent.
 //!
-//! ```text
-//! %x_dq = dequantize_per_tensor(%x_q) {...} : f32[1,4]
-//! %y = linear(%x_dq, %w_dq) : f32[1,2] loc("fc") quant[@act, @w8] -> @act
+//! ```qir before
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!
+//!   func @main(%x: f32[1,4], %w: f32[2,4]) -> f32[1,2] {
+//!     %x_q = quantize_per_tensor(%x) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : i8[1,4]
+//!     %x_dq = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : f32[1,4]
+//!     %fc = linear(%x_dq, %w) : f32[1,2] loc("fc") quant[@act]
+//!     return %fc
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %x_dq = dequantize_per_tensor(%x_q) {...} : f32[1,4] loc("fc")
-//! %y = linear(%x_dq, %w_dq) : f32[1,2] loc("fc") quant[@act, @w8] -> @act
+//! ```qir after
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!
+//!   func @main(%x: f32[1,4], %w: f32[2,4]) -> f32[1,2] {
+//!     %x_q = quantize_per_tensor(%x) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : i8[1,4]
+//!     %x_dq = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 0, qmin = -128, qmax = 127, dtype = i8} : f32[1,4] loc("fc")
+//!     %fc = linear(%x_dq, %w) : f32[1,2] loc("fc") quant[@act]
+//!     return %fc
+//!   }
+//! }
 //! ```
 
 use super::{PassContext, PassDef};

@@ -29,15 +29,31 @@
 //! Linear in the graph: see `Readers` and `Groups::chain_end` for how PT2E's comparisons of
 //! every reader with every other are kept to those that can change a group.
 //!
-//! ```text
-//! %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight] -> @act
+//! ```qir before
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!   qspec @weight = {dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, observer = "per_channel_minmax"}
+//!
+//!   func @main(%x: f32[1,16], %w: f32[10,16]) -> f32[1,10] {
+//!     %fc = linear(%x, %w) : f32[1,10] quant[@act, @weight] -> @act
+//!     return %fc
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %activation_post_process_0 = observer(%x) {kind = "histogram", dtype = i8, qmin = -128, qmax = 127, options = {eps = 0.000244140625}} : f32[1,16]
-//! %activation_post_process_1 = observer(%w) {kind = "per_channel_minmax", ..., instance = 1} : f32[10,16]
-//! %fc = linear(%activation_post_process_0, %activation_post_process_1) : f32[1,10] quant[@act, @weight] -> @act
-//! %activation_post_process_2 = observer(%fc) {kind = "histogram", ..., instance = 2} : f32[1,10]
+//! ```qir after
+//! module {
+//!   qspec @act = {dtype = i8, qmin = -128, qmax = 127, qscheme = "per_tensor_affine", observer = "minmax"}
+//!   qspec @weight = {dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, observer = "per_channel_minmax"}
+//!
+//!   func @main(%x: f32[1,16], %w: f32[10,16]) -> f32[1,10] {
+//!     %activation_post_process_0 = observer(%x) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127} : f32[1,16]
+//!     %activation_post_process_1 = observer(%w) {kind = "per_channel_minmax", dtype = i8, qmin = -127, qmax = 127, qscheme = "per_channel_symmetric", ch_axis = 0, instance = 1} : f32[10,16]
+//!     %fc = linear(%activation_post_process_0, %activation_post_process_1) : f32[1,10] quant[@act, @weight] -> @act
+//!     %activation_post_process_2 = observer(%fc) {kind = "minmax", dtype = i8, qmin = -128, qmax = 127, instance = 2} : f32[1,10]
+//!     return %activation_post_process_2
+//!   }
+//! }
 //! ```
 
 use std::borrow::Cow;

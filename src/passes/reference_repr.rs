@@ -54,20 +54,36 @@
 //! Requires: a converted module (`convert`, ideally through `fold-quantize`). Leaves: the
 //! rewritten groups as integer ops, everything else unchanged. Idempotent.
 //!
-//! ```text
-//! %x_dq = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 3, qmin = -128, qmax = 127, dtype = i8} : f32[1,4]
-//! %w_dq = dequantize_per_tensor(%w_q) {scale = 0.25, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
-//! %fc = linear(%x_dq, %w_dq) : f32[1,2]
-//! %fc_q = quantize_per_tensor(%fc) {scale = 0.5, zero_point = -5, qmin = -128, qmax = 127, dtype = i8} : i8[1,2]
+//! ```qir before
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,2] {
+//!     %x_q = quantize_per_tensor(%x) {scale = 0.5, zero_point = 3, qmin = -128, qmax = 127, dtype = i8} : i8[1,4]
+//!     %x_dq = dequantize_per_tensor(%x_q) {scale = 0.5, zero_point = 3, qmin = -128, qmax = 127, dtype = i8} : f32[1,4]
+//!     %w_q = const {value = [[2, -1, 0, 4], [1, 1, -3, 0]]} : i8[2,4]
+//!     %w_dq = dequantize_per_tensor(%w_q) {scale = 0.25, zero_point = 0, qmin = -127, qmax = 127, dtype = i8} : f32[2,4]
+//!     %fc = linear(%x_dq, %w_dq) : f32[1,2]
+//!     %fc_q = quantize_per_tensor(%fc) {scale = 0.5, zero_point = -5, qmin = -128, qmax = 127, dtype = i8} : i8[1,2]
+//!     %fc_dq = dequantize_per_tensor(%fc_q) {scale = 0.5, zero_point = -5, qmin = -128, qmax = 127, dtype = i8} : f32[1,2]
+//!     return %fc_dq
+//!   }
+//! }
 //! ```
 //! becomes
-//! ```text
-//! %x_q_i32 = convert_element_type(%x_q) {dtype = i32} : i32[1,4]
-//! %x_q_zero_point = const {value = 3} : i32[]
-//! %x_q_centered = sub(%x_q_i32, %x_q_zero_point) : i32[1,4]
-//! %w_q_i32 = convert_element_type(%w_q) {dtype = i32} : i32[2,4]
-//! %fc_i32 = linear(%x_q_centered, %w_q_i32) : i32[1,2]
-//! %fc_q = requantize(%fc_i32) {scale = 0.25, zero_point = -5, qmin = -128, qmax = 127, dtype = i8} : i8[1,2]
+//! ```qir after
+//! module {
+//!   func @main(%x: f32[1,4]) -> f32[1,2] {
+//!     %x_q = quantize_per_tensor(%x) {scale = 0.5, zero_point = 3, qmin = -128, qmax = 127, dtype = i8} : i8[1,4]
+//!     %w_q = const {value = [[2, -1, 0, 4], [1, 1, -3, 0]]} : i8[2,4]
+//!     %x_q_i32 = convert_element_type(%x_q) {dtype = i32} : i32[1,4]
+//!     %x_q_zero_point = const {value = 3} : i32[]
+//!     %x_q_centered = sub(%x_q_i32, %x_q_zero_point) : i32[1,4]
+//!     %w_q_i32 = convert_element_type(%w_q) {dtype = i32} : i32[2,4]
+//!     %fc_i32 = linear(%x_q_centered, %w_q_i32) : i32[1,2]
+//!     %fc_q = requantize(%fc_i32) {scale = 0.25, zero_point = -5, qmin = -128, qmax = 127, dtype = i8} : i8[1,2]
+//!     %fc_dq = dequantize_per_tensor(%fc_q) {scale = 0.5, zero_point = -5, qmin = -128, qmax = 127, dtype = i8} : f32[1,2]
+//!     return %fc_dq
+//!   }
+//! }
 //! ```
 
 use ndarray::{ArrayD, IxDyn};
