@@ -110,11 +110,10 @@ use super::{
     calculate_float_qparams, calculate_qparams, choose_quantization_params, fake_quantize_value, torch_maximum,
     torch_minimum, QRange,
 };
-use crate::interp::kernels::quant::map_channels;
 use crate::ir::attr::{Attr, Dict};
 use crate::ir::quant::{QScheme, QSpec};
 use crate::ir::DType;
-use crate::tensor::Tensor;
+use crate::tensor::{map_channels, Tensor};
 
 /// Float32 lanes of the ATen vector kernels being matched (x86-64 AVX2 dispatch; see the module
 /// doc).
