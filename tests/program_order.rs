@@ -5,6 +5,7 @@ use qc::diag::Span;
 use qc::ir::graph::ResultSpec;
 use qc::ir::verifier::verify;
 use qc::ops::OpKind;
+use qc::quant::OP_CHECKS;
 
 const MODULE: &str = "module {\n  func @f(%x: f32[4]) -> f32[4] {\n    %a = relu(%x) : f32[4]\n    return %a\n  }\n}\n";
 
@@ -22,9 +23,9 @@ fn unlinked_relu(module: &mut qc::ir::Module, name: &str) -> qc::ir::OpId {
 #[test]
 fn a_live_op_missing_from_the_order_is_an_error() {
     let mut module = qc::syntax::parse_module(MODULE, None).unwrap();
-    assert!(verify(&module).is_empty());
+    assert!(verify(&module, OP_CHECKS).is_empty());
     unlinked_relu(&mut module, "lost");
-    let errors = verify(&module);
+    let errors = verify(&module, OP_CHECKS);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].message.contains("1 live op(s) of `@f` are not in the program order"), "{}", errors[0].message);
 }
@@ -34,5 +35,5 @@ fn a_linked_op_verifies() {
     let mut module = qc::syntax::parse_module(MODULE, None).unwrap();
     let op = unlinked_relu(&mut module, "found");
     module.graphs[0].append(op);
-    assert!(verify(&module).is_empty());
+    assert!(verify(&module, OP_CHECKS).is_empty());
 }

@@ -110,8 +110,11 @@ use super::{
     calculate_float_qparams, calculate_qparams, choose_quantization_params, fake_quantize_value, torch_maximum,
     torch_minimum, QRange,
 };
+use crate::diag::{Diag, Diagnostics};
 use crate::ir::attr::{Attr, Dict};
+use crate::ir::graph::{Graph, OpId};
 use crate::ir::quant::{QScheme, QSpec};
+use crate::ir::verifier::Locator;
 use crate::ir::DType;
 use crate::tensor::{map_channels, Tensor};
 
@@ -2112,6 +2115,42 @@ impl EntropySums {
             return (f64::NEG_INFINITY, f64::INFINITY);
         }
         (kl - err, kl + err)
+    }
+}
+
+/// The observer attributes [`ObserverConfig::from_dict`] reads, as a dictionary.
+pub fn observer_attrs(g: &Graph, op: OpId) -> Dict {
+    let mut d = Dict::new();
+    for &name in CONFIG_KEYS {
+        if let Some(value) = g.attr(op, name) {
+            d.insert(name, value.clone());
+        }
+    }
+    d
+}
+
+/// An observer's `stats` must be statistics `convert` can turn into qparams: readable, one
+/// range per channel of the observed value, and finite scales. (They are usually written by
+/// `calibrate`, which cannot produce bad ones, but may be written by hand.)
+pub fn verify_stats(g: &Graph, op: OpId, at: &Locator<'_>, errors: &mut Diagnostics) {
+    let Some(stats) = g.attr(op, "stats").and_then(|a| a.as_dict()) else { return };
+    // An invalid config is reported by the passes that read it, with their context.
+    let Ok(config) = ObserverConfig::from_dict(&observer_attrs(g, op)) else { return };
+    let channels = || {
+        let axis = config.ch_axis.unwrap_or(0);
+        let observed = g.value_type(*g.op(op).operands.first()?);
+        usize::try_from(observed.shape.get(axis)?.known()?).ok()
+    };
+    let checked = ObserverState::from_dict(&config, stats).and_then(|state| {
+        state.check_convertible(&config, if config.kind.is_per_channel() { channels() } else { None })
+    });
+    if let Err(message) = checked {
+        let here = at.attr("stats").map_or(at.whole, |(_, v)| v);
+        errors.push(
+            Diag::error(format!("invalid observer statistics: {message}"))
+                .at(here, "in these statistics")
+                .help("let `calibrate` write them (`--calib data.npz`), or fix them by hand"),
+        );
     }
 }
 
