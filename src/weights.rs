@@ -5,14 +5,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use half::{bf16, f16};
 use memmap2::Mmap;
-use ndarray::{ArrayD, IxDyn};
+use ndarray::ArrayD;
 use rustc_hash::FxHashMap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::ir::types::{DType, TensorType};
-use crate::tensor::Tensor;
+use crate::tensor::{decode, Tensor};
 
 /// One tensor's entry in the header.
 #[derive(Clone, Debug)]
@@ -175,30 +174,6 @@ impl crate::tensor::LayoutFn for Transposed {
     fn apply<T: Clone>(&self, a: &ArrayD<T>) -> Result<ArrayD<T>, String> {
         Ok(a.t().as_standard_layout().into_owned().reversed_axes())
     }
-}
-
-/// Little-endian bytes → tensor; `None` when the byte count does not match the shape.
-pub fn decode(dtype: DType, shape: &[usize], bytes: &[u8]) -> Option<Tensor> {
-    let size = shape.iter().try_fold(dtype.size_bytes(), |acc, &d| acc.checked_mul(d))?;
-    if bytes.len() != size {
-        return None;
-    }
-    fn arr<T, const W: usize>(shape: &[usize], bytes: &[u8], f: impl Fn([u8; W]) -> T) -> Option<ArrayD<T>> {
-        let data = bytes.chunks_exact(W).map(|c| f(c.try_into().unwrap_or([0; W]))).collect();
-        ArrayD::from_shape_vec(IxDyn(shape), data).ok()
-    }
-    Some(match dtype {
-        DType::F32 => Tensor::F32(arr(shape, bytes, f32::from_le_bytes)?),
-        DType::F64 => Tensor::F64(arr(shape, bytes, f64::from_le_bytes)?),
-        DType::F16 => Tensor::F16(arr(shape, bytes, |b| f16::from_bits(u16::from_le_bytes(b)))?),
-        DType::BF16 => Tensor::BF16(arr(shape, bytes, |b| bf16::from_bits(u16::from_le_bytes(b)))?),
-        DType::I8 => Tensor::I8(arr(shape, bytes, i8::from_le_bytes)?),
-        DType::U8 => Tensor::U8(arr(shape, bytes, u8::from_le_bytes)?),
-        DType::I16 => Tensor::I16(arr(shape, bytes, i16::from_le_bytes)?),
-        DType::I32 => Tensor::I32(arr(shape, bytes, i32::from_le_bytes)?),
-        DType::I64 => Tensor::I64(arr(shape, bytes, i64::from_le_bytes)?),
-        DType::Bool => Tensor::Bool(arr(shape, bytes, |b: [u8; 1]| b[0] != 0)?),
-    })
 }
 
 /// What a module's `weight` ops can read: tensors created by passes, then the weights file.

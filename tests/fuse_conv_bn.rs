@@ -36,7 +36,7 @@ fn fuse(module: &mut Module) -> (bool, PassContext) {
     let pass = find("fuse-conv-bn").expect("fuse-conv-bn is registered");
     let mut cx = PassContext::default();
     let changed = (pass.run)(module, &mut cx).unwrap_or_else(|e| panic!("{e:?}"));
-    let errors = qc::ir::verifier::verify(module);
+    let errors = qc::ir::verifier::verify(module, qc::quant::OP_CHECKS);
     assert!(errors.is_empty(), "invalid IR after fuse-conv-bn: {errors:?}");
     (changed, cx)
 }

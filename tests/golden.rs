@@ -32,7 +32,7 @@ fn tolerance(first_line: &str) -> Tolerance {
 
 /// Element bits for exact comparison (dtype-aware so -0.0 ≠ 0.0 and NaN payloads count).
 fn bits(t: &Tensor) -> Vec<u64> {
-    qc::interp::io::le_bytes(t)
+    qc::tensor::le_bytes(t)
         .chunks(t.dtype().size_bytes())
         .map(|c| c.iter().rev().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
         .collect()

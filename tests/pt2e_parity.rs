@@ -50,10 +50,9 @@ use qc::interp::{bind_inputs, run_graph, RunOptions};
 use qc::ir::attr::{Attr, Dict};
 use qc::ir::{Graph, Module, OpId};
 use qc::passes::manager::Instrumentation;
-use qc::passes::observer_instances::observer_attrs;
 use qc::passes::registry::expand;
 use qc::passes::PassContext;
-use qc::quant::observer::{ObserverConfig, ObserverState, QParams};
+use qc::quant::observer::{observer_attrs, ObserverConfig, ObserverState, QParams};
 use qc::tensor::Tensor;
 
 /// Why observers downstream of a conv or linear may see other tensors in qc than in PyTorch.

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(quantizer) = qc::quant::declarative::parse(text) else { return };
     let mut module = qc::syntax::parse_module(MODULE, None).expect("the fixed module is valid");
     if quantizer.annotate(&mut module).is_ok() {
-        let errors = qc::ir::verifier::verify(&module);
+        let errors = qc::ir::verifier::verify(&module, qc::quant::OP_CHECKS);
         assert!(errors.is_empty(), "annotation produced invalid IR: {:?}", errors[0].message);
     }
 });

@@ -480,7 +480,9 @@ fn weight_keys(module: &Module) -> Vec<&str> {
         .graphs
         .iter()
         .flat_map(|g| {
-            g.ops().filter(|&op| g.op(op).kind() == crate::ops::WEIGHT).filter_map(move |op| g.attr(op, "key")?.as_str())
+            g.ops()
+                .filter(|&op| g.op(op).kind() == crate::ops::WEIGHT)
+                .filter_map(move |op| g.attr(op, "key")?.as_str())
         })
         .collect();
     keys.sort_unstable();

@@ -22,8 +22,7 @@ use rustc_hash::FxHashMap;
 use super::io::{check_entry_size, read_npy_entry, read_npy_header, NpyHeader};
 use crate::ir::{DType, Dim, TensorType};
 use crate::regular_file;
-use crate::tensor::Tensor;
-use crate::weights::decode;
+use crate::tensor::{decode, Tensor};
 
 /// One graph input: its name and declared type.
 pub type InputSpec = (String, TensorType);

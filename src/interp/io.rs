@@ -8,8 +8,8 @@ use half::bf16;
 
 use crate::ir::DType;
 use crate::regular_file;
-use crate::tensor::Tensor;
-use crate::weights::{decode, WeightFile};
+use crate::tensor::{decode, le_bytes, Tensor};
+use crate::weights::WeightFile;
 
 /// The `.npy` descr for a dtype (little-endian). NumPy has no bf16: bf16 tensors are written
 /// widened (exactly) to f32.
@@ -230,14 +230,6 @@ pub fn write_npy(t: &Tensor) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&le_bytes(&t));
-    out
-}
-
-/// Little-endian element bytes in row-major order.
-pub fn le_bytes(t: &Tensor) -> Vec<u8> {
-    let mut out = Vec::with_capacity(t.len() * t.dtype().size_bytes());
-    // Writing to a Vec cannot fail.
-    let _ = t.write_le_bytes(&mut out);
     out
 }
 

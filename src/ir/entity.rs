@@ -1,6 +1,7 @@
 //! Typed indices and the arena containers they index.
 //!
-//! Every IR entity (op, value, interned type, interned attribute set) is a `u32` newtype. An
+//! Every IR entity (op, value, interned string, type and attribute set) is a `u32` newtype,
+//! defined here ([`OpId`], [`ValueId`], [`Sym`], [`TypeId`], [`AttrsId`]). An
 //! [`Arena`] owns the entities of one kind and hands out ids; a [`SideTable`] attaches extra data
 //! to ids it did not allocate. Ids are never reused, so a stale id is detectable rather than
 //! silently aliasing a new entity.
@@ -47,7 +48,33 @@ macro_rules! entity_id {
         }
     };
 }
-pub(crate) use entity_id;
+
+// The ids of the IR's entities (re-exported by `ir::graph`, whose arenas they index).
+entity_id!(
+    /// An op in a [`Graph`](super::graph::Graph).
+    OpId,
+    "op"
+);
+entity_id!(
+    /// An SSA value in a [`Graph`](super::graph::Graph).
+    ValueId,
+    "v"
+);
+entity_id!(
+    /// An interned string (value names, locations).
+    Sym,
+    "sym"
+);
+entity_id!(
+    /// An interned [`TensorType`](super::types::TensorType).
+    TypeId,
+    "ty"
+);
+entity_id!(
+    /// An interned attribute set.
+    AttrsId,
+    "attrs"
+);
 
 /// Owns the entities of one kind; ids are handed out by [`Arena::push`] and never reused.
 #[derive(Clone)]

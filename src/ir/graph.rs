@@ -16,37 +16,12 @@ use std::borrow::Cow;
 use smallvec::SmallVec;
 
 use super::attr::{Attr, Attrs, Dict};
-use super::entity::{entity_id, fx_hash, prefetch_write, Arena, EntityId, HashIndex, Interner, AHEAD_BYTES};
+use super::entity::{fx_hash, prefetch_write, Arena, EntityId, HashIndex, Interner, AHEAD_BYTES};
+pub use super::entity::{AttrsId, OpId, Sym, TypeId, ValueId};
 use super::quant::Annotation;
 use super::types::TensorType;
 use crate::diag::Span;
 use crate::ops::{OpDef, OpKind};
-
-entity_id!(
-    /// An op in a [`Graph`].
-    OpId,
-    "op"
-);
-entity_id!(
-    /// An SSA value in a [`Graph`].
-    ValueId,
-    "v"
-);
-entity_id!(
-    /// An interned string (value names, locations).
-    Sym,
-    "sym"
-);
-entity_id!(
-    /// An interned [`TensorType`].
-    TypeId,
-    "ty"
-);
-entity_id!(
-    /// An interned attribute set.
-    AttrsId,
-    "attrs"
-);
 
 /// Interns strings (locations, value names). All strings live back to back in one buffer and a
 /// hash table of ids finds them by content, so a string costs its bytes plus about a dozen bytes

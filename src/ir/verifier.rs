@@ -13,6 +13,13 @@
 //! Diagnostics point at the whole op statement unless [`SourceSpans`] says where its parts were
 //! written; lowering records them, so errors in source text land on the exact operand,
 //! attribute or type.
+//!
+//! Invariants that belong to a layer above the IR come in as [`OpCheck`]s from the caller: the
+//! IR knows an `observer` op's attributes, not what its statistics mean, so quantization hands
+//! its check to the verifier ([`crate::quant::OP_CHECKS`]) instead of the verifier importing
+//! quantization. The front end and the pass manager pass them; an extra check runs on each op
+//! of its kind that passed the registry's checks, after the `weight` check and before the
+//! annotation checks.
 
 use rustc_hash::FxHashMap;
 
@@ -21,9 +28,7 @@ use super::graph::{Graph, Module, OpData, OpId, Use, User, ValueDef, ValueId};
 use super::quant::{EdgeOrValue, SpecRef};
 use super::types::TensorType;
 use crate::diag::{Diag, Diagnostics, Span};
-use crate::ops::{self, validate_attr_kind, Arity, Blame, OpDef, Presence, Traits, TypeError};
-use crate::passes::observer_instances::observer_attrs;
-use crate::quant::observer::{ObserverConfig, ObserverState};
+use crate::ops::{self, validate_attr_kind, Arity, Blame, OpDef, OpKind, Presence, Traits, TypeError};
 
 /// Where the parts of each op were written: a side table that lowering fills so that verifier
 /// diagnostics can label an operand, attribute or type rather than the whole statement. Ops
@@ -57,24 +62,35 @@ pub struct OpSpans {
     pub types: Vec<Span>,
 }
 
-/// Verifies a module; the result is empty when it is well-formed.
-pub fn verify(module: &Module) -> Diagnostics {
-    verify_with_spans(module, &SourceSpans::default())
+/// A check of one kind of op that a layer above the IR adds to the verifier (see the module
+/// doc): `check` runs on every `op` op that passed the verifier's own checks and pushes its
+/// diagnostics, placed with the [`Locator`].
+#[derive(Copy, Clone)]
+pub struct OpCheck {
+    /// The kind of op it applies to.
+    pub op: OpKind,
+    pub check: fn(&Graph, OpId, &Locator<'_>, &mut Diagnostics),
+}
+
+/// Verifies a module, running `checks` too; the result is empty when it is well-formed.
+pub fn verify(module: &Module, checks: &[OpCheck]) -> Diagnostics {
+    verify_with_spans(module, &SourceSpans::default(), checks)
 }
 
 /// Verifies a module, labelling diagnostics with the finer spans of `spans` where known.
-pub fn verify_with_spans(module: &Module, spans: &SourceSpans) -> Diagnostics {
+pub fn verify_with_spans(module: &Module, spans: &SourceSpans, checks: &[OpCheck]) -> Diagnostics {
     let mut errors = Vec::new();
     let none = GraphSpans::default();
     for graph in &module.graphs {
-        verify_graph(module, graph, spans.graphs.get(&graph.name).unwrap_or(&none), &mut errors);
+        verify_graph(module, graph, spans.graphs.get(&graph.name).unwrap_or(&none), checks, &mut errors);
     }
     errors
 }
 
 /// Finds the written parts of one op, falling back to the statement's span.
-struct Locator<'a> {
-    whole: Span,
+pub struct Locator<'a> {
+    /// The whole op statement.
+    pub whole: Span,
     parts: Option<&'a OpSpans>,
 }
 
@@ -88,7 +104,7 @@ impl Locator<'_> {
     }
 
     /// `key = value` of a written attribute.
-    fn attr(&self, name: &str) -> Option<(Span, Span)> {
+    pub fn attr(&self, name: &str) -> Option<(Span, Span)> {
         self.parts?.attrs.iter().find(|(n, _, _)| *n == name).map(|&(_, k, v)| (k, v))
     }
 
@@ -133,7 +149,7 @@ fn link_positions(g: &Graph, position: &mut SideTable<OpId, u32>, errors: &mut D
     true
 }
 
-fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Diagnostics) {
+fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, checks: &[OpCheck], errors: &mut Diagnostics) {
     // Position of each defining op in program order; inputs come before everything.
     // A dense table (0: not a live op), since every op is looked up.
     let mut position: SideTable<OpId, u32> = SideTable::with_capacity(g.num_op_ids());
@@ -258,8 +274,8 @@ fn verify_graph(module: &Module, g: &Graph, spans: &GraphSpans, errors: &mut Dia
         if data.kind() == ops::WEIGHT {
             verify_weight(module, g, op, &at, &declared, errors);
         }
-        if data.kind() == ops::OBSERVER {
-            verify_stats(g, op, &at, errors);
+        for extra in checks.iter().filter(|c| c.op == data.kind()) {
+            (extra.check)(g, op, &at, errors);
         }
         if let Some(annotation) = g.annotation(op) {
             if annotation.inputs.len() > n {
@@ -333,31 +349,6 @@ impl std::fmt::Display for OpLabel<'_> {
             Some(r) => write!(f, "%{}", self.0.value_name(r)),
             None => f.write_str(self.1.def().name),
         }
-    }
-}
-
-/// An observer's `stats` must be statistics `convert` can turn into qparams: readable, one
-/// range per channel of the observed value, and finite scales. (They are usually written by
-/// `calibrate`, which cannot produce bad ones, but may be written by hand.)
-fn verify_stats(g: &Graph, op: OpId, at: &Locator<'_>, errors: &mut Diagnostics) {
-    let Some(stats) = g.attr(op, "stats").and_then(|a| a.as_dict()) else { return };
-    // An invalid config is reported by the passes that read it, with their context.
-    let Ok(config) = ObserverConfig::from_dict(&observer_attrs(g, op)) else { return };
-    let channels = || {
-        let axis = config.ch_axis.unwrap_or(0);
-        let observed = g.value_type(*g.op(op).operands.first()?);
-        usize::try_from(observed.shape.get(axis)?.known()?).ok()
-    };
-    let checked = ObserverState::from_dict(&config, stats).and_then(|state| {
-        state.check_convertible(&config, if config.kind.is_per_channel() { channels() } else { None })
-    });
-    if let Err(message) = checked {
-        let here = at.attr("stats").map_or(at.whole, |(_, v)| v);
-        errors.push(
-            Diag::error(format!("invalid observer statistics: {message}"))
-                .at(here, "in these statistics")
-                .help("let `calibrate` write them (`--calib data.npz`), or fix them by hand"),
-        );
     }
 }
 
@@ -586,7 +577,7 @@ mod tests {
     #[test]
     fn a_live_op_missing_from_the_order_is_an_error() {
         let (module, _) = module_with_unlinked_relu("lost");
-        let errors = verify(&module);
+        let errors = verify(&module, &[]);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
             errors[0].message.contains("1 live op(s) of `@f` are not in the program order"),
@@ -599,6 +590,6 @@ mod tests {
     fn a_linked_op_verifies() {
         let (mut module, op) = module_with_unlinked_relu("found");
         module.graphs[0].append(op);
-        assert!(verify(&module).is_empty());
+        assert!(verify(&module, &[]).is_empty());
     }
 }

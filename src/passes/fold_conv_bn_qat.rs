@@ -494,7 +494,7 @@ mod tests {
         let mut cx = PassContext::default();
         assert!((pass.run)(&mut module, &mut cx).expect("the pass runs"), "{} changed nothing", pass.name);
         assert!(cx.warnings.is_empty(), "{} warned", pass.name);
-        let errors = crate::ir::verifier::verify(&module);
+        let errors = crate::ir::verifier::verify(&module, crate::quant::OP_CHECKS);
         assert!(errors.is_empty(), "the result does not verify: {errors:?}");
         let g = &module.graphs[0];
         let value = |name: &str| {

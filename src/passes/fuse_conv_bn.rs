@@ -118,12 +118,11 @@ use rustc_hash::FxHashMap;
 use super::rewrite::INLINE_LIMIT;
 use super::{dce, PassContext, PassDef};
 use crate::diag::{Diag, Diagnostics};
-use crate::interp::kernels::FromF64;
 use crate::ir::attr::Attr;
 use crate::ir::graph::{ResultSpec, Use, User};
 use crate::ir::{DType, Graph, Module, OpId, TensorType, ValueId};
 use crate::ops::OpKind;
-use crate::tensor::Tensor;
+use crate::tensor::{FromF64, Tensor};
 
 pub const PASS: PassDef = PassDef {
     name: "fuse-conv-bn",

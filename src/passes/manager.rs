@@ -8,6 +8,7 @@ use crate::diag::{Diag, Diagnostics};
 use crate::ir::printer::write_module;
 use crate::ir::verifier::verify;
 use crate::ir::Module;
+use crate::quant::OP_CHECKS;
 
 /// What to print and check around each pass.
 #[derive(Clone, Debug, Default)]
@@ -62,7 +63,7 @@ pub fn run_pipeline(
         })?;
         timings.push((pass.name, start.elapsed()));
         if inst.verify_each {
-            let errors = verify(module);
+            let errors = verify(module, OP_CHECKS);
             if !errors.is_empty() {
                 let mut out: Diagnostics = vec![Diag::error(format!("pass `{}` {INVALID_IR}", pass.name))
                     .note("this is a bug in qc; please report it with the input file")];

@@ -6,20 +6,9 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::diag::{Diag, Diagnostics};
-use crate::ir::attr::{Attr, Dict};
+use crate::ir::attr::Attr;
 use crate::ir::graph::{Graph, OpId};
-use crate::quant::observer::{ObserverConfig, ObserverState};
-
-/// The observer attributes [`ObserverConfig::from_dict`] reads, as a dictionary.
-pub fn observer_attrs(g: &Graph, op: OpId) -> Dict {
-    let mut d = Dict::new();
-    for name in ["kind", "dtype", "qmin", "qmax", "qscheme", "ch_axis", "options"] {
-        if let Some(value) = g.attr(op, name) {
-            d.insert(name, value.clone());
-        }
-    }
-    d
-}
+use crate::quant::observer::{observer_attrs, ObserverConfig, ObserverState};
 
 /// One shared observer instance: its config, its state, and the op that holds its statistics.
 pub struct Instance {

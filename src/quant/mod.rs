@@ -8,7 +8,12 @@ pub mod quantizer;
 pub mod x86;
 
 use crate::ir::quant::QScheme;
+use crate::ir::verifier::OpCheck;
 use crate::ir::DType;
+
+/// The checks quantization adds to the IR verifier: an observer's `stats` must be statistics
+/// `convert` can turn into qparams ([`observer::verify_stats`]).
+pub const OP_CHECKS: &[OpCheck] = &[OpCheck { op: crate::ops::OBSERVER, check: observer::verify_stats }];
 
 /// `fl32(1 / scale)`: PT2E multiplies by the float32 reciprocal of the scale (a double
 /// division rounded once to f32 equals the f32 reciprocal of the f32 scale here).

@@ -9,6 +9,7 @@ use lalrpop_util::{lalrpop_mod, ParseError};
 use crate::diag::{Diag, Diagnostics, Span};
 use crate::ir::graph::Module;
 use crate::ops::OpKind;
+use crate::quant::OP_CHECKS;
 use lexer::{LexError, SpannedLexError, Token};
 
 lalrpop_mod!(
@@ -36,7 +37,7 @@ pub fn parse_module(source: &str, weights_dir: Option<&std::path::Path>) -> Resu
     let mut sink = Sink::lower(source, weights_dir);
     if let Ok(ast) = parse_into(source, &mut sink) {
         if let Some(module) = sink.finish(&ast) {
-            if !crate::ir::verifier::verify(&module).iter().any(Diag::is_error) {
+            if !crate::ir::verifier::verify(&module, OP_CHECKS).iter().any(Diag::is_error) {
                 return Ok(module);
             }
         }
@@ -45,11 +46,11 @@ pub fn parse_module(source: &str, weights_dir: Option<&std::path::Path>) -> Resu
     // definition and the diagnostics can point at all of them.
     let ast = parse(source)?;
     let module = lower_module(&ast, weights_dir)?;
-    if crate::ir::verifier::verify(&module).iter().any(Diag::is_error) {
+    if crate::ir::verifier::verify(&module, OP_CHECKS).iter().any(Diag::is_error) {
         // Lower again recording where each op's parts were written, so that the errors point
         // at the exact operand, attribute or type.
         let (module, spans) = lower_module_with_spans(&ast, weights_dir)?;
-        return Err(crate::ir::verifier::verify_with_spans(&module, &spans));
+        return Err(crate::ir::verifier::verify_with_spans(&module, &spans, OP_CHECKS));
     }
     Ok(module)
 }

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::ir::attr::Attr;
 use crate::ir::TensorType;
 use crate::ops::{self, AttrAccess, OpDef, OpKind};
-use crate::tensor::Tensor;
+use crate::tensor::{FromF64, Tensor};
 
 /// What a kernel sees: operand tensors, the op's complete attributes, its declared result types.
 pub struct KernelCx<'a> {
@@ -283,21 +283,6 @@ pub fn float_array_as<T: FromF64>(t: &Tensor) -> Result<ArrayD<T>, String> {
         Tensor::F64(a) => a.mapv(T::from_f64),
         other => as_f32(other)?.mapv(|v| T::from_f64(f64::from(v))),
     })
-}
-
-/// Exact conversion from f64 for values that came from the compute type itself.
-pub trait FromF64: Copy {
-    fn from_f64(v: f64) -> Self;
-}
-impl FromF64 for f32 {
-    fn from_f64(v: f64) -> f32 {
-        v as f32
-    }
-}
-impl FromF64 for f64 {
-    fn from_f64(v: f64) -> f64 {
-        v
-    }
 }
 
 /// Elements per parallel task in the elementwise helpers below. Every element is computed by

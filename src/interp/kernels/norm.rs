@@ -35,12 +35,12 @@ use ndarray::{ArrayD, ArrayViewD};
 use rayon::prelude::*;
 
 use super::{
-    as_f32, float_array_as, float_map, from_f32, par_chunks_mut, row_folds, FromF64, KernelCx, KernelResult, PAR_CHUNK,
+    as_f32, float_array_as, float_map, from_f32, par_chunks_mut, row_folds, KernelCx, KernelResult, PAR_CHUNK,
     ROWS_AT_ONCE,
 };
 use crate::ir::DType;
 use crate::ops::AttrAccess;
-use crate::tensor::Tensor;
+use crate::tensor::{FromF64, Tensor};
 
 pub fn batch_norm(cx: &KernelCx<'_>) -> KernelResult {
     if cx.boolean("training")? {
@@ -382,7 +382,7 @@ pub fn group_norm(cx: &KernelCx<'_>) -> KernelResult {
     Ok(vec![float_map!(cx.input(0), cx.out_dtype(0), |a: T| group_norm_impl(a, groups, eps as T, cx)?)?])
 }
 
-fn group_norm_impl<T: num_traits::Float + super::FromF64 + 'static>(
+fn group_norm_impl<T: num_traits::Float + FromF64 + 'static>(
     a: ArrayViewD<'_, T>,
     groups: usize,
     eps: T,

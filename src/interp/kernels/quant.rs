@@ -2,7 +2,7 @@
 //! (`quantized_decomposed.*`) and the fake-quantize kernel, and the integer requantization of
 //! the reference representation.
 
-use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn, Zip};
+use ndarray::{ArrayD, IxDyn};
 
 use super::{as_f32, dim, from_f32, round_to, KernelCx, KernelResult};
 use crate::ir::quant::QScheme;
@@ -11,7 +11,7 @@ use crate::ops::AttrAccess;
 use crate::quant::{
     calculate_qparams, dequantize_value, fake_quantize_value, float_to_int, inv_scale, quantize_value, QRange,
 };
-use crate::tensor::Tensor;
+use crate::tensor::{map_channels, Tensor};
 
 /// Float32 values (already rounded and clamped) → a tensor of the quantized `dtype`.
 fn to_int_tensor(q: ArrayD<f32>, dtype: DType) -> Result<Tensor, String> {
@@ -104,33 +104,6 @@ fn channel_qparams(cx: &KernelCx<'_>) -> Result<(usize, Vec<f32>, Vec<i64>), Str
         return Err(format!("{} scales and {} zero points for {channels} channels", scales.len(), zps.len()));
     }
     Ok((axis, scales, zps))
-}
-
-/// Applies `f(channel, value)` along `axis`.
-pub(crate) fn map_channels<A: Copy, B: Copy + Default>(
-    a: ArrayViewD<'_, A>,
-    axis: usize,
-    f: impl Fn(usize, A) -> B,
-) -> ArrayD<B> {
-    // Row-major input (weights, the case constant folding runs on every weight): each run of
-    // `inner` elements is one channel's, so the loop is flat instead of a lane walk per channel.
-    if let Some(data) = a.as_slice() {
-        let channels = a.shape()[axis].max(1);
-        let inner: usize = a.shape()[axis + 1..].iter().product();
-        let mut out = Vec::with_capacity(data.len());
-        for (run, chunk) in data.chunks(inner.max(1)).enumerate() {
-            let c = run % channels;
-            out.extend(chunk.iter().map(|&v| f(c, v)));
-        }
-        if let Ok(out) = ArrayD::from_shape_vec(a.raw_dim(), out) {
-            return out;
-        }
-    }
-    let mut out = ArrayD::<B>::from_elem(a.raw_dim(), B::default());
-    for (c, (lane, mut lane_out)) in a.axis_iter(Axis(axis)).zip(out.axis_iter_mut(Axis(axis))).enumerate() {
-        Zip::from(&mut lane_out).and(&lane).for_each(|o, &v| *o = f(c, v));
-    }
-    out
 }
 
 pub fn quantize_per_channel(cx: &KernelCx<'_>) -> KernelResult {

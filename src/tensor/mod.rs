@@ -8,7 +8,14 @@ use std::hash::{Hash, Hasher};
 use half::{bf16, f16};
 use ndarray::{ArrayD, IxDyn};
 
-use crate::ir::types::DType;
+mod array;
+mod bytes;
+mod dtype;
+
+pub(crate) use array::map_channels;
+pub use array::FromF64;
+pub use bytes::{decode, le_bytes};
+pub use dtype::DType;
 
 /// A dense tensor of one element type.
 #[derive(Clone, Debug)]
@@ -82,39 +89,6 @@ impl Tensor {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Writes the elements' little-endian bytes in row-major order (the layout of `.npy` and
-    /// safetensors data) through a small buffer, so a large tensor is never copied whole.
-    pub fn write_le_bytes(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        fn put<T: Copy, const W: usize>(
-            a: &ArrayD<T>,
-            out: &mut dyn std::io::Write,
-            f: impl Fn(T) -> [u8; W],
-        ) -> std::io::Result<()> {
-            const CHUNK: usize = 1 << 16;
-            let mut buf = Vec::with_capacity(CHUNK.min(a.len() * W));
-            for &v in a {
-                buf.extend_from_slice(&f(v));
-                if buf.len() + W > CHUNK {
-                    out.write_all(&buf)?;
-                    buf.clear();
-                }
-            }
-            out.write_all(&buf)
-        }
-        match self {
-            Tensor::F32(a) => put(a, out, f32::to_le_bytes),
-            Tensor::F64(a) => put(a, out, f64::to_le_bytes),
-            Tensor::F16(a) => put(a, out, |v: f16| v.to_bits().to_le_bytes()),
-            Tensor::BF16(a) => put(a, out, |v: bf16| v.to_bits().to_le_bytes()),
-            Tensor::I8(a) => put(a, out, i8::to_le_bytes),
-            Tensor::U8(a) => put(a, out, u8::to_le_bytes),
-            Tensor::I16(a) => put(a, out, i16::to_le_bytes),
-            Tensor::I32(a) => put(a, out, i32::to_le_bytes),
-            Tensor::I64(a) => put(a, out, i64::to_le_bytes),
-            Tensor::Bool(a) => put(a, out, |v: bool| [u8::from(v)]),
-        }
     }
 
     /// Elements in logical (row-major) order.
