@@ -377,7 +377,7 @@ fn prepare_graph(rw: &mut Rewriter<'_>, qspecs: &[QSpec]) -> Result<bool, Diagno
     Ok(true)
 }
 
-/// 1. Specs by edge and value, in program order.
+/// Phase 1: the specs by edge and value, in program order.
 fn collect_specs<'q>(g: &Graph, original: &[OpId], qspecs: &'q [QSpec]) -> Groups<'q> {
     let mut groups = Groups {
         keys: Vec::new(),
@@ -403,7 +403,7 @@ fn collect_specs<'q>(g: &Graph, original: &[OpId], qspecs: &'q [QSpec]) -> Group
     groups
 }
 
-/// 2. Union-find, in dict order, as PT2E's `_get_edge_or_node_to_group_id`: explicit
+/// Phase 2: union-find, in dict order, as PT2E's `_get_edge_or_node_to_group_id`: explicit
 /// `shared(...)` specs, and implicit sharing between a value's readers and its output.
 fn share(g: &Graph, groups: &mut Groups<'_>) -> Result<(), Diagnostics> {
     let mut errors = Vec::new();
@@ -440,7 +440,7 @@ fn share(g: &Graph, groups: &mut Groups<'_>) -> Result<(), Diagnostics> {
     }
 }
 
-/// 3. One observer instance per group, from its first concrete member in program order, with
+/// Phase 3: one observer instance per group, from its first concrete member in program order, with
 /// the attributes of its observers.
 struct InstancePlan {
     /// Each key's group root.
@@ -548,7 +548,7 @@ impl InstancePlan {
     }
 }
 
-/// 4. Observers, over the original ops in order: one per observed input edge (shared by the
+/// Phase 4: observers, over the original ops in order: one per observed input edge (shared by the
 /// edges of one value and instance) and one per observed output.
 fn insert_observers(
     rw: &mut Rewriter<'_>,
