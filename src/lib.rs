@@ -11,6 +11,7 @@ pub mod ir;
 pub mod ops;
 pub mod passes;
 pub mod quant;
+pub mod quantizers;
 pub mod regular_file;
 pub mod syntax;
 pub mod tensor;

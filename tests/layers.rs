@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("syntax", 3),
     ("interp", 3),
     ("passes", 4),
+    ("quantizers", 4),
     ("driver", 5),
 ];
 

@@ -178,6 +178,6 @@ fn qir_mutants() {
 #[test]
 fn quantizer_file_mutants() {
     each_mutant(&shipped("examples/quantizers/mixed.toml"), 6, |bytes| {
-        let _ = qc::quant::declarative::parse(&String::from_utf8_lossy(bytes));
+        let _ = qc::quantizers::declarative::parse(&String::from_utf8_lossy(bytes));
     });
 }

@@ -8,7 +8,7 @@ use qc::ir::printer::print_module;
 use qc::passes::manager::Instrumentation;
 use qc::passes::registry::expand;
 use qc::passes::PassContext;
-use qc::quant::declarative::parse;
+use qc::quantizers::declarative::parse;
 
 fn annotate(example: &str, quantizer: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -69,6 +69,6 @@ fn spec_quantizer_files_parse() {
     let files = blocks(&text, "toml");
     assert!(!files.is_empty());
     for file in files {
-        qc::quant::declarative::parse(file).unwrap_or_else(|e| panic!("spec/quantizers.md: {e}\n{file}"));
+        qc::quantizers::declarative::parse(file).unwrap_or_else(|e| panic!("spec/quantizers.md: {e}\n{file}"));
     }
 }

@@ -28,8 +28,7 @@ use qc::ir::graph::{Graph, Module, User};
 use qc::ir::quant::{EdgeOrValue, QSpec, SpecRef};
 use qc::passes::manager::Instrumentation;
 use qc::passes::PassContext;
-use qc::quant::quantizer::QuantizationConfig;
-use qc::quant::x86::X86InductorQuantizer;
+use qc::quantizers::{QuantizationConfig, X86InductorQuantizer};
 
 // ---- running qc -----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ const MODULE: &str = r#"module {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(quantizer) = qc::quant::declarative::parse(text) else { return };
+    let Ok(quantizer) = qc::quantizers::declarative::parse(text) else { return };
     let mut module = qc::syntax::parse_module(MODULE, None).expect("the fixed module is valid");
     if quantizer.annotate(&mut module).is_ok() {
         let errors = qc::ir::verifier::verify(&module, qc::quant::OP_CHECKS);

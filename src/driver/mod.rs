@@ -186,7 +186,7 @@ fn compile_command(cli: &CompileArgs) -> i32 {
         2
     };
     // A QAT quantizer needs PT2E's QAT prepare (no BN folding; conv-bn rewritten for QAT).
-    let default = match crate::passes::annotate::quantizer_by_name(cli.quantizer.as_deref().unwrap_or("xnnpack")) {
+    let default = match crate::quantizers::quantizer_by_name(cli.quantizer.as_deref().unwrap_or("xnnpack")) {
         Ok(q) if q.is_qat() => "default-qat",
         _ => "default",
     };
@@ -455,7 +455,7 @@ fn check_options_are_used(cli: &CompileArgs, passes: &[&crate::passes::PassDef])
         format!("{flag} is read by the `{}` pass, which `-p {pipeline}` does not run", pass.name)
     };
     if let Some(name) = &cli.quantizer {
-        crate::passes::annotate::check_quantizer_name(name)?;
+        crate::quantizers::check_quantizer_name(name)?;
         if !runs(&crate::passes::annotate::PASS) {
             return Err(unused("--quantizer", &crate::passes::annotate::PASS));
         }

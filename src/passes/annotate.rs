@@ -5,11 +5,11 @@
 //! `prepare` turns into observers. Specs are added to the module as named `qspec`s (`@act`,
 //! `@weight`), so the output reads like a hand-written annotation and can be edited.
 //!
-//! Quantizers: `xnnpack` (XNNPACKQuantizer, per-channel symmetric int8 weights, int8 affine
-//! activations with histogram observers), `xnnpack-per-tensor`, `xnnpack-dynamic` (activations
-//! of linears and 2-D convs quantized at run time), `x86` (torchao's
-//! X86InductorQuantizer: uint8 activations, int8 weights in [-128, 127], conv/linear inputs
-//! only; see [`crate::quant::x86`]), and declarative quantizer files (`--quantizer
+//! Quantizers ([`crate::quantizers`]): `xnnpack` (XNNPACKQuantizer, per-channel symmetric int8
+//! weights, int8 affine activations with histogram observers), `xnnpack-per-tensor`,
+//! `xnnpack-dynamic` (activations of linears and 2-D convs quantized at run time), `x86`
+//! (torchao's X86InductorQuantizer: uint8 activations, int8 weights in [-128, 127], conv/linear
+//! inputs only; see [`crate::quantizers::x86`]), and declarative quantizer files (`--quantizer
 //! recipe.toml`, `spec/quantizers.md`).
 //!
 //! Requires: a verified module. Leaves: a verified module in which the quantizer's patterns
@@ -44,89 +44,10 @@
 use super::{PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::ir::Module;
-use crate::quant::quantizer::{unknown_quantizer, Mode, Quantizer, SymmetricOptions};
-use crate::quant::x86::X86InductorQuantizer;
+use crate::quantizers::quantizer_by_name;
 
 pub const PASS: PassDef =
     PassDef { name: "annotate", description: "Record a quantizer's decisions (--quantizer) as annotations.", run };
-
-/// A quantizer `--quantizer` can name: XNNPACK's patterns (`xnnpack`, `xnnpack-per-tensor`
-/// and quantizer files) or the x86 Inductor recipe (`x86`).
-pub enum NamedQuantizer {
-    Xnnpack(Quantizer),
-    X86(X86InductorQuantizer),
-}
-
-impl NamedQuantizer {
-    /// Whether any configuration is a QAT one (see [`crate::quant::quantizer::QuantizationConfig::is_qat`]).
-    pub fn is_qat(&self) -> bool {
-        let configs = match self {
-            NamedQuantizer::Xnnpack(q) => &q.configs,
-            NamedQuantizer::X86(q) => &q.configs,
-        };
-        configs.iter().any(|(_, c)| c.as_ref().is_some_and(|c| c.is_qat()))
-    }
-
-    /// Annotates every graph of `module`; returns whether anything was annotated.
-    pub fn annotate(&self, module: &mut Module) -> Result<bool, Diagnostics> {
-        match self {
-            NamedQuantizer::Xnnpack(q) => q.annotate(module),
-            NamedQuantizer::X86(q) => q.annotate(module),
-        }
-    }
-}
-
-impl From<Quantizer> for NamedQuantizer {
-    fn from(q: Quantizer) -> Self {
-        NamedQuantizer::Xnnpack(q)
-    }
-}
-
-impl From<X86InductorQuantizer> for NamedQuantizer {
-    fn from(q: X86InductorQuantizer) -> Self {
-        NamedQuantizer::X86(q)
-    }
-}
-
-/// The quantizer named on the command line.
-pub fn quantizer_by_name(name: &str) -> Result<NamedQuantizer, Diagnostics> {
-    match name {
-        "xnnpack" => Ok(Quantizer::xnnpack(SymmetricOptions::default()).into()),
-        "xnnpack-per-tensor" => {
-            Ok(Quantizer::xnnpack(SymmetricOptions { per_channel: false, ..SymmetricOptions::default() }).into())
-        }
-        "xnnpack-dynamic" => {
-            Ok(Quantizer::xnnpack(SymmetricOptions { mode: Mode::Dynamic, ..SymmetricOptions::default() }).into())
-        }
-        "xnnpack-qat" => {
-            Ok(Quantizer::xnnpack(SymmetricOptions { mode: Mode::Qat, ..SymmetricOptions::default() }).into())
-        }
-        "xnnpack-qat-per-tensor" => Ok(Quantizer::xnnpack(SymmetricOptions {
-            per_channel: false,
-            mode: Mode::Qat,
-            ..SymmetricOptions::default()
-        })
-        .into()),
-        "x86" => Ok(X86InductorQuantizer::with_default_config().into()),
-        "x86-qat" => Ok(X86InductorQuantizer::with_qat_config().into()),
-        path if path.ends_with(".toml") => crate::quant::declarative::load(std::path::Path::new(path))
-            .map(Into::into)
-            .map_err(|m| vec![crate::diag::Diag::error(m)]),
-        other => Err(vec![unknown_quantizer(other)]),
-    }
-}
-
-/// A usage error unless `name` is a built-in quantizer or a `.toml` quantizer file (whose
-/// contents are checked when `annotate` loads it).
-pub fn check_quantizer_name(name: &str) -> Result<(), String> {
-    if name.ends_with(".toml") || crate::quant::quantizer::QUANTIZER_NAMES.contains(&name) {
-        return Ok(());
-    }
-    Err(format!(
-        "unknown quantizer `{name}`; {}",
-        crate::diag::suggest(name, crate::quant::quantizer::QUANTIZER_NAMES.iter().copied())
-    ))
-}
 
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let quantizer = quantizer_by_name(cx.quantizer.as_deref().unwrap_or("xnnpack"))?;

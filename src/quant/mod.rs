@@ -2,10 +2,7 @@
 //! `../shared/reference/pt2e.md` §2.2 and §3): reciprocal-multiply quantization with
 //! round-half-to-even, and `calculate_qparams` from a min/max range.
 
-pub mod declarative;
 pub mod observer;
-pub mod quantizer;
-pub mod x86;
 
 use crate::ir::quant::QScheme;
 use crate::ir::verifier::OpCheck;

@@ -57,62 +57,68 @@
 //! `mul.scalar` never match (PT2E fails on a conv/linear + scalar add, and skips a scalar mul).
 //! A module called twice (one partition with two outputs in PT2E) is two independent ops here.
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashSet;
 
-use super::observer::FakeQuant;
-use super::quantizer::{fake_quantized, ModuleMatch, QuantizationConfig, Scope, SpecTable, EPS};
+use super::toolkit::{annotate_graphs, fake_quantized, spec, Annotator, ModuleMatch, QuantizationConfig, Scope};
 use crate::diag::Diagnostics;
-use crate::ir::attr::{Attr, Dict};
 use crate::ir::graph::{Graph, Module, OpId, User, ValueId};
-use crate::ir::quant::{Annotation, EdgeOrValue, QScheme, QSpec, SpecRef};
+use crate::ir::matching::{ops_of, users_of, ProgramOrder};
+use crate::ir::quant::{EdgeOrValue, QScheme, SpecRef};
 use crate::ir::DType;
+use crate::ops::{self, OpKind};
+use crate::quant::observer::FakeQuant;
 
 /// The int8-in-int8-out ops (PT2E's `int8_in_int8_out_ops` = `propagation_quantizable_ops`).
-pub const INT8_IN_INT8_OUT_OPS: &[&str] = &["max_pool2d", "cat", "avg_pool2d", "adaptive_avg_pool2d", "flatten"];
+pub const INT8_IN_INT8_OUT_OPS: &[OpKind] =
+    &[ops::MAX_POOL2D, ops::CAT, ops::AVG_POOL2D, ops::ADAPTIVE_AVG_POOL2D, ops::FLATTEN];
 
 /// Ops the default recipe quantizes (`default_quantizable_ops`): the global filter.
-pub const DEFAULT_QUANTIZABLE_OPS: &[&str] =
-    &["max_pool2d", "cat", "avg_pool2d", "adaptive_avg_pool2d", "flatten", "conv1d", "conv2d", "linear", "mul"];
+pub const DEFAULT_QUANTIZABLE_OPS: &[OpKind] = &[
+    ops::MAX_POOL2D,
+    ops::CAT,
+    ops::AVG_POOL2D,
+    ops::ADAPTIVE_AVG_POOL2D,
+    ops::FLATTEN,
+    ops::CONV1D,
+    ops::CONV2D,
+    ops::LINEAR,
+    ops::MUL,
+];
 
 /// Ops an operator-type configuration may name (`quantizable_ops`).
-pub const QUANTIZABLE_OPS: &[&str] = &[
-    "max_pool2d",
-    "cat",
-    "avg_pool2d",
-    "adaptive_avg_pool2d",
-    "flatten",
-    "conv1d",
-    "conv2d",
-    "linear",
-    "mul",
-    "matmul",
+pub const QUANTIZABLE_OPS: &[OpKind] = &[
+    ops::MAX_POOL2D,
+    ops::CAT,
+    ops::AVG_POOL2D,
+    ops::ADAPTIVE_AVG_POOL2D,
+    ops::FLATTEN,
+    ops::CONV1D,
+    ops::CONV2D,
+    ops::LINEAR,
+    ops::MUL,
+    ops::MATMUL,
 ];
 
 /// Conv + unary fusions, in PT2E's order.
-const CONV_UNARY: &[(&str, &str)] = &[
-    ("conv2d", "relu"),
-    ("conv2d", "hardtanh"),
-    ("conv2d", "hardswish"),
-    ("conv2d", "relu6"),
-    ("conv2d", "silu"),
-    ("conv1d", "relu"),
+const CONV_UNARY: &[(OpKind, OpKind)] = &[
+    (ops::CONV2D, ops::RELU),
+    (ops::CONV2D, ops::HARDTANH),
+    (ops::CONV2D, ops::HARDSWISH),
+    (ops::CONV2D, ops::RELU6),
+    (ops::CONV2D, ops::SILU),
+    (ops::CONV1D, ops::RELU),
 ];
 
 /// Linear + unary fusions, in PT2E's order (its `LeakyReLU` has no qc op).
-const LINEAR_UNARY: &[(&str, &str)] = &[("linear", "relu"), ("linear", "tanh"), ("linear", "gelu")];
+const LINEAR_UNARY: &[(OpKind, OpKind)] =
+    &[(ops::LINEAR, ops::RELU), (ops::LINEAR, ops::TANH), (ops::LINEAR, ops::GELU)];
 
 /// The PT2E operator a qc op kind is: `mul.scalar` is `aten.mul.Tensor` with a scalar operand.
-fn target(op: &str) -> &str {
-    match op {
-        "mul.scalar" => "mul",
+fn target(kind: OpKind) -> OpKind {
+    match kind {
+        ops::MUL_SCALAR => ops::MUL,
         other => other,
     }
-}
-
-fn x86_spec(dtype: DType, qmin: i64, qmax: i64, qscheme: QScheme, ch_axis: Option<i64>, observer: &str) -> QSpec {
-    let mut options = Dict::new();
-    options.insert("eps", Attr::Float(EPS));
-    QSpec { dtype, qmin, qmax, qscheme, ch_axis, dynamic: false, observer: observer.to_string(), options, fixed: None }
 }
 
 impl QuantizationConfig {
@@ -122,8 +128,8 @@ impl QuantizationConfig {
     /// bias.
     pub fn x86_inductor(reduce_range: bool) -> QuantizationConfig {
         let qmax = if reduce_range { 127 } else { 255 };
-        let act = x86_spec(DType::U8, 0, qmax, QScheme::PerTensorAffine, None, "histogram");
-        let weight = x86_spec(DType::I8, -128, 127, QScheme::PerChannelSymmetric, Some(0), "per_channel_minmax");
+        let act = spec(DType::U8, 0, qmax, QScheme::PerTensorAffine, None, false, "histogram");
+        let weight = spec(DType::I8, -128, 127, QScheme::PerChannelSymmetric, Some(0), false, "per_channel_minmax");
         QuantizationConfig {
             input_activation: Some(act.clone()),
             output_activation: Some(act),
@@ -136,9 +142,16 @@ impl QuantizationConfig {
     /// by `FusedMovingAvgObsFakeQuantize` over moving-average min/max observers (per channel
     /// for the weights).
     pub fn x86_inductor_qat() -> QuantizationConfig {
-        let act = x86_spec(DType::U8, 0, 255, QScheme::PerTensorAffine, None, "moving_average_minmax");
-        let weight =
-            x86_spec(DType::I8, -128, 127, QScheme::PerChannelSymmetric, Some(0), "moving_average_per_channel_minmax");
+        let act = spec(DType::U8, 0, 255, QScheme::PerTensorAffine, None, false, "moving_average_minmax");
+        let weight = spec(
+            DType::I8,
+            -128,
+            127,
+            QScheme::PerChannelSymmetric,
+            Some(0),
+            false,
+            "moving_average_per_channel_minmax",
+        );
         let act = fake_quantized(act, FakeQuant::Fused);
         QuantizationConfig {
             input_activation: Some(act.clone()),
@@ -191,13 +204,11 @@ impl X86InductorQuantizer {
     /// `set_module_type_qconfig`/`set_function_type_qconfig`, which map to one of
     /// [`QUANTIZABLE_OPS`] (PT2E warns and ignores other types; this is an error).
     pub fn set_operator_type(mut self, op: &str, config: Option<QuantizationConfig>) -> Result<Self, String> {
-        if !QUANTIZABLE_OPS.contains(&target(op)) {
-            return Err(format!(
-                "the x86 quantizer cannot configure `{op}`; operator types are {}",
-                QUANTIZABLE_OPS.join(", ")
-            ));
-        }
-        self.set(Scope::OperatorType(target(op).to_string()), config);
+        let Some(kind) = OpKind::from_name(op).map(target).filter(|k| QUANTIZABLE_OPS.contains(k)) else {
+            let names: Vec<&str> = QUANTIZABLE_OPS.iter().map(|k| k.name()).collect();
+            return Err(format!("the x86 quantizer cannot configure `{op}`; operator types are {}", names.join(", ")));
+        };
+        self.set(Scope::OperatorType(kind), config);
         Ok(self)
     }
 
@@ -235,48 +246,37 @@ impl X86InductorQuantizer {
 
     /// Annotates every graph of `module`; returns whether anything was annotated.
     pub fn annotate(&self, module: &mut Module) -> Result<bool, Diagnostics> {
-        let mut specs = SpecTable::new(&module.qspecs, &[]);
         let stages = self.stages();
-        let mut changed = false;
-        for graph in &mut module.graphs {
-            let mut cx = X86Annotator::new(graph, &mut specs);
+        annotate_graphs(module, &[], |cx| {
+            let mut cx = X86Annotator::new(cx);
             for &(scope, config) in &stages {
                 let filter = |g: &Graph, ops: &[OpId]| passes_filter(g, ops, scope);
                 cx.annotate_with_config(config, &filter);
             }
             cx.annotate_outputs();
-            changed |= cx.changed;
-        }
-        module.qspecs = specs.into_named();
-        Ok(changed)
+            Ok(cx.changed)
+        })
     }
 }
 
 /// PT2E's filter functions over the ops of one pattern.
 fn passes_filter(g: &Graph, ops: &[OpId], scope: &Scope) -> bool {
-    let kind = |op: OpId| target(g.op(op).def().name);
+    let kind = |op: OpId| target(g.op(op).kind());
     match scope {
-        Scope::Module { name, matching } => ops.iter().all(|&op| {
-            g.loc(op).is_some_and(|loc| match matching {
-                ModuleMatch::Prefix => {
-                    loc == name || loc.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with('.'))
-                }
-                ModuleMatch::Exact => loc == name,
-                ModuleMatch::Regex(re) => re.is_match(loc),
-            })
-        }),
-        Scope::OperatorType(t) => ops.iter().filter(|&&op| kind(op) == target(t)).count() == 1,
+        Scope::Module { name, matching } => {
+            ops.iter().all(|&op| g.loc(op).is_some_and(|loc| matching.contains(name, loc)))
+        }
+        Scope::OperatorType(t) => ops.iter().filter(|&&op| kind(op) == target(*t)).count() == 1,
         Scope::Global => ops.iter().filter(|&&op| DEFAULT_QUANTIZABLE_OPS.contains(&kind(op))).count() == 1,
     }
 }
 
 type Filter<'f> = dyn Fn(&Graph, &[OpId]) -> bool + 'f;
 
-struct X86Annotator<'a, 'q> {
-    graph: &'a mut Graph,
-    specs: &'a mut SpecTable<'q>,
+struct X86Annotator<'m, 'q> {
+    cx: Annotator<'m, 'q>,
     /// Program position of every op (the graph does not change while annotating).
-    position: FxHashMap<OpId, usize>,
+    order: ProgramOrder,
     /// Ops annotated before this run.
     preexisting: FxHashSet<OpId>,
     /// Ops this run annotated as the output of a quantized pattern.
@@ -284,68 +284,40 @@ struct X86Annotator<'a, 'q> {
     changed: bool,
 }
 
-impl<'a, 'q> X86Annotator<'a, 'q> {
-    fn new(graph: &'a mut Graph, specs: &'a mut SpecTable<'q>) -> Self {
-        let ops = graph.op_ids();
-        let position = ops.iter().enumerate().map(|(i, &op)| (op, i)).collect();
-        let preexisting = ops.iter().copied().filter(|&op| graph.annotation(op).is_some()).collect();
-        X86Annotator { graph, specs, position, preexisting, quantized_output: FxHashSet::default(), changed: false }
-    }
-
-    fn name_of(&self, op: OpId) -> &'static str {
-        self.graph.op(op).def().name
-    }
-
-    fn annotated(&self, op: OpId) -> bool {
-        self.graph.annotation(op).is_some()
+impl<'m, 'q> X86Annotator<'m, 'q> {
+    fn new(cx: Annotator<'m, 'q>) -> Self {
+        let order = ProgramOrder::of(cx.graph());
+        let preexisting = cx.graph().ops().filter(|&op| cx.annotated(op)).collect();
+        X86Annotator { cx, order, preexisting, quantized_output: FxHashSet::default(), changed: false }
     }
 
     /// `_skip_annotate`: some op already claimed, or the pattern fails the filter.
     fn skip(&self, ops: &[OpId], filter: &Filter<'_>) -> bool {
-        ops.iter().any(|&op| self.annotated(op)) || !filter(self.graph, ops)
+        ops.iter().any(|&op| self.cx.annotated(op)) || !filter(self.cx.graph(), ops)
     }
 
     /// Ops of the given kinds, in program order.
-    fn ops_named(&self, names: &[&str]) -> Vec<OpId> {
-        self.graph.op_ids().into_iter().filter(|&op| names.contains(&self.name_of(op))).collect()
+    fn ops_of(&self, kinds: &[OpKind]) -> Vec<OpId> {
+        ops_of(self.cx.graph(), kinds)
     }
 
-    fn result(&self, op: OpId) -> Option<ValueId> {
-        self.graph.op(op).result(0)
-    }
-
-    /// The distinct ops reading `v` with kind `name`, in program order.
-    fn users_named(&self, v: ValueId, name: &str) -> Vec<OpId> {
-        let mut users: Vec<OpId> = self
-            .graph
-            .uses(v)
-            .iter()
-            .filter_map(|u| match u.user {
-                User::Op(op) if self.name_of(op) == name => Some(op),
-                _ => None,
-            })
-            .collect();
-        users.sort_by_key(|op| self.position.get(op).copied().unwrap_or(usize::MAX));
+    /// The distinct `kind` ops reading `v`, in program order.
+    fn users_of(&self, v: ValueId, kind: OpKind) -> Vec<OpId> {
+        let mut users: Vec<OpId> = users_of(self.cx.graph(), v, kind).collect();
+        users.sort_by_key(|&op| self.order.position_or_last(op));
         users.dedup();
         users
     }
 
     /// `len(node.users)`: distinct readers, the function's return counting as one.
     fn user_count(&self, v: ValueId) -> usize {
-        let mut users: Vec<User> = self.graph.uses(v).iter().map(|u| u.user).collect();
+        let mut users: Vec<User> = self.cx.graph().uses(v).iter().map(|u| u.user).collect();
         users.sort_by_key(|u| match u {
-            User::Op(op) => self.position.get(op).copied().unwrap_or(usize::MAX),
+            User::Op(op) => self.order.position_or_last(*op),
             User::Output => usize::MAX,
         });
         users.dedup();
         users.len()
-    }
-
-    fn named(&mut self, spec: &Option<QSpec>, base: &str) -> SpecRef {
-        match spec {
-            Some(s) => self.specs.intern(s, base),
-            None => SpecRef::None,
-        }
     }
 
     /// Sets an annotation from PT2E's `input_qspec_map` (value → spec; a later entry for the
@@ -353,9 +325,10 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// at the end.
     fn set(&mut self, op: OpId, map: Vec<(ValueId, SpecRef)>, output: Option<SpecRef>, quantized_output: bool) {
         let mut inputs: Vec<Option<SpecRef>> = self
-            .graph
+            .cx
+            .graph()
             .op(op)
-            .operands
+            .operands()
             .iter()
             .map(|v| map.iter().rev().find(|(m, _)| m == v).map(|(_, s)| s.clone()))
             .collect();
@@ -363,7 +336,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
             inputs.pop();
         }
         let inputs = inputs.into_iter().map(|s| s.unwrap_or(SpecRef::None)).collect();
-        self.graph.extra_mut(op).annotation = Some(Annotation { inputs, output });
+        self.cx.set(op, inputs, output);
         if quantized_output {
             self.quantized_output.insert(op);
         } else {
@@ -400,25 +373,21 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// `_annotate_conv_node_helper` / `_annotate_linear_node_helper`: activation, weight and
     /// bias specs, no output spec.
     fn weighted(&mut self, op: OpId, config: &QuantizationConfig, quantized_output: bool) {
-        let operands = self.graph.op(op).operands.to_vec();
+        let operands = self.cx.graph().op(op).operands().to_vec();
         let mut map = vec![
-            (operands[0], self.named(&config.input_activation, "act")),
-            (operands[1], self.named(&config.weight, "weight")),
+            (operands[0], self.cx.named(&config.input_activation, "act")),
+            (operands[1], self.cx.named(&config.weight, "weight")),
         ];
         if let Some(&bias) = operands.get(2) {
-            map.push((bias, self.named(&config.bias, "bias")));
+            map.push((bias, self.cx.named(&config.bias, "bias")));
         }
         self.set(op, map, None, quantized_output);
     }
 
     /// Whether `v` comes from a quantized pattern (`_is_quantized_op_pt2e` of its producer).
     fn is_quantized(&self, v: ValueId) -> bool {
-        let Some(p) = self.graph.producer(v) else { return false };
-        if self.quantized_output.contains(&p) {
-            return true;
-        }
-        self.preexisting.contains(&p)
-            && self.graph.annotation(p).is_some_and(|a| a.output.as_ref().is_some_and(|o| *o != SpecRef::None))
+        let Some(p) = self.cx.graph().producer(v) else { return false };
+        self.quantized_output.contains(&p) || (self.preexisting.contains(&p) && self.cx.has_output_spec(p))
     }
 
     /// `_annotate_with_config`: the fusion recipes, then propagation.
@@ -434,11 +403,11 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
         self.conv2d_binary(config, filter, true);
         self.conv2d_binary(config, filter, false);
         self.weighted_unary(CONV_UNARY, config, filter);
-        self.weighted_alone("conv2d", config, filter);
+        self.weighted_alone(ops::CONV2D, config, filter);
         self.linear_binary(config, filter, true);
         self.linear_binary(config, filter, false);
         self.weighted_unary(LINEAR_UNARY, config, filter);
-        self.weighted_alone("linear", config, filter);
+        self.weighted_alone(ops::LINEAR, config, filter);
         self.matmul(config, filter);
         self.mul(config, filter);
         self.propagate(config, filter);
@@ -446,17 +415,17 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
 
     /// `layer → add [→ relu]` chains whose layer (of `kind`) has the add as its only user, in
     /// program order of the layers: the binary patterns' candidates.
-    fn binary_chains(&self, kind: &str, with_relu: bool) -> Vec<(OpId, OpId, Option<OpId>)> {
+    fn binary_chains(&self, kind: OpKind, with_relu: bool) -> Vec<(OpId, OpId, Option<OpId>)> {
         let mut chains = Vec::new();
-        for layer in self.ops_named(&[kind]) {
-            let Some(layer_out) = self.result(layer) else { continue };
+        for layer in self.ops_of(&[kind]) {
+            let Some(layer_out) = self.cx.result(layer) else { continue };
             if self.user_count(layer_out) != 1 {
                 continue;
             }
-            for add in self.users_named(layer_out, "add") {
-                let Some(add_out) = self.result(add) else { continue };
+            for add in self.users_of(layer_out, ops::ADD) {
+                let Some(add_out) = self.cx.result(add) else { continue };
                 if with_relu {
-                    chains.extend(self.users_named(add_out, "relu").into_iter().map(|relu| (layer, add, Some(relu))));
+                    chains.extend(self.users_of(add_out, ops::RELU).into_iter().map(|relu| (layer, add, Some(relu))));
                 } else {
                     chains.push((layer, add, None));
                 }
@@ -469,9 +438,9 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// type, so the batch norm's mode does not matter).
     fn conv2d_bn_pairs(&self) -> Vec<(OpId, OpId)> {
         let mut pairs = Vec::new();
-        for conv in self.ops_named(&["conv2d"]) {
-            let Some(conv_out) = self.result(conv) else { continue };
-            pairs.extend(self.users_named(conv_out, "batch_norm").into_iter().map(|bn| (conv, bn)));
+        for conv in self.ops_of(&[ops::CONV2D]) {
+            let Some(conv_out) = self.cx.result(conv) else { continue };
+            pairs.extend(self.users_of(conv_out, ops::BATCH_NORM).into_iter().map(|bn| (conv, bn)));
         }
         pairs
     }
@@ -479,7 +448,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// The output spec of a QAT pattern's last op (PT2E annotates it until its QAT utilities
     /// can match the fused pattern otherwise).
     fn close_qat_pattern(&mut self, op: OpId, map: Vec<(ValueId, SpecRef)>, config: &QuantizationConfig) {
-        let out = self.named(&config.output_activation, "act");
+        let out = self.cx.named(&config.output_activation, "act");
         self.set(op, map, Some(out), true);
     }
 
@@ -487,19 +456,19 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// the batch norm's only user is the add; its other operand gets the activation spec.
     fn qat_conv2d_bn_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
         for (conv, bn) in self.conv2d_bn_pairs() {
-            let Some(bn_out) = self.result(bn) else { continue };
+            let Some(bn_out) = self.cx.result(bn) else { continue };
             if self.user_count(bn_out) != 1 {
                 continue;
             }
-            for add in self.users_named(bn_out, "add") {
-                let operands = self.graph.op(add).operands.to_vec();
+            for add in self.users_of(bn_out, ops::ADD) {
+                let operands = self.cx.graph().op(add).operands().to_vec();
                 let extra = if operands[0] == bn_out { operands[1] } else { operands[0] };
                 // `_get_input_idx_for_binary_node`: the other operand must be another value.
                 if extra == bn_out {
                     continue;
                 }
-                let Some(add_out) = self.result(add) else { continue };
-                let unaries = if with_relu { self.users_named(add_out, "relu") } else { Vec::new() };
+                let Some(add_out) = self.cx.result(add) else { continue };
+                let unaries = if with_relu { self.users_of(add_out, ops::RELU) } else { Vec::new() };
                 if with_relu && unaries.is_empty() {
                     continue;
                 }
@@ -508,7 +477,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
                     let Some(config) = self.claim(&ops, config, filter) else { continue };
                     self.weighted(conv, config, false);
                     self.set(bn, Vec::new(), None, false);
-                    let act = self.named(&config.input_activation, "act");
+                    let act = self.cx.named(&config.input_activation, "act");
                     match unary {
                         Some(unary) => {
                             self.set(add, vec![(extra, act)], None, false);
@@ -523,10 +492,10 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
 
     /// `_annotate_qat_conv2d_bn_unary`: conv2d → batch_norm → one of the conv unary ops.
     fn qat_conv2d_bn_unary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for &(_, unary_kind) in CONV_UNARY.iter().filter(|(anchor, _)| *anchor == "conv2d") {
+        for &(_, unary_kind) in CONV_UNARY.iter().filter(|(anchor, _)| *anchor == ops::CONV2D) {
             for (conv, bn) in self.conv2d_bn_pairs() {
-                let Some(bn_out) = self.result(bn) else { continue };
-                for unary in self.users_named(bn_out, unary_kind) {
+                let Some(bn_out) = self.cx.result(bn) else { continue };
+                for unary in self.users_of(bn_out, unary_kind) {
                     let ops = [unary, bn, conv];
                     let Some(config) = self.claim(&ops, config, filter) else { continue };
                     self.weighted(conv, config, false);
@@ -549,14 +518,14 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
 
     /// `_annotate_conv2d_binary_unary` (with `relu`) and `_annotate_conv2d_binary`.
     fn conv2d_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
-        for (conv, add, unary) in self.binary_chains("conv2d", with_relu) {
-            let Some(conv_out) = self.result(conv) else { continue };
-            let operands = self.graph.op(add).operands.to_vec();
+        for (conv, add, unary) in self.binary_chains(ops::CONV2D, with_relu) {
+            let Some(conv_out) = self.cx.result(conv) else { continue };
+            let operands = self.cx.graph().op(add).operands().to_vec();
             let extra = if operands[0] == conv_out { operands[1] } else { operands[0] };
             let ops: Vec<OpId> = unary.into_iter().chain([add, conv]).collect();
             let Some(config) = self.claim(&ops, config, filter) else { continue };
             self.weighted(conv, config, false);
-            let act = self.named(&config.input_activation, "act");
+            let act = self.cx.named(&config.input_activation, "act");
             self.set(add, vec![(extra, act)], None, unary.is_none());
             if let Some(unary) = unary {
                 self.set(unary, Vec::new(), None, true);
@@ -567,11 +536,11 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// A weighted op followed by a unary op (`_annotate_conv2d_unary`, `_annotate_linear_unary`):
     /// each (anchor, unary) kind pair in turn, anchors in program order. The anchor gets its
     /// input specs, the unary op closes the pattern.
-    fn weighted_unary(&mut self, pairs: &[(&str, &str)], config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+    fn weighted_unary(&mut self, pairs: &[(OpKind, OpKind)], config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
         for &(anchor_kind, unary_kind) in pairs {
-            for anchor in self.ops_named(&[anchor_kind]) {
-                let Some(anchor_out) = self.result(anchor) else { continue };
-                for unary in self.users_named(anchor_out, unary_kind) {
+            for anchor in self.ops_of(&[anchor_kind]) {
+                let Some(anchor_out) = self.cx.result(anchor) else { continue };
+                for unary in self.users_of(anchor_out, unary_kind) {
                     let ops = [unary, anchor];
                     let Some(config) = self.claim(&ops, config, filter) else { continue };
                     self.weighted(anchor, config, false);
@@ -582,8 +551,8 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     }
 
     /// The remaining ops of one weighted kind (`_annotate_conv2d`, `_annotate_linear`).
-    fn weighted_alone(&mut self, kind: &str, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for op in self.ops_named(&[kind]) {
+    fn weighted_alone(&mut self, kind: OpKind, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
+        for op in self.ops_of(&[kind]) {
             if let Some(config) = self.claim(&[op], config, filter) {
                 self.weighted(op, config, true);
             }
@@ -593,7 +562,7 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// `_annotate_linear_binary_unary`: linear + add + relu, then linear + add. The add is
     /// claimed without quantizing its other operand.
     fn linear_binary(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>, with_relu: bool) {
-        for (linear, add, unary) in self.binary_chains("linear", with_relu) {
+        for (linear, add, unary) in self.binary_chains(ops::LINEAR, with_relu) {
             let ops: Vec<OpId> = unary.into_iter().chain([add, linear]).collect();
             let Some(config) = self.claim(&ops, config, filter) else { continue };
             self.weighted(linear, config, false);
@@ -606,10 +575,10 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
 
     /// `_annotate_matmul`: every operand gets the activation spec.
     fn matmul(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for op in self.ops_named(&["matmul"]) {
+        for op in self.ops_of(&[ops::MATMUL]) {
             let Some(config) = self.claim(&[op], config, filter) else { continue };
-            let operands = self.graph.op(op).operands.to_vec();
-            let map = operands.into_iter().map(|v| (v, self.named(&config.input_activation, "act"))).collect();
+            let operands = self.cx.graph().op(op).operands().to_vec();
+            let map = operands.into_iter().map(|v| (v, self.cx.named(&config.input_activation, "act"))).collect();
             self.set(op, map, None, true);
         }
     }
@@ -617,31 +586,31 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
     /// `_annotate_mul_tensor`: a mul of two tensors of the same shape (`mul.scalar` is PT2E's
     /// mul with a scalar operand: claimed by a `None` configuration, else skipped).
     fn mul(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for op in self.ops_named(&["mul", "mul.scalar"]) {
+        for op in self.ops_of(&[ops::MUL, ops::MUL_SCALAR]) {
             let Some(config) = self.claim(&[op], config, filter) else { continue };
-            let operands = self.graph.op(op).operands.to_vec();
+            let operands = self.cx.graph().op(op).operands().to_vec();
             if operands.len() != 2
-                || self.graph.value_type(operands[0]).shape != self.graph.value_type(operands[1]).shape
+                || self.cx.graph().value_type(operands[0]).shape != self.cx.graph().value_type(operands[1]).shape
             {
                 continue;
             }
-            let map = operands.into_iter().map(|v| (v, self.named(&config.input_activation, "act"))).collect();
+            let map = operands.into_iter().map(|v| (v, self.cx.named(&config.input_activation, "act"))).collect();
             self.set(op, map, None, true);
         }
     }
 
     /// `_annotate_propagation_quantizable_pattern` over the program.
     fn propagate(&mut self, config: Option<&QuantizationConfig>, filter: &Filter<'_>) {
-        for op in self.ops_named(INT8_IN_INT8_OUT_OPS) {
+        for op in self.ops_of(INT8_IN_INT8_OUT_OPS) {
             let Some(config) = self.claim(&[op], config, filter) else { continue };
-            let operands = self.graph.op(op).operands.to_vec();
+            let operands = self.cx.graph().op(op).operands().to_vec();
             let Some(&first) = operands.first() else { continue };
-            let name = self.name_of(op);
-            if name == "cat" {
+            let kind = self.cx.kind(op);
+            if kind == ops::CAT {
                 if !operands.iter().all(|&v| self.is_quantized(v)) {
                     continue;
                 }
-                let mut map = vec![(first, self.named(&config.input_activation, "act"))];
+                let mut map = vec![(first, self.cx.named(&config.input_activation, "act"))];
                 let shared = SpecRef::Shared(EdgeOrValue::Edge { value: first, consumer: op });
                 for &v in &operands[1..] {
                     if !map.iter().any(|(m, _)| *m == v) {
@@ -651,36 +620,36 @@ impl<'a, 'q> X86Annotator<'a, 'q> {
                 self.set(op, map, None, true);
                 continue;
             }
-            if name == "flatten" && !self.flatten_feeds_quantizable(op) {
+            if kind == ops::FLATTEN && !self.flatten_feeds_quantizable(op) {
                 continue;
             }
             if !self.is_quantized(first) {
                 continue;
             }
-            let act = self.named(&config.input_activation, "act");
+            let act = self.cx.named(&config.input_activation, "act");
             self.set(op, vec![(first, act)], None, true);
         }
     }
 
     /// A flatten is annotated only if it has no users or some user is a quantizable op.
     fn flatten_feeds_quantizable(&self, op: OpId) -> bool {
-        let Some(out) = self.result(op) else { return true };
-        let uses = self.graph.uses(out);
+        let Some(out) = self.cx.result(op) else { return true };
+        let uses = self.cx.graph().uses(out);
         uses.is_empty()
             || uses
                 .iter()
-                .any(|u| matches!(u.user, User::Op(user) if QUANTIZABLE_OPS.contains(&target(self.name_of(user)))))
+                .any(|u| matches!(u.user, User::Op(user) if QUANTIZABLE_OPS.contains(&target(self.cx.kind(user)))))
     }
 
     /// `_annotate_output_for_int8_in_int8_out_pattern`: the int8-in-int8-out ops this run
     /// quantized share one observer between their first input edge and their output.
     fn annotate_outputs(&mut self) {
-        for op in self.ops_named(INT8_IN_INT8_OUT_OPS) {
+        for op in self.ops_of(INT8_IN_INT8_OUT_OPS) {
             if !self.quantized_output.contains(&op) {
                 continue;
             }
-            let first = self.graph.op(op).operands[0];
-            if let Some(annotation) = self.graph.extra_mut(op).annotation.as_mut() {
+            let Some(first) = self.cx.graph().op(op).operand(0) else { continue };
+            if let Some(annotation) = self.cx.rw.update(op).annotation_mut() {
                 annotation.output = Some(SpecRef::Shared(EdgeOrValue::Edge { value: first, consumer: op }));
                 self.changed = true;
             }

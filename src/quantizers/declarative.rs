@@ -35,7 +35,7 @@
 //! ```
 //!
 //! Priority is PT2E's: module rules (in file order), then operator rules, then `global`; the
-//! first rule to claim an op wins. The patterns are XNNPACK's (see [`super::quantizer`]), so
+//! first rule to claim an op wins. The patterns are XNNPACK's (see [`super::xnnpack`]), so
 //! `examples/quantizers/xnnpack.toml` reproduces `--quantizer xnnpack` exactly.
 
 use std::io::Read;
@@ -43,10 +43,12 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use super::quantizer::{ModuleMatch, QuantizationConfig, Quantizer, Scope};
+use super::toolkit::{ModuleMatch, QuantizationConfig, Scope};
+use super::xnnpack::Quantizer;
 use crate::ir::attr::{Attr, Dict};
 use crate::ir::quant::QSpec;
 use crate::ir::DType;
+use crate::ops::OpKind;
 
 /// Reads a quantizer file. Errors name the file and the offending entry.
 pub fn load(path: &Path) -> Result<Quantizer, String> {
@@ -130,12 +132,12 @@ pub fn parse(text: &str) -> Result<Quantizer, String> {
         let what = format!("[[operator]] #{}", i + 1);
         check_keys(rule, &["op", "config"], &what)?;
         let op = rule.get("op").and_then(Value::as_str).ok_or_else(|| format!("{what} needs an `op`"))?;
-        if crate::ops::OpKind::from_name(op).is_none() {
-            let names: Vec<&str> = crate::ops::OpKind::all().map(|k| k.name()).collect();
+        let Some(kind) = OpKind::from_name(op) else {
+            let names: Vec<&str> = OpKind::all().map(|k| k.name()).collect();
             return Err(format!("{what}: unknown op `{op}`; {}", crate::diag::suggest(op, names.into_iter())));
-        }
+        };
         let cfg = config(rule.get("config").ok_or_else(|| format!("{what} needs a `config`"))?, &what)?;
-        configs.push((Scope::OperatorType(op.to_string()), cfg));
+        configs.push((Scope::OperatorType(kind), cfg));
     }
     if let Some(g) = table.get("global") {
         configs.push((Scope::Global, config(g, "[global]")?));
