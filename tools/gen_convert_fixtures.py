@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Fixtures for qc's convert pass: what PT2E's `convert_pt2e` makes of the calibrated models.
 
-Usage: /work/venv/bin/python tools/gen_convert_fixtures.py [OUT_DIR]     (default tests/pt2e)
+Usage: /work/venv/bin/python -m tools.gen_convert_fixtures [OUT_DIR]     (default tests/pt2e)
 
 Runs tools/gen_pt2e_fixtures.py's `generate` for every fixture (which rewrites `model.qir`,
 `model.safetensors`, `calib.npz`, `expected.json` and `stats.npz` byte for byte as that script
@@ -62,10 +61,9 @@ import sys
 import numpy as np
 import torch
 
-sys.dont_write_bytecode = True  # no tools/__pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_pt2e_fixtures as G  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402
+from . import gen_pt2e_fixtures as G  # first: it sets the thread count before torchao loads
+
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402  (after G)
 
 HELDOUT = 4
 QD = torch.ops.quantized_decomposed

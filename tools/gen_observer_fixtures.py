@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Generates the observer parity fixtures (`tests/observers/<case>.safetensors`) from PyTorch.
 
 Each case feeds a deterministic sequence of batches to one PT2E observer (torchao's
@@ -28,7 +27,7 @@ implementation in this file (plain float64 loops), independent of the Rust code.
 and requires bit-identical statistics and qparams. Nothing here is needed to run the tests: the
 fixtures are committed.
 
-Usage: /work/venv/bin/python tools/gen_observer_fixtures.py [OUT_DIR]   (torch, torchao, numpy)
+Usage: /work/venv/bin/python -m tools.gen_observer_fixtures [OUT_DIR]   (torch, torchao, numpy)
 
 The fixtures do not depend on the thread count (OMP_NUM_THREADS=1 gives identical files) nor on
 ATEN_CPU_CAPABILITY=avx2 vs avx512 (the kernels involved dispatch to AVX2 either way); with
@@ -42,7 +41,7 @@ import warnings
 
 import torch
 
-from safetensors_writer import write_safetensors
+from .fileio import write_safetensors
 
 try:
     from torchao.quantization.pt2e import observer as obs_mod

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Fixtures for tests/pt2e_parity.rs: what PT2E's prepare_pt2e + calibration computes.
 
-Usage: /work/venv/bin/python tools/gen_pt2e_fixtures.py [OUT_DIR]     (default tests/pt2e)
+Usage: /work/venv/bin/python -m tools.gen_pt2e_fixtures [OUT_DIR]     (default tests/pt2e)
 
 Needs torch 2.15, torchao 0.18 and ExecuTorch's XNNPACKQuantizer
 (`pip install --no-deps executorch` + its import-time dependencies ruamel.yaml, flatbuffers,
@@ -18,7 +17,7 @@ whatever order its conv and linear kernels sum in. The last four models are mini
 the differences tests/pt2e_parity.rs lists as known. For each variant this:
 1. exports the model with `torch.export.export(..., strict=True)` (strict, so that
    `source_fn_stack` exists for the annotators that look for it) and writes `model.qir` +
-   `model.safetensors` with tools/qir_export.py;
+   `model.safetensors` with tools/qir_bridge (its exporter);
 2. writes `calib.npz`: one array per graph input, BATCHES batches of the export batch size
    concatenated along axis 0 (seeded; each batch has a different scale and offset, so the
    histogram observers' ranges grow and their histograms get re-binned);
@@ -72,9 +71,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-sys.dont_write_bytecode = True  # no tools/__pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qir_export import write_qir  # noqa: E402
+from .qir_bridge import write_qir
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Fixtures for qc's QAT parity tests: what PT2E's `prepare_qat_pt2e`, train-mode calibration,
 a few QAT training steps and `convert_pt2e` compute.
 
-Usage: /work/venv/bin/python tools/gen_qat_fixtures.py [OUT_DIR]      (default tests/qat)
-       /work/venv/bin/python tools/gen_qat_fixtures.py --sqrt-study  (prints the sqrt numerics)
+Usage: /work/venv/bin/python -m tools.gen_qat_fixtures [OUT_DIR]      (default tests/qat)
+       /work/venv/bin/python -m tools.gen_qat_fixtures --sqrt-study  (prints the sqrt numerics)
        either with `--only CASE[,CASE...]` for some fixtures only
 
 Needs what tools/gen_pt2e_fixtures.py needs (torch 2.15, torchao 0.18, ExecuTorch's
@@ -119,17 +118,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.dont_write_bytecode = True  # no tools/__pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_convert_fixtures as C  # noqa: E402
-import gen_pt2e_fixtures as G  # noqa: E402
-from qir_export import write_qir  # noqa: E402
-from safetensors_writer import write_safetensors  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e  # noqa: E402
-from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     X86InductorQuantizer,
     get_default_x86_inductor_quantization_config,
 )
+
+from . import gen_convert_fixtures as C
+from . import gen_pt2e_fixtures as G
+from .fileio import write_safetensors
+from .qir_bridge import write_qir
 
 warnings.filterwarnings("ignore")
 
