@@ -10,6 +10,7 @@ the functions that take tensors or arrays import what they need.
   compact separators, space-padded to a multiple of 8 — then the data in the same order);
   :func:`write_safetensors` writes torch tensors that way. Reading goes through the
   ``safetensors`` package (:meth:`QirFunc.weight`).
+* JSON: :func:`records_json` (the parity fixtures' expected.json / converted.json layout).
 * .npy / .npz: :func:`npy_f32_bytes` (stdlib) and :func:`npy_bytes` (numpy) make version-1.0
   .npy images; :func:`write_npz` zips them with a fixed timestamp.
 * QIR: :func:`read_qir` reads the first function of a QIR file as qc prints it (op statements
@@ -68,6 +69,22 @@ def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) ->
     blob = safetensors_bytes({name: _torch_entry(t) for name, t in tensors.items()}, metadata)
     with open(path, "wb") as f:
         f.write(blob)
+
+
+# ---- JSON -------------------------------------------------------------------------------------
+
+
+def records_json(doc: dict, record_fields) -> str:
+    """``doc`` as JSON, one line per field, except that each list field named in
+    ``record_fields`` gets one line per record (so a fixture's diff shows which record changed)."""
+    fields = []
+    for k, v in doc.items():
+        if k in record_fields:
+            rows = ",\n".join("  " + json.dumps(r) for r in v)
+            fields.append(f" {json.dumps(k)}: [\n{rows}\n ]")
+        else:
+            fields.append(f" {json.dumps(k)}: {json.dumps(v)}")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 # ---- .npy / .npz ------------------------------------------------------------------------------

@@ -61,7 +61,6 @@ Run that script rather than this one to regenerate everything.
 Deterministic: fixed seeds and a fixed thread count; safetensors and npz keys are sorted.
 """
 
-import json
 import os
 import sys
 import warnings
@@ -71,6 +70,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .fileio import records_json
 from .qir_bridge import write_qir
 
 warnings.filterwarnings("ignore")
@@ -393,18 +393,6 @@ def make_exact(model, g):
     return model
 
 
-def to_json(expected):
-    """Pretty JSON with one line per observer record."""
-    fields = []
-    for k, v in expected.items():
-        if k == "observers":
-            rows = ",\n".join("  " + json.dumps(r) for r in v)
-            fields.append(f' "{k}": [\n{rows}\n ]')
-        else:
-            fields.append(f" {json.dumps(k)}: {json.dumps(v)}")
-    return "{\n" + ",\n".join(fields) + "\n}\n"
-
-
 def cases():
     """(fixture name, model class, input shape, seed, exact) of every fixture, in order."""
     for i, (name, cls, shape, variants) in enumerate(MODELS):
@@ -462,7 +450,7 @@ def generate(name, cls, shape, out_dir, seed, exact):
         "observers": records,
     }
     with open(os.path.join(case, "expected.json"), "w") as f:
-        f.write(to_json(expected))
+        f.write(records_json(expected, ("observers",)))
     groups = len({r["instance"] for r in records})
     print(f"{name}: {len(records)} observers, {groups} instances, non-strict agrees: {nonstrict_agrees}")
     return dict(model=model, example=example, batches=batches, inputs=input_names, prepared=prepared)

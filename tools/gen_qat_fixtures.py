@@ -126,7 +126,7 @@ from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
 
 from . import gen_convert_fixtures as C
 from . import gen_pt2e_fixtures as G
-from .fileio import write_safetensors
+from .fileio import records_json, write_safetensors
 from .qir_bridge import write_qir
 
 warnings.filterwarnings("ignore")
@@ -491,18 +491,6 @@ def bn_arrays(model, module):
     return arrays
 
 
-def to_json(doc):
-    """Pretty JSON with one line per record of the list fields."""
-    fields = []
-    for k, v in doc.items():
-        if k in ("fake_quants", "prepared_graph", "batch_norms"):
-            rows = ",\n".join("  " + json.dumps(r) for r in v)
-            fields.append(f' "{k}": [\n{rows}\n ]')
-        else:
-            fields.append(f" {json.dumps(k)}: {json.dumps(v)}")
-    return "{\n" + ",\n".join(fields) + "\n}\n"
-
-
 def calibrate(prepared, batches):
     """One train-mode forward per batch (no gradients); the fake-quant calls and outputs."""
     calls, outs = [], []
@@ -610,7 +598,7 @@ def generate(model_name, quantizer, out_dir):
         "prepared_graph": graph,
     }
     with open(os.path.join(case, "expected.json"), "w") as f:
-        f.write(to_json(expected))
+        f.write(records_json(expected, ("fake_quants", "prepared_graph", "batch_norms")))
 
     # d. the trained variant
     trained = prepare(model_name, quantizer)
