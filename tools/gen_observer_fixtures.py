@@ -42,6 +42,7 @@ import warnings
 import torch
 
 from .fileio import write_safetensors
+from .qir_bridge.exporter import QIR_DTYPES, QSCHEMES
 
 try:
     from torchao.quantization.pt2e import observer as obs_mod
@@ -55,14 +56,6 @@ except ImportError:  # pragma: no cover - same math, older home
 warnings.filterwarnings("ignore")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "observers")
 
-QIR_DTYPE = {torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16", torch.int32: "i32"}
-QSCHEMES = {
-    torch.per_tensor_affine: "per_tensor_affine",
-    torch.per_tensor_symmetric: "per_tensor_symmetric",
-    torch.per_channel_affine: "per_channel_affine",
-    torch.per_channel_symmetric: "per_channel_symmetric",
-    torch.per_channel_affine_float_qparams: "per_channel_affine_float_qparams",
-}
 EPS12 = 2.0 ** -12
 
 
@@ -216,7 +209,7 @@ def make_cfg(dtype, qmin, qmax, qscheme, eps=EPS12, customized=True, reduce_rang
     if customized:
         cfg["quant_min"], cfg["quant_max"] = qmin, qmax
     cfg["meta"] = {
-        "dtype": QIR_DTYPE[dtype], "qmin": str(qmin), "qmax": str(qmax), "qscheme": QSCHEMES[qscheme],
+        "dtype": QIR_DTYPES[dtype], "qmin": str(qmin), "qmax": str(qmax), "qscheme": QSCHEMES[qscheme],
         "eps": repr(float(eps)), "customized_range": "true" if customized else "false",
         "reduce_range": "true" if reduce_range else "false",
     }

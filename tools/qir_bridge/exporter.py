@@ -51,7 +51,7 @@ from torch.fx import GraphModule, Node
 
 from ..fileio import write_safetensors
 
-__all__ = ["ExportError", "QIR_DTYPES", "SUPPORTED", "export_qir", "qir_type", "write_qir"]
+__all__ = ["ExportError", "SUPPORTED", "export_qir", "write_qir"]
 
 
 class ExportError(Exception):
@@ -676,7 +676,8 @@ OBSERVER_KINDS = {
     "FixedQParamsObserver": "fixed_qparams",
 }
 FAKE_QUANTIZE_CLASSES = {"FakeQuantize", "FusedMovingAvgObsFakeQuantize", "FixedQParamsFakeQuantize"}
-_QSCHEMES = {
+# torch qscheme -> QIR qscheme name.
+QSCHEMES = {
     torch.per_tensor_affine: "per_tensor_affine",
     torch.per_tensor_symmetric: "per_tensor_symmetric",
     torch.per_channel_affine: "per_channel_affine",
@@ -706,7 +707,7 @@ def observer_attrs(mod: torch.nn.Module) -> dict:
         attrs.update(qmin=int(qmin), qmax=int(qmax))
     else:
         attrs.update(qmin=int(mod.quant_min), qmax=int(mod.quant_max))
-    qscheme = _QSCHEMES[mod.qscheme] if hasattr(mod, "qscheme") else "per_tensor_affine"
+    qscheme = QSCHEMES[mod.qscheme] if hasattr(mod, "qscheme") else "per_tensor_affine"
     if qscheme != "per_tensor_affine":
         attrs["qscheme"] = qscheme
     if "per_channel" in kind:
