@@ -129,7 +129,7 @@ fn fixture_dir() -> PathBuf {
 #[test]
 fn folded_parameters_are_bit_identical_to_torchao() {
     let cases = files_with_extension(&fixture_dir(), "qir");
-    assert!(cases.len() >= 10, "fixtures missing: run tools/gen_fuse_fixtures.py");
+    assert!(cases.len() >= 10, "fixtures missing: run python -m tools.gen_fuse_fixtures");
     let (mut tensors, mut elements) = (0, 0);
     for path in &cases {
         let case = path.file_stem().unwrap().to_string_lossy().into_owned();

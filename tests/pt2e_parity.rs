@@ -2,7 +2,7 @@
 //! calibration, on small real models exported from PyTorch.
 //!
 //! `tools/gen_pt2e_fixtures.py` builds each model in `tests/pt2e/<model>/`, exports it with
-//! `torch.export` and `tools/qir_export.py` (`model.qir`, `model.safetensors`), writes the
+//! `torch.export` and `tools/qir_bridge` (`model.qir`, `model.safetensors`), writes the
 //! calibration batches (`calib.npz`), runs torchao 0.18's `prepare_pt2e` with ExecuTorch's
 //! `XNNPACKQuantizer` (`get_symmetric_quantization_config(is_per_channel=True)`), feeds it the
 //! batches and records every observer module `activation_post_process_N` in `expected.json`

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """PyTorch eager timings for the shapes of `benches/interp.rs`, for side-by-side numbers.
 
-    ~/venv/bin/python tools/bench_pytorch.py   # then: cargo bench --bench interp
+    ~/venv/bin/python -m tools.bench_pytorch   # then: cargo bench --bench interp
 
 Same graphs: a ResNet-18 (conv-bn-relu, unfused BN, 1x3x224x224) and a BERT-base encoder layer
 (sequence 128, hidden 768, 12 heads, exact GELU). Reports the median of 30 runs after warm-up,

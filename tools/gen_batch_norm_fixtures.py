@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Generates the fixtures of tests/batch_norm.rs: batch_norm from PyTorch, in both modes.
 
 For every case this writes `tests/batch_norm/<case>.safetensors` holding the operands
@@ -14,7 +13,7 @@ per-thread blocks, and qc mirrors one thread, as every fixture generator here us
 expected values need a PyTorch whose CPU kernels use FMA (the x86-64 AVX2/AVX-512 builds, the
 ones users run); `ATEN_CPU_CAPABILITY=default` rounds the affine step twice and is refused.
 
-Usage: ~/venv/bin/python tools/gen_batch_norm_fixtures.py
+Usage: ~/venv/bin/python -m tools.gen_batch_norm_fixtures
 """
 
 import os
@@ -22,7 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from safetensors_writer import write_safetensors
+from .fileio import write_safetensors
 
 torch.manual_seed(0)
 torch.set_num_threads(1)

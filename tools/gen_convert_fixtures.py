@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Fixtures for qc's convert pass: what PT2E's `convert_pt2e` makes of the calibrated models.
 
-Usage: /work/venv/bin/python tools/gen_convert_fixtures.py [OUT_DIR]     (default tests/pt2e)
+Usage: /work/venv/bin/python -m tools.gen_convert_fixtures [OUT_DIR]     (default tests/pt2e)
 
 Runs tools/gen_pt2e_fixtures.py's `generate` for every fixture (which rewrites `model.qir`,
 `model.safetensors`, `calib.npz`, `expected.json` and `stats.npz` byte for byte as that script
@@ -61,11 +60,10 @@ import sys
 
 import numpy as np
 import torch
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-sys.dont_write_bytecode = True  # no tools/__pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_pt2e_fixtures as G  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e  # noqa: E402
+from . import gen_pt2e_fixtures as G
+from .fileio import records_json
 
 HELDOUT = 4
 QD = torch.ops.quantized_decomposed
@@ -213,18 +211,6 @@ def dq_records(converted, values):
     ]
 
 
-def to_json(doc):
-    """Pretty JSON with one line per q and dq record."""
-    fields = []
-    for k, v in doc.items():
-        if k in ("qdq", "dq"):
-            rows = ",\n".join("  " + json.dumps(r) for r in v)
-            fields.append(f' "{k}": [\n{rows}\n ]')
-        else:
-            fields.append(f" {json.dumps(k)}: {json.dumps(v)}")
-    return "{\n" + ",\n".join(fields) + "\n}\n"
-
-
 def write_heldout(case, name, batches, input_names, models, ints):
     """Runs the held-out `batches` through `models` (float, converted, unfolded), checks that
     both conversions give the same outputs, and writes `heldout.npz`, `heldout_expected.npz` and
@@ -265,7 +251,7 @@ def write_converted_json(case, name, convert, details, sqnr, qdq, dq):
         "dq": dq,
     }
     with open(os.path.join(case, "converted.json"), "w") as f:
-        f.write(to_json(doc))
+        f.write(records_json(doc, ("qdq", "dq")))
     return doc
 
 

@@ -1,13 +1,11 @@
-#!/usr/bin/env python3
 """Generate deterministic safetensors weight files for hand-written QIR examples.
 
-Usage: python3 tools/gen_example_weights.py examples/*.qir
+Usage: python3 -m tools.gen_example_weights examples/small_cnn.qir ...   (the hand-written examples)
 
 For every .qir file given, this reads the `weights "F"` declaration and every
 `%v = weight {key = "K"} : f32[d0,...]` statement, and writes F (resolved relative to
-the .qir file) in the safetensors format: an 8-byte little-endian header length, a JSON
-header (sorted keys; dtype "F32", shape, data_offsets), padded with spaces to a multiple
-of 8 bytes, then the raw little-endian float32 data in key order.
+the .qir file) in the safetensors format (tools/fileio.py; header fields in key order),
+float32 data in key order.
 
 Values are pseudo-random but deterministic: each tensor draws from
 random.Random(zlib.crc32(key)), so running the script twice gives byte-identical files.
@@ -28,24 +26,14 @@ reads it), falling back to its state-dict name:
 Pure Python standard library: no numpy, no torch.
 """
 
-import json
 import math
 import os
 import random
-import re
 import struct
 import sys
 import zlib
 
-# `weights "path"` at module level.
-WEIGHTS_RE = re.compile(r'^\s*weights\s+"((?:[^"\\]|\\.)*)"')
-# `%name = weight {key = "K"} : f32[1,2,3]` (anything may follow: loc, meta, ...).
-WEIGHT_RE = re.compile(
-    r'^\s*%([A-Za-z0-9_][A-Za-z0-9_.]*)\s*=\s*weight\s*'
-    r'\{\s*key\s*=\s*"((?:[^"\\]|\\.)*)"\s*\}\s*:\s*([A-Za-z0-9]+)\[([^\]]*)\]'
-)
-# Any other op statement with operands: `%r = opname(%a, %b)`.
-OP_RE = re.compile(r'^\s*%[A-Za-z0-9_.,%\s]*=\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\(([^)]*)\)')
+from .fileio import read_qir, safetensors_bytes
 
 # op name -> role of each operand position (None: not a parameter slot).
 OPERAND_ROLES = {
@@ -60,44 +48,6 @@ OPERAND_ROLES = {
 }
 
 
-def unescape(s):
-    """Undo QIR string escapes (\\", \\\\, \\n, \\t, \\u{...})."""
-    out, i = [], 0
-    while i < len(s):
-        c = s[i]
-        if c != "\\":
-            out.append(c)
-            i += 1
-            continue
-        nxt = s[i + 1]
-        if nxt == "u":
-            end = s.index("}", i)
-            out.append(chr(int(s[i + 3:end], 16)))
-            i = end + 1
-            continue
-        out.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
-        i += 2
-    return "".join(out)
-
-
-def strip_comment(line):
-    """Drops a `//` comment that is not inside a string literal."""
-    in_str = escaped = False
-    for i, c in enumerate(line):
-        if in_str:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_str = False
-        elif c == '"':
-            in_str = True
-        elif line.startswith("//", i):
-            return line[:i]
-    return line
-
-
 class Tensor:
     def __init__(self, key, shape, where):
         self.key = key
@@ -109,45 +59,30 @@ class Tensor:
 
 def parse_qir(path):
     """Returns (weights file path or None, {key: Tensor}) for one .qir file."""
-    with open(path, encoding="utf-8") as f:
-        lines = [strip_comment(l) for l in f.read().splitlines()]
-    weights_path = None
+    fn = read_qir(path)
     tensors = {}
     value_key = {}  # value name -> weight key
-    for n, line in enumerate(lines, 1):
-        where = "%s:%d" % (path, n)
-        m = WEIGHTS_RE.match(line)
-        if m:
-            if weights_path is not None:
-                sys.exit("%s: the module declares `weights` twice" % where)
-            weights_path = unescape(m.group(1))
+    for op in fn.ops:
+        if op.name != "weight":
             continue
-        m = WEIGHT_RE.match(line)
-        if not m:
-            continue
-        name, key, dtype, dims = m.group(1), unescape(m.group(2)), m.group(3), m.group(4)
+        name, key, (dtype, shape) = op.results[0], op.attrs["key"], op.types[0]
+        where = "%s: %%%s" % (path, name)
         if dtype != "f32":
             sys.exit("%s: weight `%s` is %s; only f32 weights are supported" % (where, key, dtype))
-        try:
-            shape = [int(d) for d in dims.split(",") if d.strip()]
-        except ValueError:
-            sys.exit("%s: weight `%s` needs a static shape, found [%s]" % (where, key, dims))
         if any(d < 0 for d in shape):
-            sys.exit("%s: weight `%s` has a negative dimension" % (where, key))
+            sys.exit("%s: weight `%s` needs a static shape" % (where, key))
         old = tensors.get(key)
         if old is not None and old.shape != shape:
             sys.exit("%s: weight `%s` is %s here but %s at %s" % (where, key, shape, old.shape, old.where))
         tensors.setdefault(key, Tensor(key, shape, where))
         value_key[name] = key
 
-    # Second pass: what reads each weight decides how it is initialised.
-    for line in lines:
-        m = OP_RE.match(line)
-        if not m or m.group(1) not in OPERAND_ROLES:
+    # What reads each weight decides how it is initialised.
+    for op in fn.ops:
+        roles = OPERAND_ROLES.get(op.name)
+        if roles is None:
             continue
-        roles = OPERAND_ROLES[m.group(1)]
-        operands = [o.strip().lstrip("%") for o in m.group(2).split(",") if o.strip()]
-        keys = [value_key.get(o) for o in operands]
+        keys = [value_key.get(o) for o in op.operands]
         for i, key in enumerate(keys):
             if key is None or i >= len(roles) or roles[i] is None:
                 continue
@@ -155,7 +90,7 @@ def parse_qir(path):
             t.role = t.role or roles[i]
             if roles[i] == "matmul_bias" and len(keys) > 1 and keys[1] is not None:
                 t.fan_in = t.fan_in or fan_in(tensors[keys[1]].shape)
-    return weights_path, tensors
+    return fn.weights_file, tensors
 
 
 def fan_in(shape):
@@ -202,19 +137,11 @@ def values(t):
 
 
 def serialize(tensors):
-    """The safetensors bytes for {key: Tensor}."""
-    header = {}
-    chunks = []
-    offset = 0
-    for key in sorted(tensors):
-        t = tensors[key]
-        data = struct.pack("<%df" % math.prod(t.shape), *values(t))
-        header[key] = {"dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    """The safetensors bytes for {key: Tensor} (header fields in key order, as first written)."""
+    entries = {
+        key: ("F32", t.shape, struct.pack("<%df" % math.prod(t.shape), *values(t))) for key, t in tensors.items()
+    }
+    return safetensors_bytes(entries, sorted_fields=True)
 
 
 def main(argv):

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Fixtures for tests/fuse_conv_bn.rs: PT2E's PTQ batch-norm folding, computed by torchao.
 
-Usage: /work/venv/bin/python tools/gen_fuse_fixtures.py      (torch 2.15 + torchao 0.18)
+Usage: /work/venv/bin/python -m tools.gen_fuse_fixtures      (torch 2.15 + torchao 0.18)
 
 For every case this builds a small eval-mode model, exports it with torch.export, runs
 torchao's `_fuse_conv_bn_` and `_fuse_linear_bn_` (torchao.quantization.pt2e.utils, exactly as
@@ -11,9 +10,9 @@ torchao's `_fuse_conv_bn_` and `_fuse_linear_bn_` (torchao.quantization.pt2e.uti
                        `expected.<key>`, every tensor the folded graph reads (`get_attr`
                        targets: the folded weight and bias, e.g. `expected.conv.weight` and
                        `expected.conv.weight_bias` for a conv without bias);
-  <case>.qir           the exported (unfolded) graph in QIR: `weight` ops reading the original
-                       tensors, the conv/linear and its batch_norm, with PT2E's module paths
-                       as locations.
+  <case>.qir           the exported (unfolded) graph in QIR, written by tools/qir_bridge's
+                       exporter: `weight` ops reading the original tensors, the conv/linear
+                       and its batch_norm, with PT2E's module paths as locations.
 
 For the examples (examples/{small_cnn,resnet_basic_block,mobilenetv2_inverted_residual}.qir)
 only `example_<name>.safetensors` is written, with the `expected.<key>` tensors: each conv ->
@@ -21,23 +20,21 @@ batch_norm pair of the example is rebuilt in PyTorch from the example's own weig
 same state-dict paths, so the keys match), exported and folded; the test runs the pass on the
 example itself.
 
-Deterministic: fixed seeds, and safetensors writes sorted keys.
+Deterministic: fixed seeds, and tools/fileio.py writes sorted keys.
 """
 
-import ast
 import os
-import re
 import warnings
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
 from torchao.quantization.pt2e.utils import _fuse_conv_bn_, _fuse_linear_bn_
+
+from .fileio import read_qir, write_safetensors
+from .qir_bridge import export_qir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fuse_conv_bn")
-
-DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 
 def randomize_bn(bn, gen, var_log_range=(-1.0, 1.0)):
@@ -118,106 +115,6 @@ def synthetic_cases():
     ]
 
 
-# ---- torch.export graph -> QIR ----------------------------------------------------------------
-
-
-def qir_type(t):
-    return f"{DTYPES[t.dtype]}[{','.join(str(d) for d in t.shape)}]"
-
-
-def ints(v):
-    return "[" + ", ".join(str(int(i)) for i in v) + "]"
-
-
-def loc_of(node):
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return f' loc("{path}")' if path else ""
-
-
-# Positional schema of the ops we translate: (qir name, [(arg name, default, formatter)]).
-CONV_ATTRS = [("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1)]
-CONV_T_ATTRS = [("stride", 1), ("padding", 0), ("output_padding", 0), ("groups", 1), ("dilation", 1)]
-OPS = {
-    "aten.conv1d.default": ("conv1d", CONV_ATTRS, 1),
-    "aten.conv2d.default": ("conv2d", CONV_ATTRS, 2),
-    "aten.conv_transpose2d.input": ("conv_transpose2d", CONV_T_ATTRS, 2),
-    "aten.linear.default": ("linear", [], 0),
-}
-
-
-def to_qir(gm, name, weights_file):
-    names = {}
-    lines = []
-    inputs = []
-    outputs = []
-
-    def val(n):
-        return "%" + names[n]
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            names[node] = node.name
-            inputs.append(f"%{node.name}: {qir_type(node.meta['val'])}")
-        elif node.op == "get_attr":
-            if not node.users:
-                continue
-            names[node] = node.target
-            t = getattr_path(gm, node.target)
-            lines.append(f'%{node.target} = weight {{key = "{node.target}"}} : {qir_type(t)}')
-        elif node.op == "call_function":
-            target = str(node.target)
-            names[node] = node.name
-            ty = qir_type(node.meta["val"])
-            if target == "aten.batch_norm.default":
-                operands = ", ".join(val(a) for a in node.args[:5])
-                eps = node.args[7]
-                attrs = "" if eps == 1e-5 else f" {{eps = {eps!r}}}"
-                lines.append(f"%{node.name} = batch_norm({operands}){attrs} : {ty}{loc_of(node)}")
-            elif target == "aten.relu.default":
-                lines.append(f"%{node.name} = relu({val(node.args[0])}) : {ty}{loc_of(node)}")
-            elif target in OPS:
-                op, schema, spatial = OPS[target]
-                args = list(node.args)
-                operands = [val(args[0]), val(args[1])]
-                if len(args) > 2 and args[2] is not None:
-                    operands.append(val(args[2]))
-                attrs = []
-                for i, (attr, default) in enumerate(schema):
-                    v = args[3 + i] if len(args) > 3 + i else default
-                    if attr == "groups":
-                        if v != 1:
-                            attrs.append(f"groups = {v}")
-                        continue
-                    v = list(v) if isinstance(v, (list, tuple)) else [v] * spatial
-                    if any(e != default for e in v):
-                        attrs.append(f"{attr} = {ints(v)}")
-                attr_text = f" {{{', '.join(attrs)}}}" if attrs else ""
-                lines.append(f"%{node.name} = {op}({', '.join(operands)}){attr_text} : {ty}{loc_of(node)}")
-            else:
-                raise ValueError(f"no QIR translation for {target}")
-        elif node.op == "output":
-            outs = node.args[0]
-            outs = outs if isinstance(outs, (list, tuple)) else [outs]
-            outputs = [(val(o), qir_type(o.meta["val"])) for o in outs]
-        # call_module `_guards_fn` (input guards) has no QIR counterpart.
-    result_types = outputs[0][1] if len(outputs) == 1 else "(" + ", ".join(t for _, t in outputs) + ")"
-    body = "\n".join("    " + l for l in lines)
-    return (
-        f"// Generated by tools/gen_fuse_fixtures.py: the torch.export graph of `{name}`, before\n"
-        f"// PT2E's batch-norm folding; the expected.* tensors beside it are torchao's fold.\n"
-        f"module @{name} {{\n"
-        f'  weights "{weights_file}"\n\n'
-        f"  func @main({', '.join(inputs)}) -> {result_types} {{\n"
-        f"{body}\n"
-        f"    return {', '.join(v for v, _ in outputs)}\n"
-        f"  }}\n"
-        f"}}\n"
-    )
-
-
 def export(model, x):
     return torch.export.export(model, (x,)).module()
 
@@ -248,14 +145,18 @@ def getattr_path(m, path):
 def write_synthetic(name, model, x):
     gm = export(model, x)
     originals = {k: v.detach().clone().contiguous() for k, v in gm.state_dict().items() if "num_batches" not in k}
-    qir = to_qir(gm, name, f"{name}.safetensors")
+    text, _ = export_qir(gm, module_name=name, weights_file=f"{name}.safetensors")
+    qir = (
+        f"// Generated by tools/gen_fuse_fixtures.py: the torch.export graph of `{name}`, before\n"
+        f"// PT2E's batch-norm folding; the expected.* tensors beside it are torchao's fold.\n" + text
+    )
     fold(gm)
     expected = folded_tensors(gm)
     # The folded graph reads only the layer's weight and bias.
     assert all(k.startswith("layer.") for k in expected), expected.keys()
     tensors = dict(originals)
     tensors.update({f"expected.{k}": v for k, v in expected.items()})
-    save_file(tensors, os.path.join(OUT, f"{name}.safetensors"))
+    write_safetensors(os.path.join(OUT, f"{name}.safetensors"), tensors)
     with open(os.path.join(OUT, f"{name}.qir"), "w") as f:
         f.write(qir)
     with torch.no_grad():
@@ -264,16 +165,6 @@ def write_synthetic(name, model, x):
 
 
 # ---- the examples ---------------------------------------------------------------------------
-
-WEIGHT_RE = re.compile(r'%(\S+) = weight \{key = "([^"]+)"\}')
-LAYER_RE = re.compile(r"%(\S+) = (conv1d|conv2d|conv_transpose2d)\(([^)]*)\)(?: \{([^}]*)\})?")
-BN_RE = re.compile(r"%(\S+) = batch_norm\(([^)]*)\)(?: \{([^}]*)\})?")
-
-
-def attr(text, key, default):
-    m = re.search(rf"\b{key} = (\[[^\]]*\]|[^,}}]+)", text or "")
-    return ast.literal_eval(m.group(1).strip()) if m else default
-
 
 def set_path(root, path, module):
     """root.<path> = module, creating plain parent modules (so get_attr targets are `path.weight`)."""
@@ -298,32 +189,32 @@ class Pair(nn.Module):
 
 
 def write_example(qir_name):
-    path = os.path.join(ROOT, "examples", f"{qir_name}.qir")
-    text = open(path).read()
-    weights = load_file(os.path.join(ROOT, "examples", f"{qir_name}.safetensors"))
-    keys = {m.group(1): m.group(2) for m in WEIGHT_RE.finditer(text)}
-    layers = {}
-    for m in LAYER_RE.finditer(text):
-        operands = [o.strip().lstrip("%") for o in m.group(3).split(",")]
-        layers[m.group(1)] = (m.group(2), operands, m.group(4))
+    fn = read_qir(os.path.join(ROOT, "examples", f"{qir_name}.qir"))
+
+    def key(value):
+        return fn.producer[value].attrs["key"]
+
+    def weight(k):
+        return torch.from_numpy(fn.weight(k).copy())
+
     expected = {}
-    for m in BN_RE.finditer(text):
-        operands = [o.strip().lstrip("%") for o in m.group(2).split(",")]
-        if operands[0] not in layers:
+    for op in fn.ops:
+        layer = fn.producer.get(op.operands[0]) if op.name == "batch_norm" else None
+        if layer is None or layer.name not in ("conv1d", "conv2d", "conv_transpose2d"):
             continue
-        kind, conv_operands, conv_attrs = layers[operands[0]]
-        w_key = keys[conv_operands[1]]
-        b_key = keys[conv_operands[2]] if len(conv_operands) > 2 else None
-        stat_keys = [keys[o] for o in operands[1:5]]
-        w = weights[w_key]
-        groups = attr(conv_attrs, "groups", 1)
+        kind = layer.name
+        w_key = key(layer.operands[1])
+        b_key = key(layer.operands[2]) if len(layer.operands) > 2 else None
+        stat_keys = [key(o) for o in op.operands[1:5]]
+        w = weight(w_key)
+        groups = layer.attrs.get("groups", 1)
         cls = {"conv1d": nn.Conv1d, "conv2d": nn.Conv2d, "conv_transpose2d": nn.ConvTranspose2d}[kind]
         if kind == "conv_transpose2d":
             conv = cls(w.shape[0], w.shape[1] * groups, tuple(w.shape[2:]), groups=groups, bias=b_key is not None)
         else:
             conv = cls(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), groups=groups, bias=b_key is not None)
         bn_cls = nn.BatchNorm1d if kind == "conv1d" else nn.BatchNorm2d
-        bn = bn_cls(len(weights[stat_keys[0]]), eps=attr(m.group(3), "eps", 1e-5))
+        bn = bn_cls(len(weight(stat_keys[0])), eps=op.attrs.get("eps", 1e-5))
         conv_path = w_key.rsplit(".", 1)[0]
         bn_path = stat_keys[0].rsplit(".", 1)[0]
         assert [k.rsplit(".", 1)[0] for k in stat_keys] == [bn_path] * 4
@@ -331,11 +222,11 @@ def write_example(qir_name):
             conv.weight.copy_(w)
             if b_key:
                 assert b_key == conv_path + ".bias"
-                conv.bias.copy_(weights[b_key])
-            bn.weight.copy_(weights[stat_keys[0]])
-            bn.bias.copy_(weights[stat_keys[1]])
-            bn.running_mean.copy_(weights[stat_keys[2]])
-            bn.running_var.copy_(weights[stat_keys[3]])
+                conv.bias.copy_(weight(b_key))
+            bn.weight.copy_(weight(stat_keys[0]))
+            bn.bias.copy_(weight(stat_keys[1]))
+            bn.running_mean.copy_(weight(stat_keys[2]))
+            bn.running_var.copy_(weight(stat_keys[3]))
         model = Pair(conv_path, conv, bn_path, bn).eval()
         c_in = conv.in_channels
         x = torch.randn(1, c_in, *[k + 2 for k in w.shape[2:]])
@@ -344,7 +235,7 @@ def write_example(qir_name):
             assert k not in expected
             expected[k] = v
     tensors = {f"expected.{k}": v for k, v in expected.items()}
-    save_file(tensors, os.path.join(OUT, f"example_{qir_name}.safetensors"))
+    write_safetensors(os.path.join(OUT, f"example_{qir_name}.safetensors"), tensors)
     print(f"example {qir_name}: {len(expected)} folded tensors")
 
 
@@ -372,7 +263,7 @@ def write_pass_case_weights():
         tensors[f"{bn}.bias"] = t(3)
         tensors[f"{bn}.running_mean"] = t(3)
         tensors[f"{bn}.running_var"] = t(3, lo=0.5, hi=2.0)
-    save_file(tensors, os.path.join(ROOT, "tests", "passes", "fuse-conv-bn", "weights.safetensors"))
+    write_safetensors(os.path.join(ROOT, "tests", "passes", "fuse-conv-bn", "weights.safetensors"), tensors)
 
 
 def main():

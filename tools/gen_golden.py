@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Generates the interpreter's golden fixtures from PyTorch.
 
 For every case this writes `tests/golden/<case>.qir` (a one-op graph whose inputs are the op's
@@ -10,29 +9,22 @@ committed.
 
 Usage (torch in a virtualenv outside the repo):
     python3 -m venv ~/venv && ~/venv/bin/pip install torch safetensors numpy
-    ~/venv/bin/python tools/gen_golden.py
+    ~/venv/bin/python -m tools.gen_golden
 """
 
 import os
-import math
 
 import torch
 import torch.nn.functional as F
 import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed ops)
 
-from safetensors_writer import write_safetensors
+from .fileio import write_safetensors
+from .qir_bridge.exporter import QIR_DTYPES, qir_type
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "golden")
 qd = torch.ops.quantized_decomposed
-
-# torch dtype -> QIR element type.
-DTYPES = {
-    torch.float32: "f32", torch.float64: "f64", torch.float16: "f16", torch.bfloat16: "bf16",
-    torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64",
-    torch.bool: "bool",
-}
 
 # Tolerances. `exact`: bitwise identical (data movement, quantization, max/relu/clamp which only
 # select). Transcendentals: our libm vs PyTorch's SLEEF vectorised versions differ by a few ulp.
@@ -43,10 +35,6 @@ EXACT = "exact"
 ELEMENTWISE = "atol=1e-6 rtol=2e-6"
 REDUCE = "atol=1e-5 rtol=1e-5"
 HALF = "atol=1e-3 rtol=1e-2"  # one f16/bf16 ulp at the magnitudes used
-
-
-def qir_type(t):
-    return f"{DTYPES[t.dtype]}[{','.join(str(d) for d in t.shape)}]"
 
 
 def fmt(v):
@@ -60,7 +48,7 @@ def fmt(v):
     if isinstance(v, str):
         return '"' + v + '"'
     if isinstance(v, torch.dtype):
-        return DTYPES[v]
+        return QIR_DTYPES[v]
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(fmt(x) for x in v) + "]"
     raise TypeError(v)

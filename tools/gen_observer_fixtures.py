@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Generates the observer parity fixtures (`tests/observers/<case>.safetensors`) from PyTorch.
 
 Each case feeds a deterministic sequence of batches to one PT2E observer (torchao's
@@ -28,7 +27,7 @@ implementation in this file (plain float64 loops), independent of the Rust code.
 and requires bit-identical statistics and qparams. Nothing here is needed to run the tests: the
 fixtures are committed.
 
-Usage: /work/venv/bin/python tools/gen_observer_fixtures.py [OUT_DIR]   (torch, torchao, numpy)
+Usage: /work/venv/bin/python -m tools.gen_observer_fixtures [OUT_DIR]   (torch, torchao, numpy)
 
 The fixtures do not depend on the thread count (OMP_NUM_THREADS=1 gives identical files) nor on
 ATEN_CPU_CAPABILITY=avx2 vs avx512 (the kernels involved dispatch to AVX2 either way); with
@@ -42,7 +41,8 @@ import warnings
 
 import torch
 
-from safetensors_writer import write_safetensors
+from .fileio import write_safetensors
+from .qir_bridge.exporter import QIR_DTYPES, QSCHEMES
 
 try:
     from torchao.quantization.pt2e import observer as obs_mod
@@ -56,14 +56,6 @@ except ImportError:  # pragma: no cover - same math, older home
 warnings.filterwarnings("ignore")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "observers")
 
-QIR_DTYPE = {torch.int8: "i8", torch.uint8: "u8", torch.int16: "i16", torch.int32: "i32"}
-QSCHEMES = {
-    torch.per_tensor_affine: "per_tensor_affine",
-    torch.per_tensor_symmetric: "per_tensor_symmetric",
-    torch.per_channel_affine: "per_channel_affine",
-    torch.per_channel_symmetric: "per_channel_symmetric",
-    torch.per_channel_affine_float_qparams: "per_channel_affine_float_qparams",
-}
 EPS12 = 2.0 ** -12
 
 
@@ -217,7 +209,7 @@ def make_cfg(dtype, qmin, qmax, qscheme, eps=EPS12, customized=True, reduce_rang
     if customized:
         cfg["quant_min"], cfg["quant_max"] = qmin, qmax
     cfg["meta"] = {
-        "dtype": QIR_DTYPE[dtype], "qmin": str(qmin), "qmax": str(qmax), "qscheme": QSCHEMES[qscheme],
+        "dtype": QIR_DTYPES[dtype], "qmin": str(qmin), "qmax": str(qmax), "qscheme": QSCHEMES[qscheme],
         "eps": repr(float(eps)), "customized_range": "true" if customized else "false",
         "reduce_range": "true" if reduce_range else "false",
     }

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Fixtures for tests/pt2e_parity.rs: what PT2E's prepare_pt2e + calibration computes.
 
-Usage: /work/venv/bin/python tools/gen_pt2e_fixtures.py [OUT_DIR]     (default tests/pt2e)
+Usage: /work/venv/bin/python -m tools.gen_pt2e_fixtures [OUT_DIR]     (default tests/pt2e)
 
 Needs torch 2.15, torchao 0.18 and ExecuTorch's XNNPACKQuantizer
 (`pip install --no-deps executorch` + its import-time dependencies ruamel.yaml, flatbuffers,
@@ -18,7 +17,7 @@ whatever order its conv and linear kernels sum in. The last four models are mini
 the differences tests/pt2e_parity.rs lists as known. For each variant this:
 1. exports the model with `torch.export.export(..., strict=True)` (strict, so that
    `source_fn_stack` exists for the annotators that look for it) and writes `model.qir` +
-   `model.safetensors` with tools/qir_export.py;
+   `model.safetensors` with tools/qir_bridge (its exporter);
 2. writes `calib.npz`: one array per graph input, BATCHES batches of the export batch size
    concatenated along axis 0 (seeded; each batch has a different scale and offset, so the
    histogram observers' ranges grow and their histograms get re-binned);
@@ -62,7 +61,6 @@ Run that script rather than this one to regenerate everything.
 Deterministic: fixed seeds and a fixed thread count; safetensors and npz keys are sorted.
 """
 
-import json
 import os
 import sys
 import warnings
@@ -72,9 +70,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-sys.dont_write_bytecode = True  # no tools/__pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qir_export import write_qir  # noqa: E402
+from .fileio import records_json
+from .qir_bridge import write_qir
 
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
@@ -396,18 +393,6 @@ def make_exact(model, g):
     return model
 
 
-def to_json(expected):
-    """Pretty JSON with one line per observer record."""
-    fields = []
-    for k, v in expected.items():
-        if k == "observers":
-            rows = ",\n".join("  " + json.dumps(r) for r in v)
-            fields.append(f' "{k}": [\n{rows}\n ]')
-        else:
-            fields.append(f" {json.dumps(k)}: {json.dumps(v)}")
-    return "{\n" + ",\n".join(fields) + "\n}\n"
-
-
 def cases():
     """(fixture name, model class, input shape, seed, exact) of every fixture, in order."""
     for i, (name, cls, shape, variants) in enumerate(MODELS):
@@ -465,7 +450,7 @@ def generate(name, cls, shape, out_dir, seed, exact):
         "observers": records,
     }
     with open(os.path.join(case, "expected.json"), "w") as f:
-        f.write(to_json(expected))
+        f.write(records_json(expected, ("observers",)))
     groups = len({r["instance"] for r in records})
     print(f"{name}: {len(records)} observers, {groups} instances, non-strict agrees: {nonstrict_agrees}")
     return dict(model=model, example=example, batches=batches, inputs=input_names, prepared=prepared)

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Fixtures for qc's QAT parity tests: what PT2E's `prepare_qat_pt2e`, train-mode calibration,
 a few QAT training steps and `convert_pt2e` compute.
 
-Usage: /work/venv/bin/python tools/gen_qat_fixtures.py [OUT_DIR]      (default tests/qat)
-       /work/venv/bin/python tools/gen_qat_fixtures.py --sqrt-study  (prints the sqrt numerics)
+Usage: /work/venv/bin/python -m tools.gen_qat_fixtures [OUT_DIR]      (default tests/qat)
+       /work/venv/bin/python -m tools.gen_qat_fixtures --sqrt-study  (prints the sqrt numerics)
        either with `--only CASE[,CASE...]` for some fixtures only
 
 Needs what tools/gen_pt2e_fixtures.py needs (torch 2.15, torchao 0.18, ExecuTorch's
@@ -119,17 +118,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.dont_write_bytecode = True  # no tools/__pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_convert_fixtures as C  # noqa: E402
-import gen_pt2e_fixtures as G  # noqa: E402
-from qir_export import write_qir  # noqa: E402
-from safetensors_writer import write_safetensors  # noqa: E402
-from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e  # noqa: E402
-from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     X86InductorQuantizer,
     get_default_x86_inductor_quantization_config,
 )
+
+from . import gen_convert_fixtures as C
+from . import gen_pt2e_fixtures as G
+from .fileio import records_json, write_safetensors
+from .qir_bridge import write_qir
 
 warnings.filterwarnings("ignore")
 
@@ -493,18 +491,6 @@ def bn_arrays(model, module):
     return arrays
 
 
-def to_json(doc):
-    """Pretty JSON with one line per record of the list fields."""
-    fields = []
-    for k, v in doc.items():
-        if k in ("fake_quants", "prepared_graph", "batch_norms"):
-            rows = ",\n".join("  " + json.dumps(r) for r in v)
-            fields.append(f' "{k}": [\n{rows}\n ]')
-        else:
-            fields.append(f" {json.dumps(k)}: {json.dumps(v)}")
-    return "{\n" + ",\n".join(fields) + "\n}\n"
-
-
 def calibrate(prepared, batches):
     """One train-mode forward per batch (no gradients); the fake-quant calls and outputs."""
     calls, outs = [], []
@@ -612,7 +598,7 @@ def generate(model_name, quantizer, out_dir):
         "prepared_graph": graph,
     }
     with open(os.path.join(case, "expected.json"), "w") as f:
-        f.write(to_json(expected))
+        f.write(records_json(expected, ("fake_quants", "prepared_graph", "batch_norms")))
 
     # d. the trained variant
     trained = prepare(model_name, quantizer)

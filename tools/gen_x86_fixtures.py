@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Fixtures for tests/x86_parity.rs: what torchao's X86InductorQuantizer annotates, and the
 observers prepare_pt2e inserts for it.
 
-Usage: /work/venv/bin/python tools/gen_x86_fixtures.py [OUT_DIR]      (default tests/x86)
+Usage: /work/venv/bin/python -m tools.gen_x86_fixtures [OUT_DIR]      (default tests/x86)
 
 Needs torch 2.15 and torchao 0.18. Importing the x86 quantizer registers Inductor passes; that
 does not affect prepare_pt2e.
@@ -36,21 +35,22 @@ Deterministic: fixed seeds and thread count, sorted keys.
 
 import json
 import os
-import re
 import sys
 import warnings
 
 import torch
 import torch.nn as nn
-
-warnings.filterwarnings("ignore")
-torch.set_num_threads(1)
-
-from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e  # noqa: E402
-from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (  # noqa: E402
+from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
     X86InductorQuantizer,
     get_default_x86_inductor_quantization_config,
 )
+
+from .fileio import read_qir
+from .qir_bridge.exporter import OBSERVER_KINDS, QIR_DTYPES
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,14 +206,6 @@ MODELS = {
 
 # ---- recording ------------------------------------------------------------------------------
 
-OBSERVER_KINDS = {
-    "HistogramObserver": "histogram",
-    "PerChannelMinMaxObserver": "per_channel_minmax",
-    "MinMaxObserver": "minmax",
-    "PlaceholderObserver": "placeholder",
-}
-DTYPES = {torch.uint8: "u8", torch.int8: "i8", torch.int32: "i32", torch.float16: "f16"}
-
 
 def observer_class(ctr):
     """The class an observer constructor (a `with_args` partial) builds."""
@@ -241,7 +233,7 @@ def describe_spec(spec):
     cls = observer_class(spec.observer_or_fake_quant_ctr)
     return {
         "spec": {
-            "dtype": DTYPES[spec.dtype],
+            "dtype": QIR_DTYPES[spec.dtype],
             "qmin": spec.quant_min,
             "qmax": spec.quant_max,
             "qscheme": str(spec.qscheme).replace("torch.", ""),
@@ -297,7 +289,7 @@ def observers(gm):
                 "observes_value": value.name,
                 "users": users,
                 "observer": OBSERVER_KINDS.get(cls, cls),
-                "dtype": DTYPES[mod.dtype],
+                "dtype": QIR_DTYPES[mod.dtype],
                 "qmin": mod.quant_min,
                 "qmax": mod.quant_max,
                 "qscheme": str(mod.qscheme).replace("torch.", ""),
@@ -320,14 +312,14 @@ def check_qir(name, qir_path, gm):
     """The hand-written QIR names every FX node and has one op per call_function node."""
     if not os.path.exists(qir_path):
         sys.exit(f"{name}: missing hand-written {qir_path}")
-    text = open(qir_path).read()
-    values = set(re.findall(r"%([A-Za-z0-9_][A-Za-z0-9_.]*)", text))
+    fn = read_qir(qir_path)
+    values = {v for v, _ in fn.inputs} | {r for op in fn.ops for r in op.results}
     calls = [n for n in gm.graph.nodes if n.op == "call_function"]
     names = [n.name for n in gm.graph.nodes if n.op in ("call_function", "placeholder", "get_attr")]
     missing = [n for n in names if n not in values and not n.startswith("activation_post_process_")]
     if missing:
         sys.exit(f"{name}: {qir_path} lacks values {missing}")
-    ops = len(re.findall(r"^\s+%[^=]+=\s*[a-z]", text, re.M))
+    ops = len(fn.ops)
     if ops != len(calls):
         sys.exit(f"{name}: {qir_path} has {ops} ops, the FX graph {len(calls)} call_function nodes")
 

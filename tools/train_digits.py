@@ -1,12 +1,11 @@
-#!/usr/bin/env python3
 """Train a small CNN on scikit-learn's 8x8 digits and export it as the `digits_cnn` example.
 
-Usage: /work/venv/bin/python tools/train_digits.py     (needs torch, safetensors, scikit-learn)
+Usage: /work/venv/bin/python -m tools.train_digits     (needs torch, safetensors, scikit-learn)
 
 Writes, and prints only the float model's test top-1 accuracy:
 
 * examples/digits_cnn.qir + examples/digits_cnn.safetensors — the eval-mode model, exported
-  with ``torch.export.export(..., strict=True)`` and tools/qir_export.py; one graph input
+  with ``torch.export.export(..., strict=True)`` and tools/qir_bridge; one graph input
   ``%x: f32[1,1,8,8]`` (batch 1, like the other examples) and one output, the logits
   ``f32[1,10]``;
 * examples/digits_calib.npz — calibration data for ``qc ... -p prepare-pt2e,calibrate
@@ -40,20 +39,16 @@ npz files hold fixed timestamps (and safetensors sorts its keys), so every outpu
 reproducible byte for byte under those conditions.
 """
 
-import io
 import os
-import sys
 import warnings
-import zipfile
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.dont_write_bytecode = True  # no tools/__pycache__
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qir_export import export_qir  # noqa: E402
+from .fileio import npy_bytes, write_npz, write_safetensors
+from .qir_bridge import export_qir
 
 warnings.filterwarnings("ignore")
 
@@ -72,7 +67,7 @@ HEADER = """\
 //   pool (2x2 max) -> conv4 (16->32, 3x3, pad 1) -> bn4 -> relu4
 //   avgpool (adaptive, 1x1) -> torch.flatten(x, 1) -> fc (32->10)
 //
-// Exported from the eval-mode model with torch.export (strict) and tools/qir_export.py.
+// Exported from the eval-mode model with torch.export (strict) and tools/qir_bridge.
 // Input: (pixel/16 - 0.3)/0.375. Data: digits_calib.npz (calibration, `x`) and
 // digits_test.npz (held-out `x` and int64 `labels`).
 """
@@ -137,18 +132,7 @@ def train(x, y):
     return model.eval()
 
 
-def write_npz(path, arrays):
-    """np.savez_compressed with a fixed timestamp, so the archive is byte-reproducible."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name, a in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(a), allow_pickle=False)
-            z.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(2020, 1, 1, 0, 0, 0)), buf.getvalue(), zipfile.ZIP_DEFLATED)
-
-
 def main():
-    from safetensors.torch import save_file
-
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     (x_train, y_train), (x_test, y_test) = load()
@@ -159,11 +143,11 @@ def main():
 
     ep = torch.export.export(model, (torch.from_numpy(x_test[:1]),), strict=True)
     text, weights = export_qir(ep, module_name="digits_cnn", weights_file="digits_cnn.safetensors")
-    save_file(weights, os.path.join(ROOT, "digits_cnn.safetensors"))
+    write_safetensors(os.path.join(ROOT, "digits_cnn.safetensors"), weights)
     with open(os.path.join(ROOT, "digits_cnn.qir"), "w") as f:
         f.write(HEADER + text)
-    write_npz(os.path.join(ROOT, "digits_calib.npz"), {"x": x_train[:CALIB]})
-    write_npz(os.path.join(ROOT, "digits_test.npz"), {"x": x_test, "labels": y_test})
+    write_npz(os.path.join(ROOT, "digits_calib.npz"), {"x": npy_bytes(x_train[:CALIB])}, compressed=True)
+    write_npz(os.path.join(ROOT, "digits_test.npz"), {"x": npy_bytes(x_test), "labels": npy_bytes(y_test)}, compressed=True)
     print(f"float test top-1: {accuracy:.4f} ({int((pred == y_test).sum())}/{len(y_test)})")
 
 

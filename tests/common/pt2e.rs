@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// `tests/pt2e/*`, or the directories under `$QC_PT2E_FIXTURES` (to try fixtures made with
-/// `tools/gen_pt2e_fixtures.py OUT_DIR` without adding them to the suite); and whether these
+/// `python -m tools.gen_pt2e_fixtures OUT_DIR` without adding them to the suite); and whether these
 /// are the suite's own.
 pub fn fixture_dirs() -> (Vec<PathBuf>, bool) {
     let custom = std::env::var_os("QC_PT2E_FIXTURES");

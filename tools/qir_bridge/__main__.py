@@ -1,5 +1,6 @@
-"""Command line: ``python -m tools.qir_bridge {export,parity} ...`` (run from the repository
-root, or ``python -m qir_bridge`` from tools/)."""
+"""Command line: ``python -m tools.qir_bridge {export,parity} ...``, run from the repository
+root (``python -m`` puts the current directory on the import path, so ``MODULE:FACTORY`` finds
+modules there)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ def _factory(spec: str):
     """`MODULE:FACTORY` (a callable returning an nn.Module), or a torchvision model name."""
     if ":" in spec:
         mod, fn = spec.split(":", 1)
-        sys.path.insert(0, os.getcwd())
         obj = getattr(importlib.import_module(mod), fn)
         import torch
 
@@ -73,5 +73,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.dont_write_bytecode = True
     sys.exit(main())

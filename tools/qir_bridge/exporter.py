@@ -35,7 +35,7 @@ not in :data:`SUPPORTED`, a scalar where a tensor is needed, a symbolic argument
 result other than the batch norm's statistics — raises :class:`ExportError` naming the node,
 the op and the module it came from: nothing is dropped silently.
 
-Both files are deterministic (safetensors sorts its keys).
+Both files are deterministic (tools/fileio.py writes the tensors sorted by name).
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ from typing import Any, Callable
 import torch
 from torch.fx import GraphModule, Node
 
+from ..fileio import write_safetensors
+
 __all__ = ["ExportError", "SUPPORTED", "export_qir", "write_qir"]
 
 
@@ -56,7 +58,8 @@ class ExportError(Exception):
     """A node the exporter cannot translate."""
 
 
-_DTYPES = {
+# torch dtype -> QIR element type.
+QIR_DTYPES = {
     torch.float32: "f32",
     torch.float64: "f64",
     torch.float16: "f16",
@@ -80,7 +83,7 @@ class DType(str):
 
 
 def _dtype_attr(dt: Any) -> DType:
-    name = _DTYPES.get(dt) or _QDTYPES.get(dt)
+    name = QIR_DTYPES.get(dt) or _QDTYPES.get(dt)
     if name is None:
         raise ExportError(f"element type {dt} has no QIR equivalent")
     return DType(name)
@@ -157,13 +160,14 @@ def _attr(v: Any) -> str:
     raise TypeError(f"no QIR attribute form for {v!r}")
 
 
-def _type(val: Any) -> str:
+def qir_type(val: Any) -> str:
+    """The QIR type of a tensor (`f32[2,3]`; `?` for a symbolic dimension)."""
     if not isinstance(val, torch.Tensor):
         raise TypeError(f"not a tensor: {type(val).__name__}")
-    if val.dtype not in _DTYPES:
+    if val.dtype not in QIR_DTYPES:
         raise TypeError(f"element type {val.dtype} has no QIR equivalent")
     dims = [str(d) if isinstance(d, int) else "?" for d in val.shape]
-    return f"{_DTYPES[val.dtype]}[{','.join(dims)}]"
+    return f"{QIR_DTYPES[val.dtype]}[{','.join(dims)}]"
 
 
 def _fqn(node: Node) -> str:
@@ -672,7 +676,8 @@ OBSERVER_KINDS = {
     "FixedQParamsObserver": "fixed_qparams",
 }
 FAKE_QUANTIZE_CLASSES = {"FakeQuantize", "FusedMovingAvgObsFakeQuantize", "FixedQParamsFakeQuantize"}
-_QSCHEMES = {
+# torch qscheme -> QIR qscheme name.
+QSCHEMES = {
     torch.per_tensor_affine: "per_tensor_affine",
     torch.per_tensor_symmetric: "per_tensor_symmetric",
     torch.per_channel_affine: "per_channel_affine",
@@ -702,7 +707,7 @@ def observer_attrs(mod: torch.nn.Module) -> dict:
         attrs.update(qmin=int(qmin), qmax=int(qmax))
     else:
         attrs.update(qmin=int(mod.quant_min), qmax=int(mod.quant_max))
-    qscheme = _QSCHEMES[mod.qscheme] if hasattr(mod, "qscheme") else "per_tensor_affine"
+    qscheme = QSCHEMES[mod.qscheme] if hasattr(mod, "qscheme") else "per_tensor_affine"
     if qscheme != "per_tensor_affine":
         attrs["qscheme"] = qscheme
     if "per_channel" in kind:
@@ -848,8 +853,8 @@ class _Exporter:
             tensor = _get_attr(self.gm, node.target)
             self.weights[node.target] = tensor.clone().contiguous()  # clone: no shared storage
             self.names[node] = _name(node.name)
-            self.types[node] = _type(tensor)
-            self.body.append(f"%{self.names[node]} = weight {{key = {_attr(node.target)}}} : {_type(tensor)}")
+            self.types[node] = qir_type(tensor)
+            self.body.append(f"%{self.names[node]} = weight {{key = {_attr(node.target)}}} : {qir_type(tensor)}")
         if node not in self.names:
             raise ExportError(f"{_where(user)} reads `{node.name}`, which has no QIR value")
         return "%" + self.names[node]
@@ -860,8 +865,8 @@ class _Exporter:
             if not isinstance(val, torch.Tensor):
                 raise ExportError(f"input `{node.name}` is not a tensor ({type(val).__name__})")
             self.names[node] = _name(node.name)
-            self.types[node] = _type(val)
-            self.inputs.append(f"%{self.names[node]}: {_type(val)}")
+            self.types[node] = qir_type(val)
+            self.inputs.append(f"%{self.names[node]}: {qir_type(val)}")
         elif node.op == "get_attr":
             pass  # emitted before its first user; unused ones are left out
         elif node.op == "call_module":
@@ -881,7 +886,7 @@ class _Exporter:
             outs = node.args[0]
             for o in outs if isinstance(outs, (list, tuple)) else [outs]:
                 self.value(o, node)
-                self.results.append((self.value(o, node), self.types.get(o) or _type(o.meta["val"])))
+                self.results.append((self.value(o, node), self.types.get(o) or qir_type(o.meta["val"])))
         else:
             raise ExportError(f"{_where(node)}: unsupported FX node kind `{node.op}`")
 
@@ -933,7 +938,7 @@ class _Exporter:
             for key, t in ((scale_key, mod.scale.detach().to(torch.float32)), (zp_key, mod.zero_point.detach())):
                 vname = _name(key)
                 self.weights[key] = t.clone().contiguous()
-                self.body.append(f"%{vname} = weight {{key = {_attr(key)}}} : {_type(t)}")
+                self.body.append(f"%{vname} = weight {{key = {_attr(key)}}} : {qir_type(t)}")
                 operands.append(vname)
             attrs = {"axis": int(mod.ch_axis), "qmin": qmin, "qmax": qmax}
             fqn = _fqn(node)
@@ -985,7 +990,7 @@ class _Exporter:
         if (op in _SHAPE_PRESERVING or op.endswith(".scalar")) and isinstance(val, torch.Tensor) and operands:
             self.value(operands[0], node)
             shape = self.types[operands[0]].split("[", 1)[1]
-            if shape != _type(val).split("[", 1)[1]:
+            if shape != qir_type(val).split("[", 1)[1]:
                 raise ExportError(
                     f"{_where(node)}: its `val` metadata has shape {list(val.shape)}, its operand "
                     f"`{self.types[operands[0]]}` (stale metadata: PT2E's QAT conv-bn rewrite leaves its "
@@ -995,7 +1000,7 @@ class _Exporter:
             n = _MULTI_RESULT[op]
             items = self.elements.get(node, {})
             results = [_name(items[i].name) if i in items else _name(f"{node.name}_{i}") for i in range(n)]
-            types = [_type(v) for v in val]
+            types = [qir_type(v) for v in val]
             self.multi = getattr(self, "multi", {})
             for i in range(n):
                 self.multi[(node, i)] = (results[i], types[i])
@@ -1011,7 +1016,7 @@ class _Exporter:
         else:
             result = _name(node.name)
         self.names[node] = result
-        ty = val if isinstance(val, str) else _type(val)
+        ty = val if isinstance(val, str) else qir_type(val)
         self.types[node] = ty
         self.emit(node, op, operands, attrs, [ty], [result])
 
@@ -1040,14 +1045,12 @@ def _where(node: Node) -> str:
 def write_qir(program, qir_path: str, weights_path: str | None = None, **kwargs) -> dict[str, torch.Tensor]:
     """Writes ``qir_path`` and (if the graph reads any tensor) its weights, by default
     ``<qir_path without .qir>.safetensors`` beside it. Returns the tensors written."""
-    from safetensors.torch import save_file
-
     if weights_path is None:
         weights_path = os.path.splitext(qir_path)[0] + ".safetensors"
     rel = os.path.relpath(weights_path, os.path.dirname(os.path.abspath(qir_path)))
     text, weights = export_qir(program, weights_file=rel, **kwargs)
     if weights:
-        save_file(weights, weights_path)
+        write_safetensors(weights_path, weights)
     with open(qir_path, "w") as f:
         f.write(text)
     return weights

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ROOT = os.path.dirname(TOOLS)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS_HELDOUT = 200
 
 
@@ -42,19 +40,10 @@ class Case:
     extra: dict = field(default_factory=dict)
 
 
-def _fixtures():
-    sys.dont_write_bytecode = True
-    if TOOLS not in sys.path:
-        sys.path.insert(0, TOOLS)
-    import gen_convert_fixtures as C  # noqa: E402
-    import gen_pt2e_fixtures as G  # noqa: E402
-
-    return G, C
-
-
 def _randomize_bn(model: nn.Module, g: torch.Generator) -> nn.Module:
     """Non-trivial statistics for every BatchNorm2d, as the fixtures' models get them."""
-    G, _ = _fixtures()
+    from .. import gen_pt2e_fixtures as G  # imported when used: it sets up PT2E (one thread, ExecuTorch)
+
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             G.randomize_bn(m, g)
@@ -67,7 +56,9 @@ def _batches(shape, n, seed, scale0=1.0):
 
 
 def fixture_model(name: str) -> Case:
-    G, C = _fixtures()
+    from .. import gen_convert_fixtures as C
+    from .. import gen_pt2e_fixtures as G
+
     for case_name, cls, shape, seed, exact in G.cases():
         if case_name == name:
             model, example, batches = G.build(cls, shape, seed, exact)
@@ -78,11 +69,9 @@ def fixture_model(name: str) -> Case:
 
 
 def digits_cnn() -> Case:
-    sys.dont_write_bytecode = True
-    if TOOLS not in sys.path:
-        sys.path.insert(0, TOOLS)
-    import train_digits  # noqa: E402
     from safetensors.torch import load_file
+
+    from .. import train_digits
 
     model = train_digits.DigitsCnn()
     state = load_file(os.path.join(ROOT, "examples", "digits_cnn.safetensors"))

@@ -44,13 +44,13 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import models as M
-from . import qirtext
+from ..fileio import QirFunc, read_qir
 from .exporter import write_qir
 
 warnings.filterwarnings("ignore")
@@ -220,7 +220,7 @@ def qc_cmd(qc, args, env):
     return p
 
 
-def qc_qrecords(fn: qirtext.Func):
+def qc_qrecords(fn: QirFunc):
     """QRecs by value (pt2e names) of an unfolded converted module, and the quantize op's
     result name per value (the name its folded int tensor keeps)."""
     recs = {}
@@ -257,7 +257,7 @@ def qc_qrecords(fn: qirtext.Func):
     return recs
 
 
-def qc_observers(fn: qirtext.Func):
+def qc_observers(fn: QirFunc):
     """Per observed value: the statistics of the instance of each observer observing it."""
     first = {}
     for op in fn.ops:
@@ -288,8 +288,8 @@ def run_qc(qc, case, quantizer_name, work, input_names):
     unf = os.path.join(work, f"qc_{quantizer_name}_unfolded.qir")
     qc_cmd(qc, [model, "-p", "prepare-pt2e,calibrate", "--calib", calib, *q, "-o", cal], env)
     qc_cmd(qc, [cal, "-p", "convert,duplicate-dq,port-metadata", "-o", unf], env)
-    folded = qirtext.read(os.path.join(work, f"qc_{quantizer_name}.qir"))
-    unfolded = qirtext.read(unf)
+    folded = read_qir(os.path.join(work, f"qc_{quantizer_name}.qir"))
+    unfolded = read_qir(unf)
     recs = qc_qrecords(unfolded)
     ints = {}
     for v, lst in recs.items():
@@ -310,11 +310,11 @@ def run_qc(qc, case, quantizer_name, work, input_names):
     for r in folded.returns:
         op = folded.producer.get(r)
         scales.append(op.attrs["scale"] if op is not None and op.name == "dequantize_per_tensor" else None)
-    observers = qc_observers(qirtext.read(cal))
+    observers = qc_observers(read_qir(cal))
     # qc's convert on PT2E's statistics (the exported calibrated prepared module).
     pt_unf = os.path.join(work, f"pt2e_stats_qc_{quantizer_name}.qir")
     qc_cmd(qc, [os.path.join(work, "pt2e_prepared.qir"), "-p", "convert,duplicate-dq,port-metadata", "-o", pt_unf], env)
-    on_pt2e_stats = qc_qrecords(qirtext.read(pt_unf))
+    on_pt2e_stats = qc_qrecords(read_qir(pt_unf))
     return {"time": elapsed, "recs": recs, "ints": ints, "num_dq": num_dq, "outputs": outs, "scales": scales,
             "observers": observers, "on_pt2e_stats": on_pt2e_stats}
 
