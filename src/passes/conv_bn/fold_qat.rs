@@ -85,7 +85,7 @@ use crate::diag::Diagnostics;
 use crate::ir::attr::Attr;
 use crate::ir::graph::User;
 use crate::ir::matching::{ops_of, producer_of};
-use crate::ir::rewriter::Rewriter;
+use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{DType, Graph, Module, OpId, ValueId};
 use crate::ops::{self, OpKind};
 use crate::passes::{dce, PassContext, PassDef};
@@ -435,7 +435,7 @@ fn copy_qdq(rw: &mut Rewriter<'_>, pair: QDq, v: ValueId) -> Result<(ValueId, Va
         let ty = rw.value_type(only_result(rw, old)?).clone();
         rw.set_span(span);
         let results = rw.build_with_attrs(kind, &operands, attrs, &[(&format!("{base}_{suffix}"), ty)])?;
-        input = *results.first().ok_or_else(|| crate::ir::rewriter::internal("a q/dq copy without a result"))?;
+        input = *results.first().ok_or_else(|| internal("a q/dq copy without a result"))?;
         rw.update(built_op(rw, input)?).copy_metadata_from(old);
         *slot = input;
     }

@@ -97,7 +97,7 @@
 
 use super::fold::{fold, Layer};
 use super::params::{add_bias, constant_source, read, store, weight_readers, Param, Readers, Src};
-use super::{result_name, Skip, THE_LAYER};
+use super::{only_result, result_name, Skip, THE_LAYER};
 use crate::diag::Diagnostics;
 use crate::ir::attr::Attr;
 use crate::ir::graph::User;
@@ -426,7 +426,7 @@ fn apply(rw: &mut Rewriter<'_>, readers: &mut Readers, plan: Plan) -> Result<(),
         }
     }
     for pair in &pairs {
-        let layer_out = super::only_result(rw, pair.layer_op)?;
+        let layer_out = only_result(rw, pair.layer_op)?;
         rw.replace_op(pair.bn, &[layer_out]);
     }
     Ok(())
