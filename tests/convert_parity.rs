@@ -42,7 +42,8 @@ use qc::ir::graph::User;
 use qc::ir::{Graph, Module, OpId, ValueId};
 use qc::passes::manager::Instrumentation;
 use qc::passes::registry::{expand, find};
-use qc::passes::rewrite::{producer_in, DEQUANTIZE_OPS, QUANTIZE_OPS};
+use qc::ir::matching::{producer_of, producer_with};
+use qc::ops::{self, Traits};
 use qc::passes::PassContext;
 use qc::tensor::Tensor;
 
@@ -105,8 +106,8 @@ fn pt2e_quantizes(converted: &Json) -> BTreeMap<String, Vec<Quantize>> {
 /// chain (a requantization quantizes the same value twice, as PT2E records it).
 fn quantized_value(g: &Graph, q: OpId) -> ValueId {
     let mut v = g.op(q).operands[0];
-    while let Some(dq) = producer_in(g, v, DEQUANTIZE_OPS) {
-        match producer_in(g, g.op(dq).operands[0], QUANTIZE_OPS) {
+    while let Some(dq) = producer_with(g, v, Traits::DEQUANTIZE) {
+        match producer_with(g, g.op(dq).operands()[0], Traits::QUANTIZE) {
             Some(inner) => v = g.op(inner).operands[0],
             None => break,
         }
@@ -123,7 +124,7 @@ fn tensor_of(module: &Module, g: &Graph, v: ValueId) -> Tensor {
 fn qc_quantizes(module: &Module) -> BTreeMap<String, Vec<(OpId, Quantize)>> {
     let g = &module.graphs[0];
     let mut out: BTreeMap<String, Vec<(OpId, Quantize)>> = BTreeMap::new();
-    for q in g.ops().filter(|&op| QUANTIZE_OPS.contains(&g.op(op).def().name)) {
+    for q in g.ops().filter(|&op| g.op(op).kind().has(Traits::QUANTIZE)) {
         let int = |name: &str| g.attr(q, name).and_then(Attr::as_int).expect("integer attribute");
         let per_channel = g.op(q).def().name == "quantize_per_channel";
         let (scale_bits, zero_point) = if per_channel {
@@ -238,7 +239,7 @@ fn check_model(dir: &Path) -> Outcome {
     }
     let g = &folded.graphs[0];
     o.dq = (
-        g.ops().filter(|&op| DEQUANTIZE_OPS.contains(&g.op(op).def().name)).count(),
+        g.ops().filter(|&op| g.op(op).kind().has(Traits::DEQUANTIZE)).count(),
         converted.get("num_dq").int() as usize,
     );
     if o.dq.0 != o.dq.1 {
@@ -263,7 +264,7 @@ fn check_model(dir: &Path) -> Outcome {
         // A quantized output is compared in LSBs of its scale; a float one (a softmax after a
         // dequantize, say) must agree to float32 rounding.
         let scale =
-            producer_in(g, out, &["dequantize_per_tensor"]).and_then(|dq| g.attr(dq, "scale").and_then(Attr::as_float));
+            producer_of(g, out, ops::DEQUANTIZE_PER_TENSOR).and_then(|dq| g.attr(dq, "scale").and_then(Attr::as_float));
         match scale {
             Some(scale) => o.max_lsb = o.max_lsb.max(diff / scale),
             None if diff > 1e-5 => o.failures.push(format!("float output {i} differs from PT2E's by {diff:e}")),

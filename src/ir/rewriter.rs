@@ -251,14 +251,7 @@ impl<'m> Rewriter<'m> {
     /// Stores `value` in the module's created weights under `base` (made unique: a key neither
     /// the weights file nor the created weights use) and returns the key.
     pub fn new_weight(&mut self, base: &str, value: Tensor) -> String {
-        let taken = |k: &str| !matches!(self.module.weights().tensor_type(k), Ok(None));
-        let key = if taken(base) {
-            (1..).map(|i| format!("{base}_{i}")).find(|k| !taken(k)).unwrap_or_default()
-        } else {
-            base.to_string()
-        };
-        self.module.created_weights.insert(key.clone(), Arc::new(value));
-        key
+        self.new_weight_avoiding(base, value, |_| false)
     }
 
     /// Replaces a created weight's tensor (a pass that updates the tensor it created before).
@@ -328,6 +321,25 @@ impl<'m> Rewriter<'m> {
     /// Makes room for `ops` more ops and `values` more values.
     pub fn reserve(&mut self, ops: usize, values: usize) {
         self.g().reserve(ops, values);
+    }
+
+    /// The index of the graph in the module (what tables keyed by (graph, op) need).
+    pub fn graph_index(&self) -> usize {
+        self.graph
+    }
+
+    /// [`Rewriter::new_weight`], also avoiding the keys `also_taken` reports: keys a pass knows
+    /// `weight` ops to read although neither the weights file nor the created weights hold them
+    /// (a module whose weights file is not open).
+    pub fn new_weight_avoiding(&mut self, base: &str, value: Tensor, also_taken: impl Fn(&str) -> bool) -> String {
+        let taken = |k: &str| also_taken(k) || !matches!(self.module.weights().tensor_type(k), Ok(None));
+        let key = if taken(base) {
+            (1..).map(|i| format!("{base}_{i}")).find(|k| !taken(k)).unwrap_or_default()
+        } else {
+            base.to_string()
+        };
+        self.module.created_weights.insert(key.clone(), Arc::new(value));
+        key
     }
 }
 

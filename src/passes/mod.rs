@@ -2,21 +2,18 @@
 
 pub mod annotate;
 pub mod calibrate;
+pub mod conv_bn;
 pub mod convert;
 pub mod cse;
 pub mod dce;
 pub mod duplicate_dq;
-pub mod fold_conv_bn_qat;
 pub mod fold_quantize;
-pub mod fuse_conv_bn;
-pub mod fuse_conv_bn_qat;
 pub mod manager;
 pub mod observer_instances;
 pub mod port_metadata;
 pub mod prepare;
 pub mod reference_repr;
 pub mod registry;
-pub mod rewrite;
 
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::Module;

@@ -1,19 +1,20 @@
 //! The one list of passes and named pipelines.
 
+use super::conv_bn::{fold_qat, fuse, fuse_qat};
 use super::{
-    annotate, calibrate, convert, cse, dce, duplicate_dq, fold_conv_bn_qat, fold_quantize, fuse_conv_bn,
-    fuse_conv_bn_qat, port_metadata, prepare, reference_repr, PassDef,
+    annotate, calibrate, convert, cse, dce, duplicate_dq, fold_quantize, port_metadata, prepare, reference_repr,
+    PassDef,
 };
 
 /// Every pass, in the order `--list-passes` shows them.
 pub static PASSES: &[PassDef] = &[
-    fuse_conv_bn::PASS,
+    fuse::PASS,
     annotate::PASS,
-    fuse_conv_bn_qat::PASS,
+    fuse_qat::PASS,
     prepare::PASS,
     calibrate::PASS,
     convert::PASS,
-    fold_conv_bn_qat::PASS,
+    fold_qat::PASS,
     duplicate_dq::PASS,
     port_metadata::PASS,
     fold_quantize::PASS,

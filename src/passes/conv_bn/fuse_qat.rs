@@ -100,16 +100,17 @@
 //! }
 //! ```
 
-use rustc_hash::FxHashMap;
-
-use super::fuse_conv_bn::{is_op, result_name, Skip};
-use super::rewrite::{self, internal, new_op};
-use super::{dce, PassContext, PassDef};
+use super::remap::Remap;
+use super::{built_op, insertion_point, only_result, result_name, Skip, CONVS, THE_LAYER};
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::attr::Attr;
-use crate::ir::graph::{ResultSpec, Sym, User};
-use crate::ir::quant::{EdgeOrValue, SpecRef};
+use crate::ir::graph::Sym;
+use crate::ir::matching::{ops_of, sole_user};
+use crate::ir::quant::EdgeOrValue;
+use crate::ir::rewriter::Rewriter;
 use crate::ir::{Dim, Graph, Module, OpId, TensorType, ValueId};
+use crate::ops::{self, OpKind, Traits};
+use crate::passes::{dce, PassContext, PassDef};
 
 pub const PASS: PassDef = PassDef {
     name: "fuse-conv-bn-qat",
@@ -118,57 +119,51 @@ pub const PASS: PassDef = PassDef {
 };
 
 /// PT2E's hard-coded batch-norm eps in the QAT graphs (`bn_eps = 1e-5` in `qat_utils.py`).
-pub(super) const QAT_EPS: f64 = 1e-5;
+const QAT_EPS: f64 = 1e-5;
 /// The momentum of the replacement's `F.batch_norm` (its default).
 const QAT_MOMENTUM: f64 = 0.1;
-
-/// The convolutions PT2E fuses, in the order `_fuse_conv_bn_qat` replaces them (qc has no
-/// `conv_transpose1d`).
-pub(super) const CONVS: [&str; 3] = ["conv1d", "conv2d", "conv_transpose2d"];
 
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut changed = false;
     for gi in 0..module.graphs.len() {
-        changed |= fuse_graph(module, gi, &mut cx.warnings)?;
+        changed |= fuse_graph(&mut Rewriter::new(module, gi), &mut cx.warnings)?;
     }
     Ok(changed)
 }
 
-fn fuse_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
+fn fuse_graph(rw: &mut Rewriter<'_>, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
     // PT2E returns early, without DCE, when there is no batch norm at all.
-    if !module.graphs[gi].ops().any(|op| is_op(&module.graphs[gi], op, "batch_norm")) {
+    if ops_of(rw, &[ops::BATCH_NORM]).is_empty() {
         return Ok(false);
     }
-    let mut changed = dce::eliminate_dead_ops(&mut crate::ir::rewriter::Rewriter::new(module, gi));
-    let g = &mut module.graphs[gi];
+    let mut changed = dce::eliminate_dead_ops(rw);
     for conv in CONVS {
         for with_bias in [true, false] {
-            let bns: Vec<OpId> = g.ops().filter(|&op| is_op(g, op, "batch_norm")).collect();
-            for bn in bns {
-                let Some(Ok(m)) = check(g, bn) else { continue };
-                if m.conv_name != conv || m.bias.is_some() != with_bias {
+            for bn in ops_of(rw, &[ops::BATCH_NORM]) {
+                let Some(Ok(m)) = check(rw, bn) else { continue };
+                if m.conv_kind != conv || m.bias.is_some() != with_bias {
                     continue;
                 }
-                if g.attr(bn, "training").and_then(Attr::as_bool) != Some(true) {
+                if rw.attr(bn, "training").and_then(Attr::as_bool) != Some(true) {
                     warnings.push(
                         Diag::warning(format!(
                             "`{}` is an inference batch_norm (`training = false`); fused for QAT as PT2E does, it becomes a training-mode one",
-                            result_name(g, bn)
+                            result_name(rw, bn)
                         ))
-                        .at(g.op(bn).span, "normalises by batch statistics after the rewrite")
+                        .at(rw.op(bn).span(), "normalises by batch statistics after the rewrite")
                         .note("PT2E's `_fuse_conv_bn_qat` matches with `ignore_literals=True`, whatever the `training` flag")
                         .note("for post-training quantization, fold it with `fuse-conv-bn` (`prepare-pt2e`) instead"),
                     );
                 }
-                let remap = replace(g, &m)?;
-                remap.apply(g);
+                let remap = replace(rw, &m)?;
+                remap.apply(rw);
                 changed = true;
             }
         }
     }
-    for bn in g.op_ids() {
-        if let Some(Err(skip)) = check(g, bn) {
-            warnings.push(skip.warning(g, bn, "fused for QAT with"));
+    for bn in rw.op_ids() {
+        if let Some(Err(skip)) = check(rw, bn) {
+            warnings.push(skip.warning(rw, bn, "fused for QAT with", THE_LAYER));
         }
     }
     Ok(changed)
@@ -180,7 +175,7 @@ fn fuse_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> Res
 struct Match {
     bn: OpId,
     conv: OpId,
-    conv_name: &'static str,
+    conv_kind: OpKind,
     x: ValueId,
     w: ValueId,
     bias: Option<ValueId>,
@@ -191,27 +186,28 @@ struct Match {
 
 /// `None` when `bn` is not a batch norm reading a conv or linear result.
 fn check(g: &Graph, bn: OpId) -> Option<Result<Match, Skip>> {
-    if !g.op(bn).alive || !is_op(g, bn, "batch_norm") {
+    if g.op(bn).kind() != ops::BATCH_NORM {
         return None;
     }
-    let input = *g.op(bn).operands.first()?;
-    let layer = g.producer(input)?;
-    let name = g.op(layer).def().name;
+    let layer = g.producer(g.op(bn).operand(0)?)?;
+    let data = g.op(layer);
     let skip = |reason: String, notes: Vec<&'static str>| {
         Some(Err(notes.into_iter().fold(Skip::new(layer, reason), Skip::note)))
     };
-    if name == "linear" {
+    if data.kind() == ops::LINEAR {
         return skip(
             "PT2E's QAT fusion only rewrites convolutions".into(),
             vec!["the batch_norm stays as it is, and `fold-conv-bn-qat` does not fold it at convert"],
         );
     }
-    let conv_name = CONVS.into_iter().find(|&c| c == name)?;
-    let data = g.op(layer);
-    let (&x, &w) = (data.operands.first()?, data.operands.get(1)?);
-    let bias = data.operands.get(2).copied();
+    let conv_kind = data.kind();
+    if !CONVS.contains(&conv_kind) {
+        return None;
+    }
+    let (x, w) = (data.operand(0)?, data.operand(1)?);
+    let bias = data.operand(2);
     let out = data.result(0)?;
-    if g.uses(out).len() != 1 || g.uses(out)[0].user != User::Op(bn) || g.uses(out)[0].index != 0 {
+    if sole_user(g, out) != Some((bn, 0)) {
         return skip(
             format!("`%{}` has other users besides the batch_norm", g.value_name(out)),
             vec![
@@ -220,7 +216,7 @@ fn check(g: &Graph, bn: OpId) -> Option<Result<Match, Skip>> {
         );
     }
     let groups = g.attr(layer, "groups").and_then(Attr::as_int).unwrap_or(1);
-    if conv_name == "conv_transpose2d" && groups != 1 {
+    if conv_kind == ops::CONV_TRANSPOSE2D && groups != 1 {
         return skip(
             format!("it is a grouped conv_transpose2d (groups = {groups}), whose weight the scale factor does not fit"),
             vec!["PT2E rewrites it anyway, into a graph whose weight scaling fails to broadcast"],
@@ -234,12 +230,11 @@ fn check(g: &Graph, bn: OpId) -> Option<Result<Match, Skip>> {
         );
     }
     let bn_data = g.op(bn);
-    let operand = |i: usize| bn_data.operands.get(i).copied();
-    let (gamma, var) = (operand(1)?, operand(4)?);
+    let (gamma, var) = (bn_data.operand(1)?, bn_data.operand(4)?);
     let dtype = g.value_type(out).dtype;
     let mut values = vec![x, w];
     values.extend(bias);
-    values.extend(bn_data.operands.iter().skip(1));
+    values.extend(bn_data.operands().iter().skip(1));
     if !dtype.is_float() || values.iter().any(|&v| g.value_type(v).dtype != dtype) {
         let types: Vec<String> = values.iter().map(|&v| g.value_type(v).dtype.to_string()).collect();
         return skip(
@@ -250,269 +245,111 @@ fn check(g: &Graph, bn: OpId) -> Option<Result<Match, Skip>> {
             vec!["the rewrite needs them all of one float type"],
         );
     }
-    Some(Ok(Match { bn, conv: layer, conv_name, x, w, bias, gamma, var }))
+    Some(Ok(Match { bn, conv: layer, conv_kind, x, w, bias, gamma, var }))
 }
 
 // ---- rewriting -----------------------------------------------------------------------------
 
 /// Replaces one pair by the QAT graph; returns how references to the old values map.
-fn replace(g: &mut Graph, m: &Match) -> Result<Remap, Diagnostics> {
-    let conv_val = rewrite::result(g, m.conv, 0)?;
-    let bn_val = rewrite::result(g, m.bn, 0)?;
-    let c = g.value_name(conv_val).to_string();
-    let (span, conv_loc) = (g.op(m.conv).span, g.op(m.conv).loc);
-    let at = insertion_point(g, m.bn);
-    let w_ty = g.value_type(m.w).clone();
-    let var_ty = g.value_type(m.var).clone();
+fn replace(rw: &mut Rewriter<'_>, m: &Match) -> Result<Remap, Diagnostics> {
+    let conv_val = only_result(rw, m.conv)?;
+    let c = rw.value_name(conv_val).to_string();
+    let conv_loc = rw.op(m.conv).loc_sym();
+    let w_ty = rw.value_type(m.w).clone();
+    let var_ty = rw.value_type(m.var).clone();
     let dtype = var_ty.dtype;
-    let channels = g.value_type(m.gamma).shape.first().copied().unwrap_or(Dim::Dynamic);
+    let channels = rw.value_type(m.gamma).shape.first().copied().unwrap_or(Dim::Dynamic);
     let rank = w_ty.rank();
-    let transposed = m.conv_name == "conv_transpose2d";
+    let transposed = m.conv_kind == ops::CONV_TRANSPOSE2D;
     // `[-1, 1, …]` (`[1, -1, 1, …]` for a transposed weight) and `[1, -1, 1, …]`.
     let shaped = |axis: usize| {
         let shape: Vec<i64> = (0..rank).map(|i| if i == axis { -1 } else { 1 }).collect();
         let dims = (0..rank).map(|i| if i == axis { channels } else { Dim::Known(1) }).collect();
         (Attr::List(shape.into_iter().map(Attr::Int).collect()), TensorType::new(dtype, dims))
     };
-    let place = |g: &mut Graph, op: OpId| {
-        match at {
-            Some(anchor) => g.insert_before(anchor, op),
-            None => g.append(op),
-        }
-        rewrite::result(g, op, 0)
-    };
+    // The new ops have the conv's span and, being of the replacement pattern's root module, no
+    // location (unless copied below); the conv and batch norm move there too.
+    let at = insertion_point(rw, m.bn);
+    let span = rw.op(m.conv).span();
+    rw.set_insertion_point(at).set_span(span).set_loc(None);
 
-    let op = new_op(
-        g,
-        "add.scalar",
+    let var_eps = rw.build1(
+        ops::ADD_SCALAR,
         &[m.var],
         &[("other", Attr::Float(QAT_EPS))],
-        &[(&format!("{c}_var_eps"), var_ty.clone())],
-        span,
+        &format!("{c}_var_eps"),
+        var_ty.clone(),
     )?;
-    let var_eps = place(g, op)?;
-    let op = new_op(g, "sqrt", &[var_eps], &[], &[(&format!("{c}_running_std"), var_ty.clone())], span)?;
-    let std = place(g, op)?;
-    let op = new_op(g, "div", &[m.gamma, std], &[], &[(&format!("{c}_scale_factor"), var_ty.clone())], span)?;
-    let sf = place(g, op)?;
+    let std = rw.build1(ops::SQRT, &[var_eps], &[], &format!("{c}_running_std"), var_ty.clone())?;
+    let sf = rw.build1(ops::DIV, &[m.gamma, std], &[], &format!("{c}_scale_factor"), var_ty)?;
     let (shape, ty) = shaped(usize::from(transposed));
-    let op = new_op(g, "reshape", &[sf], &[("shape", shape)], &[(&format!("{c}_scale_factor_w"), ty)], span)?;
-    let sf_w = place(g, op)?;
-    let mul = new_op(g, "mul", &[m.w, sf_w], &[], &[(&format!("{c}_scaled_weight"), w_ty)], span)?;
-    let scaled = place(g, mul)?;
+    let sf_w = rw.build1(ops::RESHAPE, &[sf], &[("shape", shape)], &format!("{c}_scale_factor_w"), ty)?;
+    let scaled = rw.build1(ops::MUL, &[m.w, sf_w], &[], &format!("{c}_scaled_weight"), w_ty)?;
     // PT2E: the scaled weight takes the weight's meta dict, completed by the conv's module stack
     // when the weight is a parameter without one (the dict is shared, so the parameter gets it).
-    copy_meta(g, m.w, mul, conv_loc, true);
+    copy_meta(rw, m.w, built_op(rw, scaled)?, conv_loc, true);
     let zero_bias = match m.bias {
         Some(b) => {
-            let op = new_op(g, "zeros_like", &[b], &[], &[(&format!("{c}_zero_bias"), g.value_type(b).clone())], span)?;
-            let zb = place(g, op)?;
-            copy_meta(g, b, op, conv_loc, false);
+            let ty = rw.value_type(b).clone();
+            let zb = rw.build1(ops::ZEROS_LIKE, &[b], &[], &format!("{c}_zero_bias"), ty)?;
+            copy_meta(rw, b, built_op(rw, zb)?, conv_loc, false);
             Some(zb)
         }
         None => None,
     };
-    if let Some(p) = g.producer(m.x).filter(|&p| is_parameter(g, p) && g.op(p).loc.is_none()) {
-        g.op_mut(p).loc = conv_loc;
+    if let Some(p) = rw.producer(m.x).filter(|&p| is_parameter(rw, p) && rw.op(p).loc_sym().is_none()) {
+        rw.update(p).set_loc(conv_loc);
     }
-    let conv = recreate(g, m.conv, at)?;
-    g.set_operand(conv, 1, scaled);
+    rw.move_op(m.conv);
+    rw.update(m.conv).set_operand(1, scaled);
     if let Some(zb) = zero_bias {
-        g.set_operand(conv, 2, zb);
+        rw.update(m.conv).set_operand(2, zb);
     }
-    let new_conv_val = rewrite::result(g, conv, 0)?;
-    let out_ty = g.value_type(new_conv_val).clone();
+    let out_ty = rw.value_type(conv_val).clone();
     let (shape, ty) = shaped(1);
-    let op = new_op(
-        g,
-        "reshape",
-        &[sf],
-        &[("shape", shape.clone())],
-        &[(&format!("{c}_scale_factor_out"), ty.clone())],
-        span,
-    )?;
-    let sf_out = place(g, op)?;
-    let op = new_op(g, "div", &[new_conv_val, sf_out], &[], &[(&format!("{c}_unscaled"), out_ty.clone())], span)?;
-    let mut y = place(g, op)?;
+    let sf_out =
+        rw.build1(ops::RESHAPE, &[sf], &[("shape", shape.clone())], &format!("{c}_scale_factor_out"), ty.clone())?;
+    let mut y = rw.build1(ops::DIV, &[conv_val, sf_out], &[], &format!("{c}_unscaled"), out_ty.clone())?;
     if let Some(b) = m.bias {
-        let op = new_op(g, "reshape", &[b], &[("shape", shape)], &[(&format!("{c}_bias_out"), ty)], span)?;
-        let b_out = place(g, op)?;
-        let op = new_op(g, "add", &[y, b_out], &[], &[(&format!("{c}_with_bias"), out_ty)], span)?;
-        y = place(g, op)?;
+        let b_out = rw.build1(ops::RESHAPE, &[b], &[("shape", shape)], &format!("{c}_bias_out"), ty)?;
+        y = rw.build1(ops::ADD, &[y, b_out], &[], &format!("{c}_with_bias"), out_ty)?;
     }
-    let bn = recreate(g, m.bn, at)?;
-    g.set_operand(bn, 0, y);
+    rw.move_op(m.bn);
     let fields =
         [("eps", Attr::Float(QAT_EPS)), ("momentum", Attr::Float(QAT_MOMENTUM)), ("training", Attr::Bool(true))];
-    let attrs = rewrite::op_attrs(g, g.op(bn).kind, &fields)?;
-    g.op_mut(bn).attrs = attrs;
-    let new_bn_val = rewrite::result(g, bn, 0)?;
+    let attrs = rw.attrs(ops::BATCH_NORM, &fields)?;
+    rw.update(m.bn).set_operand(0, y).set_attrs(attrs);
 
     // PT2E's original → replacement map: the weight → the scaled weight, the bias → the zero
-    // bias, the conv and batch norm → the new ones (the input maps to itself).
+    // bias (the input maps to itself; the conv and batch norm are the same ops, moved).
     let mut remap = Remap::default();
     remap.value(m.w, scaled);
     if let (Some(b), Some(zb)) = (m.bias, zero_bias) {
         remap.value(b, zb);
     }
-    remap.value(conv_val, new_conv_val);
-    remap.value(bn_val, new_bn_val);
-    remap.consumer(m.conv, Consumer::Op(conv));
-    remap.consumer(m.bn, Consumer::Op(bn));
-    // PT2E maps this edge to (new conv → new batch norm), which does not exist.
-    remap.edge(conv_val, m.bn, EdgeOrValue::Edge { value: y, consumer: bn });
+    // PT2E maps this edge to (conv → batch norm), which no longer exists.
+    remap.edge(conv_val, m.bn, EdgeOrValue::Edge { value: y, consumer: m.bn });
     Ok(remap)
 }
 
-/// Where the subgraph rewriter inserts a replacement ending in `bn`: before the first op that
-/// reads the batch norm; at the end when only the function's outputs do; right after the batch
-/// norm when nothing reads it. `None` means at the end.
-pub(super) fn insertion_point(g: &Graph, bn: OpId) -> Option<OpId> {
-    let results: Vec<ValueId> = g.op(bn).results().collect();
-    let mut op = g.next_op(bn);
-    if results.iter().all(|&r| !g.has_uses(r)) {
-        return op;
-    }
-    while let Some(o) = op {
-        if g.op(o).operands.iter().any(|v| results.contains(v)) {
-            return Some(o);
-        }
-        op = g.next_op(o);
-    }
-    None
-}
-
-/// Moves the one-result op `op` before `at` (the end for `None`): a new op with the same name,
-/// operands, attributes, type, location, metadata and annotation, which every reader of `op`'s
-/// result now reads. `op` is erased; the new op is returned.
-pub(super) fn recreate(g: &mut Graph, op: OpId, at: Option<OpId>) -> Result<OpId, Diagnostics> {
-    let old = rewrite::result(g, op, 0)?;
-    let data = g.op(op);
-    let (kind, attrs, span, loc, extra) = (data.kind, data.attrs, data.span, data.loc, data.extra.clone());
-    let operands: Vec<ValueId> = data.operands.to_vec();
-    let name = g.value_name(old).to_string();
-    let ty = g.value_type(old).clone();
-    let make = |g: &mut Graph, name: &str| {
-        let spec = ResultSpec { name, ty: ty.clone(), span };
-        g.create_op(kind, &operands, attrs, vec![spec], span).map_err(|_| internal("a fresh name is taken"))
-    };
-    // The name is only free once `op` is gone, so the move goes through a temporary op.
-    let tmp_name = g.fresh_name(&format!("{name}_moving"));
-    let tmp = make(g, &tmp_name)?;
-    match at {
-        Some(anchor) => g.insert_before(anchor, tmp),
-        None => g.append(tmp),
-    }
-    let tmp_val = rewrite::result(g, tmp, 0)?;
-    g.replace_all_uses(old, tmp_val);
-    g.erase_op(op);
-    let new = make(g, &name)?;
-    g.insert_before(tmp, new);
-    let new_val = rewrite::result(g, new, 0)?;
-    g.replace_all_uses(tmp_val, new_val);
-    g.erase_op(tmp);
-    let data = g.op_mut(new);
-    data.loc = loc;
-    data.extra = extra;
-    Ok(new)
-}
-
 fn is_parameter(g: &Graph, op: OpId) -> bool {
-    is_op(g, op, "weight") || is_op(g, op, "const")
+    g.op(op).kind().has(Traits::CONSTANT)
 }
 
 /// PT2E's `replacement_node.meta = original_node.meta` for the weight and bias: `to` takes the
 /// location, metadata and annotation of the op defining `from`. With `fill`, a parameter (or
 /// graph input) without a location gets `conv_loc`, and so does the parameter op.
-fn copy_meta(g: &mut Graph, from: ValueId, to: OpId, conv_loc: Option<Sym>, fill: bool) {
-    let producer = g.producer(from);
-    let (mut loc, extra) = producer.map_or((None, None), |p| (g.op(p).loc, g.op(p).extra.clone()));
-    let parameter = producer.is_none_or(|p| is_parameter(g, p));
-    if fill && parameter && loc.is_none() {
-        loc = conv_loc;
+fn copy_meta(rw: &mut Rewriter<'_>, from: ValueId, to: OpId, conv_loc: Option<Sym>, fill: bool) {
+    let producer = rw.producer(from);
+    // A graph input has no location or metadata, as `to` has now.
+    if let Some(p) = producer {
+        rw.update(to).copy_metadata_from(p);
+    }
+    let parameter = producer.is_none_or(|p| is_parameter(rw, p));
+    if fill && parameter && rw.op(to).loc_sym().is_none() {
+        rw.update(to).set_loc(conv_loc);
         if let Some(p) = producer {
-            g.op_mut(p).loc = conv_loc;
-        }
-    }
-    let data = g.op_mut(to);
-    data.loc = loc;
-    data.extra = extra;
-}
-
-// ---- annotation references -----------------------------------------------------------------
-
-/// What an edge into a replaced op becomes.
-#[derive(Copy, Clone)]
-pub(super) enum Consumer {
-    /// An edge into the op that replaces it, from the value's replacement (or the value).
-    Op(OpId),
-    /// This value (the op is gone and its readers read the value).
-    Value(ValueId),
-}
-
-/// How `shared(...)`/`derived(...)` references to replaced values and edges are rewritten: a
-/// value by `values`; an edge by `edges`, else by what its consumer became (`consumers`), else
-/// it stays. Edges name the value before any observer or q/dq on them, so they are matched by
-/// consumer rather than by the operand the consumer reads.
-#[derive(Default)]
-pub(super) struct Remap {
-    values: FxHashMap<ValueId, ValueId>,
-    consumers: FxHashMap<OpId, Consumer>,
-    edges: FxHashMap<(ValueId, OpId), EdgeOrValue>,
-}
-
-impl Remap {
-    pub(super) fn value(&mut self, from: ValueId, to: ValueId) {
-        self.values.insert(from, to);
-    }
-
-    pub(super) fn consumer(&mut self, from: OpId, to: Consumer) {
-        self.consumers.insert(from, to);
-    }
-
-    pub(super) fn edge(&mut self, value: ValueId, consumer: OpId, to: EdgeOrValue) {
-        self.edges.insert((value, consumer), to);
-    }
-
-    fn target(&self, t: &EdgeOrValue) -> EdgeOrValue {
-        let value = |v: ValueId| self.values.get(&v).copied().unwrap_or(v);
-        match *t {
-            EdgeOrValue::Value(v) => EdgeOrValue::Value(value(v)),
-            EdgeOrValue::Edge { value: v, consumer } => {
-                match (self.edges.get(&(v, consumer)), self.consumers.get(&consumer)) {
-                    (Some(&to), _) => to,
-                    (None, Some(&Consumer::Op(op))) => EdgeOrValue::Edge { value: value(v), consumer: op },
-                    (None, Some(&Consumer::Value(to))) => EdgeOrValue::Value(to),
-                    // A reader that stays reads the replacement value (the new batch norm's).
-                    (None, None) => EdgeOrValue::Edge { value: value(v), consumer },
-                }
-            }
-        }
-    }
-
-    fn spec(&self, s: &SpecRef) -> SpecRef {
-        match s {
-            SpecRef::Shared(t) => SpecRef::Shared(self.target(t)),
-            SpecRef::Derived { from, spec } => SpecRef::Derived {
-                from: from.iter().map(|t| self.target(t)).collect(),
-                spec: Box::new(self.spec(spec)),
-            },
-            other => other.clone(),
-        }
-    }
-
-    /// Rewrites every annotation of the function.
-    pub(super) fn apply(&self, g: &mut Graph) {
-        for op in g.op_ids() {
-            let Some(a) = g.annotation(op) else { continue };
-            let inputs: Vec<SpecRef> = a.inputs.iter().map(|s| self.spec(s)).collect();
-            let output = a.output.as_ref().map(|s| self.spec(s));
-            if inputs != a.inputs || output != a.output {
-                if let Some(a) = g.extra_mut(op).annotation.as_mut() {
-                    a.inputs = inputs;
-                    a.output = output;
-                }
-            }
+            rw.update(p).set_loc(conv_loc);
         }
     }
 }

@@ -23,7 +23,7 @@
 //! itself, then `conv(%x, %w_dq, %b')` with the conv's attributes, which the batch norm's
 //! readers read; the bias q/dq, when there is one, reads `%b`. Then the weight and bias are
 //! folded as PT2E's `fold_bn_weights_into_conv_node` does, with PyTorch's PTQ arithmetic
-//! (`fuse_conv_bn_weights`, the code of [`fuse_conv_bn`](super::fuse_conv_bn)):
+//! (`fuse_conv_bn_weights`, the code [`fuse`](super::fuse) folds with):
 //! `W' = W · (γ · rsqrt(var + eps))` per output channel, `b' = ((b − mean) · rsqrt) · γ + β`, a
 //! missing bias being zeros — with `rsqrt` and the batch norm's `eps`, not the `sqrt` and
 //! `1e-5` of the training graph, so the weight quantize (which `fold-quantize` evaluates) sees
@@ -97,16 +97,19 @@
 
 use rustc_hash::FxHashSet;
 
-use super::fuse_conv_bn::{
-    add_bias, constant_source, fold, is_op, read, result_name, store, weight_readers, Layer, Readers, Src,
-};
-use super::fuse_conv_bn_qat::{insertion_point, recreate, Consumer, Remap, CONVS};
-use super::rewrite::{self, internal};
-use super::{dce, PassContext, PassDef};
-use crate::diag::{Diag, Diagnostics};
+use super::fold::{fold, Layer};
+use super::params::{add_bias, constant_source, read, store, weight_readers, Readers, Src};
+use super::remap::Remap;
+use super::{built_op, insertion_point, only_result, Skip, CONVS};
+use crate::diag::Diagnostics;
 use crate::ir::attr::Attr;
-use crate::ir::graph::{ResultSpec, User};
+use crate::ir::graph::User;
+use crate::ir::matching::{ops_of, producer_of};
+use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{DType, Graph, Module, OpId, ValueId};
+use crate::ops::{self, OpKind};
+use crate::passes::{dce, PassContext, PassDef};
+use crate::tensor::Tensor;
 
 pub const PASS: PassDef = PassDef {
     name: "fold-conv-bn-qat",
@@ -119,31 +122,34 @@ fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut readers = weight_readers(module);
     let mut changed = false;
     for gi in 0..module.graphs.len() {
-        let g = &module.graphs[gi];
-        if !g.ops().any(|op| is_op(g, op, "batch_norm")) {
-            continue;
-        }
-        for conv_kind in CONVS {
-            let g = &module.graphs[gi];
-            let bns: Vec<OpId> = g.ops().filter(|&op| is_op(g, op, "batch_norm")).collect();
-            for bn in bns {
-                let g = &module.graphs[gi];
-                if !g.op(bn).alive {
-                    continue;
-                }
-                let Some(m) = match_pattern(g, bn).filter(|m| m.conv_kind == conv_kind) else { continue };
-                match plan(module, gi, &readers, &m)? {
-                    Ok(plan) => {
-                        apply(module, gi, &mut readers, &m, plan)?;
-                        changed = true;
-                    }
-                    Err(skip) => cx.warnings.push(skip.warning(&module.graphs[gi], &m)),
-                }
-            }
-        }
-        changed |= dce::eliminate_dead_ops(&mut crate::ir::rewriter::Rewriter::new(module, gi));
+        changed |= fold_graph(&mut Rewriter::new(module, gi), &mut readers, &mut cx.warnings)?;
     }
     Ok(changed)
+}
+
+fn fold_graph(rw: &mut Rewriter<'_>, readers: &mut Readers, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
+    // PT2E returns early, without DCE, when there is no batch norm at all.
+    if ops_of(rw, &[ops::BATCH_NORM]).is_empty() {
+        return Ok(false);
+    }
+    let mut changed = false;
+    for conv_kind in CONVS {
+        for bn in ops_of(rw, &[ops::BATCH_NORM]) {
+            if !rw.op(bn).is_alive() {
+                continue;
+            }
+            let Some(m) = match_pattern(rw, bn).filter(|m| m.conv_kind == conv_kind) else { continue };
+            match plan(rw, readers, &m)? {
+                Ok(plan) => {
+                    apply(rw, readers, &m, plan)?;
+                    changed = true;
+                }
+                Err(skip) => warnings.push(skip.warning(rw, m.bn, "folded into", "the conv it follows")),
+            }
+        }
+    }
+    let swept = dce::eliminate_dead_ops(rw);
+    Ok(changed || swept)
 }
 
 // ---- matching ------------------------------------------------------------------------------
@@ -160,7 +166,7 @@ struct QDq {
 struct Match {
     bn: OpId,
     conv: OpId,
-    conv_kind: &'static str,
+    conv_kind: OpKind,
     /// The conv weight under the scale factor, and the bias (`None`: a conv without bias).
     w: ValueId,
     bias: Option<ValueId>,
@@ -172,27 +178,22 @@ struct Match {
     inner: Vec<OpId>,
 }
 
-/// The op defining `v` when it is a `name`.
-fn def(g: &Graph, v: ValueId, name: &str) -> Option<OpId> {
-    g.producer(v).filter(|&p| is_op(g, p, name))
-}
-
 fn operand(g: &Graph, op: OpId, i: usize) -> Option<ValueId> {
-    g.op(op).operands.get(i).copied()
+    g.op(op).operand(i)
 }
 
 /// `dq(q(v))` of one kind (`per_channel`, or `None` for either): the pair and `v`.
 fn qdq(g: &Graph, v: ValueId, per_channel: Option<bool>) -> Option<(QDq, ValueId, bool)> {
     let kinds = [
-        (false, "quantize_per_tensor", "dequantize_per_tensor"),
-        (true, "quantize_per_channel", "dequantize_per_channel"),
+        (false, ops::QUANTIZE_PER_TENSOR, ops::DEQUANTIZE_PER_TENSOR),
+        (true, ops::QUANTIZE_PER_CHANNEL, ops::DEQUANTIZE_PER_CHANNEL),
     ];
     kinds.into_iter().filter(|(pc, _, _)| per_channel.is_none_or(|want| want == *pc)).find_map(
-        |(pc, q_name, dq_name)| {
-            let dq = def(g, v, dq_name)?;
-            let q = def(g, operand(g, dq, 0)?, q_name)?;
+        |(pc, q_kind, dq_kind)| {
+            let dq = producer_of(g, v, dq_kind)?;
+            let q = producer_of(g, operand(g, dq, 0)?, q_kind)?;
             // `_append_qdq` passes the same scale and zero-point nodes to both ops.
-            if pc && g.op(q).operands[1..] != g.op(dq).operands[1..] {
+            if pc && g.op(q).operands()[1..] != g.op(dq).operands()[1..] {
                 return None;
             }
             Some((QDq { q, dq }, operand(g, q, 0)?, pc))
@@ -207,26 +208,29 @@ fn match_pattern(g: &Graph, bn: OpId) -> Option<Match> {
     let mut inner = Vec::new();
     // y = y + reshape(bias), with bias; y = conv / reshape(scale_factor).
     let bn_in = operand(g, bn, 0)?;
-    let (div_out, bias_reshape) = match g.producer(bn_in) {
-        Some(add) if is_op(g, add, "add") => {
-            let reshape = def(g, operand(g, add, 1)?, "reshape")?;
+    let (div_out, bias_reshape) = match producer_of(g, bn_in, ops::ADD) {
+        Some(add) => {
+            let reshape = producer_of(g, operand(g, add, 1)?, ops::RESHAPE)?;
             inner.extend([add, reshape]);
             (operand(g, add, 0)?, Some(reshape))
         }
-        _ => (bn_in, None),
+        None => (bn_in, None),
     };
-    let div = def(g, div_out, "div")?;
+    let div = producer_of(g, div_out, ops::DIV)?;
     let conv_out = operand(g, div, 0)?;
     let conv = g.producer(conv_out)?;
-    let conv_kind = CONVS.into_iter().find(|&c| is_op(g, conv, c))?;
-    let out_reshape = def(g, operand(g, div, 1)?, "reshape")?;
+    let conv_kind = g.op(conv).kind();
+    if !CONVS.contains(&conv_kind) {
+        return None;
+    }
+    let out_reshape = producer_of(g, operand(g, div, 1)?, ops::RESHAPE)?;
     let sf = operand(g, out_reshape, 0)?;
     inner.extend([div, out_reshape]);
     // The weight: dq(q(mul(w, reshape(scale_factor)))).
     let (weight_qdq, scaled, per_channel) = qdq(g, operand(g, conv, 1)?, None)?;
-    let mul = def(g, scaled, "mul")?;
+    let mul = producer_of(g, scaled, ops::MUL)?;
     let w = operand(g, mul, 0)?;
-    let w_reshape = def(g, operand(g, mul, 1)?, "reshape")?;
+    let w_reshape = producer_of(g, operand(g, mul, 1)?, ops::RESHAPE)?;
     if operand(g, w_reshape, 0)? != sf {
         return None;
     }
@@ -239,7 +243,7 @@ fn match_pattern(g: &Graph, bn: OpId) -> Option<Match> {
                 Some((pair, v, _)) => (Some(pair), v),
                 None => (None, zb),
             };
-            let zeros = def(g, zb, "zeros_like")?;
+            let zeros = producer_of(g, zb, ops::ZEROS_LIKE)?;
             let b = operand(g, zeros, 0)?;
             if operand(g, reshape, 0)? != b {
                 return None;
@@ -251,9 +255,9 @@ fn match_pattern(g: &Graph, bn: OpId) -> Option<Match> {
         _ => return None,
     };
     // scale_factor = bn_weight / sqrt(running_var + eps).
-    let sf_div = def(g, sf, "div")?;
-    let sqrt = def(g, operand(g, sf_div, 1)?, "sqrt")?;
-    let var_eps = def(g, operand(g, sqrt, 0)?, "add.scalar")?;
+    let sf_div = producer_of(g, sf, ops::DIV)?;
+    let sqrt = producer_of(g, operand(g, sf_div, 1)?, ops::SQRT)?;
+    let var_eps = producer_of(g, operand(g, sqrt, 0)?, ops::ADD_SCALAR)?;
     if operand(g, sf_div, 0)? != gamma || operand(g, var_eps, 0)? != var {
         return None;
     }
@@ -272,53 +276,35 @@ fn match_pattern(g: &Graph, bn: OpId) -> Option<Match> {
 
 // ---- planning ------------------------------------------------------------------------------
 
-/// Why a matched graph is not folded.
-struct Skip {
-    reason: String,
-    note: Option<&'static str>,
-}
-
-impl Skip {
-    fn warning(self, g: &Graph, m: &Match) -> Diag {
-        let d = Diag::warning(format!(
-            "`{}` is not folded into `{}`: {}",
-            result_name(g, m.bn),
-            result_name(g, m.conv),
-            self.reason
-        ))
-        .at(g.op(m.bn).span, "this batch_norm stays")
-        .with(g.op(m.conv).span, "the conv it follows");
-        match self.note {
-            Some(n) => d.note(n),
-            None => d,
-        }
-    }
-}
-
 /// What to write: the folded tensors and where the weight and bias come from.
 struct Plan {
     weight_src: Src,
     bias_src: Option<Src>,
-    weight: crate::tensor::Tensor,
-    bias: crate::tensor::Tensor,
+    weight: Tensor,
+    bias: Tensor,
 }
 
-fn plan(module: &Module, gi: usize, readers: &Readers, m: &Match) -> Result<Result<Plan, Skip>, Diagnostics> {
-    let g = &module.graphs[gi];
-    let skip = |reason: String, note: Option<&'static str>| Ok(Err(Skip { reason, note }));
+fn plan(rw: &Rewriter<'_>, readers: &Readers, m: &Match) -> Result<Result<Plan, Skip>, Diagnostics> {
+    let g: &Graph = rw;
+    let skip = |reason: String, note: Option<&'static str>| {
+        Ok(Err(note.into_iter().fold(Skip::new(m.conv, reason), Skip::note)))
+    };
     let source = |v: ValueId, what: &str| {
-        constant_source(g, v).map_err(|how| Skip {
-            reason: format!(
-                "the {what} `%{}` is {how}, and folding needs constants (`weight` or `const`)",
-                g.value_name(v)
-            ),
-            note: Some("PT2E's `fold_bn_weights_into_conv_node` fails on a parameter that is not a `get_attr`"),
+        constant_source(g, v).map_err(|how| {
+            Skip::new(
+                m.conv,
+                format!(
+                    "the {what} `%{}` is {how}, and folding needs constants (`weight` or `const`)",
+                    g.value_name(v)
+                ),
+            )
+            .note("PT2E's `fold_bn_weights_into_conv_node` fails on a parameter that is not a `get_attr`")
         })
     };
     let bn = g.op(m.bn);
     let mut sources = Vec::new();
     for (i, what) in [(1, "batch_norm weight"), (2, "batch_norm bias"), (3, "running mean"), (4, "running variance")] {
-        match source(bn.operands[i], what) {
+        match source(bn.operands()[i], what) {
             Ok(s) => sources.push(s),
             Err(s) => return Ok(Err(s)),
         }
@@ -334,12 +320,13 @@ fn plan(module: &Module, gi: usize, readers: &Readers, m: &Match) -> Result<Resu
     // The weight and bias are rewritten in place, so only this graph may read them.
     let mut allowed = vec![m.mul];
     allowed.extend(m.zero_bias);
-    allowed.extend(m.inner.iter().copied().filter(|&op| is_op(g, op, "reshape")));
+    allowed.extend(m.inner.iter().copied().filter(|&op| g.op(op).kind() == ops::RESHAPE));
     for (src, v, what) in [(Some(&weight_src), m.w, "weight"), (bias_src.as_ref(), m.bias.unwrap_or(m.w), "bias")] {
         let Some(src) = src else { continue };
         let shared_key = match src {
             Src::Weight { op, key } => readers.get(key).into_iter().flatten().any(|&(rg, rop)| {
-                (rg, rop) != (gi, *op) && module.graphs.get(rg).is_some_and(|other| other.op(rop).alive)
+                (rg, rop) != (rw.graph_index(), *op)
+                    && rw.module().graphs.get(rg).is_some_and(|other| other.op(rop).is_alive())
             }),
             Src::Const { .. } => false,
         };
@@ -354,7 +341,7 @@ fn plan(module: &Module, gi: usize, readers: &Readers, m: &Match) -> Result<Resu
     let dtype = g.value_type(m.w).dtype;
     let mut values = vec![m.w];
     values.extend(m.bias);
-    values.extend(bn.operands.iter().skip(1));
+    values.extend(bn.operands().iter().skip(1));
     if !matches!(dtype, DType::F32 | DType::F64) || values.iter().any(|&v| g.value_type(v).dtype != dtype) {
         let types: Vec<String> = values.iter().map(|&v| g.value_type(v).dtype.to_string()).collect();
         return skip(
@@ -366,7 +353,7 @@ fn plan(module: &Module, gi: usize, readers: &Readers, m: &Match) -> Result<Resu
         );
     }
     let layer = match m.conv_kind {
-        "conv_transpose2d" => {
+        ops::CONV_TRANSPOSE2D => {
             let groups = g.attr(m.conv, "groups").and_then(Attr::as_int).and_then(|n| usize::try_from(n).ok());
             Layer::ConvTranspose { groups: groups.filter(|&n| n > 0).unwrap_or(1) }
         }
@@ -375,9 +362,9 @@ fn plan(module: &Module, gi: usize, readers: &Readers, m: &Match) -> Result<Resu
     let Some(eps) = g.attr(m.bn, "eps").and_then(Attr::as_float) else {
         return skip("the batch_norm has no eps".into(), None);
     };
-    let w = read(module, g, &weight_src, m.bn)?;
-    let b = bias_src.as_ref().map(|s| read(module, g, s, m.bn)).transpose()?;
-    let [gamma, beta, mean, var] = [0, 1, 2, 3].map(|i| read(module, g, &sources[i], m.bn));
+    let w = read(rw, &weight_src, m.bn)?;
+    let b = bias_src.as_ref().map(|s| read(rw, s, m.bn)).transpose()?;
+    let [gamma, beta, mean, var] = [0, 1, 2, 3].map(|i| read(rw, &sources[i], m.bn));
     let stats = [gamma?, beta?, mean?, var?];
     match fold(layer, &w, b.as_ref(), &stats, eps) {
         Ok((weight, bias)) => Ok(Ok(Plan { weight_src, bias_src, weight, bias })),
@@ -387,98 +374,90 @@ fn plan(module: &Module, gi: usize, readers: &Readers, m: &Match) -> Result<Resu
 
 // ---- rewriting -----------------------------------------------------------------------------
 
-fn apply(module: &mut Module, gi: usize, readers: &mut Readers, m: &Match, plan: Plan) -> Result<(), Diagnostics> {
-    let g = &mut module.graphs[gi];
-    let at = insertion_point(g, m.bn);
-    let conv_val = rewrite::result(g, m.conv, 0)?;
-    let bn_val = rewrite::result(g, m.bn, 0)?;
-    let (w_q, w_dq) = copy_qdq(g, m.weight_qdq, m.w, at)?;
+fn apply(rw: &mut Rewriter<'_>, readers: &mut Readers, m: &Match, plan: Plan) -> Result<(), Diagnostics> {
+    let conv_val = only_result(rw, m.conv)?;
+    let bn_val = only_result(rw, m.bn)?;
+    let at = insertion_point(rw, m.bn);
+    rw.set_insertion_point(at);
+    let (w_q, w_dq) = copy_qdq(rw, m.weight_qdq, m.w)?;
     let bias_qdq = match (m.bias, m.bias_qdq) {
-        (Some(b), Some(pair)) => Some(copy_qdq(g, pair, b, at)?),
+        (Some(b), Some(pair)) => Some(copy_qdq(rw, pair, b)?),
         _ => None,
     };
-    let conv = recreate(g, m.conv, at)?;
-    let new_conv_val = rewrite::result(g, conv, 0)?;
-    g.set_operand(conv, 1, w_dq);
+    rw.move_op(m.conv);
+    rw.update(m.conv).set_operand(1, w_dq);
     match (bias_qdq, m.bias) {
-        (Some((_, b_dq)), _) => g.set_operand(conv, 2, b_dq),
-        (None, Some(b)) => g.set_operand(conv, 2, b),
+        (Some((_, b_dq)), _) => {
+            rw.update(m.conv).set_operand(2, b_dq);
+        }
+        (None, Some(b)) => {
+            rw.update(m.conv).set_operand(2, b);
+        }
         (None, None) => {}
     }
-    g.replace_all_uses(bn_val, new_conv_val);
+    rw.replace_all_uses(bn_val, conv_val);
 
     // PT2E copies the matched nodes' meta onto their replacements: the weight op gets the scaled
     // weight's, the bias op the zero bias's.
-    let weight_op = g.producer(m.w);
-    let bias_op = m.bias.and_then(|b| g.producer(b));
+    let weight_op = rw.producer(m.w);
+    let bias_op = m.bias.and_then(|b| rw.producer(b));
     for (to, from) in [(weight_op, Some(m.mul)), (bias_op, m.zero_bias)] {
         if let (Some(to), Some(from)) = (to, from) {
-            let (loc, extra) = (g.op(from).loc, g.op(from).extra.clone());
-            let data = g.op_mut(to);
-            data.loc = loc;
-            data.extra = extra;
+            rw.update(to).copy_metadata_from(from);
         }
     }
 
     // References follow the conv's new operands: the scaled weight → the weight, the zero bias →
     // the bias, the old q/dq → the new ones; the batch norm's result → the conv's.
     let mut remap = Remap::default();
-    remap.value(rewrite::result(g, m.mul, 0)?, m.w);
-    remap.value(conv_val, new_conv_val);
-    remap.value(bn_val, new_conv_val);
-    remap.value(rewrite::result(g, m.weight_qdq.q, 0)?, w_q);
-    remap.value(rewrite::result(g, m.weight_qdq.dq, 0)?, w_dq);
+    remap.value(only_result(rw, m.mul)?, m.w);
+    remap.value(bn_val, conv_val);
+    remap.value(only_result(rw, m.weight_qdq.q)?, w_q);
+    remap.value(only_result(rw, m.weight_qdq.dq)?, w_dq);
     if let (Some(b), Some(zb)) = (m.bias, m.zero_bias) {
-        remap.value(rewrite::result(g, zb, 0)?, b);
+        remap.value(only_result(rw, zb)?, b);
     }
     if let (Some(old), Some((q, dq))) = (m.bias_qdq, bias_qdq) {
-        remap.value(rewrite::result(g, old.q, 0)?, q);
-        remap.value(rewrite::result(g, old.dq, 0)?, dq);
+        remap.value(only_result(rw, old.q)?, q);
+        remap.value(only_result(rw, old.dq)?, dq);
     }
-    remap.consumer(m.conv, Consumer::Op(conv));
-    remap.consumer(m.bn, Consumer::Value(new_conv_val));
+    remap.gone(m.bn, conv_val);
 
-    // The batch norm and the training graph go (readers first); the conv already went.
-    g.erase_op(m.bn);
+    // The batch norm and the training graph go (readers first); the conv stays, moved.
+    rw.erase(m.bn);
     for &op in &m.inner {
-        g.erase_op(op);
+        rw.erase(op);
     }
-    remap.apply(g);
+    remap.apply(rw);
 
-    store(module, gi, readers, &plan.weight_src, plan.weight)?;
+    store(rw, readers, &plan.weight_src, plan.weight)?;
     match &plan.bias_src {
-        Some(src) => store(module, gi, readers, src, plan.bias)?,
-        None => add_bias(module, gi, readers, &[conv], &plan.weight_src, plan.bias)?,
+        Some(src) => store(rw, readers, src, plan.bias)?,
+        None => add_bias(rw, readers, &[m.conv], &plan.weight_src, plan.bias)?,
     }
     Ok(())
 }
 
-/// A copy of the quantize/dequantize pair `pair` on `v`, placed before `at`: same kinds,
-/// attributes, qparam operands, location and metadata; named `<v>_q`, `<v>_dq`. Returns the
-/// new quantized and dequantized values.
-fn copy_qdq(g: &mut Graph, pair: QDq, v: ValueId, at: Option<OpId>) -> Result<(ValueId, ValueId), Diagnostics> {
-    let base = g.value_name(v).to_string();
+/// A copy of the quantize/dequantize pair `pair` on `v`, at the insertion point: same kinds,
+/// attributes, qparam operands, span, location and metadata; named `<v>_q`, `<v>_dq`. Returns
+/// the new quantized and dequantized values.
+fn copy_qdq(rw: &mut Rewriter<'_>, pair: QDq, v: ValueId) -> Result<(ValueId, ValueId), Diagnostics> {
+    let base = rw.value_name(v).to_string();
     let mut input = v;
-    let mut out = Vec::with_capacity(2);
-    for (old, suffix) in [(pair.q, "q"), (pair.dq, "dq")] {
-        let data = g.op(old);
-        let (kind, attrs, span, loc, extra) = (data.kind, data.attrs, data.span, data.loc, data.extra.clone());
-        let mut operands: Vec<ValueId> = data.operands.to_vec();
-        operands[0] = input;
-        let ty = g.value_type(rewrite::result(g, old, 0)?).clone();
-        let name = g.fresh_name(&format!("{base}_{suffix}"));
-        let spec = ResultSpec { name: &name, ty, span };
-        let op =
-            g.create_op(kind, &operands, attrs, vec![spec], span).map_err(|_| internal("a fresh name is taken"))?;
-        match at {
-            Some(anchor) => g.insert_before(anchor, op),
-            None => g.append(op),
+    let mut out = [v; 2];
+    for (slot, (old, suffix)) in out.iter_mut().zip([(pair.q, "q"), (pair.dq, "dq")]) {
+        let data = rw.op(old);
+        let (kind, attrs, span) = (data.kind(), data.attrs_id(), data.span());
+        let mut operands: Vec<ValueId> = data.operands().to_vec();
+        if let Some(first) = operands.first_mut() {
+            *first = input;
         }
-        let data = g.op_mut(op);
-        data.loc = loc;
-        data.extra = extra;
-        input = rewrite::result(g, op, 0)?;
-        out.push(input);
+        let ty = rw.value_type(only_result(rw, old)?).clone();
+        rw.set_span(span);
+        let results = rw.build_with_attrs(kind, &operands, attrs, &[(&format!("{base}_{suffix}"), ty)])?;
+        input = *results.first().ok_or_else(|| internal("a q/dq copy without a result"))?;
+        rw.update(built_op(rw, input)?).copy_metadata_from(old);
+        *slot = input;
     }
     Ok((out[0], out[1]))
 }
@@ -550,7 +529,7 @@ mod tests {
   }}
 }}"#
         );
-        let (w_ptq, b_ptq) = folded(&eval, &super::super::fuse_conv_bn::PASS);
+        let (w_ptq, b_ptq) = folded(&eval, &super::super::fuse::PASS);
         let (w_qat, b_qat) = folded(&qat, &PASS);
         assert!(w_ptq.bit_eq(&w_qat), "weights differ:\n{w_ptq:?}\n{w_qat:?}");
         assert!(b_ptq.bit_eq(&b_qat), "biases differ:\n{b_ptq:?}\n{b_qat:?}");
