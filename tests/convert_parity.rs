@@ -39,11 +39,11 @@ use qc::interp::io::read_tensors;
 use qc::interp::{bind_inputs, eval_op, run_graph, RunOptions};
 use qc::ir::attr::Attr;
 use qc::ir::graph::User;
+use qc::ir::matching::{producer_of, producer_with};
 use qc::ir::{Graph, Module, OpId, ValueId};
+use qc::ops::{self, Traits};
 use qc::passes::manager::Instrumentation;
 use qc::passes::registry::{expand, find};
-use qc::ir::matching::{producer_of, producer_with};
-use qc::ops::{self, Traits};
 use qc::passes::PassContext;
 use qc::tensor::Tensor;
 
@@ -105,10 +105,10 @@ fn pt2e_quantizes(converted: &Json) -> BTreeMap<String, Vec<Quantize>> {
 /// The float value a quantize op quantizes: its input, through any dequantize → quantize
 /// chain (a requantization quantizes the same value twice, as PT2E records it).
 fn quantized_value(g: &Graph, q: OpId) -> ValueId {
-    let mut v = g.op(q).operands[0];
+    let mut v = g.op(q).operands()[0];
     while let Some(dq) = producer_with(g, v, Traits::DEQUANTIZE) {
         match producer_with(g, g.op(dq).operands()[0], Traits::QUANTIZE) {
-            Some(inner) => v = g.op(inner).operands[0],
+            Some(inner) => v = g.op(inner).operands()[0],
             None => break,
         }
     }
@@ -128,8 +128,8 @@ fn qc_quantizes(module: &Module) -> BTreeMap<String, Vec<(OpId, Quantize)>> {
         let int = |name: &str| g.attr(q, name).and_then(Attr::as_int).expect("integer attribute");
         let per_channel = g.op(q).def().name == "quantize_per_channel";
         let (scale_bits, zero_point) = if per_channel {
-            let scales = tensor_of(module, g, g.op(q).operands[1]).to_f64_array();
-            let zps = tensor_of(module, g, g.op(q).operands[2]).to_f64_array();
+            let scales = tensor_of(module, g, g.op(q).operands()[1]).to_f64_array();
+            let zps = tensor_of(module, g, g.op(q).operands()[2]).to_f64_array();
             (scales.iter().map(|&s| (s as f32).to_bits()).collect(), zps.iter().map(|&z| z as i64).collect())
         } else {
             let scale = g.attr(q, "scale").and_then(Attr::as_float).expect("a scale");
@@ -238,10 +238,8 @@ fn check_model(dir: &Path) -> Outcome {
         o.failures.push(format!("`{value}` is quantized by qc, not by PT2E"));
     }
     let g = &folded.graphs[0];
-    o.dq = (
-        g.ops().filter(|&op| g.op(op).kind().has(Traits::DEQUANTIZE)).count(),
-        converted.get("num_dq").int() as usize,
-    );
+    o.dq =
+        (g.ops().filter(|&op| g.op(op).kind().has(Traits::DEQUANTIZE)).count(), converted.get("num_dq").int() as usize);
     if o.dq.0 != o.dq.1 {
         o.failures.push(format!("{} dequantize ops in qc, {} in PT2E", o.dq.0, o.dq.1));
     }

@@ -207,7 +207,7 @@ struct QcObserver {
 
 fn qc_observers(g: &Graph) -> Vec<QcObserver> {
     g.ops()
-        .filter(|&op| g.op(op).def().name == "observer")
+        .filter(|&op| g.op(op).kind() == qc::ops::OBSERVER)
         .map(|op| {
             let data = g.op(op);
             let name = g.value_name(data.result(0).expect("observer result")).to_string();
@@ -215,7 +215,7 @@ fn qc_observers(g: &Graph) -> Vec<QcObserver> {
             QcObserver {
                 op,
                 name,
-                observes: pt2e_name(g.value_name(data.operands[0])),
+                observes: pt2e_name(g.value_name(data.operands()[0])),
                 instance: g.attr(op, "instance").and_then(Attr::as_int).unwrap_or(0),
                 config,
             }
@@ -233,7 +233,7 @@ fn qc_seen(module: &Module, calib: &Path) -> BTreeMap<OpId, Vec<(u32, u32, u32)>
     while let Some(batch) = data.next_batch() {
         let bound = bind_inputs(g, batch.expect("a batch")).expect("batch matches the graph");
         let mut hook = |op: OpId, operands: &[&Tensor]| -> Result<Option<Tensor>, String> {
-            if module.graphs[0].op(op).def().name != "observer" {
+            if module.graphs[0].op(op).kind() != qc::ops::OBSERVER {
                 return Ok(None);
             }
             let t = operands[0];
@@ -425,7 +425,7 @@ fn check_model(dir: &Path) -> Outcome {
                 .max()
                 .unwrap_or(0);
             let producer = g
-                .producer(g.op(q.op).operands[0])
+                .producer(g.op(q.op).operands()[0])
                 .map_or("a graph input".to_string(), |op| format!("`{}`", g.op(op).def().name));
             let scale_ulps = ours.scale.first().map_or(0, |s| ulps(s.to_bits(), p.scale_bits[0]));
             notes.push(format!(

@@ -245,7 +245,7 @@ fn converting_a_trained_model_freezes_pt2e_int_weights() {
                 .unwrap_or_else(|| panic!("{}: `%{key}` is not quantized", dir.display()));
             let operands: Vec<Tensor> = g
                 .op(quantize)
-                .operands
+                .operands()
                 .iter()
                 .map(|&v| {
                     let p = g.producer(v).expect("constant operand");

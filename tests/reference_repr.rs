@@ -71,13 +71,13 @@ fn ints(t: &Tensor) -> Vec<i64> {
 fn groups(qdq: &Graph, reference: &Graph) -> (Vec<String>, Vec<String>) {
     let (mut rewritten, mut left) = (Vec::new(), Vec::new());
     for q in qdq.ops().filter(|&op| qdq.op(op).def().name == "quantize_per_tensor") {
-        let Some(mut op) = qdq.producer(qdq.op(q).operands[0]) else { continue };
+        let Some(mut op) = qdq.producer(qdq.op(q).operands()[0]) else { continue };
         if qdq.op(op).def().name == "relu" {
-            let Some(x) = qdq.producer(qdq.op(op).operands[0]) else { continue };
+            let Some(x) = qdq.producer(qdq.op(op).operands()[0]) else { continue };
             op = x;
         }
         let dequantized = |v| qdq.producer(v).is_some_and(|p| qdq.op(p).def().name == "dequantize_per_tensor");
-        let reads_dequantize = qdq.op(op).operands.iter().any(|&v| dequantized(v));
+        let reads_dequantize = qdq.op(op).operands().iter().any(|&v| dequantized(v));
         if !reads_dequantize {
             continue;
         }
@@ -109,7 +109,7 @@ fn teacher_forced(
     for op in g.ops() {
         let operands: Vec<Arc<Tensor>> = g
             .op(op)
-            .operands
+            .operands()
             .iter()
             .map(|&v| {
                 let name = g.value_name(v);

@@ -46,7 +46,7 @@ fn every_example_runs() {
         let module = example(name);
         let outputs = run(&module);
         let graph = &module.graphs[0];
-        for ((_, t), &declared) in outputs.iter().zip(&graph.output_types) {
+        for ((_, t), &declared) in outputs.iter().zip(graph.output_types()) {
             let ty = graph.type_of(declared);
             assert_eq!(t.shape(), ty.static_shape().unwrap().as_slice(), "{name}");
             assert!(t.to_f64_array().iter().all(|v| v.is_finite()), "{name}: non-finite output");

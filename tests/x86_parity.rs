@@ -194,7 +194,7 @@ fn qc_annotation(module: &Module, g: &Graph, name: &str) -> Described {
     let value = g.value_by_name(name).unwrap_or_else(|| panic!("no value %{name} in the QIR"));
     let op = g.producer(value).unwrap_or_else(|| panic!("%{name} is not an op result"));
     let a = g.annotation(op)?;
-    let operands = &g.op(op).operands;
+    let operands = &g.op(op).operands();
     let mut inputs = BTreeMap::new();
     for (i, spec) in a.inputs.iter().enumerate() {
         if let Some(d) = describe_spec_ref(module, g, spec) {
@@ -253,10 +253,10 @@ fn qc_observers(g: &Graph) -> BTreeMap<String, ObserverRecord> {
     observers
         .iter()
         .map(|&op| {
-            let observed = g.op(op).operands[0];
+            let observed = g.op(op).operands()[0];
             let mut value = observed;
             while is_observer(value) {
-                value = g.op(g.producer(value).unwrap()).operands[0];
+                value = g.op(g.producer(value).unwrap()).operands()[0];
             }
             let result = g.op(op).result(0).unwrap();
             let mut users: Vec<String> = g

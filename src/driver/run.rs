@@ -91,8 +91,8 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
     let module = crate::syntax::parse_module(&source, Some(&dir)).map_err(|d| report(&d))?;
     let graph = match &args.func {
         None => module.graphs.first().ok_or_else(|| Failure::Message("the module has no functions".into()))?,
-        Some(f) => module.graphs.iter().find(|g| &g.name == f).ok_or_else(|| {
-            let names: Vec<&str> = module.graphs.iter().map(|g| g.name.as_str()).collect();
+        Some(f) => module.graphs.iter().find(|g| g.name() == f).ok_or_else(|| {
+            let names: Vec<&str> = module.graphs.iter().map(|g| g.name()).collect();
             Failure::Usage(format!("no function `@{f}`; {}", diag::suggest(f, names.iter().copied())))
         })?,
     };

@@ -70,8 +70,8 @@ pub fn bind_inputs(graph: &Graph, mut inputs: FxHashMap<String, Tensor>) -> Resu
     let is_input = |name: &str| graph.inputs().iter().any(|&v| graph.value_name(v) == name);
     if let Some(extra) = inputs.keys().filter(|k| !is_input(k)).min() {
         let names: Vec<&str> = graph.inputs().iter().map(|&v| graph.value_name(v)).collect();
-        let declared = graph.inputs().iter().map(|&v| graph.value(v).span).reduce(Span::to).unwrap_or(graph.span);
-        return Err(Diag::error(format!("`@{}` has no input named `{extra}`", graph.name))
+        let declared = graph.inputs().iter().map(|&v| graph.value(v).span()).reduce(Span::to).unwrap_or(graph.span());
+        return Err(Diag::error(format!("`@{}` has no input named `{extra}`", graph.name()))
             .at(declared, "the inputs are declared here")
             .suggest(extra, names.iter().copied())
             .note(format!("its inputs: {}", names.iter().map(|n| format!("%{n}")).collect::<Vec<_>>().join(", "))));
@@ -81,12 +81,12 @@ pub fn bind_inputs(graph: &Graph, mut inputs: FxHashMap<String, Tensor>) -> Resu
         let name = graph.value_name(v);
         let ty = graph.value_type(v);
         let Some(t) = inputs.remove(name) else {
-            return Err(Diag::error(format!("no data for input `%{name}` of `@{}`", graph.name))
-                .at(graph.value(v).span, format!("expects {ty}"))
+            return Err(Diag::error(format!("no data for input `%{name}` of `@{}`", graph.name()))
+                .at(graph.value(v).span(), format!("expects {ty}"))
                 .help(format!("pass it with `--input {name}=FILE.npy`")));
         };
         check_input(ty, &t).map_err(|m| {
-            Diag::error(format!("input `%{name}`: {m}")).at(graph.value(v).span, format!("declared {ty}"))
+            Diag::error(format!("input `%{name}`: {m}")).at(graph.value(v).span(), format!("declared {ty}"))
         })?;
         bound.push(t);
     }
@@ -125,8 +125,8 @@ pub fn run_graph(
         let data = graph.op(op);
         let def = data.def();
         operand_refs.clear();
-        for &v in &data.operands {
-            let t = values.get(&v).ok_or_else(|| internal(data.span, "an operand has no value"))?;
+        for &v in data.operands() {
+            let t = values.get(&v).ok_or_else(|| internal(data.span(), "an operand has no value"))?;
             operand_refs.push(Arc::clone(t));
         }
         let operands: Vec<&Tensor> = operand_refs.iter().map(|t| &**t).collect();
@@ -134,7 +134,7 @@ pub fn run_graph(
         if def.has(Traits::STATEFUL) {
             if let Some(hook) = hook.as_mut() {
                 replaced = hook(op, &operands)
-                    .map_err(|m| Diag::error(m).at(data.span, format!("in this {}", def.name.replace('_', " "))))?;
+                    .map_err(|m| Diag::error(m).at(data.span(), format!("in this {}", def.name.replace('_', " "))))?;
             }
         }
         let results = match (replaced, shared_result(module, graph, op, &operand_refs)?) {
@@ -150,7 +150,7 @@ pub fn run_graph(
         }
         drop(operands);
         operand_refs.clear();
-        for &v in &data.operands {
+        for &v in data.operands() {
             if last_use.get(&v) == Some(&position) {
                 values.remove(&v);
             }
@@ -160,7 +160,7 @@ pub fn run_graph(
         .outputs()
         .iter()
         .map(|&v| {
-            let t = values.get(&v).ok_or_else(|| internal(graph.output_span, "an output has no value"))?;
+            let t = values.get(&v).ok_or_else(|| internal(graph.output_span(), "an output has no value"))?;
             Ok((graph.value_name(v).to_string(), Arc::clone(t)))
         })
         .collect::<Result<_, Diag>>()?;
@@ -176,19 +176,19 @@ pub fn eval_op(module: &Module, graph: &Graph, op: OpId, operands: &[&Tensor]) -
     let cx = KernelCx {
         def,
         inputs: operands,
-        attrs: graph.attrs_of(data.attrs),
+        attrs: graph.attrs_of(data.attrs_id()),
         result_types: &result_types,
         weights: module.weights(),
     };
     let kernel =
-        kernels::kernel(data.kind).ok_or_else(|| internal(data.span, &format!("`{}` has no kernel", def.name)))?;
+        kernels::kernel(data.kind()).ok_or_else(|| internal(data.span(), &format!("`{}` has no kernel", def.name)))?;
     let results = kernel(&cx).map_err(|m| {
         let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);
-        Diag::error(format!("`%{name} = {}` failed: {m}", def.name)).at(data.span, "while running this op")
+        Diag::error(format!("`%{name} = {}` failed: {m}", def.name)).at(data.span(), "while running this op")
     })?;
     for (t, ty) in results.iter().zip(&result_types) {
         check_input(ty, t)
-            .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
+            .map_err(|m| internal(data.span(), &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
     }
     Ok(results)
 }
@@ -205,7 +205,7 @@ fn check_result_memory(graph: &Graph, op: OpId, operands: &[&Tensor], declared: 
         .map(|t| TensorType::fixed(t.dtype(), &t.shape().iter().map(|&d| d as u64).collect::<Vec<_>>()))
         .collect();
     let actual: Vec<&TensorType> = actual.iter().collect();
-    let Ok(results) = def.infer(&actual, graph.attrs_of(data.attrs), declared) else { return Ok(()) };
+    let Ok(results) = def.infer(&actual, graph.attrs_of(data.attrs_id()), declared) else { return Ok(()) };
     let mut total = Some(0u64);
     let mut sized = Vec::with_capacity(results.len());
     for ty in &results {
@@ -216,7 +216,7 @@ fn check_result_memory(graph: &Graph, op: OpId, operands: &[&Tensor], declared: 
     memory::check(total, || format!("its result {}", sized.join(", "))).map_err(|m| {
         let name = data.result(0).map(|r| graph.value_name(r)).unwrap_or(def.name);
         Diag::error(format!("`%{name} = {}` cannot run: {m}", def.name))
-            .at(data.span, "this op")
+            .at(data.span(), "this op")
             .help("raise the budget with `--max-memory SIZE` (default: 3/4 of physical memory), or use smaller shapes")
     })
 }
@@ -235,19 +235,19 @@ fn shared_result(
     let (Some(r), 1) = (data.result(0), data.results().count()) else { return Ok(None) };
     let t = match operands {
         [] if data.kind() == ops::WEIGHT => {
-            let attrs = graph.attrs_of(data.attrs);
+            let attrs = graph.attrs_of(data.attrs_id());
             let key = def.attr_index("key").and_then(|i| attrs.get(i)?.as_ref()).and_then(|a| a.as_str());
             let Some(key) = key else { return Ok(None) };
             module.weights().shared(key, weight_layout(graph, r)).map_err(|m| {
                 Diag::error(format!("`%{} = weight` failed: {m}", graph.value_name(r)))
-                    .at(data.span, "while running this op")
+                    .at(data.span(), "while running this op")
             })?
         }
         [x] if def.has(Traits::ALIASES_INPUT) => Arc::clone(x),
         _ => return Ok(None),
     };
     check_input(graph.value_type(r), &t)
-        .map_err(|m| internal(data.span, &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
+        .map_err(|m| internal(data.span(), &format!("result of `{}` disagrees with its type: {m}", def.name)))?;
     Ok(Some(t))
 }
 
@@ -276,7 +276,7 @@ fn last_uses(graph: &Graph) -> FxHashMap<ValueId, usize> {
     let mut last = FxHashMap::default();
     let outputs: std::collections::HashSet<ValueId> = graph.outputs().iter().copied().collect();
     for (position, op) in graph.ops().enumerate() {
-        for &v in &graph.op(op).operands {
+        for &v in graph.op(op).operands() {
             if !outputs.contains(&v) && !graph.uses(v).iter().any(|u| u.user == User::Output) {
                 last.insert(v, position);
             }

@@ -91,7 +91,7 @@ impl StrInterner {
     }
 
     /// Makes room for `additional` more interned strings.
-    pub fn reserve(&mut self, additional: usize) {
+    pub(super) fn reserve(&mut self, additional: usize) {
         self.ends.reserve(additional);
         let (text, ends) = (&self.text, &self.ends);
         self.table.reserve(additional, |sym| fx_hash(slice(text, ends, sym)));
@@ -141,11 +141,11 @@ pub type UseList = SmallVec<[Use; 2]>;
 /// An SSA value.
 #[derive(Clone, Debug)]
 pub struct ValueData {
-    pub name: Sym,
-    pub ty: TypeId,
-    pub def: ValueDef,
-    pub uses: UseList,
-    pub span: Span,
+    pub(super) name: Sym,
+    pub(super) ty: TypeId,
+    pub(super) def: ValueDef,
+    pub(super) uses: UseList,
+    pub(super) span: Span,
 }
 
 /// Optional per-op data that most ops lack, boxed so common ops stay small.
@@ -160,21 +160,21 @@ pub struct OpExtra {
 /// An operation.
 #[derive(Clone, Debug)]
 pub struct OpData {
-    pub kind: OpKind,
-    pub operands: SmallVec<[ValueId; 3]>,
+    pub(super) kind: OpKind,
+    pub(super) operands: SmallVec<[ValueId; 3]>,
     /// Results are allocated contiguously: `first_result .. first_result + num_results`.
     first_result: ValueId,
     /// At most 255 (the registry's ops have one or two); a byte keeps `OpData` at 64 bytes.
     num_results: u8,
-    pub attrs: AttrsId,
+    pub(super) attrs: AttrsId,
     /// The module path this op came from (`loc("layer1.0.conv1")`).
-    pub loc: Option<Sym>,
-    pub extra: Option<Box<OpExtra>>,
+    pub(super) loc: Option<Sym>,
+    pub(super) extra: Option<Box<OpExtra>>,
     /// Where the op was written; passes give new ops the span of the op they replace.
-    pub span: Span,
+    pub(super) span: Span,
     prev: Option<OpId>,
     next: Option<OpId>,
-    pub alive: bool,
+    pub(super) alive: bool,
 }
 
 impl OpData {
@@ -265,8 +265,8 @@ pub struct ResultSpec<'a> {
 /// A graph (function): typed inputs, ops in program order, returned values.
 #[derive(Clone, Default)]
 pub struct Graph {
-    pub name: String,
-    pub span: Span,
+    pub(super) name: String,
+    pub(super) span: Span,
     ops: Arena<OpId, OpData>,
     values: Arena<ValueId, ValueData>,
     first: Option<OpId>,
@@ -275,11 +275,11 @@ pub struct Graph {
     inputs: Vec<ValueId>,
     outputs: Vec<ValueId>,
     /// Declared output types of the signature.
-    pub output_types: Vec<TypeId>,
-    pub output_span: Span,
+    pub(super) output_types: Vec<TypeId>,
+    pub(super) output_span: Span,
     /// Live values, found by the hash of their name.
     names: HashIndex<ValueId>,
-    pub strings: StrInterner,
+    pub(super) strings: StrInterner,
     types: Interner<TypeId, TensorType>,
     attr_sets: Interner<AttrsId, Attrs>,
 }
@@ -287,6 +287,31 @@ pub struct Graph {
 impl Graph {
     pub fn new(name: &str) -> Graph {
         Graph { name: name.to_string(), ..Graph::default() }
+    }
+
+    /// The function's name (`@name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the whole function was written.
+    pub fn span(&self) -> Span {
+        self.span
+    }
+
+    /// The declared result types of the signature.
+    pub fn output_types(&self) -> &[TypeId] {
+        &self.output_types
+    }
+
+    /// Where the result types (or the `return`) were written.
+    pub fn output_span(&self) -> Span {
+        self.output_span
+    }
+
+    /// The interned strings: locations and value names.
+    pub fn strings(&self) -> &StrInterner {
+        &self.strings
     }
 
     /// Makes room for `ops` more ops and `values` more values (inputs and results). A builder
@@ -304,7 +329,7 @@ impl Graph {
 
     /// Makes room for `bytes` more bytes of value names and locations: a builder that knows
     /// them up front spares the string buffer its regrowth (each one copies every string).
-    pub fn reserve_text(&mut self, bytes: usize) {
+    pub(super) fn reserve_text(&mut self, bytes: usize) {
         self.strings.reserve_stored(0, bytes);
     }
 
@@ -317,7 +342,7 @@ impl Graph {
 
     // ---- interning -------------------------------------------------------------------------
 
-    pub fn intern_type(&mut self, ty: TensorType) -> TypeId {
+    pub(super) fn intern_type(&mut self, ty: TensorType) -> TypeId {
         self.types.intern(ty)
     }
 
@@ -325,7 +350,7 @@ impl Graph {
         &self.types[id]
     }
 
-    pub fn intern_attrs(&mut self, attrs: Attrs) -> AttrsId {
+    pub(super) fn intern_attrs(&mut self, attrs: Attrs) -> AttrsId {
         self.attr_sets.intern(attrs)
     }
 
@@ -412,7 +437,7 @@ impl Graph {
         id
     }
 
-    pub fn add_input(&mut self, name: &str, ty: TensorType, span: Span) -> Result<ValueId, ValueId> {
+    pub(super) fn add_input(&mut self, name: &str, ty: TensorType, span: Span) -> Result<ValueId, ValueId> {
         let index = self.inputs.len() as u32;
         let id = self.new_value(name, ty, ValueDef::Input(index), span)?;
         self.inputs.push(id);
@@ -427,7 +452,7 @@ impl Graph {
         &self.outputs
     }
 
-    pub fn set_outputs(&mut self, outputs: Vec<ValueId>) {
+    pub(super) fn set_outputs(&mut self, outputs: Vec<ValueId>) {
         for (i, v) in std::mem::take(&mut self.outputs).into_iter().enumerate() {
             self.remove_use(v, Use { user: User::Output, index: i as u32 });
         }
@@ -445,10 +470,6 @@ impl Graph {
 
     pub fn op(&self, op: OpId) -> &OpData {
         &self.ops[op]
-    }
-
-    pub fn op_mut(&mut self, op: OpId) -> &mut OpData {
-        &mut self.ops[op]
     }
 
     /// The attribute `name` of `op` (its default when omitted in the text).
@@ -470,7 +491,7 @@ impl Graph {
         self.ops[op].extra.as_ref().map(|e| &e.meta).filter(|m| !m.is_empty())
     }
 
-    pub fn extra_mut(&mut self, op: OpId) -> &mut OpExtra {
+    pub(super) fn extra_mut(&mut self, op: OpId) -> &mut OpExtra {
         self.ops[op].extra.get_or_insert_with(Default::default)
     }
 
@@ -520,7 +541,7 @@ impl Graph {
     ///
     /// # Panics
     /// With more than 255 results.
-    pub fn create_op(
+    pub(super) fn create_op(
         &mut self,
         kind: OpKind,
         operands: &[ValueId],
@@ -573,7 +594,7 @@ impl Graph {
     }
 
     /// Links an unlinked op at the end of the program order.
-    pub fn append(&mut self, op: OpId) {
+    pub(super) fn append(&mut self, op: OpId) {
         self.ops[op].prev = self.last;
         self.ops[op].next = None;
         match self.last {
@@ -584,7 +605,7 @@ impl Graph {
     }
 
     /// Links an unlinked op right before `anchor`.
-    pub fn insert_before(&mut self, anchor: OpId, op: OpId) {
+    pub(super) fn insert_before(&mut self, anchor: OpId, op: OpId) {
         let prev = self.ops[anchor].prev;
         self.ops[op].prev = prev;
         self.ops[op].next = Some(anchor);
@@ -596,21 +617,10 @@ impl Graph {
     }
 
     /// Links an unlinked op right after `anchor`.
-    pub fn insert_after(&mut self, anchor: OpId, op: OpId) {
+    pub(super) fn insert_after(&mut self, anchor: OpId, op: OpId) {
         match self.ops[anchor].next {
             Some(next) => self.insert_before(next, op),
             None => self.append(op),
-        }
-    }
-
-    /// Links an unlinked op right after the definition of `v` (at the top for graph inputs).
-    pub fn insert_after_def(&mut self, v: ValueId, op: OpId) {
-        match self.producer(v) {
-            Some(def) => self.insert_after(def, op),
-            None => match self.first {
-                Some(first) => self.insert_before(first, op),
-                None => self.append(op),
-            },
         }
     }
 
@@ -639,7 +649,7 @@ impl Graph {
 
     /// Erases an op whose results are unused: drops its uses of its operands, unlinks it and
     /// frees its result names.
-    pub fn erase_op(&mut self, op: OpId) {
+    pub(super) fn erase_op(&mut self, op: OpId) {
         debug_assert!(self.ops[op].results().all(|r| self.values[r].uses.is_empty()));
         let operands = std::mem::take(&mut self.ops[op].operands);
         for (i, &v) in operands.iter().enumerate() {
@@ -662,7 +672,7 @@ impl Graph {
     }
 
     /// Sets operand `index` of `op` to `v`, keeping use lists exact.
-    pub fn set_operand(&mut self, op: OpId, index: usize, v: ValueId) {
+    pub(super) fn set_operand(&mut self, op: OpId, index: usize, v: ValueId) {
         let old = self.ops[op].operands[index];
         let u = Use { user: User::Op(op), index: index as u32 };
         self.remove_use(old, u);
@@ -673,7 +683,7 @@ impl Graph {
     /// [`Graph::set_operand`] for many operands at once: each `(op, index, value)` in order. One
     /// pass over each old value's uses in all, where one `set_operand` at a time searches the
     /// use list each time (quadratic in a value's readers).
-    pub fn set_operands(&mut self, changes: &[(OpId, usize, ValueId)]) {
+    pub(super) fn set_operands(&mut self, changes: &[(OpId, usize, ValueId)]) {
         let mut removed: rustc_hash::FxHashSet<(ValueId, Use)> = rustc_hash::FxHashSet::default();
         for &(op, index, v) in changes {
             let u = Use { user: User::Op(op), index: index as u32 };
@@ -691,7 +701,7 @@ impl Graph {
 
     /// Rewrites `op` in place as another kind with new operands and attributes; its results
     /// (names and types), location, metadata and position stay.
-    pub fn rewrite_op(&mut self, op: OpId, kind: OpKind, operands: &[ValueId], attrs: AttrsId) {
+    pub(super) fn rewrite_op(&mut self, op: OpId, kind: OpKind, operands: &[ValueId], attrs: AttrsId) {
         let old = std::mem::take(&mut self.ops[op].operands);
         for (i, &v) in old.iter().enumerate() {
             self.remove_use(v, Use { user: User::Op(op), index: i as u32 });
@@ -706,7 +716,7 @@ impl Graph {
     }
 
     /// Redirects every use of `from` to `to`.
-    pub fn replace_all_uses(&mut self, from: ValueId, to: ValueId) {
+    pub(super) fn replace_all_uses(&mut self, from: ValueId, to: ValueId) {
         if from == to {
             return;
         }

@@ -124,7 +124,9 @@ fn convert_graph(module: &mut Module, gi: usize, warnings: &mut Diagnostics) -> 
     for &op in &observers {
         match plan(g, op, &instances, &qparams) {
             Ok(p) => plans.push((op, p)),
-            Err(m) => errors.push(Diag::error(format!("cannot convert this observer: {m}")).at(g.op(op).span, "here")),
+            Err(m) => {
+                errors.push(Diag::error(format!("cannot convert this observer: {m}")).at(g.op(op).span(), "here"))
+            }
         }
     }
     if !errors.is_empty() {
@@ -186,7 +188,7 @@ fn instance_qparams(
     let calibrated = computed.iter().enumerate().any(|(i, c)| needs_data(i) && matches!(c, Some((true, _))));
     let mut out = Vec::with_capacity(instances.list.len());
     for ((i, inst), q) in instances.list.iter().enumerate().zip(computed) {
-        let span = g.op(inst.first).span;
+        let span = g.op(inst.first).span();
         let Some((initialized, q)) = q else {
             out.push(None);
             continue;

@@ -59,7 +59,7 @@ pub fn collect(g: &Graph) -> Result<Instances, Diagnostics> {
 pub fn stored_state(g: &Graph, inst: &Instance) -> Result<ObserverState, Diag> {
     match g.attr(inst.first, "stats").and_then(Attr::as_dict) {
         Some(d) => ObserverState::from_dict(&inst.config, d).map_err(|m| {
-            Diag::error(format!("invalid observer statistics: {m}")).at(g.op(inst.first).span, "this observer")
+            Diag::error(format!("invalid observer statistics: {m}")).at(g.op(inst.first).span(), "this observer")
         }),
         None => Ok(ObserverState::new(&inst.config)),
     }
@@ -80,7 +80,7 @@ pub fn configs(g: &Graph) -> Result<Instances, Diagnostics> {
         let config = match ObserverConfig::from_dict(&observer_attrs(g, op)) {
             Ok(c) => c,
             Err(m) => {
-                errors.push(Diag::error(format!("invalid observer: {m}")).at(data.span, "this observer"));
+                errors.push(Diag::error(format!("invalid observer: {m}")).at(data.span(), "this observer"));
                 continue;
             }
         };
@@ -90,8 +90,8 @@ pub fn configs(g: &Graph) -> Result<Instances, Diagnostics> {
                 if instances[i].config != config {
                     errors.push(
                         Diag::error(format!("observers of instance {id} are configured differently"))
-                            .at(data.span, "this one")
-                            .with(g.op(instances[i].first).span, "differs from this one")
+                            .at(data.span(), "this one")
+                            .with(g.op(instances[i].first).span(), "differs from this one")
                             .help("ops sharing an instance share one observer: give them equal attributes"),
                     );
                     continue;
@@ -99,8 +99,8 @@ pub fn configs(g: &Graph) -> Result<Instances, Diagnostics> {
                 if g.attr(op, "stats").and_then(Attr::as_dict).is_some() {
                     errors.push(
                         Diag::error(format!("instance {id} has statistics on more than one observer"))
-                            .at(data.span, "statistics here")
-                            .with(g.op(instances[i].first).span, "and on the instance's first observer")
+                            .at(data.span(), "statistics here")
+                            .with(g.op(instances[i].first).span(), "and on the instance's first observer")
                             .help("keep them on the first observer of the instance"),
                     );
                 }

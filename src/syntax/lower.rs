@@ -505,7 +505,7 @@ impl<'s> Lowerer<'s> {
                 graph.set_annotation(*op, annotation);
             }
         }
-        self.spans.graphs.insert(f.graph.name.clone(), f.spans);
+        self.spans.graphs.insert(f.graph.name().to_string(), f.spans);
         self.module.graphs.push(f.graph.finish());
     }
 

@@ -340,7 +340,7 @@ fn plan_group(
         if reader_graph != rw.graph_index() {
             return Ok(Err(shared(format!(
                 "its weight is also read by function `@{}`",
-                rw.module().graphs[reader_graph].name
+                rw.module().graphs[reader_graph].name()
             ))));
         }
         for u in g.uses(v) {

@@ -198,7 +198,7 @@ pub fn verify_stats(g: &Graph, op: OpId, at: &Locator<'_>, errors: &mut Diagnost
     let Ok(config) = ObserverConfig::from_dict(&observer_attrs(g, op)) else { return };
     let channels = || {
         let axis = config.ch_axis.unwrap_or(0);
-        let observed = g.value_type(*g.op(op).operands.first()?);
+        let observed = g.value_type(*g.op(op).operands().first()?);
         usize::try_from(observed.shape.get(axis)?.known()?).ok()
     };
     let checked = ObserverState::from_dict(&config, stats).and_then(|state| {
