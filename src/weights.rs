@@ -10,7 +10,7 @@ use ndarray::ArrayD;
 use rustc_hash::FxHashMap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::ir::types::{DType, TensorType};
+use crate::tensor::DType;
 use crate::tensor::{decode, Tensor};
 
 /// One tensor's entry in the header.
@@ -21,13 +21,6 @@ pub struct WeightInfo {
     pub shape: Vec<usize>,
     /// Byte range inside the data section.
     pub range: std::ops::Range<usize>,
-}
-
-impl WeightInfo {
-    pub fn tensor_type(&self) -> Option<TensorType> {
-        let dtype = self.dtype.clone().ok()?;
-        Some(TensorType::fixed(dtype, &self.shape.iter().map(|&d| d as u64).collect::<Vec<_>>()))
-    }
 }
 
 /// An opened safetensors file.
@@ -184,17 +177,9 @@ pub struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    /// The type stored under `key`: `Ok(None)` when nothing has that key, `Err` with the
-    /// safetensors dtype name when QIR cannot represent it.
-    pub fn tensor_type(&self, key: &str) -> Result<Option<TensorType>, String> {
-        if let Some(t) = self.created.get(key) {
-            let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
-            return Ok(Some(TensorType::fixed(t.dtype(), &shape)));
-        }
-        match self.file.and_then(|f| f.info(key)) {
-            None => Ok(None),
-            Some(info) => info.dtype.clone().map(|_| info.tensor_type()),
-        }
+    /// Whether a created tensor or the file (with any element type) has `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.created.contains_key(key) || self.file.is_some_and(|f| f.info(key).is_some())
     }
 
     pub fn tensor(&self, key: &str) -> Result<Tensor, String> {

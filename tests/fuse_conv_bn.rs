@@ -98,7 +98,7 @@ fn expected_tensors(path: &Path) -> Vec<(String, Tensor)> {
 fn assert_bit_identical(case: &str, module: &Module, expected: &[(String, Tensor)]) -> (usize, usize) {
     let mut elements = 0;
     for (key, want) in expected {
-        assert!(module.created_weights.contains_key(key), "{case}: `{key}` was not created");
+        assert!(module.created_weights().contains_key(key), "{case}: `{key}` was not created");
         let got = module.weights().tensor(key).unwrap();
         assert_eq!(got.dtype(), want.dtype(), "{case}: `{key}` dtype");
         assert_eq!(got.shape(), want.shape(), "{case}: `{key}` shape");
@@ -115,7 +115,7 @@ fn assert_bit_identical(case: &str, module: &Module, expected: &[(String, Tensor
         }
         elements += want.len();
     }
-    for key in module.created_weights.keys() {
+    for key in module.created_weights().keys() {
         assert!(expected.iter().any(|(k, _)| k == key), "{case}: created `{key}`, which torchao does not have");
     }
     (expected.len(), elements)

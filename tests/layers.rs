@@ -15,9 +15,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("diag", 0),
     ("tensor", 0),
     ("regular_file", 0),
+    ("weights", 0),
     ("ir", 1),
     ("ops", 1),
-    ("weights", 2),
     ("quant", 2),
     ("syntax", 3),
     ("interp", 3),
@@ -29,11 +29,6 @@ const LAYERS: &[(&str, u32)] = &[
 /// Modules that are one unit with another of their layer and may import it both ways: the op
 /// registry is the IR's vocabulary, and the IR's graph names its ops.
 const UNITS: &[(&str, &str)] = &[("ops", "ir")];
-
-/// Upward imports being removed by the rest of issue #14 (the lead's part): the kernel table
-/// moves from `ops` into `interp`, and a `Module` stops owning its weight file. Delete each
-/// entry when its edge is gone; the test fails while an entry allows an edge that no longer exists.
-const PENDING: &[(&str, &str)] = &[("ir", "weights")];
 
 /// Files that belong to no module: the crate root and the binary.
 const ROOTS: &[&str] = &["lib.rs", "main.rs"];
@@ -160,7 +155,6 @@ fn no_module_imports_a_layer_above_it() {
     }
 
     let mut violations = Vec::new();
-    let mut pending_seen = BTreeSet::new();
     // Imports between different units of one layer, for the cycle check.
     let mut same_layer: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (path, from, depth) in &sources {
@@ -176,22 +170,13 @@ fn no_module_imports_a_layer_above_it() {
             match layer(&to) {
                 None => violations.push(format!("{path}: {from} imports {to}, which the layer table does not list")),
                 Some(to_layer) if to_layer > from_layer => {
-                    if PENDING.contains(&(from.as_str(), to.as_str())) {
-                        pending_seen.insert((from.clone(), to.clone()));
-                    } else {
-                        violations.push(format!("{path}: {from} imports {to} (above it)"));
-                    }
+                    violations.push(format!("{path}: {from} imports {to} (above it)"));
                 }
                 Some(to_layer) if to_layer == from_layer && unit(from) != unit(&to) => {
                     same_layer.entry(unit(from).to_string()).or_default().insert(unit(&to).to_string());
                 }
                 Some(_) => {}
             }
-        }
-    }
-    for &(from, to) in PENDING {
-        if !pending_seen.contains(&(from.to_string(), to.to_string())) {
-            violations.push(format!("PENDING allows {from} → {to}, which nothing imports any more: delete the entry"));
         }
     }
     // A cycle within a layer shows as a module reaching itself.

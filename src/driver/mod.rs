@@ -301,13 +301,13 @@ fn compile_command(cli: &CompileArgs) -> i32 {
             }
         }
         if let Some(module) = output {
-            if let Some(file) = &module.weight_file {
+            if let Some(file) = module.weight_file() {
                 inputs_read.push(("the module's weights file", file.path.clone()));
             }
-            if !module.created_weights.is_empty() && (cli.output.is_none() || cli.split_input_file) {
+            if !module.created_weights().is_empty() && (cli.output.is_none() || cli.split_input_file) {
                 eprintln!(
                     "error: the pipeline created {} weight tensor(s), which need a file: write the result with -o FILE (not with --split-input-file)",
-                    module.created_weights.len()
+                    module.created_weights().len()
                 );
                 return 1;
             }
@@ -373,9 +373,9 @@ fn write_outputs(
     refuse_overwriting_inputs(&destination, inputs_read).map_err(WriteFailure::Refused)?;
     let mut transaction = Transaction::new();
     match modules.as_mut_slice() {
-        [module] if !module.created_weights.is_empty() => {
+        [module] if !module.created_weights().is_empty() => {
             let weights_path = weights_path_for(destination.path());
-            let weights = weights_destination(&destination, &weights_path, module.created_weights.len())?;
+            let weights = weights_destination(&destination, &weights_path, module.created_weights().len())?;
             refuse_overwriting_inputs(&weights, inputs_read).map_err(WriteFailure::Refused)?;
             let keys = weight_keys(module);
             let digest = transaction

@@ -101,7 +101,7 @@ fn execute(args: &RunArgs) -> Result<(), Failure> {
             check_output(path, graph.outputs().len(), args.save_intermediates)?;
             let destination = Destination::resolve(path)?;
             let mut read = vec![("the model", PathBuf::from(&args.model))];
-            read.extend(module.weight_file.as_ref().map(|f| ("the model's weights file", f.path.clone())));
+            read.extend(module.weight_file().map(|f| ("the model's weights file", f.path.clone())));
             read.extend(args.inputs.iter().map(|spec| ("an input", PathBuf::from(split_input_spec(spec).1))));
             refuse_overwriting_inputs(&destination, &read).map_err(Failure::Usage)?;
             Some(destination)

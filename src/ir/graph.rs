@@ -22,6 +22,10 @@ use super::quant::Annotation;
 use super::types::TensorType;
 use crate::diag::Span;
 use crate::ops::{OpDef, OpKind};
+use crate::tensor::Tensor;
+use crate::weights::{WeightFile, Weights, WeightsDigest};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Interns strings (locations, value names). All strings live back to back in one buffer and a
 /// hash table of ids finds them by content, so a string costs its bytes plus about a dozen bytes
@@ -814,10 +818,10 @@ pub struct Module {
     /// The safetensors file holding `weight` data, relative to the `.qir` file.
     pub weights: Option<WeightsDecl>,
     /// The opened weights file, when `weights` was declared and could be read.
-    pub weight_file: Option<std::sync::Arc<crate::weights::WeightFile>>,
+    pub(super) weight_file: Option<Arc<WeightFile>>,
     /// Tensors created by passes (folded or quantized weights), by key; they shadow the file's
-    /// and are written to the output's weights file.
-    pub created_weights: std::collections::BTreeMap<String, std::sync::Arc<crate::tensor::Tensor>>,
+    /// and are written to the output's weights file. Only the rewriter adds to them.
+    pub(super) created_weights: BTreeMap<String, Arc<Tensor>>,
     /// Named quantization specs (`qspec @name = {...}`) that annotations refer to.
     pub qspecs: Vec<super::quant::NamedQSpec>,
     pub graphs: Vec<Graph>,
@@ -825,8 +829,27 @@ pub struct Module {
 
 impl Module {
     /// Every tensor a `weight` op can read: created ones first, then the file's.
-    pub fn weights(&self) -> crate::weights::Weights<'_> {
-        crate::weights::Weights { file: self.weight_file.as_deref(), created: &self.created_weights }
+    pub fn weights(&self) -> Weights<'_> {
+        Weights { file: self.weight_file.as_deref(), created: &self.created_weights }
+    }
+
+    /// The opened weights file, if the module declares one.
+    pub fn weight_file(&self) -> Option<&WeightFile> {
+        self.weight_file.as_deref()
+    }
+
+    /// Attaches the opened weights file (the front end, once it has read the declaration).
+    pub fn set_weight_file(&mut self, file: Arc<WeightFile>) {
+        self.weight_file = Some(file);
+    }
+
+    /// The tensors passes created, by key.
+    pub fn created_weights(&self) -> &BTreeMap<String, Arc<Tensor>> {
+        &self.created_weights
+    }
+
+    pub(super) fn created_weights_mut(&mut self) -> &mut BTreeMap<String, Arc<Tensor>> {
+        &mut self.created_weights
     }
 }
 
@@ -836,7 +859,7 @@ pub struct WeightsDecl {
     pub path: String,
     pub span: Span,
     /// The file's expected length and hash, when qc wrote it together with this module.
-    pub digest: Option<crate::weights::WeightsDigest>,
+    pub digest: Option<WeightsDigest>,
 }
 
 #[cfg(test)]

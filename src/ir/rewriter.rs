@@ -256,7 +256,7 @@ impl<'m> Rewriter<'m> {
 
     /// Replaces a created weight's tensor (a pass that updates the tensor it created before).
     pub fn set_created_weight(&mut self, key: &str, value: Tensor) {
-        self.module.created_weights.insert(key.to_string(), Arc::new(value));
+        self.module.created_weights_mut().insert(key.to_string(), Arc::new(value));
     }
 
     // ---- replacing and erasing -----------------------------------------------------------
@@ -332,13 +332,13 @@ impl<'m> Rewriter<'m> {
     /// `weight` ops to read although neither the weights file nor the created weights hold them
     /// (a module whose weights file is not open).
     pub fn new_weight_avoiding(&mut self, base: &str, value: Tensor, also_taken: impl Fn(&str) -> bool) -> String {
-        let taken = |k: &str| also_taken(k) || !matches!(self.module.weights().tensor_type(k), Ok(None));
+        let taken = |k: &str| also_taken(k) || self.module.weights().has(k);
         let key = if taken(base) {
             (1..).map(|i| format!("{base}_{i}")).find(|k| !taken(k)).unwrap_or_default()
         } else {
             base.to_string()
         };
-        self.module.created_weights.insert(key.clone(), Arc::new(value));
+        self.module.created_weights_mut().insert(key.clone(), Arc::new(value));
         key
     }
 }

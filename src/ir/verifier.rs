@@ -362,7 +362,7 @@ fn verify_weight(
 ) {
     let key = g.attr(op, "key").and_then(|a| a.as_str()).unwrap_or_default();
     let key_span = at.attr("key").map_or(at.whole, |(_, v)| v);
-    if let Some(created) = module.created_weights.get(key) {
+    if let Some(created) = module.created_weights().get(key) {
         let shape: Vec<u64> = created.shape().iter().map(|&d| d as u64).collect();
         let actual = TensorType::fixed(created.dtype(), &shape);
         if let Some(want) = declared.first().filter(|want| !actual.compatible(want)) {
@@ -373,7 +373,7 @@ fn verify_weight(
         }
         return;
     }
-    let Some(file) = &module.weight_file else {
+    let Some(file) = module.weight_file() else {
         if module.weights.is_none() {
             errors.push(
                 Diag::error(format!("weight `{key}` but the module declares no weights file"))
@@ -397,7 +397,11 @@ fn verify_weight(
         errors.push(d);
         return;
     };
-    match (info.tensor_type(), declared.first()) {
+    let stored = info.dtype.clone().ok().map(|dtype| {
+        let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
+        TensorType::fixed(dtype, &shape)
+    });
+    match (stored, declared.first()) {
         (None, _) => errors.push(
             Diag::error(format!(
                 "weight `{key}` has element type {} which QIR does not support",

@@ -352,7 +352,7 @@ impl<'s> Lowerer<'s> {
                                 if let Some(expected) = digest {
                                     self.check_weights_digest(&file, expected, path, check.as_ref());
                                 }
-                                self.module.weight_file = Some(Arc::new(file));
+                                self.module.set_weight_file(Arc::new(file));
                             }
                             Err(message) => self.errors.push(
                                 Diag::error("cannot load the weights file")
