@@ -14,6 +14,7 @@ pub mod port_metadata;
 pub mod prepare;
 pub mod reference_repr;
 pub mod registry;
+pub mod remap;
 
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::Module;

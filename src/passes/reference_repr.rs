@@ -89,6 +89,7 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::dce::eliminate_dead_ops;
+use super::remap::Remap;
 use super::{each_graph, PassContext, PassDef};
 use crate::diag::Diagnostics;
 use crate::interp::eval_op;
@@ -136,10 +137,11 @@ fn rewrite_graph(module: &mut Module, gi: usize, cx: &mut PassContext) -> Result
     let g = &module.graphs[gi];
     let quantizes = ops_of(g, &[ops::QUANTIZE_PER_TENSOR]);
     let mut changed = false;
+    let mut remap = Remap::default();
     for q in quantizes {
         match match_group(module, &module.graphs[gi], q)? {
             Ok(group) => {
-                rewrite(&mut Rewriter::new(module, gi), group)?;
+                rewrite(&mut Rewriter::new(module, gi), group, &mut remap)?;
                 changed = true;
             }
             Err(why) => {
@@ -150,7 +152,9 @@ fn rewrite_graph(module: &mut Module, gi: usize, cx: &mut PassContext) -> Result
         }
     }
     if changed {
-        eliminate_dead_ops(&mut Rewriter::new(module, gi));
+        let mut rw = Rewriter::new(module, gi);
+        remap.apply(&mut rw);
+        eliminate_dead_ops(&mut rw);
     }
     Ok(changed)
 }
@@ -619,9 +623,19 @@ fn final_requantize(
 }
 
 /// Rewrites the group: new integer ops before X, and the quantize turned into the last one.
-fn rewrite(rw: &mut Rewriter<'_>, group: Group) -> Result<(), Diagnostics> {
+/// Annotations that named X's result or a folded relu's (`shared(%x)`, an edge into X) are to
+/// name the quantize's instead, which stands for both once they are gone: `remap` records that.
+fn rewrite(rw: &mut Rewriter<'_>, group: Group, remap: &mut Remap) -> Result<(), Diagnostics> {
     let Group { q, op, out, form } = group;
     let g: &Graph = rw;
+    let q_out = g.op(q).result(0).ok_or_else(|| internal("a quantize without a result"))?;
+    let mut replaced = g.op(q).operand(0);
+    while let Some(v) = replaced {
+        remap.value(v, q_out);
+        let Some(p) = g.producer(v) else { break };
+        remap.gone(p, q_out);
+        replaced = if p == op { None } else { g.op(p).operand(0) };
+    }
     let (kind, attrs) = (g.op(op).kind(), g.op(op).attrs_id());
     let x_out = g.op(op).result(0).ok_or_else(|| internal("a rewritten op without a result"))?;
     let name = g.value_name(x_out).to_string();

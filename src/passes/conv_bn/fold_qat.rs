@@ -99,7 +99,6 @@ use rustc_hash::FxHashSet;
 
 use super::fold::{fold, Layer};
 use super::params::{add_bias, constant_source, read, store, weight_readers, Readers, Src};
-use super::remap::Remap;
 use super::{built_op, insertion_point, only_result, Skip, CONVS};
 use crate::diag::Diagnostics;
 use crate::ir::attr::Attr;
@@ -108,6 +107,7 @@ use crate::ir::matching::{ops_of, producer_of};
 use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{DType, Graph, Module, OpId, ValueId};
 use crate::ops::{self, OpKind};
+use crate::passes::remap::Remap;
 use crate::passes::{dce, PassContext, PassDef};
 use crate::tensor::Tensor;
 

@@ -100,7 +100,6 @@
 //! }
 //! ```
 
-use super::remap::Remap;
 use super::{built_op, insertion_point, only_result, result_name, Skip, CONVS, THE_LAYER};
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::attr::Attr;
@@ -110,6 +109,7 @@ use crate::ir::quant::EdgeOrValue;
 use crate::ir::rewriter::Rewriter;
 use crate::ir::{Dim, Graph, Module, OpId, TensorType, ValueId};
 use crate::ops::{self, OpKind, Traits};
+use crate::passes::remap::Remap;
 use crate::passes::{dce, PassContext, PassDef};
 
 pub const PASS: PassDef = PassDef {

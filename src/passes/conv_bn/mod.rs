@@ -21,7 +21,6 @@ pub mod fold_qat;
 pub mod fuse;
 pub mod fuse_qat;
 mod params;
-mod remap;
 
 use crate::diag::{Diag, Diagnostics};
 use crate::ir::rewriter::{internal, InsertPoint};

@@ -1,6 +1,7 @@
-//! How the QAT conv–bn passes keep annotations valid across a replacement: every
-//! `shared(...)`/`derived(...)` reference in the function that named a replaced value, op or
-//! edge names its replacement (PT2E's `_update_special_qspecs_after_replacement`).
+//! How a pass keeps annotations valid across a replacement: every `shared(...)`/`derived(...)`
+//! reference in the function that named a replaced value, op or edge names its replacement
+//! (PT2E's `_update_special_qspecs_after_replacement`). The QAT conv–bn passes and
+//! `reference-repr` use it.
 
 use rustc_hash::FxHashMap;
 
@@ -15,23 +16,23 @@ use crate::ir::{OpId, ValueId};
 /// than by the operand the consumer reads. The conv and batch norm a rewrite keeps are moved,
 /// not copied, so edges into them need no entry.
 #[derive(Default)]
-pub(super) struct Remap {
+pub struct Remap {
     values: FxHashMap<ValueId, ValueId>,
     gone: FxHashMap<OpId, ValueId>,
     edges: FxHashMap<(ValueId, OpId), EdgeOrValue>,
 }
 
 impl Remap {
-    pub(super) fn value(&mut self, from: ValueId, to: ValueId) {
+    pub fn value(&mut self, from: ValueId, to: ValueId) {
         self.values.insert(from, to);
     }
 
     /// Edges into `op`, which is erased, become the value `to`, which its readers now read.
-    pub(super) fn gone(&mut self, op: OpId, to: ValueId) {
+    pub fn gone(&mut self, op: OpId, to: ValueId) {
         self.gone.insert(op, to);
     }
 
-    pub(super) fn edge(&mut self, value: ValueId, consumer: OpId, to: EdgeOrValue) {
+    pub fn edge(&mut self, value: ValueId, consumer: OpId, to: EdgeOrValue) {
         self.edges.insert((value, consumer), to);
     }
 
@@ -62,7 +63,7 @@ impl Remap {
     }
 
     /// Rewrites every annotation of the function.
-    pub(super) fn apply(&self, rw: &mut Rewriter<'_>) {
+    pub fn apply(&self, rw: &mut Rewriter<'_>) {
         for op in rw.op_ids() {
             let Some(a) = rw.annotation(op) else { continue };
             let inputs: Vec<SpecRef> = a.inputs.iter().map(|s| self.spec(s)).collect();
