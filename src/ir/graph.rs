@@ -873,7 +873,7 @@ mod tests {
 
     /// `%name = relu(%input)`, appended.
     fn relu(g: &mut Graph, input: ValueId, name: &str) -> OpId {
-        let kind = OpKind::from_name("relu").expect("relu is registered");
+        let kind = crate::ops::RELU;
         let attrs = g.intern_attrs(kind.def().complete_attrs(Vec::new()));
         let result = ResultSpec { name, ty: vector(4), span: Span::NONE };
         let op = g.create_op(kind, &[input], attrs, vec![result], Span::NONE).expect("the name is free");
