@@ -72,20 +72,8 @@ use crate::quant::observer::FakeQuant;
 pub const INT8_IN_INT8_OUT_OPS: &[OpKind] =
     &[ops::MAX_POOL2D, ops::CAT, ops::AVG_POOL2D, ops::ADAPTIVE_AVG_POOL2D, ops::FLATTEN];
 
-/// Ops the default recipe quantizes (`default_quantizable_ops`): the global filter.
-pub const DEFAULT_QUANTIZABLE_OPS: &[OpKind] = &[
-    ops::MAX_POOL2D,
-    ops::CAT,
-    ops::AVG_POOL2D,
-    ops::ADAPTIVE_AVG_POOL2D,
-    ops::FLATTEN,
-    ops::CONV1D,
-    ops::CONV2D,
-    ops::LINEAR,
-    ops::MUL,
-];
-
-/// Ops an operator-type configuration may name (`quantizable_ops`).
+/// Ops an operator-type configuration may name (`quantizable_ops`): the default ones, then
+/// matmul.
 pub const QUANTIZABLE_OPS: &[OpKind] = &[
     ops::MAX_POOL2D,
     ops::CAT,
@@ -98,6 +86,10 @@ pub const QUANTIZABLE_OPS: &[OpKind] = &[
     ops::MUL,
     ops::MATMUL,
 ];
+
+/// Ops the default recipe quantizes (`default_quantizable_ops`): the global filter, which is
+/// [`QUANTIZABLE_OPS`] without matmul.
+pub const DEFAULT_QUANTIZABLE_OPS: &[OpKind] = QUANTIZABLE_OPS.split_at(QUANTIZABLE_OPS.len() - 1).0;
 
 /// Conv + unary fusions, in PT2E's order.
 const CONV_UNARY: &[(OpKind, OpKind)] = &[

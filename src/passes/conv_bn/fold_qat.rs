@@ -108,7 +108,7 @@ use crate::ir::rewriter::{internal, Rewriter};
 use crate::ir::{DType, Graph, Module, OpId, ValueId};
 use crate::ops::{self, OpKind};
 use crate::passes::remap::Remap;
-use crate::passes::{dce, PassContext, PassDef};
+use crate::passes::{dce, each_graph, PassContext, PassDef};
 use crate::tensor::Tensor;
 
 pub const PASS: PassDef = PassDef {
@@ -120,11 +120,7 @@ pub const PASS: PassDef = PassDef {
 
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut readers = weight_readers(module);
-    let mut changed = false;
-    for gi in 0..module.graphs.len() {
-        changed |= fold_graph(&mut Rewriter::new(module, gi), &mut readers, &mut cx.warnings)?;
-    }
-    Ok(changed)
+    each_graph(module, |module, gi| fold_graph(&mut Rewriter::new(module, gi), &mut readers, &mut cx.warnings))
 }
 
 fn fold_graph(rw: &mut Rewriter<'_>, readers: &mut Readers, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {

@@ -119,7 +119,7 @@ use crate::ir::matching::{ops_of, sole_user, ProgramOrder};
 use crate::ir::rewriter::Rewriter;
 use crate::ir::{DType, Graph, Module, OpId, ValueId};
 use crate::ops;
-use crate::passes::{dce, PassContext, PassDef};
+use crate::passes::{dce, each_graph, PassContext, PassDef};
 use crate::tensor::Tensor;
 
 pub const PASS: PassDef = PassDef {
@@ -135,11 +135,7 @@ const PT2E_FOLDS_ANYWAY: &str = "PT2E folds it anyway, which silently changes th
 
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let mut readers = weight_readers(module);
-    let mut changed = false;
-    for gi in 0..module.graphs.len() {
-        changed |= fuse_graph(&mut Rewriter::new(module, gi), &mut readers, &mut cx.warnings)?;
-    }
-    Ok(changed)
+    each_graph(module, |module, gi| fuse_graph(&mut Rewriter::new(module, gi), &mut readers, &mut cx.warnings))
 }
 
 fn fuse_graph(rw: &mut Rewriter<'_>, readers: &mut Readers, warnings: &mut Diagnostics) -> Result<bool, Diagnostics> {
