@@ -17,7 +17,7 @@ The safetensors metadata holds the observer config as strings (`kind`, `dtype`, 
 `expect` (`ok`, or `error` when `calculate_qparams` raises) and `note`.
 
 `percentile` and `entropy` are qc observers with no PyTorch counterpart (see the module doc of
-`src/quant/observer.rs` for their definitions). Their statistics still come from PyTorch: the
+`src/quant/observer/` for their definitions). Their statistics still come from PyTorch: the
 percentile observer keeps exactly HistogramObserver's histogram, and the entropy observer's
 histogram of |x| over [0, max|x|] is built below with HistogramObserver's own `torch.histc` and
 `_combine_histograms`. Their clipping range is computed by the straightforward Python reference
