@@ -59,4 +59,7 @@ fn mistakes_are_explained() {
     assert!(err("[[operator]]\nop = \"lienar\"\nconfig = \"float\"").contains("did you mean `linear`?"));
     assert!(err("[global]\nconfig = 3").contains("unknown key `config`"));
     assert!(err("[specs.a\n").contains("line 1"));
+    // Checked when the file is read, not when calibration first builds the observer.
+    let observer = err("[specs.act]\ndtype = \"i8\"\nobserver = \"min_max\"");
+    assert!(observer.contains("`specs.act`: unknown observer kind \"min_max\" (did you mean `minmax`?)"), "{observer}");
 }

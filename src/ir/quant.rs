@@ -139,7 +139,7 @@ pub struct QSpecError {
 }
 
 impl QSpecError {
-    fn at(key: &str, message: impl Into<String>, label: impl Into<String>) -> Self {
+    pub fn at(key: &str, message: impl Into<String>, label: impl Into<String>) -> Self {
         QSpecError {
             key: Some(key.to_string()),
             message: message.into(),
@@ -155,7 +155,7 @@ impl QSpecError {
         self
     }
 
-    fn hint(mut self, hint: impl Into<String>) -> Self {
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }

@@ -49,6 +49,7 @@ use crate::ir::attr::{Attr, Dict};
 use crate::ir::quant::QSpec;
 use crate::ir::DType;
 use crate::ops::OpKind;
+use crate::quant::observer::ObserverKind;
 
 /// Reads a quantizer file. Errors name the file and the offending entry.
 pub fn load(path: &Path) -> Result<Quantizer, String> {
@@ -72,7 +73,9 @@ pub fn parse(text: &str) -> Result<Quantizer, String> {
         let t = v.as_table().ok_or("`specs` must be a table of named specs")?;
         for (spec_name, body) in t {
             let body = body.as_table().ok_or_else(|| format!("`specs.{spec_name}` must be a table"))?;
-            let spec = QSpec::from_dict(&to_dict(body)?).map_err(|e| {
+            let spec =
+                QSpec::from_dict(&to_dict(body)?).and_then(|spec| ObserverKind::check_spec(&spec).map(|()| spec));
+            let spec = spec.map_err(|e| {
                 let hint = e.hint.map(|h| format!(" ({h})")).unwrap_or_default();
                 format!("`specs.{spec_name}`: {}{hint}", e.message)
             })?;

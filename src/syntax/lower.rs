@@ -26,6 +26,7 @@ use crate::ir::quant::{Annotation, EdgeOrValue, NamedQSpec, QSpec, SpecRef};
 use crate::ir::types::{DType, Dim, TensorType};
 use crate::ir::verifier::{GraphSpans, OpSpans, SourceSpans};
 use crate::ops::{check_attr_kind, Arity, AttrKind, OpKind, Presence};
+use crate::quant::observer::ObserverKind;
 use crate::tensor::{Literal, LiteralError, Tensor};
 use crate::weights::{WeightFile, WeightsDigest};
 
@@ -200,6 +201,8 @@ struct Lowerer<'s> {
     /// Names of the current function whose definition failed to lower: their uses are not
     /// reported again, so one mistake gives one error.
     poisoned: FxHashSet<&'s str>,
+    /// Names of `qspec`s that failed to lower: their uses are not reported again.
+    invalid_qspecs: FxHashSet<&'s str>,
     spans: SourceSpans,
     record_spans: bool,
 }
@@ -248,6 +251,7 @@ impl<'s> Lowerer<'s> {
             qspec_index: FxHashMap::default(),
             graph_names: FxHashMap::default(),
             poisoned: FxHashSet::default(),
+            invalid_qspecs: FxHashSet::default(),
             spans: SourceSpans::default(),
             record_spans,
         }
@@ -374,9 +378,14 @@ impl<'s> Lowerer<'s> {
                     );
                     return;
                 }
-                if let Some(spec) = self.qspec(dict) {
-                    self.qspec_index.insert(name.node, self.module.qspecs.len());
-                    self.module.qspecs.push(NamedQSpec { name: name.node.to_string(), spec, span: name.span });
+                match self.qspec(dict) {
+                    Some(spec) => {
+                        self.qspec_index.insert(name.node, self.module.qspecs.len());
+                        self.module.qspecs.push(NamedQSpec { name: name.node.to_string(), spec, span: name.span });
+                    }
+                    None => {
+                        self.invalid_qspecs.insert(name.node);
+                    }
                 }
             }
             ast::Item::Func(_) => {}
@@ -928,7 +937,7 @@ impl<'s> Lowerer<'s> {
 
     fn qspec(&mut self, dict: &Spanned<ast::Dict<'_>>) -> Option<QSpec> {
         let lowered = self.dict(&dict.node)?;
-        match QSpec::from_dict(&lowered) {
+        match QSpec::from_dict(&lowered).and_then(|spec| ObserverKind::check_spec(&spec).map(|()| spec)) {
             Ok(spec) => Some(spec),
             Err(e) => {
                 let entry = |key: &str| dict.node.iter().find(|(k, _)| k.node == key);
@@ -984,6 +993,8 @@ impl<'s> Lowerer<'s> {
             ast::SpecExpr::None => SpecRef::None,
             ast::SpecExpr::Named(name) => match self.qspec_index.get(name.node) {
                 Some(&i) => SpecRef::Named(i),
+                // Its definition was reported already.
+                None if self.invalid_qspecs.contains(name.node) => return None,
                 None => {
                     let d = Diag::error(format!("unknown quantization spec `@{}`", shown(name.node)))
                         .at(name.span, "not defined in this module");

@@ -4,7 +4,7 @@
 use super::{DEFAULT_AVERAGING_CONSTANT, DEFAULT_BINS, DEFAULT_PERCENTILE, MAX_BINS};
 use crate::ir::attr::{Attr, Dict};
 use crate::ir::graph::{Graph, OpId};
-use crate::ir::quant::{QScheme, QSpec};
+use crate::ir::quant::{QScheme, QSpec, QSpecError};
 use crate::ir::DType;
 use crate::quant::QRange;
 
@@ -52,6 +52,18 @@ impl ObserverKind {
 
     pub fn from_name(name: &str) -> Option<ObserverKind> {
         ObserverKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Checks the observer a spec names, where the spec is read (a `qspec`, an inline spec, a
+    /// quantizer file's spec): the IR reads specs without knowing the observer kinds, and an
+    /// unknown one would otherwise surface only when calibration builds the observer.
+    pub fn check_spec(spec: &QSpec) -> Result<(), QSpecError> {
+        if ObserverKind::from_name(&spec.observer).is_some() {
+            return Ok(());
+        }
+        let names = ObserverKind::ALL.map(ObserverKind::name);
+        Err(QSpecError::at("observer", format!("unknown observer kind \"{}\"", spec.observer), "not an observer kind")
+            .hint(crate::diag::suggest(&spec.observer, names.into_iter())))
     }
 
     /// Whether the kind keeps one range per channel.
