@@ -89,7 +89,20 @@ fn data_that_does_not_fit_is_an_error() {
     assert!(error(&[("x", &x), ("y", &y), ("z", &y)], 2).contains("`z` matches no graph input"));
     assert!(error(&[("x", &x), ("y", &ramp(&[3, 2], 0.0))], 1).contains("samples"));
     assert!(error(&[("x", &x), ("y", &y)], 3).contains("do not split into batches of 3"));
-    assert!(error(&[("x", &ramp(&[4, 5], 0.0)), ("y", &y)], 2).contains("samples of shape [5]"));
+    let wrong = error(&[("x", &ramp(&[4, 5], 0.0)), ("y", &y)], 2);
+    assert!(
+        wrong.contains(
+            "`x` does not fit input `%x` (f32[2,3]): expected [N, 3] with N a multiple of 2 (samples along the \
+             first axis, batched by the input's first dimension); found [4, 5]"
+        ),
+        "{wrong}"
+    );
+    // The two layout mistakes users make most get a hint: a size-1 axis too many, and one
+    // sample saved without its leading axis.
+    let extra_axis = error(&[("x", &ramp(&[4, 1, 3], 0.0)), ("y", &y)], 2);
+    assert!(extra_axis.ends_with("found [4, 1, 3] — drop axis 1?"), "{extra_axis}");
+    let one_sample = error(&[("x", &ramp(&[3], 0.0)), ("y", &y)], 2);
+    assert!(one_sample.ends_with("found [3] — one sample without its leading axis? add one"), "{one_sample}");
     let ints = Tensor::I32(ArrayD::zeros(IxDyn(&[4, 3])));
     assert!(error(&[("x", &ints), ("y", &y)], 2).contains("is i32"));
     // A truncated .npy is found when the file is opened, before its first batch runs.

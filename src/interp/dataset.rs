@@ -228,13 +228,8 @@ impl FileBatches {
                 return Err(format!("`{name}` is {} but input `%{name}` is {}", a.dtype, ty.dtype));
             }
             let want: Vec<Dim> = ty.shape.get(1..).unwrap_or_default().to_vec();
-            let compatible = want.len() == a.row_shape.len()
-                && want.iter().zip(&a.row_shape).all(|(d, &n)| d.compatible(Dim::Known(n as u64)));
-            if !compatible {
-                return Err(format!(
-                    "`{name}` has samples of shape {:?}, but input `%{name}` is {ty} (samples along the first axis)",
-                    a.row_shape
-                ));
+            if !fits(&want, &a.row_shape) {
+                return Err(layout_mismatch(name, ty, &want, a.rows, &a.row_shape));
             }
         }
         let rows = rows.unwrap_or(0);
@@ -317,4 +312,32 @@ fn first_non_finite(t: &Tensor) -> Option<(usize, f64)> {
         Tensor::BF16(a) => find(a, half::bf16::to_f64),
         _ => None,
     }
+}
+
+/// Whether samples of shape `row` fit an input whose dims after the batch are `want`.
+fn fits(want: &[Dim], row: &[usize]) -> bool {
+    want.len() == row.len() && want.iter().zip(row).all(|(d, &n)| d.compatible(Dim::Known(n as u64)))
+}
+
+/// Says what layout input `%name` takes and what the array holds: `[N, …]` with samples along
+/// the first axis, N a multiple of the input's batch size; and, when one size-1 axis too many
+/// (or a missing leading axis) is all that is wrong, which.
+fn layout_mismatch(name: &str, ty: &TensorType, want: &[Dim], rows: usize, row: &[usize]) -> String {
+    let dims = |d: &[Dim]| d.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let expected = std::iter::once("N".to_string()).chain(dims(want)).collect::<Vec<_>>().join(", ");
+    let batch = match ty.shape.first() {
+        Some(Dim::Known(b)) => format!("N a multiple of {b}"),
+        _ => "any N".to_string(),
+    };
+    let found: Vec<usize> = std::iter::once(rows).chain(row.iter().copied()).collect();
+    let drop_axis = (1..found.len()).find(|&i| found[i] == 1 && fits(want, &[&found[1..i], &found[i + 1..]].concat()));
+    let hint = match drop_axis {
+        Some(i) => format!(" — drop axis {i}?"),
+        None if fits(want, &found) => " — one sample without its leading axis? add one".to_string(),
+        None => String::new(),
+    };
+    format!(
+        "`{name}` does not fit input `%{name}` ({ty}): expected [{expected}] with {batch} (samples along the \
+         first axis, batched by the input's first dimension); found {found:?}{hint}"
+    )
 }
