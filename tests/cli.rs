@@ -138,6 +138,25 @@ fn ir_dumps_go_to_stderr_in_snapshot_format() {
 }
 
 #[test]
+fn a_module_rule_that_matches_nothing_is_a_warning() {
+    // The shipped mixed recipe keeps `fc` in float; misspelt, the rule used to be dropped silently.
+    let dir = scratch("module_rule");
+    let recipe = std::fs::read_to_string("examples/quantizers/mixed.toml").unwrap();
+    assert!(recipe.contains("name = \"fc\"\n"));
+    for (name, help) in [("fcc", "did you mean `fc`?"), ("classifier", "the module paths here are `avgpool`, `bn1`")] {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, recipe.replace("name = \"fc\"\n", &format!("name = \"{name}\"\n"))).unwrap();
+        let out = qc(&["examples/small_cnn.qir", "-p", "annotate", "--quantizer", path.to_str().unwrap()], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("warning: the module rule `{name}` matches no op")), "{err}");
+        assert!(err.contains(help), "{err}");
+    }
+    let out = qc(&["examples/small_cnn.qir", "-p", "annotate", "--quantizer", "examples/quantizers/mixed.toml"], None);
+    assert!(!text(&out.stderr).contains("matches no op"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn explain_rewrites_says_why_a_quantize_stays() {
     // A converted graph: the relu's quantize is rewritten; the sigmoid's stays (no integer form),
     // and so does the input's (a graph input).

@@ -51,5 +51,6 @@ pub const PASS: PassDef =
 
 fn run(module: &mut Module, cx: &mut PassContext) -> Result<bool, Diagnostics> {
     let quantizer = quantizer_by_name(cx.quantizer.as_deref().unwrap_or("xnnpack"))?;
+    cx.warnings.extend(quantizer.unmatched_module_rules(module));
     quantizer.annotate(module)
 }

@@ -32,13 +32,49 @@ pub enum NamedQuantizer {
 }
 
 impl NamedQuantizer {
-    /// Whether any configuration is a QAT one (see [`QuantizationConfig::is_qat`]).
-    pub fn is_qat(&self) -> bool {
-        let configs = match self {
+    /// The configurations and the scopes they apply to, in the quantizer's order.
+    pub fn configs(&self) -> &[(Scope, Option<QuantizationConfig>)] {
+        match self {
             NamedQuantizer::Xnnpack(q) => &q.configs,
             NamedQuantizer::X86(q) => &q.configs,
-        };
-        configs.iter().any(|(_, c)| c.as_ref().is_some_and(QuantizationConfig::is_qat))
+        }
+    }
+
+    /// Whether any configuration is a QAT one (see [`QuantizationConfig::is_qat`]).
+    pub fn is_qat(&self) -> bool {
+        self.configs().iter().any(|(_, c)| c.as_ref().is_some_and(QuantizationConfig::is_qat))
+    }
+
+    /// A warning for each module rule that matches no op's location, with the nearest module
+    /// path: a misspelt module would otherwise leave its ops to the other rules, silently.
+    pub fn unmatched_module_rules(&self, module: &Module) -> Diagnostics {
+        let locs: std::collections::BTreeSet<&str> =
+            module.graphs.iter().flat_map(|g| g.ops().filter_map(move |op| g.loc(op))).collect();
+        // Every module path: a location and each of its enclosing modules.
+        let paths: std::collections::BTreeSet<&str> = locs
+            .iter()
+            .flat_map(|loc| loc.match_indices('.').map(|(i, _)| &loc[..i]).chain(std::iter::once(*loc)))
+            .collect();
+        self.configs()
+            .iter()
+            .filter_map(|(scope, _)| match scope {
+                Scope::Module { name, matching } if !locs.iter().any(|loc| matching.contains(name, loc)) => {
+                    let d = Diag::warning(format!("the module rule `{name}` matches no op"))
+                        .note("its configuration applies nowhere: those ops keep what the other rules decide");
+                    Some(match crate::diag::closest(name, paths.iter().copied()) {
+                        Some(best) => d.help(format!("did you mean `{best}`?")),
+                        None if paths.is_empty() => d.help("no op of this module has a location (`loc(...)`)"),
+                        None => {
+                            let shown: Vec<String> = paths.iter().take(8).map(|p| format!("`{p}`")).collect();
+                            let more =
+                                if paths.len() > 8 { format!(", … ({} in all)", paths.len()) } else { String::new() };
+                            d.help(format!("the module paths here are {}{more}", shown.join(", ")))
+                        }
+                    })
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Annotates every graph of `module`; returns whether anything was annotated.
