@@ -519,18 +519,6 @@ struct Builder<'r, 'm> {
 }
 
 impl Builder<'_, '_> {
-    /// `kind(operands) {fields} : ty`, its result called after `base`.
-    fn op(
-        &mut self,
-        kind: OpKind,
-        operands: &[ValueId],
-        fields: &[(&str, Attr)],
-        base: &str,
-        ty: TensorType,
-    ) -> Result<ValueId, Diagnostics> {
-        self.rw.build1(kind, operands, fields, base, ty)
-    }
-
     /// An op of `kind` with the attributes `attrs` of an existing op.
     fn op_like(
         &mut self,
@@ -541,10 +529,6 @@ impl Builder<'_, '_> {
         ty: TensorType,
     ) -> Result<ValueId, Diagnostics> {
         Ok(self.rw.build_with_attrs(kind, operands, attrs, &[(base, ty)])?[0])
-    }
-
-    fn constant(&mut self, base: &str, value: Tensor) -> Result<ValueId, Diagnostics> {
-        self.rw.constant(base, value)
     }
 
     fn name(&self, v: ValueId) -> String {
@@ -560,7 +544,7 @@ impl Builder<'_, '_> {
         let (name, ty) = (self.name(value), self.ty(value));
         let wide = match ty.dtype {
             DType::I32 => value,
-            _ => self.op(
+            _ => self.rw.build1(
                 ops::CONVERT_ELEMENT_TYPE,
                 &[value],
                 &[("dtype", Attr::DType(DType::I32))],
@@ -578,8 +562,8 @@ impl Builder<'_, '_> {
         }
         let data = zero_points.iter().map(|&z| z as i32).collect();
         let zps = ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|e| internal(&e.to_string()))?;
-        let zps = self.constant(&format!("{name}_zero_point"), Tensor::I32(zps))?;
-        self.op(ops::SUB, &[wide, zps], &[], &format!("{name}_centered"), ty.with_dtype(DType::I32))
+        let zps = self.rw.constant(&format!("{name}_zero_point"), Tensor::I32(zps))?;
+        self.rw.build1(ops::SUB, &[wide, zps], &[], &format!("{name}_centered"), ty.with_dtype(DType::I32))
     }
 
     fn centered_input(&mut self, x: &Quantized) -> Result<ValueId, Diagnostics> {
@@ -589,7 +573,7 @@ impl Builder<'_, '_> {
     /// `requantize(value) {scale, out}`, its result called after `base`.
     fn requantize(&mut self, value: ValueId, scale: f64, out: &QParams, base: &str) -> Result<ValueId, Diagnostics> {
         let ty = self.ty(value).with_dtype(out.dtype);
-        self.op(ops::REQUANTIZE, &[value], &requantize_fields(Attr::Float(scale), out), base, ty)
+        self.rw.build1(ops::REQUANTIZE, &[value], &requantize_fields(Attr::Float(scale), out), base, ty)
     }
 }
 
@@ -651,7 +635,7 @@ fn rewrite(rw: &mut Rewriter<'_>, group: Group, remap: &mut Remap) -> Result<(),
                 Some(Bias::Existing(v)) => operands.push(v),
                 Some(Bias::Constant(ints)) => {
                     let ints = vector(ints)?;
-                    operands.push(b.constant(&format!("{name}_bias_i32"), Tensor::I32(ints))?);
+                    operands.push(b.rw.constant(&format!("{name}_bias_i32"), Tensor::I32(ints))?);
                 }
                 None => {}
             }
@@ -660,7 +644,7 @@ fn rewrite(rw: &mut Rewriter<'_>, group: Group, remap: &mut Remap) -> Result<(),
                 final_requantize(b.rw, vec![acc], Attr::Float(x.qp.scale * scale / out.scale), &out)?
             } else {
                 let multipliers = w.scales.iter().map(|&s| x.qp.scale * s / out.scale).collect();
-                let multipliers = b.constant(&format!("{name}_multiplier"), Tensor::F64(vector(multipliers)?))?;
+                let multipliers = b.rw.constant(&format!("{name}_multiplier"), Tensor::F64(vector(multipliers)?))?;
                 // The channel axis of the accumulator: the last for linear, 1 for a batched conv.
                 let axis = match kind {
                     ops::LINEAR => int_type.rank() - 1,
